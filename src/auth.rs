@@ -1,0 +1,152 @@
+//! Verification of `hello` tokens (JWT).
+//!
+//! Keys come from `auth.jwt`: an HS256 secret and/or PEM public keys (RSA,
+//! EC P-256/P-384, Ed25519). A token is checked against the keys whose family
+//! matches its header's `alg`; its `sub` must be the peer id. With no key
+//! configured there is no [`Authenticator`] and the node runs open.
+
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::{pem_or_file, JwtConfig};
+
+/// The claims Switchboard reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Claims {
+    /// The peer id the token is for.
+    pub sub: String,
+}
+
+/// Why a token was refused (the text is sent to the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// `hello` carried no token.
+    #[error("a token is required")]
+    Missing,
+    /// The token is expired.
+    #[error("token expired")]
+    Expired,
+    /// The token does not verify with any configured key, or is not a JWT.
+    #[error("token is invalid: {0}")]
+    Invalid(&'static str),
+    /// The token's `sub` names a different peer.
+    #[error("token `sub` does not match the peer id")]
+    WrongSubject,
+}
+
+struct Key {
+    key: DecodingKey,
+    algs: &'static [Algorithm],
+}
+
+/// Verifies tokens against the configured keys.
+pub struct Authenticator {
+    keys: Vec<Key>,
+    cfg: JwtConfig,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+const HMAC: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+const RSA: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+const EC: &[Algorithm] = &[Algorithm::ES256, Algorithm::ES384];
+const ED: &[Algorithm] = &[Algorithm::EdDSA];
+
+impl Authenticator {
+    /// Builds the verifier; `Ok(None)` when no key is configured. Errors name the bad key.
+    pub fn from_config(cfg: &JwtConfig) -> Result<Option<Self>, Vec<String>> {
+        let mut keys = Vec::new();
+        let mut errs = Vec::new();
+        if !cfg.hs256_secret.is_empty() {
+            keys.push(Key {
+                key: DecodingKey::from_secret(cfg.hs256_secret.expose().as_bytes()),
+                algs: HMAC,
+            });
+        }
+        for (i, entry) in cfg.public_keys.iter().enumerate() {
+            let pem = match pem_or_file(entry) {
+                Ok(p) => p,
+                Err(e) => {
+                    errs.push(format!(
+                        "auth.jwt.public_keys[{i}]: cannot read `{entry}`: {e}"
+                    ));
+                    continue;
+                }
+            };
+            let b = pem.as_bytes();
+            let parsed = DecodingKey::from_rsa_pem(b)
+                .map(|k| Key { key: k, algs: RSA })
+                .or_else(|_| DecodingKey::from_ec_pem(b).map(|k| Key { key: k, algs: EC }))
+                .or_else(|_| DecodingKey::from_ed_pem(b).map(|k| Key { key: k, algs: ED }));
+            match parsed {
+                Ok(k) => keys.push(k),
+                Err(_) => errs.push(format!(
+                    "auth.jwt.public_keys[{i}]: not an RSA, EC or Ed25519 public key in PEM"
+                )),
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok((!keys.is_empty()).then(|| Self {
+            keys,
+            cfg: cfg.clone(),
+        }))
+    }
+
+    /// Verifies `token` for `peer_id` (or, when `None`, returns the `sub` to use as the peer id).
+    pub fn verify(&self, token: Option<&str>, peer_id: Option<&str>) -> Result<Claims, AuthError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        let header = decode_header(token).map_err(|_| AuthError::Invalid("not a JWT"))?;
+        let mut last = AuthError::Invalid("no configured key accepts its algorithm");
+        for k in self.keys.iter().filter(|k| k.algs.contains(&header.alg)) {
+            let mut v = Validation::new(header.alg);
+            v.leeway = self.cfg.leeway_s;
+            v.set_required_spec_claims(&["exp", "sub"]);
+            if self.cfg.issuer.is_empty() {
+                v.iss = None;
+            } else {
+                v.set_issuer(&[&self.cfg.issuer]);
+            }
+            if self.cfg.audience.is_empty() {
+                v.validate_aud = false;
+            } else {
+                v.set_audience(&[&self.cfg.audience]);
+            }
+            match decode::<Claims>(token, &k.key, &v) {
+                Ok(data) => {
+                    if peer_id.is_some_and(|p| p != data.claims.sub) {
+                        return Err(AuthError::WrongSubject);
+                    }
+                    return Ok(data.claims);
+                }
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind as K;
+                    last = match e.kind() {
+                        K::ExpiredSignature => return Err(AuthError::Expired),
+                        K::InvalidSignature => AuthError::Invalid("bad signature"),
+                        K::InvalidIssuer => AuthError::Invalid("wrong issuer"),
+                        K::InvalidAudience => AuthError::Invalid("wrong audience"),
+                        K::ImmatureSignature => AuthError::Invalid("not valid yet"),
+                        K::MissingRequiredClaim(_) => AuthError::Invalid("missing exp or sub"),
+                        _ => AuthError::Invalid("cannot be decoded"),
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+}

@@ -1,0 +1,127 @@
+//! The bus seam: how events reach other nodes.
+//!
+//! Backends: [`local::LocalBus`] (in-process; the embedded single node, and
+//! several in-process nodes in unit tests) and, with `cluster.redis_url`, Redis
+//! pub/sub. The router never knows which one runs.
+//!
+//! Guarantees every backend keeps:
+//! - events from one publisher to one channel arrive in publish order;
+//! - an event is delivered at most once per subscribed node;
+//! - a node never receives its own room events (the envelope names the origin,
+//!   and receivers drop their own);
+//! - `publish_*` returns an error rather than silently dropping when the
+//!   backend cannot accept the event.
+
+pub mod local;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::protocol::{LeaveReason, Member};
+use crate::types::{NodeId, PeerId, RoomName, SignalKind};
+
+/// Version of the inter-node envelope; receivers drop other versions.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// An event between nodes, in a versioned envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// [`ENVELOPE_VERSION`].
+    pub v: u8,
+    /// The node that published it.
+    pub origin: NodeId,
+    /// Per-origin sequence number, to drop duplicates and spot gaps.
+    pub seq: u64,
+    /// The event.
+    pub event: NodeEvent,
+}
+
+/// What one node tells another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "kebab-case")]
+pub enum NodeEvent {
+    /// A direct signal for a peer connected to the receiving node.
+    Signal {
+        /// Sender.
+        from: PeerId,
+        /// Target.
+        to: PeerId,
+        /// The target's connection epoch the sender's node resolved.
+        to_epoch: u64,
+        /// Kind.
+        kind: SignalKind,
+        /// Payload.
+        data: Value,
+    },
+    /// A room broadcast for the receiving node's local members.
+    Message {
+        /// Room.
+        room: RoomName,
+        /// Sender.
+        from: PeerId,
+        /// Payload.
+        data: Value,
+    },
+    /// A peer joined a room.
+    PeerJoined {
+        /// Room.
+        room: RoomName,
+        /// The member.
+        member: Member,
+    },
+    /// A peer left a room.
+    PeerLeft {
+        /// Room.
+        room: RoomName,
+        /// The peer.
+        peer_id: PeerId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// Close the given connection of a local peer: a newer one exists elsewhere.
+    Kick {
+        /// The peer.
+        peer_id: PeerId,
+        /// The connection to close (a newer local one is left alone).
+        epoch: u64,
+    },
+}
+
+impl NodeEvent {
+    /// A bounded label for metrics.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Signal { .. } => "signal",
+            Self::Message { .. } => "message",
+            Self::PeerJoined { .. } => "peer-joined",
+            Self::PeerLeft { .. } => "peer-left",
+            Self::Kick { .. } => "kick",
+        }
+    }
+}
+
+/// Why the bus could not take an event.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    /// The backend is unreachable (Redis down, subscriber lost).
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The bus seam; see the module docs for the guarantees.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes an event to one node (direct signals, kicks): exactly that node receives it.
+    async fn publish_node(&self, node: &NodeId, env: Envelope) -> Result<(), BusError>;
+    /// Publishes a room event to every node subscribed to the room.
+    async fn publish_room(&self, room: &RoomName, env: Envelope) -> Result<(), BusError>;
+    /// Starts receiving the room's events (when the room gets its first local member).
+    async fn subscribe_room(&self, room: &RoomName) -> Result<(), BusError>;
+    /// Stops receiving the room's events (when its last local member leaves).
+    async fn unsubscribe_room(&self, room: &RoomName) -> Result<(), BusError>;
+    /// True while the bus delivers (for readiness).
+    fn is_ready(&self) -> bool;
+    /// A short name for logs (`local`, `redis`).
+    fn name(&self) -> &'static str;
+}

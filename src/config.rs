@@ -1,0 +1,541 @@
+//! Configuration: built-in defaults, then `config/default.toml` (when present in
+//! the working directory), then `--config FILE`, then `SWITCHBOARD_*`
+//! environment variables with `__` for nesting
+//! (`SWITCHBOARD_LIMITS__MAX_FRAME_BYTES=131072`).
+//!
+//! [`load`] validates everything before the caller binds a port and reports
+//! every bad key at once, one line each, naming the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+/// A string that never prints: `Debug` and [`Config::redacted`] hide it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// True when no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn redact(&self) -> Self {
+        if self.0.is_empty() {
+            Self::default()
+        } else {
+            Self("[redacted]".into())
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listening address, node identity, connection cap.
+    pub server: ServerConfig,
+    /// Per-connection and per-room limits, heartbeats, deadlines.
+    pub limits: Limits,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Authentication of peers.
+    pub auth: AuthConfig,
+    /// The HTTP API.
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Clustering through Redis.
+    pub cluster: ClusterConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on for HTTP and WebSocket (`ip:port`; port 0 picks one).
+    pub listen: String,
+    /// This node's id on the bus; empty means a random one per start.
+    pub node_id: String,
+    /// Most concurrent WebSocket connections; more are refused with HTTP 503.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            node_id: String::new(),
+            max_connections: 50_000,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted frame or message, in bytes; larger ones close the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Most rooms one peer may be in at once (`too-many-rooms`).
+    pub max_rooms_per_peer: usize,
+    /// Most peers in one room (`room-full`).
+    pub max_peers_per_room: usize,
+    /// Messages queued for one client before it counts as too slow and is closed with 1013.
+    pub outbound_queue: usize,
+    /// Longest a peer id, room name or other name may be, in bytes.
+    pub max_name_bytes: usize,
+    /// Longest a signal kind may be, in bytes.
+    pub max_kind_bytes: usize,
+    /// Time a new socket has to send `hello` before it is closed with 4003.
+    pub hello_timeout_ms: u64,
+    /// How often the server pings each socket.
+    pub heartbeat_interval_ms: u64,
+    /// A socket silent for this long (no frame, no pong) is closed with 4004.
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            max_rooms_per_peer: 64,
+            max_peers_per_room: 1_000,
+            outbound_queue: 1_024,
+            max_name_bytes: 128,
+            max_kind_bytes: 32,
+            hello_timeout_ms: 10_000,
+            heartbeat_interval_ms: 15_000,
+            heartbeat_timeout_ms: 45_000,
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long clients get to reconnect elsewhere before their sockets close with 1012.
+    pub grace_period_ms: u64,
+    /// Upper bound of the random `after_ms` in `reconnect`, spreading reconnects out.
+    pub reconnect_jitter_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_period_ms: 10_000,
+            reconnect_jitter_ms: 1_000,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// JWT verification of `hello` tokens.
+    pub jwt: JwtConfig,
+}
+
+/// `[auth.jwt]`: with no key configured the node runs open (and warns).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Shared secret for HS256 tokens.
+    pub hs256_secret: Secret,
+    /// Public keys (PEM text, or paths to PEM files) for RS256, ES256 or EdDSA tokens.
+    pub public_keys: Vec<String>,
+    /// Required `iss`, when set.
+    pub issuer: String,
+    /// Required `aud`, when set.
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            hs256_secret: Secret::default(),
+            public_keys: Vec::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_s: 30,
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// When set, `/api/*` requires `Authorization: Bearer <token>`.
+    pub admin_token: Secret,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `switchboard=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://`, `rediss://` or `redis-sentinel://` URL; empty runs the embedded single node.
+    pub redis_url: Secret,
+    /// Prefix of every Redis key and channel, so several clusters can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: Secret::default(),
+            key_prefix: "switchboard".into(),
+        }
+    }
+}
+
+impl Config {
+    /// A copy with every secret replaced, for logging.
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        c.auth.jwt.hs256_secret = c.auth.jwt.hs256_secret.redact();
+        c.http.admin_token = c.http.admin_token.redact();
+        c.cluster.redis_url = c.cluster.redis_url.redact();
+        c
+    }
+
+    /// The parsed listening address (validated by [`load`]).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .parse()
+            .expect("server.listen was validated at load")
+    }
+
+    /// Semantic checks serde cannot express; one message per bad key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            errs.push(format!(
+                "server.listen: `{}` is not an `ip:port` address",
+                self.server.listen
+            ));
+        }
+        let positive: [(&str, u64); 10] = [
+            ("server.max_connections", self.server.max_connections as u64),
+            ("limits.max_frame_bytes", self.limits.max_frame_bytes as u64),
+            (
+                "limits.max_rooms_per_peer",
+                self.limits.max_rooms_per_peer as u64,
+            ),
+            (
+                "limits.max_peers_per_room",
+                self.limits.max_peers_per_room as u64,
+            ),
+            ("limits.outbound_queue", self.limits.outbound_queue as u64),
+            ("limits.max_name_bytes", self.limits.max_name_bytes as u64),
+            ("limits.max_kind_bytes", self.limits.max_kind_bytes as u64),
+            ("limits.hello_timeout_ms", self.limits.hello_timeout_ms),
+            (
+                "limits.heartbeat_interval_ms",
+                self.limits.heartbeat_interval_ms,
+            ),
+            (
+                "limits.heartbeat_timeout_ms",
+                self.limits.heartbeat_timeout_ms,
+            ),
+        ];
+        for (k, v) in positive {
+            if v == 0 {
+                errs.push(format!("{k}: must be greater than 0"));
+            }
+        }
+        if self.limits.max_frame_bytes < 1024 {
+            errs.push("limits.max_frame_bytes: must be at least 1024".into());
+        }
+        if self.limits.heartbeat_timeout_ms <= self.limits.heartbeat_interval_ms {
+            errs.push(format!(
+                "limits.heartbeat_timeout_ms: must be greater than limits.heartbeat_interval_ms ({})",
+                self.limits.heartbeat_interval_ms
+            ));
+        }
+        let url = self.cluster.redis_url.expose();
+        if !url.is_empty()
+            && ![
+                "redis://",
+                "rediss://",
+                "redis-sentinel://",
+                "redis-cluster://",
+            ]
+            .iter()
+            .any(|s| url.starts_with(s))
+        {
+            errs.push(
+                "cluster.redis_url: must start with redis://, rediss://, redis-sentinel:// or redis-cluster://"
+                    .into(),
+            );
+        }
+        if self.cluster.key_prefix.is_empty() {
+            errs.push("cluster.key_prefix: must not be empty".into());
+        }
+        errs
+    }
+}
+
+/// Every problem found in a configuration, one line per bad key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Where configuration comes from; tests point these elsewhere instead of
+/// touching the process environment.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The base file, read when it exists (`config/default.toml`).
+    pub base_file: PathBuf,
+    /// `--config FILE`, which must exist.
+    pub file: Option<PathBuf>,
+    /// Environment variable prefix (`SWITCHBOARD_`).
+    pub env_prefix: String,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Self {
+            base_file: PathBuf::from("config/default.toml"),
+            file: None,
+            env_prefix: "SWITCHBOARD_".into(),
+        }
+    }
+}
+
+/// Loads and validates the configuration from `sources`.
+pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    if sources.base_file.exists() {
+        fig = fig.merge(Toml::file(&sources.base_file));
+    }
+    if let Some(file) = &sources.file {
+        if !file.exists() {
+            return Err(ConfigErrors(vec![format!(
+                "--config: file `{}` does not exist",
+                file.display()
+            )]));
+        }
+        fig = fig.merge(Toml::file(file));
+    }
+    fig = fig.merge(Env::prefixed(&sources.env_prefix).split("__"));
+    from_figment(&fig)
+}
+
+/// Loads from a TOML string over the defaults (for tests and `--check-config`).
+pub fn from_toml_str(toml: &str) -> Result<Config, ConfigErrors> {
+    from_figment(&Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)))
+}
+
+fn from_figment(fig: &Figment) -> Result<Config, ConfigErrors> {
+    match fig.extract::<Config>() {
+        Ok(cfg) => {
+            let errs = cfg.validate();
+            if errs.is_empty() {
+                Ok(cfg)
+            } else {
+                Err(ConfigErrors(errs))
+            }
+        }
+        Err(first) => {
+            // serde stops at the first problem; find every bad key by checking
+            // each supplied value on its own against the defaults.
+            let merged: Result<Value, _> = fig.extract::<Value>();
+            let errs = match merged {
+                Ok(merged) => per_key_errors(&merged),
+                Err(_) => Vec::new(),
+            };
+            if errs.is_empty() {
+                Err(ConfigErrors(vec![first.to_string()]))
+            } else {
+                Err(ConfigErrors(errs))
+            }
+        }
+    }
+}
+
+fn per_key_errors(merged: &Value) -> Vec<String> {
+    let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
+    let mut leaves = Vec::new();
+    collect_leaves(merged, &defaults, String::new(), &mut leaves);
+    let mut errs = Vec::new();
+    for (path, value, known) in leaves {
+        if !known {
+            errs.push(format!("{path}: unknown key"));
+            continue;
+        }
+        let mut probe = defaults.clone();
+        set_path(&mut probe, &path, value.clone());
+        if let Err(e) = serde_json::from_value::<Config>(probe) {
+            let msg = e.to_string();
+            errs.push(format!("{path}: {msg} (got {value})"));
+        }
+    }
+    errs
+}
+
+fn collect_leaves(
+    v: &Value,
+    defaults: &Value,
+    prefix: String,
+    out: &mut Vec<(String, Value, bool)>,
+) {
+    match (v, defaults) {
+        (Value::Object(map), Value::Object(dmap)) => {
+            for (k, child) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match dmap.get(k) {
+                    Some(d) => collect_leaves(child, d, path, out),
+                    None => out.push((path, child.clone(), false)),
+                }
+            }
+        }
+        _ => out.push((prefix, v.clone(), true)),
+    }
+}
+
+fn set_path(root: &mut Value, path: &str, value: Value) {
+    let mut cur = root;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, p) in parts.iter().enumerate() {
+        let Value::Object(map) = cur else { return };
+        if i + 1 == parts.len() {
+            map.insert((*p).to_string(), value);
+            return;
+        }
+        cur = map
+            .entry((*p).to_string())
+            .or_insert(Value::Object(Default::default()));
+    }
+}
+
+/// Reads a PEM key given either as PEM text or as a path to a PEM file.
+pub fn pem_or_file(s: &str) -> std::io::Result<String> {
+    if s.trim_start().starts_with("-----BEGIN") {
+        Ok(s.to_string())
+    } else {
+        std::fs::read_to_string(Path::new(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_toml_matches_built_in_defaults() {
+        let text = include_str!("../config/default.toml");
+        assert_eq!(from_toml_str(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_bad_key_is_reported() {
+        let err = from_toml_str(
+            "[server]\nlisten = 5\nbogus = 1\n[limits]\nmax_frame_bytes = \"big\"\n[log]\nformat = \"xml\"\n[nope]\nx = 1\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "server.listen",
+            "server.bogus",
+            "limits.max_frame_bytes",
+            "log.format",
+            "nope",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(key)),
+                "{key} missing in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let err = from_toml_str("[server]\nlisten = \"nowhere\"\n[limits]\noutbound_queue = 0\n")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("server.listen"), "{text}");
+        assert!(text.contains("limits.outbound_queue"), "{text}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = Config::default();
+        c.auth.jwt.hs256_secret = Secret::new("hunter2");
+        let shown = format!("{:?} {}", c, serde_json::to_string(&c.redacted()).unwrap());
+        assert!(!shown.contains("hunter2"));
+    }
+}

@@ -1,0 +1,112 @@
+//! Client-visible errors: stable error codes and WebSocket close codes.
+//!
+//! This is the one place that decides what a client sees when something goes
+//! wrong. Codes are part of the protocol (docs/PROTOCOL.md) and never change
+//! meaning; internal details are logged, never sent.
+
+use serde::Serialize;
+
+/// The stable, machine-readable `code` of an `error` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// The frame is not valid JSON (text) or MessagePack (binary).
+    Malformed,
+    /// The frame has no `type`, or a `type` the server does not know.
+    UnknownType,
+    /// A field is missing or has the wrong type.
+    InvalidMessage,
+    /// A peer id is empty, too long or contains control characters.
+    InvalidPeerId,
+    /// A room name is empty, too long or contains control characters.
+    InvalidRoom,
+    /// A signal kind is empty, too long or contains control characters.
+    InvalidKind,
+    /// A message other than `hello` or `ping` arrived before `hello`.
+    HelloRequired,
+    /// A second `hello` on a connection that already has a peer id.
+    AlreadyHello,
+    /// The token is missing, malformed, expired, badly signed or names another peer.
+    Unauthorized,
+    /// The target peer of a `signal` is not connected anywhere.
+    PeerNotFound,
+    /// The room has reached `limits.max_peers_per_room`.
+    RoomFull,
+    /// The peer is already in `limits.max_rooms_per_peer` rooms.
+    TooManyRooms,
+    /// `leave` or `broadcast` for a room the peer has not joined.
+    NotInRoom,
+    /// The operation needs the cluster backend (Redis), which is unreachable.
+    ClusterUnavailable,
+    /// The node is draining and accepts no new work.
+    Draining,
+    /// Something failed inside the server; details are in its log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire (and as a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownType => "unknown-type",
+            Self::InvalidMessage => "invalid-message",
+            Self::InvalidPeerId => "invalid-peer-id",
+            Self::InvalidRoom => "invalid-room",
+            Self::InvalidKind => "invalid-kind",
+            Self::HelloRequired => "hello-required",
+            Self::AlreadyHello => "already-hello",
+            Self::Unauthorized => "unauthorized",
+            Self::PeerNotFound => "peer-not-found",
+            Self::RoomFull => "room-full",
+            Self::TooManyRooms => "too-many-rooms",
+            Self::NotInRoom => "not-in-room",
+            Self::ClusterUnavailable => "cluster-unavailable",
+            Self::Draining => "draining",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// An error addressed to one client: a code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// A short explanation, safe to show (never internal details).
+    pub message: String,
+}
+
+impl ClientError {
+    /// Builds an error from a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// WebSocket close codes the server sends, with their reasons.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// Policy violation (used for a slow consumer).
+    pub const POLICY: u16 = 1008;
+    /// A frame or message larger than `limits.max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// The node is shutting down (drain); reconnect, to any node.
+    pub const RESTART: u16 = 1012;
+    /// Try again later: the client could not keep up with its outbound queue.
+    pub const SLOW: u16 = 1013;
+    /// The `hello` token was refused.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// A newer connection with the same peer id replaced this one.
+    pub const REPLACED: u16 = 4002;
+    /// No `hello` arrived within `limits.hello_timeout_ms`.
+    pub const HELLO_TIMEOUT: u16 = 4003;
+    /// Nothing (not even a pong) arrived within `limits.heartbeat_timeout_ms`.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4004;
+}

@@ -1,0 +1,318 @@
+//! The hub: this node's local socket map and local room index.
+//!
+//! It maps each locally connected peer to a [`ConnHandle`], the only way to
+//! reach its socket: a bounded queue drained by the connection's writer task,
+//! plus a cancellation token to close it. Pushing never blocks: a full queue
+//! means the client cannot keep up, and it is closed with 1013 while everyone
+//! else keeps receiving. Maps are sharded (`DashMap`) and no lock is ever held
+//! across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::close;
+use crate::metrics as m;
+use crate::protocol::{LeaveReason, ServerMsg};
+use crate::types::{PeerId, RoomName};
+
+/// Why a connection is being closed: the close frame and the `peer-left` reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close frame reason text (also the metric label).
+    pub reason: &'static str,
+    /// The reason given to the peer's rooms.
+    pub leave: LeaveReason,
+}
+
+impl CloseReason {
+    /// The client could not drain its queue.
+    pub const SLOW: Self = Self {
+        code: close::SLOW,
+        reason: "slow-consumer",
+        leave: LeaveReason::Disconnected,
+    };
+    /// A newer connection took the peer id.
+    pub const REPLACED: Self = Self {
+        code: close::REPLACED,
+        reason: "replaced",
+        leave: LeaveReason::Replaced,
+    };
+    /// The node is draining.
+    pub const DRAINING: Self = Self {
+        code: close::RESTART,
+        reason: "draining",
+        leave: LeaveReason::Disconnected,
+    };
+    /// Heartbeat timeout.
+    pub const TIMEOUT: Self = Self {
+        code: close::HEARTBEAT_TIMEOUT,
+        reason: "heartbeat-timeout",
+        leave: LeaveReason::Timeout,
+    };
+    /// No hello in time.
+    pub const HELLO_TIMEOUT: Self = Self {
+        code: close::HELLO_TIMEOUT,
+        reason: "hello-timeout",
+        leave: LeaveReason::Timeout,
+    };
+    /// Token refused.
+    pub const UNAUTHORIZED: Self = Self {
+        code: close::UNAUTHORIZED,
+        reason: "unauthorized",
+        leave: LeaveReason::Disconnected,
+    };
+    /// A message over the size limit.
+    pub const TOO_BIG: Self = Self {
+        code: close::TOO_BIG,
+        reason: "message-too-big",
+        leave: LeaveReason::Disconnected,
+    };
+    /// The client closed or the socket failed.
+    pub const CLIENT_GONE: Self = Self {
+        code: close::NORMAL,
+        reason: "client-closed",
+        leave: LeaveReason::Disconnected,
+    };
+}
+
+/// One queued server message.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The message, shared between every recipient of a fan-out.
+    pub msg: Arc<ServerMsg>,
+    /// When the relayed message was read from its sender (for the latency histogram).
+    pub received: Option<Instant>,
+}
+
+/// Shared control state of one connection.
+#[derive(Debug)]
+pub struct ConnCtl {
+    /// Cancelled to close the connection; reader and writer both watch it.
+    pub cancel: CancellationToken,
+    /// The first reason given for closing wins.
+    pub reason: OnceLock<CloseReason>,
+}
+
+/// The handle through which anything on the node reaches one connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    /// Unique id of this connection, so a stale cleanup never removes a newer
+    /// connection of the same peer.
+    pub epoch: u64,
+    tx: mpsc::Sender<Outbound>,
+    ctl: Arc<ConnCtl>,
+}
+
+impl ConnHandle {
+    /// Creates a handle and the receiving end of its bounded queue.
+    pub fn new(
+        epoch: u64,
+        capacity: usize,
+        cancel: CancellationToken,
+    ) -> (Self, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let ctl = Arc::new(ConnCtl {
+            cancel,
+            reason: OnceLock::new(),
+        });
+        (Self { epoch, tx, ctl }, rx)
+    }
+
+    /// The control state (for the connection's own tasks).
+    pub fn ctl(&self) -> &Arc<ConnCtl> {
+        &self.ctl
+    }
+
+    /// Queues a message without waiting. A full queue closes the connection as
+    /// too slow; returns whether the message was queued.
+    pub fn push(&self, msg: Arc<ServerMsg>, received: Option<Instant>) -> bool {
+        match self.tx.try_send(Outbound { msg, received }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!(m::QUEUE_OVERFLOWS).increment(1);
+                self.close(CloseReason::SLOW);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a message built for this one recipient.
+    pub fn send(&self, msg: ServerMsg) -> bool {
+        self.push(Arc::new(msg), None)
+    }
+
+    /// Asks the connection to close; the first reason given wins.
+    pub fn close(&self, why: CloseReason) {
+        let _ = self.ctl.reason.set(why);
+        self.ctl.cancel.cancel();
+    }
+
+    /// True once the connection has been asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.ctl.cancel.is_cancelled()
+    }
+}
+
+/// The local socket map and local room index.
+#[derive(Debug, Default)]
+pub struct Hub {
+    peers: DashMap<PeerId, ConnHandle>,
+    rooms: DashMap<RoomName, HashMap<PeerId, ConnHandle>>,
+}
+
+impl Hub {
+    /// Registers a connection for `peer`, returning the one it replaces.
+    pub fn register(&self, peer: PeerId, handle: ConnHandle) -> Option<ConnHandle> {
+        let old = self.peers.insert(peer, handle);
+        if old.is_none() {
+            metrics::gauge!(m::PEERS).increment(1.0);
+        }
+        old
+    }
+
+    /// Removes `peer` if its current connection is `epoch`.
+    pub fn unregister(&self, peer: &PeerId, epoch: u64) -> bool {
+        let removed = self
+            .peers
+            .remove_if(peer, |_, h| h.epoch == epoch)
+            .is_some();
+        if removed {
+            metrics::gauge!(m::PEERS).decrement(1.0);
+        }
+        removed
+    }
+
+    /// The connection of a local peer.
+    pub fn get(&self, peer: &PeerId) -> Option<ConnHandle> {
+        self.peers.get(peer).map(|h| h.clone())
+    }
+
+    /// Queues a message for a local peer; `None` when the peer is not here.
+    pub fn push_to(
+        &self,
+        peer: &str,
+        msg: Arc<ServerMsg>,
+        received: Option<Instant>,
+    ) -> Option<bool> {
+        self.peers.get(peer).map(|h| h.push(msg, received))
+    }
+
+    /// Number of local peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Every local connection (for drain).
+    pub fn handles(&self) -> Vec<ConnHandle> {
+        self.peers.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Adds a local member; returns true when the room had no local member before.
+    pub fn room_add(&self, room: &RoomName, peer: PeerId, handle: ConnHandle) -> bool {
+        let mut entry = self.rooms.entry(room.clone()).or_default();
+        let first = entry.is_empty();
+        entry.insert(peer, handle);
+        if first {
+            metrics::gauge!(m::ROOMS).increment(1.0);
+        }
+        first
+    }
+
+    /// Removes a local member if its connection is `epoch`; returns
+    /// `(removed, room now has no local member)`.
+    pub fn room_remove(&self, room: &RoomName, peer: &PeerId, epoch: u64) -> (bool, bool) {
+        let mut removed = false;
+        let emptied = self
+            .rooms
+            .remove_if_mut(room, |_, members| {
+                if members.get(peer).is_some_and(|h| h.epoch == epoch) {
+                    members.remove(peer);
+                    removed = true;
+                }
+                members.is_empty()
+            })
+            .is_some();
+        if emptied {
+            metrics::gauge!(m::ROOMS).decrement(1.0);
+        }
+        (removed, emptied)
+    }
+
+    /// Queues `msg` for every local member of `room` except `except`; returns how many got it.
+    pub fn room_fanout(
+        &self,
+        room: &str,
+        except: Option<&str>,
+        msg: &Arc<ServerMsg>,
+        received: Option<Instant>,
+    ) -> usize {
+        let Some(members) = self.rooms.get(room) else {
+            return 0;
+        };
+        let mut n = 0;
+        for (peer, h) in members.iter() {
+            if Some(peer.as_str()) != except && h.push(msg.clone(), received) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Number of rooms with a local member.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Names of the rooms with a local member (for re-registration after a Redis outage).
+    pub fn local_rooms(&self) -> Vec<RoomName> {
+        self.rooms.iter().map(|e| e.key().clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_queue_closes_only_that_connection() {
+        let hub = Hub::default();
+        let (slow, _slow_rx) = ConnHandle::new(1, 2, CancellationToken::new());
+        let (fast, mut fast_rx) = ConnHandle::new(2, 2, CancellationToken::new());
+        let room = RoomName::from_trusted("r");
+        hub.room_add(&room, PeerId::from_trusted("slow"), slow.clone());
+        hub.room_add(&room, PeerId::from_trusted("fast"), fast.clone());
+        let msg = Arc::new(ServerMsg::Pong { id: None });
+        for _ in 0..3 {
+            hub.room_fanout("r", None, &msg, None);
+            assert!(fast_rx.try_recv().is_ok());
+        }
+        assert!(slow.is_closing());
+        assert_eq!(slow.ctl().reason.get(), Some(&CloseReason::SLOW));
+        assert!(!fast.is_closing());
+    }
+
+    #[test]
+    fn stale_epoch_does_not_remove_newer_connection() {
+        let hub = Hub::default();
+        let p = PeerId::from_trusted("p");
+        let (old, _) = ConnHandle::new(1, 1, CancellationToken::new());
+        let (new, _) = ConnHandle::new(2, 1, CancellationToken::new());
+        assert!(hub.register(p.clone(), old).is_none());
+        assert_eq!(hub.register(p.clone(), new).map(|h| h.epoch), Some(1));
+        assert!(!hub.unregister(&p, 1));
+        assert_eq!(hub.get(&p).map(|h| h.epoch), Some(2));
+        let room = RoomName::from_trusted("r");
+        hub.room_add(&room, p.clone(), hub.get(&p).unwrap());
+        assert_eq!(hub.room_remove(&room, &p, 1), (false, false));
+        assert_eq!(hub.room_remove(&room, &p, 2), (true, true));
+        assert_eq!(hub.room_count(), 0);
+    }
+}

@@ -1,0 +1,93 @@
+//! Switchboard: a horizontally scalable signaling, rendezvous and relay broker.
+//!
+//! A tour of the crate, in the order a message flows:
+//!
+//! - [`http`]: the HTTP door: `/ws` upgrades, probes, `/metrics`, the rooms API.
+//! - [`session`]: one task per connection: a reader that decodes frames and a
+//!   writer that drains the connection's bounded queue.
+//! - [`protocol`]: the native wire format (JSON text or MessagePack binary),
+//!   decoded into validated [`protocol::Command`]s.
+//! - [`node`]: the router: hello, rooms, signals, broadcasts, drain.
+//! - [`hub`]: the local socket map and local room index.
+//! - [`bus`] and [`store`]: the two cluster seams, with in-process backends for
+//!   the embedded single node.
+//! - [`config`], [`auth`], [`metrics`], [`error`], [`types`]: the supporting cast.
+//!
+//! [`run`] serves an already-bound listener until a shutdown future resolves,
+//! then drains; the binary in `main.rs` only parses arguments and wires signals.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod session;
+pub mod store;
+pub mod types;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+
+/// Serves `node` on `listener` until `shutdown` resolves, then drains: readiness
+/// fails, clients are told to reconnect, and after the grace period the
+/// remaining sockets close with 1012. Returns once every connection has ended.
+pub async fn run(
+    listener: TcpListener,
+    node: Arc<Node>,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = http::router(http::AppState {
+        node: node.clone(),
+        metrics,
+    });
+    let stop_http = CancellationToken::new();
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop_http.clone().cancelled_owned());
+    let server = tokio::spawn(async move { serve.await });
+    shutdown.await;
+    node.drain(Duration::from_millis(node.cfg.shutdown.grace_period_ms))
+        .await;
+    stop_http.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(join)) => Err(std::io::Error::other(join)),
+        Err(_) => {
+            tracing::warn!("HTTP server did not stop in time");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

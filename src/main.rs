@@ -1,0 +1,101 @@
+//! The `switchboard` binary: parse arguments, load config, bind, serve, drain.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchboard::config::{self, Config, LogFormat, Sources};
+use switchboard::node::Node;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for an invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+
+/// Switchboard: signaling, rendezvous and relay broker for WebRTC and P2P systems.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// A TOML file layered over config/default.toml (environment variables
+    /// SWITCHBOARD_<SECTION>__<KEY> override both).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print the effective settings (secrets redacted) and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn init_tracing(cfg: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match config::load(&Sources {
+        file: cli.config.clone(),
+        ..Sources::default()
+    }) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("switchboard: invalid configuration:");
+            for line in &errs.0 {
+                eprintln!("  {line}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let effective = serde_json::to_string(&cfg.redacted()).expect("config serializes");
+    if cli.check_config {
+        println!("{effective}");
+        return ExitCode::SUCCESS;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        init_tracing(&cfg);
+        let node = match Node::embedded(cfg) {
+            Ok(n) => n,
+            Err(errs) => {
+                eprintln!("switchboard: invalid configuration:");
+                for line in &errs {
+                    eprintln!("  {line}");
+                }
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let (bus, store) = node.backend_names();
+        tracing::info!(node = %node.id, bus, store, config = %effective, "starting switchboard {}", env!("CARGO_PKG_VERSION"));
+        if !node.auth_enabled() {
+            tracing::warn!("no auth.jwt key configured: any client may connect as any peer id");
+        }
+        let listener = match tokio::net::TcpListener::bind(node.cfg.listen_addr()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(addr = %node.cfg.server.listen, error = %e, "cannot bind");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().expect("bound address");
+        tracing::info!("listening on {addr}");
+        let handle = switchboard::metrics::install();
+        match switchboard::run(listener, node, handle, switchboard::shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "server failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,100 @@
+//! Every metric the node exports, named in one place, and the Prometheus recorder.
+//!
+//! Labels are bounded: message types, error codes, close reasons, dialects and
+//! outcomes, never a peer id or a room name.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Gauge: open WebSocket connections on this node.
+pub const CONNECTIONS: &str = "switchboard_connections";
+/// Counter: WebSocket connections accepted, by `dialect`.
+pub const CONNECTIONS_TOTAL: &str = "switchboard_connections_total";
+/// Counter: upgrade requests refused, by `reason` (`limit`, `draining`).
+pub const CONNECTIONS_REFUSED: &str = "switchboard_connections_refused_total";
+/// Counter: sockets closed by the server or the client, by `reason`.
+pub const DISCONNECTS: &str = "switchboard_disconnects_total";
+/// Counter: client messages received, by `type`.
+pub const MESSAGES_IN: &str = "switchboard_messages_in_total";
+/// Counter: server messages written to sockets, by `type`.
+pub const MESSAGES_OUT: &str = "switchboard_messages_out_total";
+/// Counter: `error` messages sent, by `code`.
+pub const ERRORS: &str = "switchboard_errors_total";
+/// Counter: outbound queues found full (the client is then closed as too slow).
+pub const QUEUE_OVERFLOWS: &str = "switchboard_queue_overflows_total";
+/// Gauge: rooms with at least one member on this node.
+pub const ROOMS: &str = "switchboard_rooms";
+/// Gauge: peers registered (past `hello`) on this node.
+pub const PEERS: &str = "switchboard_peers";
+/// Histogram: seconds from reading a signal or broadcast to writing it to the target socket.
+pub const RELAY_LATENCY: &str = "switchboard_relay_latency_seconds";
+/// Counter: events published on the bus, by `kind` and `outcome`.
+pub const BUS_PUBLISHED: &str = "switchboard_bus_published_total";
+/// Counter: events received from the bus, by `kind`.
+pub const BUS_RECEIVED: &str = "switchboard_bus_received_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once (later calls return the same handle) and
+/// starts its upkeep, without which histogram memory grows without bound.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                        0.5, 1.0, 2.5,
+                    ],
+                )
+                .expect("bucket list is not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            let upkeep = handle.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(5));
+                    loop {
+                        tick.tick().await;
+                        upkeep.run_upkeep();
+                    }
+                });
+            }
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS, "Open WebSocket connections on this node");
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "WebSocket connections accepted, by dialect"
+    );
+    describe_counter!(CONNECTIONS_REFUSED, "WebSocket upgrades refused, by reason");
+    describe_counter!(DISCONNECTS, "Sockets closed, by reason");
+    describe_counter!(MESSAGES_IN, "Client messages received, by type");
+    describe_counter!(MESSAGES_OUT, "Server messages written, by type");
+    describe_counter!(ERRORS, "Error messages sent to clients, by code");
+    describe_counter!(
+        QUEUE_OVERFLOWS,
+        "Outbound queues found full (client closed as too slow)"
+    );
+    describe_gauge!(ROOMS, "Rooms with at least one member on this node");
+    describe_gauge!(PEERS, "Peers past hello on this node");
+    describe_histogram!(
+        RELAY_LATENCY,
+        Unit::Seconds,
+        "Read-to-write time of relayed signals and broadcasts"
+    );
+    describe_counter!(
+        BUS_PUBLISHED,
+        "Events published to other nodes, by kind and outcome"
+    );
+    describe_counter!(BUS_RECEIVED, "Events received from other nodes, by kind");
+}

@@ -1,0 +1,666 @@
+//! The node: owns the hub, the bus and the store, and routes every command.
+//!
+//! A connection's reader hands each validated command to [`Node::dispatch`]
+//! with the sender's identity stamped from its session. Direct signals go to a
+//! local peer's queue, or through the peer directory to the one node holding
+//! the target; room events go to local members and, through the bus, to the
+//! nodes subscribed to the room. Events from other nodes arrive in
+//! [`Node::handle_remote`].
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::auth::{AuthError, Authenticator};
+use crate::bus::local::{LocalBus, LocalNet};
+use crate::bus::{Bus, Envelope, NodeEvent, ENVELOPE_VERSION};
+use crate::config::Config;
+use crate::error::{ClientError, ErrorCode};
+use crate::hub::{CloseReason, ConnHandle, Hub};
+use crate::metrics as m;
+use crate::protocol::{Command, LeaveReason, Member, NameLimits, ServerMsg};
+use crate::store::memory::MemoryStore;
+use crate::store::{PeerLocation, Store, StoreError};
+use crate::types::{new_peer_id, NodeId, PeerId, RoomName};
+
+/// The state of one connection past `hello`, owned by its reader task.
+#[derive(Debug)]
+pub struct Session {
+    /// The peer id (requested, from the token, or assigned).
+    pub peer: PeerId,
+    /// This connection's epoch.
+    pub epoch: u64,
+    /// The handle other tasks reach this connection through.
+    pub handle: ConnHandle,
+    /// Metadata from `hello`, the default for rooms joined without their own.
+    pub meta: Value,
+    /// Rooms joined on this connection (bounded by `limits.max_rooms_per_peer`).
+    pub rooms: HashSet<RoomName>,
+}
+
+/// A failed `hello`: the error for the client, and whether to close the socket.
+#[derive(Debug)]
+pub struct HelloRefused {
+    /// Sent to the client as `error`.
+    pub error: ClientError,
+    /// Close the connection with this reason after the error.
+    pub close: Option<CloseReason>,
+}
+
+/// One Switchboard node.
+pub struct Node {
+    /// This node's id on the bus.
+    pub id: NodeId,
+    /// The validated configuration.
+    pub cfg: Arc<Config>,
+    /// Local sockets and local room membership.
+    pub hub: Hub,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    auth: Option<Authenticator>,
+    draining: AtomicBool,
+    /// Cancelled at the end of a drain: every connection's token is a child of it.
+    pub close_all: CancellationToken,
+    /// Tracks connection tasks so shutdown waits for them (axum does not).
+    pub tracker: TaskTracker,
+    /// Caps concurrent connections at `server.max_connections`; a permit lives as long as its socket.
+    pub conn_limit: Arc<Semaphore>,
+    next_epoch: AtomicU64,
+    seq: AtomicU64,
+    /// Name limits for the protocol decoder.
+    pub name_limits: NameLimits,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn cluster_err<E: std::fmt::Display>(e: E) -> ClientError {
+    warn!(error = %e, "cluster backend call failed");
+    ClientError::new(
+        ErrorCode::ClusterUnavailable,
+        "the cluster backend is unavailable; try again",
+    )
+}
+
+impl Node {
+    /// A node on the embedded default: in-process bus, in-memory store.
+    pub fn embedded(cfg: Config) -> Result<Arc<Self>, Vec<String>> {
+        let id = node_id(&cfg);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let bus = Arc::new(LocalBus::new(Arc::new(LocalNet::default()), id.clone(), tx));
+        Self::new(cfg, id, Arc::new(MemoryStore::default()), bus, rx)
+    }
+
+    /// A node on the given backends; `inbox` receives the bus's events for it.
+    pub fn new(
+        cfg: Config,
+        id: NodeId,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        inbox: mpsc::UnboundedReceiver<Envelope>,
+    ) -> Result<Arc<Self>, Vec<String>> {
+        let auth = Authenticator::from_config(&cfg.auth.jwt)?;
+        let node = Arc::new(Self {
+            id,
+            hub: Hub::default(),
+            store,
+            bus,
+            auth,
+            draining: AtomicBool::new(false),
+            close_all: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            conn_limit: Arc::new(Semaphore::new(cfg.server.max_connections)),
+            next_epoch: AtomicU64::new(rand::random::<u64>() >> 1),
+            seq: AtomicU64::new(0),
+            name_limits: NameLimits {
+                max_name_bytes: cfg.limits.max_name_bytes,
+                max_kind_bytes: cfg.limits.max_kind_bytes,
+            },
+            cfg: Arc::new(cfg),
+        });
+        tokio::spawn(inbox_loop(Arc::downgrade(&node), inbox));
+        Ok(node)
+    }
+
+    /// True when `hello` tokens are verified.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// The shared registries (for the HTTP API).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Names of the backends, for the start-up log.
+    pub fn backend_names(&self) -> (&'static str, &'static str) {
+        (self.bus.name(), self.store.name())
+    }
+
+    /// A fresh connection epoch.
+    pub fn next_epoch(&self) -> u64 {
+        self.next_epoch.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Why the node should not get traffic, if it should not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            Some("draining")
+        } else if !self.bus.is_ready() {
+            Some("bus-unavailable")
+        } else {
+            None
+        }
+    }
+
+    fn envelope(&self, event: NodeEvent) -> Envelope {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            origin: self.id.clone(),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            event,
+        }
+    }
+
+    async fn publish_room(&self, room: &RoomName, event: NodeEvent) -> Result<(), ClientError> {
+        let kind = event.kind_name();
+        let r = self.bus.publish_room(room, self.envelope(event)).await;
+        metrics::counter!(m::BUS_PUBLISHED, "kind" => kind, "outcome" => if r.is_ok() { "ok" } else { "error" })
+            .increment(1);
+        r.map_err(cluster_err)
+    }
+
+    async fn publish_node(&self, node: &NodeId, event: NodeEvent) -> Result<(), ClientError> {
+        let kind = event.kind_name();
+        let r = self.bus.publish_node(node, self.envelope(event)).await;
+        metrics::counter!(m::BUS_PUBLISHED, "kind" => kind, "outcome" => if r.is_ok() { "ok" } else { "error" })
+            .increment(1);
+        r.map_err(cluster_err)
+    }
+
+    /// Handles `hello`: authenticates, registers the peer (replacing an older
+    /// connection of the same id, on any node) and sends `welcome`.
+    pub async fn hello(
+        &self,
+        handle: &ConnHandle,
+        observed: SocketAddr,
+        id: Option<Value>,
+        peer_id: Option<PeerId>,
+        meta: Value,
+        token: Option<String>,
+    ) -> Result<Session, HelloRefused> {
+        if self.is_draining() {
+            return Err(HelloRefused {
+                error: ClientError::new(
+                    ErrorCode::Draining,
+                    "this node is shutting down; reconnect",
+                ),
+                close: Some(CloseReason::DRAINING),
+            });
+        }
+        let mut peer_id = peer_id;
+        if let Some(auth) = &self.auth {
+            let refuse = |e: AuthError| HelloRefused {
+                error: ClientError::new(ErrorCode::Unauthorized, e.to_string()),
+                close: Some(CloseReason::UNAUTHORIZED),
+            };
+            let claims = auth
+                .verify(token.as_deref(), peer_id.as_ref().map(|p| p.as_str()))
+                .map_err(refuse)?;
+            if peer_id.is_none() {
+                peer_id = Some(
+                    PeerId::parse(&claims.sub, self.cfg.limits.max_name_bytes)
+                        .map_err(|_| refuse(AuthError::Invalid("`sub` is not a valid peer id")))?,
+                );
+            }
+        }
+        let peer = peer_id.unwrap_or_else(new_peer_id);
+        // Welcome goes into the queue before the peer is reachable, so it is
+        // the first thing the client reads.
+        handle.send(ServerMsg::Welcome {
+            id,
+            peer_id: peer.clone(),
+            node: self.id.to_string(),
+            observed_addr: observed.to_string(),
+            heartbeat_ms: self.cfg.limits.heartbeat_interval_ms,
+        });
+        if let Some(old) = self.hub.register(peer.clone(), handle.clone()) {
+            debug!(peer = %peer, "newer connection replaces a local one");
+            old.close(CloseReason::REPLACED);
+        }
+        let loc = PeerLocation {
+            node: self.id.clone(),
+            epoch: handle.epoch,
+        };
+        match self.store.register_peer(&peer, loc).await {
+            Ok(Some(prev)) if prev.node != self.id => {
+                let kick = NodeEvent::Kick {
+                    peer_id: peer.clone(),
+                    epoch: prev.epoch,
+                };
+                let _ = self.publish_node(&prev.node, kick).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(peer = %peer, error = %e, "peer directory unavailable; peer served locally only")
+            }
+        }
+        Ok(Session {
+            peer,
+            epoch: handle.epoch,
+            handle: handle.clone(),
+            meta,
+            rooms: HashSet::new(),
+        })
+    }
+
+    /// Runs one command of a session past `hello`.
+    pub async fn dispatch(
+        &self,
+        s: &mut Session,
+        id: Option<Value>,
+        cmd: Command,
+        received: Instant,
+    ) {
+        let result = match cmd {
+            Command::Join { room, meta } => self.join(s, id.clone(), room, meta).await,
+            Command::Leave { room } => self.leave(s, &room).await.map(|()| ack(id.clone())),
+            Command::Signal { to, kind, data } => {
+                let from = s.peer.clone();
+                self.signal(from, to, kind, data, received)
+                    .await
+                    .map(|()| ack(id.clone()))
+            }
+            Command::Broadcast { room, data } => self
+                .broadcast(s, room, data, received)
+                .await
+                .map(|()| ack(id.clone())),
+            Command::Ping => Ok(Some(ServerMsg::Pong { id: id.clone() })),
+            Command::Hello { .. } => Err(ClientError::new(
+                ErrorCode::AlreadyHello,
+                "this connection already sent hello",
+            )),
+        };
+        match result {
+            Ok(Some(reply)) => {
+                s.handle.send(reply);
+            }
+            Ok(None) => {}
+            Err(e) => send_error(&s.handle, id, e),
+        }
+    }
+
+    async fn join(
+        &self,
+        s: &mut Session,
+        id: Option<Value>,
+        room: RoomName,
+        meta: Value,
+    ) -> Result<Option<ServerMsg>, ClientError> {
+        let meta = if meta.is_null() { s.meta.clone() } else { meta };
+        let member = Member {
+            peer_id: s.peer.clone(),
+            meta: meta.clone(),
+        };
+        if s.rooms.contains(&room) {
+            // Joining again is harmless: answer with the current members.
+            let peers = self
+                .store
+                .room_members(&room)
+                .await
+                .map_err(cluster_err)?
+                .unwrap_or_default();
+            let peers = peers.into_iter().filter(|p| p.peer_id != s.peer).collect();
+            return Ok(Some(ServerMsg::Joined { id, room, peers }));
+        }
+        if s.rooms.len() >= self.cfg.limits.max_rooms_per_peer {
+            return Err(ClientError::new(
+                ErrorCode::TooManyRooms,
+                format!(
+                    "a peer may be in at most {} rooms",
+                    self.cfg.limits.max_rooms_per_peer
+                ),
+            ));
+        }
+        // Local membership first, then the shared registry: whichever of two
+        // concurrent joiners registers second lists the first, and the first is
+        // already reachable for the second's `peer-joined`.
+        if self.hub.room_add(&room, s.peer.clone(), s.handle.clone()) {
+            if let Err(e) = self.bus.subscribe_room(&room).await {
+                self.hub.room_remove(&room, &s.peer, s.epoch);
+                return Err(cluster_err(e));
+            }
+        }
+        let peers = match self
+            .store
+            .join_room(&room, &member, s.epoch, self.cfg.limits.max_peers_per_room)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                self.drop_local_member(&room, &s.peer, s.epoch).await;
+                return Err(match e {
+                    StoreError::RoomFull => ClientError::new(
+                        ErrorCode::RoomFull,
+                        format!(
+                            "room is full ({} peers)",
+                            self.cfg.limits.max_peers_per_room
+                        ),
+                    ),
+                    e => cluster_err(e),
+                });
+            }
+        };
+        s.rooms.insert(room.clone());
+        s.handle.send(ServerMsg::Joined {
+            id,
+            room: room.clone(),
+            peers,
+        });
+        let note = Arc::new(ServerMsg::PeerJoined {
+            room: room.clone(),
+            peer_id: s.peer.clone(),
+            meta: meta.clone(),
+        });
+        self.hub
+            .room_fanout(room.as_str(), Some(s.peer.as_str()), &note, None);
+        let _ = self
+            .publish_room(
+                &room,
+                NodeEvent::PeerJoined {
+                    room: room.clone(),
+                    member,
+                },
+            )
+            .await;
+        Ok(None)
+    }
+
+    async fn drop_local_member(&self, room: &RoomName, peer: &PeerId, epoch: u64) {
+        let (_, emptied) = self.hub.room_remove(room, peer, epoch);
+        if emptied {
+            if let Err(e) = self.bus.unsubscribe_room(room).await {
+                warn!(room = %room, error = %e, "unsubscribe failed");
+            }
+        }
+    }
+
+    async fn leave(&self, s: &mut Session, room: &RoomName) -> Result<(), ClientError> {
+        if !s.rooms.remove(room) {
+            return Err(ClientError::new(
+                ErrorCode::NotInRoom,
+                format!("not in room `{room}`"),
+            ));
+        }
+        self.leave_room(&s.peer, s.epoch, room, LeaveReason::Left)
+            .await
+    }
+
+    /// Removes a connection from a room and tells the others, once.
+    async fn leave_room(
+        &self,
+        peer: &PeerId,
+        epoch: u64,
+        room: &RoomName,
+        reason: LeaveReason,
+    ) -> Result<(), ClientError> {
+        self.drop_local_member(room, peer, epoch).await;
+        let removed = self
+            .store
+            .leave_room(room, peer, epoch)
+            .await
+            .map_err(cluster_err)?;
+        if removed {
+            let note = Arc::new(ServerMsg::PeerLeft {
+                room: room.clone(),
+                peer_id: peer.clone(),
+                reason,
+            });
+            self.hub
+                .room_fanout(room.as_str(), Some(peer.as_str()), &note, None);
+            self.publish_room(
+                room,
+                NodeEvent::PeerLeft {
+                    room: room.clone(),
+                    peer_id: peer.clone(),
+                    reason,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Routes a direct signal: a local peer's queue, or the one node holding it.
+    pub async fn signal(
+        &self,
+        from: PeerId,
+        to: PeerId,
+        kind: crate::types::SignalKind,
+        data: Value,
+        received: Instant,
+    ) -> Result<(), ClientError> {
+        if let Some(h) = self.hub.get(&to) {
+            h.push(
+                Arc::new(ServerMsg::Signal { from, kind, data }),
+                Some(received),
+            );
+            return Ok(());
+        }
+        match self.store.locate_peer(&to).await.map_err(cluster_err)? {
+            Some(loc) if loc.node != self.id => {
+                self.publish_node(
+                    &loc.node,
+                    NodeEvent::Signal {
+                        from,
+                        to,
+                        to_epoch: loc.epoch,
+                        kind,
+                        data,
+                    },
+                )
+                .await
+            }
+            _ => Err(ClientError::new(
+                ErrorCode::PeerNotFound,
+                format!("peer `{to}` is not connected"),
+            )),
+        }
+    }
+
+    async fn broadcast(
+        &self,
+        s: &Session,
+        room: RoomName,
+        data: Value,
+        received: Instant,
+    ) -> Result<(), ClientError> {
+        if !s.rooms.contains(&room) {
+            return Err(ClientError::new(
+                ErrorCode::NotInRoom,
+                format!("not in room `{room}`"),
+            ));
+        }
+        let msg = Arc::new(ServerMsg::Message {
+            room: room.clone(),
+            from: s.peer.clone(),
+            data: data.clone(),
+        });
+        self.hub
+            .room_fanout(room.as_str(), Some(s.peer.as_str()), &msg, Some(received));
+        self.publish_room(
+            &room,
+            NodeEvent::Message {
+                room: room.clone(),
+                from: s.peer.clone(),
+                data,
+            },
+        )
+        .await
+    }
+
+    /// Cleans up after a connection: leaves its rooms, removes it from the directory.
+    pub async fn disconnect(&self, s: &Session, why: CloseReason) {
+        for room in &s.rooms {
+            if let Err(e) = self.leave_room(&s.peer, s.epoch, room, why.leave).await {
+                debug!(room = %room, error = %e.message, "leave during disconnect failed");
+            }
+        }
+        self.hub.unregister(&s.peer, s.epoch);
+        if let Err(e) = self.store.unregister_peer(&s.peer, s.epoch).await {
+            warn!(peer = %s.peer, error = %e, "could not remove peer from the directory");
+        }
+    }
+
+    /// Handles one event from another node.
+    pub fn handle_remote(&self, env: Envelope) {
+        if env.v != ENVELOPE_VERSION || env.origin == self.id {
+            return;
+        }
+        metrics::counter!(m::BUS_RECEIVED, "kind" => env.event.kind_name()).increment(1);
+        match env.event {
+            NodeEvent::Signal {
+                from,
+                to,
+                kind,
+                data,
+                ..
+            } => {
+                if self
+                    .hub
+                    .push_to(
+                        to.as_str(),
+                        Arc::new(ServerMsg::Signal { from, kind, data }),
+                        None,
+                    )
+                    .is_none()
+                {
+                    debug!(peer = %to, "remote signal for a peer no longer here");
+                }
+            }
+            NodeEvent::Message { room, from, data } => {
+                let msg = Arc::new(ServerMsg::Message {
+                    room: room.clone(),
+                    from: from.clone(),
+                    data,
+                });
+                self.hub
+                    .room_fanout(room.as_str(), Some(from.as_str()), &msg, None);
+            }
+            NodeEvent::PeerJoined { room, member } => {
+                let msg = Arc::new(ServerMsg::PeerJoined {
+                    room: room.clone(),
+                    peer_id: member.peer_id.clone(),
+                    meta: member.meta,
+                });
+                self.hub
+                    .room_fanout(room.as_str(), Some(member.peer_id.as_str()), &msg, None);
+            }
+            NodeEvent::PeerLeft {
+                room,
+                peer_id,
+                reason,
+            } => {
+                let msg = Arc::new(ServerMsg::PeerLeft {
+                    room: room.clone(),
+                    peer_id: peer_id.clone(),
+                    reason,
+                });
+                self.hub
+                    .room_fanout(room.as_str(), Some(peer_id.as_str()), &msg, None);
+            }
+            NodeEvent::Kick { peer_id, epoch } => {
+                if let Some(h) = self.hub.get(&peer_id).filter(|h| h.epoch == epoch) {
+                    h.close(CloseReason::REPLACED);
+                }
+            }
+        }
+    }
+
+    /// Drains the node: readiness fails and new sockets are refused at once,
+    /// every client is told to reconnect, and after `grace` the remaining
+    /// sockets close with 1012. Returns when every connection task has ended
+    /// (or a last bounded wait has passed).
+    pub async fn drain(&self, grace: Duration) {
+        self.draining.store(true, Ordering::Release);
+        let handles = self.hub.handles();
+        info!(
+            connections = handles.len(),
+            grace_ms = grace.as_millis() as u64,
+            "draining"
+        );
+        let jitter = self.cfg.shutdown.reconnect_jitter_ms.max(1);
+        for h in &handles {
+            h.send(ServerMsg::Reconnect {
+                reason: "draining".into(),
+                after_ms: rand::random_range(0..jitter),
+            });
+        }
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            info!(
+                remaining = self.tracker.len(),
+                "grace period over; closing sockets with 1012"
+            );
+            self.close_all.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    remaining = self.tracker.len(),
+                    "connection tasks still running after close"
+                );
+            }
+        }
+    }
+}
+
+fn ack(id: Option<Value>) -> Option<ServerMsg> {
+    id.map(|id| ServerMsg::Ack { id })
+}
+
+/// Sends an `error` to one connection and counts it.
+pub fn send_error(handle: &ConnHandle, id: Option<Value>, e: ClientError) {
+    metrics::counter!(m::ERRORS, "code" => e.code.as_str()).increment(1);
+    handle.send(ServerMsg::error(id, e));
+}
+
+fn node_id(cfg: &Config) -> NodeId {
+    if cfg.server.node_id.is_empty() {
+        NodeId::from_trusted(format!(
+            "node-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ))
+    } else {
+        NodeId::from_trusted(cfg.server.node_id.as_str())
+    }
+}
+
+async fn inbox_loop(node: std::sync::Weak<Node>, mut inbox: mpsc::UnboundedReceiver<Envelope>) {
+    while let Some(env) = inbox.recv().await {
+        let Some(node) = node.upgrade() else { return };
+        node.handle_remote(env);
+    }
+}

@@ -1,0 +1,588 @@
+//! The native wire protocol (`GET /ws`): client commands in, server messages out.
+//!
+//! A frame is decoded in two steps. First into [`RawClientMsg`], a flat struct
+//! of optional fields that serde fills without buffering; then
+//! [`RawClientMsg::validate`] checks the fields the `type` needs and parses
+//! names into validated types ([`crate::types`]). Only when the first step
+//! fails is the frame decoded again as a generic value, to tell a malformed
+//! frame from a well-formed one with a wrongly typed field, and to recover its
+//! `id` for the error.
+//!
+//! Text frames carry JSON, binary frames MessagePack (structs as maps). Both
+//! decode into the same types, so a JSON client and a MessagePack client in one
+//! room hear each other; opaque payloads (`meta`, `data`) are carried as a
+//! JSON value tree in either case.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{ClientError, ErrorCode};
+use crate::types::{NameError, PeerId, RoomName, SignalKind};
+
+/// The WebSocket subprotocol that selects JSON text frames.
+pub const SUBPROTOCOL_JSON: &str = "switchboard.v1.json";
+/// The WebSocket subprotocol that selects MessagePack binary frames.
+pub const SUBPROTOCOL_MSGPACK: &str = "switchboard.v1.msgpack";
+
+/// The encoding a client speaks; the server answers in the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// JSON in text frames.
+    Json,
+    /// MessagePack (structs as maps) in binary frames.
+    MsgPack,
+}
+
+impl Codec {
+    /// The codec named by a negotiated subprotocol.
+    pub fn from_subprotocol(p: &str) -> Option<Self> {
+        match p {
+            SUBPROTOCOL_JSON => Some(Self::Json),
+            SUBPROTOCOL_MSGPACK => Some(Self::MsgPack),
+            _ => None,
+        }
+    }
+
+    /// A label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::MsgPack => "msgpack",
+        }
+    }
+}
+
+/// Length limits applied while validating a frame.
+#[derive(Debug, Clone, Copy)]
+pub struct NameLimits {
+    /// Maximum bytes in a peer id or room name.
+    pub max_name_bytes: usize,
+    /// Maximum bytes in a signal kind.
+    pub max_kind_bytes: usize,
+}
+
+/// Every field any client message may carry; `validate` decides which are needed.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawClientMsg {
+    /// The message type.
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+    /// Correlation id, echoed in the answer.
+    pub id: Option<Value>,
+    /// `hello`: requested peer id.
+    pub peer_id: Option<String>,
+    /// `hello`, `join`: opaque metadata.
+    pub meta: Option<Value>,
+    /// `hello`: a JWT.
+    pub token: Option<String>,
+    /// `join`, `leave`, `broadcast`: the room.
+    pub room: Option<String>,
+    /// `signal`: the target peer.
+    pub to: Option<String>,
+    /// `signal`: the kind (`offer`, `answer`, `candidate`, ...).
+    pub kind: Option<String>,
+    /// `signal`, `broadcast`: opaque payload.
+    pub data: Option<Value>,
+    /// Any field the server stamps itself (`from`) is read and ignored, so a
+    /// client can never choose it.
+    #[serde(default, rename = "from")]
+    pub _from: serde::de::IgnoredAny,
+}
+
+/// A validated client command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Identify the connection; must come first.
+    Hello {
+        /// Requested peer id; the server assigns a UUID when absent.
+        peer_id: Option<PeerId>,
+        /// Metadata other peers see in presence lists.
+        meta: Value,
+        /// A JWT, required when `auth.jwt` is configured.
+        token: Option<String>,
+    },
+    /// Join a room.
+    Join {
+        /// The room.
+        room: RoomName,
+        /// Per-room metadata, shown to the other members.
+        meta: Value,
+    },
+    /// Leave a room.
+    Leave {
+        /// The room.
+        room: RoomName,
+    },
+    /// Send a payload to one peer.
+    Signal {
+        /// The target.
+        to: PeerId,
+        /// The kind of signal.
+        kind: SignalKind,
+        /// The opaque payload.
+        data: Value,
+    },
+    /// Send a payload to every other member of a room.
+    Broadcast {
+        /// The room.
+        room: RoomName,
+        /// The opaque payload.
+        data: Value,
+    },
+    /// Application-level ping; answered with `pong`.
+    Ping,
+}
+
+impl Command {
+    /// The wire name of the command (a bounded metric label).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Join { .. } => "join",
+            Self::Leave { .. } => "leave",
+            Self::Signal { .. } => "signal",
+            Self::Broadcast { .. } => "broadcast",
+            Self::Ping => "ping",
+        }
+    }
+}
+
+/// A decoded frame: the command and its correlation id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    /// The client's `id`, echoed in the answer.
+    pub id: Option<Value>,
+    /// The command.
+    pub cmd: Command,
+}
+
+/// A frame that could not be turned into a command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    /// The client's `id`, when it could be recovered.
+    pub id: Option<Value>,
+    /// What was wrong.
+    pub error: ClientError,
+}
+
+fn name_err(code: ErrorCode, field: &str, e: NameError) -> ClientError {
+    ClientError::new(code, format!("`{field}` {e}"))
+}
+
+fn required<T>(v: Option<T>, ty: &str, field: &str) -> Result<T, ClientError> {
+    v.ok_or_else(|| {
+        ClientError::new(
+            ErrorCode::InvalidMessage,
+            format!("`{ty}` requires field `{field}`"),
+        )
+    })
+}
+
+fn valid_id(id: Option<Value>) -> Result<Option<Value>, ClientError> {
+    match id {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(Some(Value::Number(n))),
+        Some(Value::String(s)) if s.len() <= 128 => Ok(Some(Value::String(s))),
+        Some(_) => Err(ClientError::new(
+            ErrorCode::InvalidMessage,
+            "`id` must be a number or a string of at most 128 bytes",
+        )),
+    }
+}
+
+impl RawClientMsg {
+    /// Checks the fields the message's `type` needs and builds the command.
+    pub fn validate(self, lim: NameLimits) -> Result<Inbound, DecodeError> {
+        let id = match valid_id(self.id) {
+            Ok(id) => id,
+            Err(error) => return Err(DecodeError { id: None, error }),
+        };
+        let cmd = (|| {
+            let ty = self
+                .ty
+                .as_deref()
+                .ok_or_else(|| ClientError::new(ErrorCode::UnknownType, "message has no `type`"))?;
+            let peer = |s: String, field: &str| {
+                PeerId::parse(&s, lim.max_name_bytes)
+                    .map_err(|e| name_err(ErrorCode::InvalidPeerId, field, e))
+            };
+            let room = |s: Option<String>| {
+                let s = required(s, ty, "room")?;
+                RoomName::parse(&s, lim.max_name_bytes)
+                    .map_err(|e| name_err(ErrorCode::InvalidRoom, "room", e))
+            };
+            Ok(match ty {
+                "hello" => Command::Hello {
+                    peer_id: self.peer_id.map(|p| peer(p, "peer_id")).transpose()?,
+                    meta: self.meta.unwrap_or(Value::Null),
+                    token: self.token,
+                },
+                "join" => Command::Join {
+                    room: room(self.room)?,
+                    meta: self.meta.unwrap_or(Value::Null),
+                },
+                "leave" => Command::Leave {
+                    room: room(self.room)?,
+                },
+                "signal" => Command::Signal {
+                    to: peer(required(self.to, ty, "to")?, "to")?,
+                    kind: SignalKind::parse(&required(self.kind, ty, "kind")?, lim.max_kind_bytes)
+                        .map_err(|e| name_err(ErrorCode::InvalidKind, "kind", e))?,
+                    data: self.data.unwrap_or(Value::Null),
+                },
+                "broadcast" => Command::Broadcast {
+                    room: room(self.room)?,
+                    data: self.data.unwrap_or(Value::Null),
+                },
+                "ping" => Command::Ping,
+                other => {
+                    let mut shown: String = other.chars().take(64).collect();
+                    if shown.len() < other.len() {
+                        shown.push('…');
+                    }
+                    return Err(ClientError::new(
+                        ErrorCode::UnknownType,
+                        format!("unknown message type `{shown}`"),
+                    ));
+                }
+            })
+        })();
+        match cmd {
+            Ok(cmd) => Ok(Inbound { id, cmd }),
+            Err(error) => Err(DecodeError { id, error }),
+        }
+    }
+}
+
+/// Decodes one frame (JSON text or MessagePack binary) into a command.
+pub fn decode(frame: &[u8], codec: Codec, lim: NameLimits) -> Result<Inbound, DecodeError> {
+    let raw: Result<RawClientMsg, ()> = match codec {
+        Codec::Json => serde_json::from_slice(frame).map_err(|_| ()),
+        Codec::MsgPack => rmp_serde::from_slice(frame).map_err(|_| ()),
+    };
+    match raw {
+        Ok(raw) => raw.validate(lim),
+        Err(()) => Err(classify_failure(frame, codec)),
+    }
+}
+
+/// Slow path: tells a malformed frame from a well-formed one with bad fields.
+fn classify_failure(frame: &[u8], codec: Codec) -> DecodeError {
+    let generic: Option<Value> = match codec {
+        Codec::Json => serde_json::from_slice(frame).ok(),
+        Codec::MsgPack => rmp_serde::from_slice(frame).ok(),
+    };
+    match generic {
+        None => DecodeError {
+            id: None,
+            error: ClientError::new(
+                ErrorCode::Malformed,
+                match codec {
+                    Codec::Json => "frame is not valid JSON",
+                    Codec::MsgPack => "frame is not valid MessagePack",
+                },
+            ),
+        },
+        Some(Value::Object(map)) => {
+            let id = valid_id(map.get("id").cloned()).ok().flatten();
+            DecodeError {
+                id,
+                error: ClientError::new(
+                    ErrorCode::InvalidMessage,
+                    "a field has the wrong type (names and kinds are strings, `id` a number or string)",
+                ),
+            }
+        }
+        Some(_) => DecodeError {
+            id: None,
+            error: ClientError::new(ErrorCode::InvalidMessage, "a message must be an object"),
+        },
+    }
+}
+
+/// A member of a room as shown in `joined`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's peer id.
+    pub peer_id: PeerId,
+    /// The metadata the member gave when joining (or in `hello` when absent).
+    pub meta: Value,
+}
+
+/// Why a peer left a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaveReason {
+    /// It sent `leave`.
+    Left,
+    /// Its connection closed (by the client, an error, a slow queue or a drain).
+    Disconnected,
+    /// A newer connection with the same peer id replaced it.
+    Replaced,
+    /// It stopped answering heartbeats, or its node died.
+    Timeout,
+}
+
+/// A message from the server to a client.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerMsg {
+    /// Answer to `hello`.
+    Welcome {
+        /// The `hello`'s id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
+        /// The peer id of this connection (requested or assigned).
+        peer_id: PeerId,
+        /// The node serving the connection.
+        node: String,
+        /// The client's address as the server sees it (`ip:port`).
+        observed_addr: String,
+        /// How often the server pings; answer pongs (browsers do) or send `ping`.
+        heartbeat_ms: u64,
+    },
+    /// Answer to `join`: the other members at the time of joining.
+    Joined {
+        /// The `join`'s id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
+        /// The room.
+        room: RoomName,
+        /// The other members.
+        peers: Vec<Member>,
+    },
+    /// Another peer joined a room this client is in.
+    PeerJoined {
+        /// The room.
+        room: RoomName,
+        /// The new member.
+        peer_id: PeerId,
+        /// Its metadata.
+        meta: Value,
+    },
+    /// A peer left a room this client is in.
+    PeerLeft {
+        /// The room.
+        room: RoomName,
+        /// The member that left.
+        peer_id: PeerId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A signal from another peer.
+    Signal {
+        /// The sender, stamped by the server.
+        from: PeerId,
+        /// The kind of signal.
+        kind: SignalKind,
+        /// The opaque payload.
+        data: Value,
+    },
+    /// A room broadcast from another member.
+    Message {
+        /// The room.
+        room: RoomName,
+        /// The sender, stamped by the server.
+        from: PeerId,
+        /// The opaque payload.
+        data: Value,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The `ping`'s id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
+    },
+    /// Success of a `leave`, `signal` or `broadcast` that carried an `id`.
+    Ack {
+        /// The message's id.
+        id: Value,
+    },
+    /// A request failed.
+    Error {
+        /// The failed message's id, when it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
+        /// Stable machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// The server asks the client to reconnect (to any node) after `after_ms`.
+    Reconnect {
+        /// Why (`draining`).
+        reason: String,
+        /// How long to wait before reconnecting, in milliseconds.
+        after_ms: u64,
+    },
+}
+
+impl ServerMsg {
+    /// The wire name of the message (a bounded metric label).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Welcome { .. } => "welcome",
+            Self::Joined { .. } => "joined",
+            Self::PeerJoined { .. } => "peer-joined",
+            Self::PeerLeft { .. } => "peer-left",
+            Self::Signal { .. } => "signal",
+            Self::Message { .. } => "message",
+            Self::Pong { .. } => "pong",
+            Self::Ack { .. } => "ack",
+            Self::Error { .. } => "error",
+            Self::Reconnect { .. } => "reconnect",
+        }
+    }
+
+    /// Builds an `error` message.
+    pub fn error(id: Option<Value>, e: ClientError) -> Self {
+        Self::Error {
+            id,
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+/// An encoded frame ready for the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encoded {
+    /// A text frame (JSON).
+    Text(String),
+    /// A binary frame (MessagePack).
+    Binary(Vec<u8>),
+}
+
+/// Encodes a server message in the client's codec.
+pub fn encode(msg: &ServerMsg, codec: Codec) -> Encoded {
+    match codec {
+        // Serializing our own types into memory cannot fail: every map key is a string.
+        Codec::Json => Encoded::Text(serde_json::to_string(msg).expect("server message is JSON")),
+        Codec::MsgPack => {
+            Encoded::Binary(rmp_serde::to_vec_named(msg).expect("server message is MessagePack"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIM: NameLimits = NameLimits {
+        max_name_bytes: 16,
+        max_kind_bytes: 8,
+    };
+
+    fn dj(v: Value) -> Result<Inbound, DecodeError> {
+        decode(v.to_string().as_bytes(), Codec::Json, LIM)
+    }
+
+    #[test]
+    fn decodes_every_command() {
+        let hello = dj(json!({"type":"hello","id":1,"peer_id":"a","meta":{"n":1}})).unwrap();
+        assert_eq!(hello.id, Some(json!(1)));
+        assert!(
+            matches!(hello.cmd, Command::Hello { peer_id: Some(ref p), .. } if p.as_str() == "a")
+        );
+        assert!(matches!(
+            dj(json!({"type":"hello"})).unwrap().cmd,
+            Command::Hello { peer_id: None, .. }
+        ));
+        assert!(matches!(
+            dj(json!({"type":"join","room":"r"})).unwrap().cmd,
+            Command::Join { .. }
+        ));
+        assert!(matches!(
+            dj(json!({"type":"leave","room":"r"})).unwrap().cmd,
+            Command::Leave { .. }
+        ));
+        assert!(matches!(
+            dj(json!({"type":"signal","to":"b","kind":"offer","data":{"sdp":"x"}}))
+                .unwrap()
+                .cmd,
+            Command::Signal { .. }
+        ));
+        assert!(matches!(
+            dj(json!({"type":"broadcast","room":"r","data":1}))
+                .unwrap()
+                .cmd,
+            Command::Broadcast { .. }
+        ));
+        assert_eq!(
+            dj(json!({"type":"ping","id":"x"})).unwrap().cmd,
+            Command::Ping
+        );
+    }
+
+    #[test]
+    fn classifies_bad_input() {
+        let code = |r: Result<Inbound, DecodeError>| r.unwrap_err().error.code;
+        assert_eq!(
+            code(decode(b"{nope", Codec::Json, LIM)),
+            ErrorCode::Malformed
+        );
+        assert_eq!(
+            code(decode(&[0xc1], Codec::MsgPack, LIM)),
+            ErrorCode::Malformed
+        );
+        assert_eq!(code(dj(json!({"type":"dance"}))), ErrorCode::UnknownType);
+        assert_eq!(code(dj(json!({"id":3}))), ErrorCode::UnknownType);
+        assert_eq!(code(dj(json!({"type":"join"}))), ErrorCode::InvalidMessage);
+        assert_eq!(
+            code(dj(json!({"type":"join","room":""}))),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            code(dj(json!({"type":"join","room":"x".repeat(17)}))),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            code(dj(json!({"type":"signal","to":"","kind":"o"}))),
+            ErrorCode::InvalidPeerId
+        );
+        assert_eq!(
+            code(dj(json!({"type":"signal","to":"b","kind":"123456789"}))),
+            ErrorCode::InvalidKind
+        );
+        assert_eq!(code(dj(json!([1, 2]))), ErrorCode::InvalidMessage);
+        let wrong = dj(json!({"type":"join","id":7,"room":5})).unwrap_err();
+        assert_eq!(
+            (wrong.id, wrong.error.code),
+            (Some(json!(7)), ErrorCode::InvalidMessage)
+        );
+        assert_eq!(
+            code(dj(json!({"type":"ping","id":{"a":1}}))),
+            ErrorCode::InvalidMessage
+        );
+    }
+
+    #[test]
+    fn msgpack_round_trips_and_ignores_from() {
+        let frame = rmp_serde::to_vec_named(
+            &json!({"type":"signal","to":"b","kind":"offer","data":{"sdp":"v=0"},"from":"spoof"}),
+        )
+        .unwrap();
+        let cmd = decode(&frame, Codec::MsgPack, LIM).unwrap().cmd;
+        assert_eq!(
+            cmd,
+            Command::Signal {
+                to: PeerId::from_trusted("b"),
+                kind: SignalKind::from_trusted("offer"),
+                data: json!({"sdp":"v=0"})
+            }
+        );
+        let out = ServerMsg::Pong { id: Some(json!(2)) };
+        match encode(&out, Codec::MsgPack) {
+            Encoded::Binary(b) => {
+                let v: Value = rmp_serde::from_slice(&b).unwrap();
+                assert_eq!(v, json!({"type":"pong","id":2}));
+            }
+            Encoded::Text(_) => panic!("msgpack must be binary"),
+        }
+        assert_eq!(
+            encode(&out, Codec::Json),
+            Encoded::Text(r#"{"type":"pong","id":2}"#.into())
+        );
+    }
+}
