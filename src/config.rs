@@ -246,6 +246,20 @@ pub struct ClusterConfig {
     pub redis_url: Secret,
     /// Prefix of every Redis key and channel, so several clusters can share one Redis.
     pub key_prefix: String,
+    /// Timeout of every Redis command; a hung Redis becomes an error, not a stuck task.
+    pub command_timeout_ms: u64,
+    /// How often a node refreshes its heartbeat, probes pub/sub and looks for dead nodes.
+    pub heartbeat_ms: u64,
+    /// Lifetime of a node's heartbeat key: a node silent this long is dead, and
+    /// its peers leave their rooms (reason `timeout`) within about `node_ttl_ms + heartbeat_ms`.
+    pub node_ttl_ms: u64,
+    /// Readiness fails when no pub/sub probe came back within this window.
+    pub probe_window_ms: u64,
+    /// Redis connections for commands and publishing.
+    pub pool_size: usize,
+    /// Pub/sub messages buffered between the subscriber connection and the node;
+    /// overflow is counted in `switchboard_bus_lagged_total`.
+    pub subscriber_buffer: usize,
 }
 
 impl Default for ClusterConfig {
@@ -253,6 +267,12 @@ impl Default for ClusterConfig {
         Self {
             redis_url: Secret::default(),
             key_prefix: "switchboard".into(),
+            command_timeout_ms: 2_000,
+            heartbeat_ms: 1_000,
+            node_ttl_ms: 5_000,
+            probe_window_ms: 3_000,
+            pool_size: 4,
+            subscriber_buffer: 65_536,
         }
     }
 }
@@ -284,7 +304,19 @@ impl Config {
                 self.server.listen
             ));
         }
-        let positive: [(&str, u64); 10] = [
+        let positive: [(&str, u64); 16] = [
+            (
+                "cluster.command_timeout_ms",
+                self.cluster.command_timeout_ms,
+            ),
+            ("cluster.heartbeat_ms", self.cluster.heartbeat_ms),
+            ("cluster.node_ttl_ms", self.cluster.node_ttl_ms),
+            ("cluster.probe_window_ms", self.cluster.probe_window_ms),
+            ("cluster.pool_size", self.cluster.pool_size as u64),
+            (
+                "cluster.subscriber_buffer",
+                self.cluster.subscriber_buffer as u64,
+            ),
             ("server.max_connections", self.server.max_connections as u64),
             ("limits.max_frame_bytes", self.limits.max_frame_bytes as u64),
             (
@@ -337,6 +369,15 @@ impl Config {
                 "cluster.redis_url: must start with redis://, rediss://, redis-sentinel:// or redis-cluster://"
                     .into(),
             );
+        }
+        if self.cluster.node_ttl_ms <= self.cluster.heartbeat_ms {
+            errs.push(format!(
+                "cluster.node_ttl_ms: must be greater than cluster.heartbeat_ms ({})",
+                self.cluster.heartbeat_ms
+            ));
+        }
+        if !url.is_empty() && fred::types::config::Config::from_url(url).is_err() {
+            errs.push("cluster.redis_url: not a valid Redis URL".into());
         }
         if self.cluster.key_prefix.is_empty() {
             errs.push("cluster.key_prefix: must not be empty".into());

@@ -165,7 +165,16 @@ impl ConnHandle {
 #[derive(Debug, Default)]
 pub struct Hub {
     peers: DashMap<PeerId, ConnHandle>,
-    rooms: DashMap<RoomName, HashMap<PeerId, ConnHandle>>,
+    rooms: DashMap<RoomName, HashMap<PeerId, LocalMember>>,
+}
+
+/// A local member of a room.
+#[derive(Debug, Clone)]
+pub struct LocalMember {
+    /// Its connection.
+    pub handle: ConnHandle,
+    /// The metadata it joined with (kept to re-register after a store outage).
+    pub meta: serde_json::Value,
 }
 
 impl Hub {
@@ -216,10 +225,16 @@ impl Hub {
     }
 
     /// Adds a local member; returns true when the room had no local member before.
-    pub fn room_add(&self, room: &RoomName, peer: PeerId, handle: ConnHandle) -> bool {
+    pub fn room_add(
+        &self,
+        room: &RoomName,
+        peer: PeerId,
+        handle: ConnHandle,
+        meta: serde_json::Value,
+    ) -> bool {
         let mut entry = self.rooms.entry(room.clone()).or_default();
         let first = entry.is_empty();
-        entry.insert(peer, handle);
+        entry.insert(peer, LocalMember { handle, meta });
         if first {
             metrics::gauge!(m::ROOMS).increment(1.0);
         }
@@ -233,7 +248,7 @@ impl Hub {
         let emptied = self
             .rooms
             .remove_if_mut(room, |_, members| {
-                if members.get(peer).is_some_and(|h| h.epoch == epoch) {
+                if members.get(peer).is_some_and(|m| m.handle.epoch == epoch) {
                     members.remove(peer);
                     removed = true;
                 }
@@ -258,8 +273,8 @@ impl Hub {
             return 0;
         };
         let mut n = 0;
-        for (peer, h) in members.iter() {
-            if Some(peer.as_str()) != except && h.push(msg.clone(), received) {
+        for (peer, m) in members.iter() {
+            if Some(peer.as_str()) != except && m.handle.push(msg.clone(), received) {
                 n += 1;
             }
         }
@@ -271,9 +286,28 @@ impl Hub {
         self.rooms.len()
     }
 
-    /// Names of the rooms with a local member (for re-registration after a Redis outage).
+    /// Names of the rooms with a local member (for resubscription).
     pub fn local_rooms(&self) -> Vec<RoomName> {
         self.rooms.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Every local peer with its connection (for re-registration after a store outage).
+    pub fn peers(&self) -> Vec<(PeerId, ConnHandle)> {
+        self.peers
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// Every local room membership as `(room, peer, epoch, meta)` (for re-registration).
+    pub fn memberships(&self) -> Vec<(RoomName, PeerId, u64, serde_json::Value)> {
+        let mut out = Vec::new();
+        for e in self.rooms.iter() {
+            for (p, m) in e.value() {
+                out.push((e.key().clone(), p.clone(), m.handle.epoch, m.meta.clone()));
+            }
+        }
+        out
     }
 }
 
@@ -287,8 +321,18 @@ mod tests {
         let (slow, _slow_rx) = ConnHandle::new(1, 2, CancellationToken::new());
         let (fast, mut fast_rx) = ConnHandle::new(2, 2, CancellationToken::new());
         let room = RoomName::from_trusted("r");
-        hub.room_add(&room, PeerId::from_trusted("slow"), slow.clone());
-        hub.room_add(&room, PeerId::from_trusted("fast"), fast.clone());
+        hub.room_add(
+            &room,
+            PeerId::from_trusted("slow"),
+            slow.clone(),
+            serde_json::Value::Null,
+        );
+        hub.room_add(
+            &room,
+            PeerId::from_trusted("fast"),
+            fast.clone(),
+            serde_json::Value::Null,
+        );
         let msg = Arc::new(ServerMsg::Pong { id: None });
         for _ in 0..3 {
             hub.room_fanout("r", None, &msg, None);
@@ -310,7 +354,12 @@ mod tests {
         assert!(!hub.unregister(&p, 1));
         assert_eq!(hub.get(&p).map(|h| h.epoch), Some(2));
         let room = RoomName::from_trusted("r");
-        hub.room_add(&room, p.clone(), hub.get(&p).unwrap());
+        hub.room_add(
+            &room,
+            p.clone(),
+            hub.get(&p).unwrap(),
+            serde_json::Value::Null,
+        );
         assert_eq!(hub.room_remove(&room, &p, 1), (false, false));
         assert_eq!(hub.room_remove(&room, &p, 2), (true, true));
         assert_eq!(hub.room_count(), 0);

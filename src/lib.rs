@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     rt.block_on(async move {
         init_tracing(&cfg);
-        let node = match Node::embedded(cfg) {
+        let node = match Node::build(cfg).await {
             Ok(n) => n,
             Err(errs) => {
                 eprintln!("switchboard: invalid configuration:");

@@ -36,6 +36,19 @@ pub const BUS_PUBLISHED: &str = "switchboard_bus_published_total";
 /// Counter: events received from the bus, by `kind`.
 pub const BUS_RECEIVED: &str = "switchboard_bus_received_total";
 
+/// Counter: pub/sub events lost because the node's receiver lagged.
+pub const BUS_LAGGED: &str = "switchboard_bus_lagged_total";
+/// Counter: pub/sub payloads that were not a valid envelope.
+pub const BUS_DECODE_ERRORS: &str = "switchboard_bus_decode_errors_total";
+/// Counter: times the bus stopped delivering (readiness lost).
+pub const BUS_OUTAGES: &str = "switchboard_bus_outages_total";
+/// Histogram: publish-to-delivery seconds of the node's own pub/sub probes.
+pub const BUS_PROBE_LATENCY: &str = "switchboard_bus_probe_latency_seconds";
+/// Counter: dead nodes whose peers this node cleaned up.
+pub const NODES_REAPED: &str = "switchboard_nodes_reaped_total";
+/// Counter: times this node registered its local peers and rooms again (after an outage).
+pub const REREGISTRATIONS: &str = "switchboard_reregistrations_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the global recorder once (later calls return the same handle) and
@@ -97,4 +110,23 @@ fn describe() {
         "Events published to other nodes, by kind and outcome"
     );
     describe_counter!(BUS_RECEIVED, "Events received from other nodes, by kind");
+    describe_counter!(
+        BUS_LAGGED,
+        "Pub/sub events lost because the receiver lagged"
+    );
+    describe_counter!(
+        BUS_DECODE_ERRORS,
+        "Pub/sub payloads that were not a valid envelope"
+    );
+    describe_counter!(BUS_OUTAGES, "Times the bus stopped delivering");
+    describe_histogram!(
+        BUS_PROBE_LATENCY,
+        Unit::Seconds,
+        "Publish-to-delivery time of pub/sub probes"
+    );
+    describe_counter!(NODES_REAPED, "Dead nodes cleaned up by this node");
+    describe_counter!(
+        REREGISTRATIONS,
+        "Re-registrations of local state after an outage"
+    );
 }

@@ -21,14 +21,17 @@ use tracing::{debug, info, warn};
 
 use crate::auth::{AuthError, Authenticator};
 use crate::bus::local::{LocalBus, LocalNet};
+use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, Envelope, NodeEvent, ENVELOPE_VERSION};
+use crate::cluster::Redis;
 use crate::config::Config;
 use crate::error::{ClientError, ErrorCode};
 use crate::hub::{CloseReason, ConnHandle, Hub};
 use crate::metrics as m;
 use crate::protocol::{Command, LeaveReason, Member, NameLimits, ServerMsg};
 use crate::store::memory::MemoryStore;
-use crate::store::{PeerLocation, Store, StoreError};
+use crate::store::redis::RedisStore;
+use crate::store::{PeerLocation, Reaped, Store, StoreError};
 use crate::types::{new_peer_id, NodeId, PeerId, RoomName};
 
 /// The state of one connection past `hello`, owned by its reader task.
@@ -75,6 +78,9 @@ pub struct Node {
     pub conn_limit: Arc<Semaphore>,
     next_epoch: AtomicU64,
     seq: AtomicU64,
+    /// Set when local state could not be written to the store (outage): the
+    /// maintenance loop registers everything again once the bus is back.
+    dirty: AtomicBool,
     /// Name limits for the protocol decoder.
     pub name_limits: NameLimits,
 }
@@ -125,6 +131,7 @@ impl Node {
             conn_limit: Arc::new(Semaphore::new(cfg.server.max_connections)),
             next_epoch: AtomicU64::new(rand::random::<u64>() >> 1),
             seq: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
             name_limits: NameLimits {
                 max_name_bytes: cfg.limits.max_name_bytes,
                 max_kind_bytes: cfg.limits.max_kind_bytes,
@@ -132,7 +139,22 @@ impl Node {
             cfg: Arc::new(cfg),
         });
         tokio::spawn(inbox_loop(Arc::downgrade(&node), inbox));
+        tokio::spawn(maintenance(Arc::downgrade(&node)));
         Ok(node)
+    }
+
+    /// A node on the backends the configuration names: Redis when
+    /// `cluster.redis_url` is set, else the embedded default.
+    pub async fn build(cfg: Config) -> Result<Arc<Self>, Vec<String>> {
+        if cfg.cluster.redis_url.is_empty() {
+            return Self::embedded(cfg);
+        }
+        let id = node_id(&cfg);
+        let redis = Redis::connect(&cfg.cluster).await.map_err(|e| vec![e])?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let bus = RedisBus::start(redis.clone(), id.clone(), tx).await;
+        let store = Arc::new(RedisStore::new(redis, id.clone()));
+        Self::new(cfg, id, store, bus, rx)
     }
 
     /// True when `hello` tokens are verified.
@@ -188,11 +210,16 @@ impl Node {
         r.map_err(cluster_err)
     }
 
-    async fn publish_node(&self, node: &NodeId, event: NodeEvent) -> Result<(), ClientError> {
+    /// Publishes to one node; returns how many subscribers got it (0: that node is not listening).
+    async fn publish_node(&self, node: &NodeId, event: NodeEvent) -> Result<usize, ClientError> {
         let kind = event.kind_name();
         let r = self.bus.publish_node(node, self.envelope(event)).await;
-        metrics::counter!(m::BUS_PUBLISHED, "kind" => kind, "outcome" => if r.is_ok() { "ok" } else { "error" })
-            .increment(1);
+        let outcome = match &r {
+            Ok(0) => "no-receiver",
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        metrics::counter!(m::BUS_PUBLISHED, "kind" => kind, "outcome" => outcome).increment(1);
         r.map_err(cluster_err)
     }
 
@@ -331,6 +358,9 @@ impl Node {
             let peers = peers.into_iter().filter(|p| p.peer_id != s.peer).collect();
             return Ok(Some(ServerMsg::Joined { id, room, peers }));
         }
+        if !self.bus.is_ready() {
+            return Err(unavailable_now());
+        }
         if s.rooms.len() >= self.cfg.limits.max_rooms_per_peer {
             return Err(ClientError::new(
                 ErrorCode::TooManyRooms,
@@ -343,7 +373,10 @@ impl Node {
         // Local membership first, then the shared registry: whichever of two
         // concurrent joiners registers second lists the first, and the first is
         // already reachable for the second's `peer-joined`.
-        if self.hub.room_add(&room, s.peer.clone(), s.handle.clone()) {
+        if self
+            .hub
+            .room_add(&room, s.peer.clone(), s.handle.clone(), meta.clone())
+        {
             if let Err(e) = self.bus.subscribe_room(&room).await {
                 self.hub.room_remove(&room, &s.peer, s.epoch);
                 return Err(cluster_err(e));
@@ -465,19 +498,25 @@ impl Node {
             );
             return Ok(());
         }
+        if !self.bus.is_ready() {
+            return Err(unavailable_now());
+        }
         match self.store.locate_peer(&to).await.map_err(cluster_err)? {
             Some(loc) if loc.node != self.id => {
-                self.publish_node(
-                    &loc.node,
-                    NodeEvent::Signal {
-                        from,
-                        to,
-                        to_epoch: loc.epoch,
-                        kind,
-                        data,
-                    },
-                )
-                .await
+                let event = NodeEvent::Signal {
+                    from,
+                    to: to.clone(),
+                    to_epoch: loc.epoch,
+                    kind,
+                    data,
+                };
+                match self.publish_node(&loc.node, event).await? {
+                    0 => Err(ClientError::new(
+                        ErrorCode::PeerNotFound,
+                        format!("peer `{to}` is registered on a node that is not reachable"),
+                    )),
+                    _ => Ok(()),
+                }
             }
             _ => Err(ClientError::new(
                 ErrorCode::PeerNotFound,
@@ -587,6 +626,7 @@ impl Node {
                 self.hub
                     .room_fanout(room.as_str(), Some(peer_id.as_str()), &msg, None);
             }
+            NodeEvent::Probe { .. } => {}
             NodeEvent::Kick { peer_id, epoch } => {
                 if let Some(h) = self.hub.get(&peer_id).filter(|h| h.epoch == epoch) {
                     h.close(CloseReason::REPLACED);
@@ -633,6 +673,143 @@ impl Node {
                     "connection tasks still running after close"
                 );
             }
+        }
+        if let Err(e) = self.store.goodbye(&self.id).await {
+            warn!(error = %e, "could not remove this node's heartbeat");
+        }
+    }
+    /// Registers every local peer and membership again after the store lost
+    /// them or missed changes (Redis outage or restart, or this node declared
+    /// dead): first its stale entries are removed, then the current ones are
+    /// written, and other nodes hear `peer-left` / `peer-joined` for the difference.
+    async fn reregister(&self) -> Result<(), StoreError> {
+        metrics::counter!(m::REREGISTRATIONS).increment(1);
+        let stale = self
+            .store
+            .reap_node(&self.id, &self.id, false)
+            .await?
+            .unwrap_or_default();
+        let mut stale: HashSet<(RoomName, PeerId)> = stale.left.into_iter().collect();
+        for (peer, h) in self.hub.peers() {
+            let loc = PeerLocation {
+                node: self.id.clone(),
+                epoch: h.epoch,
+            };
+            if let Some(other) = self.store.reregister_peer(&peer, loc).await? {
+                info!(peer = %peer, node = %other.node, "a newer connection took this peer id during the outage");
+                h.close(CloseReason::REPLACED);
+            }
+        }
+        for (room, peer, epoch, meta) in self.hub.memberships() {
+            if let Err(e) = self.bus.subscribe_room(&room).await {
+                warn!(room = %room, error = %e, "resubscribe failed");
+            }
+            let member = Member {
+                peer_id: peer.clone(),
+                meta,
+            };
+            self.store.restore_member(&room, &member, epoch).await?;
+            if !stale.remove(&(room.clone(), peer)) {
+                let _ = self
+                    .publish_room(
+                        &room,
+                        NodeEvent::PeerJoined {
+                            room: room.clone(),
+                            member,
+                        },
+                    )
+                    .await;
+            }
+        }
+        for (room, peer_id) in stale {
+            let event = NodeEvent::PeerLeft {
+                room: room.clone(),
+                peer_id,
+                reason: LeaveReason::Disconnected,
+            };
+            let _ = self.publish_room(&room, event).await;
+        }
+        info!(
+            peers = self.hub.peer_count(),
+            rooms = self.hub.room_count(),
+            "local peers and rooms registered again"
+        );
+        Ok(())
+    }
+
+    /// Tells every node (this one included) that a dead node's members left.
+    async fn announce_reaped(&self, dead: &NodeId, reaped: Reaped) {
+        metrics::counter!(m::NODES_REAPED).increment(1);
+        info!(node = %dead, peers = reaped.peers, memberships = reaped.left.len(), "cleaned up after a dead node");
+        for (room, peer_id) in reaped.left {
+            let note = Arc::new(ServerMsg::PeerLeft {
+                room: room.clone(),
+                peer_id: peer_id.clone(),
+                reason: LeaveReason::Timeout,
+            });
+            self.hub.room_fanout(room.as_str(), None, &note, None);
+            let _ = self
+                .publish_room(
+                    &room,
+                    NodeEvent::PeerLeft {
+                        room: room.clone(),
+                        peer_id,
+                        reason: LeaveReason::Timeout,
+                    },
+                )
+                .await;
+        }
+    }
+}
+
+fn unavailable_now() -> ClientError {
+    ClientError::new(
+        ErrorCode::ClusterUnavailable,
+        "the cluster backend is unavailable; try again",
+    )
+}
+
+/// Keeps this node's heartbeat fresh, cleans up after dead nodes, and
+/// registers local state again after an outage.
+async fn maintenance(node: std::sync::Weak<Node>) {
+    let (period, ttl) = match node.upgrade() {
+        Some(n) => (
+            Duration::from_millis(n.cfg.cluster.heartbeat_ms),
+            Duration::from_millis(n.cfg.cluster.node_ttl_ms),
+        ),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        match node.store.heartbeat(&node.id, ttl).await {
+            Ok(true) => {}
+            Ok(false) => node.dirty.store(true, Ordering::Release),
+            Err(e) => {
+                debug!(error = %e, "heartbeat failed");
+                node.dirty.store(true, Ordering::Release);
+                continue;
+            }
+        }
+        if node.bus.is_ready() && node.dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = node.reregister().await {
+                warn!(error = %e, "re-registration failed; will retry");
+                node.dirty.store(true, Ordering::Release);
+            }
+        }
+        match node.store.dead_nodes().await {
+            Ok(dead) => {
+                for d in dead.into_iter().filter(|d| *d != node.id) {
+                    match node.store.reap_node(&d, &node.id, true).await {
+                        Ok(Some(reaped)) => node.announce_reaped(&d, reaped).await,
+                        Ok(None) => {}
+                        Err(e) => debug!(node = %d, error = %e, "reaping failed"),
+                    }
+                }
+            }
+            Err(e) => debug!(error = %e, "listing nodes failed"),
         }
     }
 }

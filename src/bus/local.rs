@@ -53,17 +53,14 @@ impl Drop for LocalBus {
 
 #[async_trait]
 impl Bus for LocalBus {
-    async fn publish_node(&self, node: &NodeId, env: Envelope) -> Result<(), BusError> {
+    async fn publish_node(&self, node: &NodeId, env: Envelope) -> Result<usize, BusError> {
         let inner = self.net.inner.lock();
-        match inner.inboxes.get(node) {
-            // A node that is gone is like a Redis channel with no subscriber: the
-            // publish succeeds and reaches nobody; the directory says who is alive.
-            Some(tx) => {
-                let _ = tx.send(env);
-                Ok(())
-            }
-            None => Ok(()),
-        }
+        // A node that is gone is like a Redis channel with no subscriber: the
+        // publish succeeds and reaches nobody.
+        Ok(inner
+            .inboxes
+            .get(node)
+            .map_or(0, |tx| usize::from(tx.send(env).is_ok())))
     }
 
     async fn publish_room(&self, room: &RoomName, env: Envelope) -> Result<(), BusError> {

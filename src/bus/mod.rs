@@ -13,6 +13,7 @@
 //!   backend cannot accept the event.
 
 pub mod local;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,11 @@ pub enum NodeEvent {
         /// Why.
         reason: LeaveReason,
     },
+    /// A readiness probe a node sends itself, proving pub/sub delivers end to end.
+    Probe {
+        /// Random value the sender waits to see again.
+        nonce: u64,
+    },
     /// Close the given connection of a local peer: a newer one exists elsewhere.
     Kick {
         /// The peer.
@@ -97,6 +103,7 @@ impl NodeEvent {
             Self::PeerJoined { .. } => "peer-joined",
             Self::PeerLeft { .. } => "peer-left",
             Self::Kick { .. } => "kick",
+            Self::Probe { .. } => "probe",
         }
     }
 }
@@ -112,8 +119,10 @@ pub enum BusError {
 /// The bus seam; see the module docs for the guarantees.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Publishes an event to one node (direct signals, kicks): exactly that node receives it.
-    async fn publish_node(&self, node: &NodeId, env: Envelope) -> Result<(), BusError>;
+    /// Publishes an event to one node (direct signals, kicks); returns how many
+    /// subscribers received it: 0 means that node is not listening (dead, or
+    /// its subscriber is reconnecting), and the event is lost.
+    async fn publish_node(&self, node: &NodeId, env: Envelope) -> Result<usize, BusError>;
     /// Publishes a room event to every node subscribed to the room.
     async fn publish_room(&self, room: &RoomName, env: Envelope) -> Result<(), BusError>;
     /// Starts receiving the room's events (when the room gets its first local member).

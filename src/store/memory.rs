@@ -6,9 +6,11 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use super::{PeerLocation, RoomSummary, Store, StoreError};
+use std::time::Duration;
+
+use super::{PeerLocation, Reaped, RoomSummary, Store, StoreError};
 use crate::protocol::Member;
-use crate::types::{PeerId, RoomName};
+use crate::types::{NodeId, PeerId, RoomName};
 
 /// Registries in one mutex: every operation is short and never awaits while holding it.
 #[derive(Debug, Default)]
@@ -119,6 +121,58 @@ impl Store for MemoryStore {
         Ok(rooms)
     }
 
+    async fn reregister_peer(
+        &self,
+        peer: &PeerId,
+        loc: PeerLocation,
+    ) -> Result<Option<PeerLocation>, StoreError> {
+        let mut inner = self.inner.lock();
+        match inner.peers.get(peer) {
+            Some(cur) if cur.node != loc.node => Ok(Some(cur.clone())),
+            _ => {
+                inner.peers.insert(peer.clone(), loc);
+                Ok(None)
+            }
+        }
+    }
+
+    /// One process holds the whole embedded cluster: it is alive while it runs.
+    async fn heartbeat(&self, _node: &NodeId, _ttl: Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn dead_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn reap_node(
+        &self,
+        _dead: &NodeId,
+        _me: &NodeId,
+        _claim: bool,
+    ) -> Result<Option<Reaped>, StoreError> {
+        Ok(None)
+    }
+
+    async fn restore_member(
+        &self,
+        room: &RoomName,
+        member: &Member,
+        epoch: u64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock();
+        let old = inner
+            .rooms
+            .entry(room.clone())
+            .or_default()
+            .insert(member.peer_id.clone(), (epoch, member.meta.clone()));
+        Ok(old.is_none_or(|(e, _)| e != epoch))
+    }
+
+    async fn goodbye(&self, _node: &NodeId) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn name(&self) -> &'static str {
         "memory"
     }
@@ -127,7 +181,6 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::NodeId;
 
     fn member(p: &str) -> Member {
         Member {

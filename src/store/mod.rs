@@ -14,11 +14,14 @@
 //! - `join_room` enforces `max_peers` atomically.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::Member;
+use std::time::Duration;
+
 use crate::types::{NodeId, PeerId, RoomName};
 
 /// Where a peer is connected.
@@ -37,6 +40,15 @@ pub struct RoomSummary {
     pub room: RoomName,
     /// How many members it has.
     pub members: usize,
+}
+
+/// What a node learned when it claimed a dead node's cleanup.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Reaped {
+    /// `(room, peer)` memberships removed: each gets exactly one `peer-left`.
+    pub left: Vec<(RoomName, PeerId)>,
+    /// Directory entries removed.
+    pub peers: usize,
 }
 
 /// Why a store operation failed.
@@ -83,6 +95,39 @@ pub trait Store: Send + Sync + 'static {
     async fn room_members(&self, room: &RoomName) -> Result<Option<Vec<Member>>, StoreError>;
     /// Every room with its size.
     async fn list_rooms(&self) -> Result<Vec<RoomSummary>, StoreError>;
+    /// Re-records `peer` at `loc` after an outage unless a newer connection
+    /// elsewhere took the id meanwhile; returns that other owner if so.
+    async fn reregister_peer(
+        &self,
+        peer: &PeerId,
+        loc: PeerLocation,
+    ) -> Result<Option<PeerLocation>, StoreError>;
+    /// Refreshes this node's heartbeat (alive for `ttl`); returns false when the
+    /// heartbeat had expired or vanished (first beat, Redis restarted, or this
+    /// node was declared dead), meaning local state must be registered again.
+    async fn heartbeat(&self, node: &NodeId, ttl: Duration) -> Result<bool, StoreError>;
+    /// Nodes known to the cluster whose heartbeat has expired.
+    async fn dead_nodes(&self) -> Result<Vec<NodeId>, StoreError>;
+    /// Claims the cleanup of a dead node (exactly one claimer wins) and, if
+    /// this caller won, removes its peers and memberships; `None` when another
+    /// node claimed it. With `claim` false (a node resetting its own entries
+    /// before registering again) it removes them unconditionally.
+    async fn reap_node(
+        &self,
+        dead: &NodeId,
+        me: &NodeId,
+        claim: bool,
+    ) -> Result<Option<Reaped>, StoreError>;
+    /// Puts a membership back after an outage (no size limit: the member was
+    /// admitted before); returns true when it was missing.
+    async fn restore_member(
+        &self,
+        room: &RoomName,
+        member: &Member,
+        epoch: u64,
+    ) -> Result<bool, StoreError>;
+    /// Removes this node's heartbeat on a graceful stop.
+    async fn goodbye(&self, node: &NodeId) -> Result<(), StoreError>;
     /// A short name for logs (`memory`, `redis`).
     fn name(&self) -> &'static str;
 }
