@@ -115,17 +115,22 @@ impl Authenticator {
         for k in self.keys.iter().filter(|k| k.algs.contains(&header.alg)) {
             let mut v = Validation::new(header.alg);
             v.leeway = self.cfg.leeway_s;
-            v.set_required_spec_claims(&["exp", "sub"]);
+            // A configured issuer or audience is required, not merely checked when present.
+            let mut required = vec!["exp", "sub"];
             if self.cfg.issuer.is_empty() {
                 v.iss = None;
             } else {
                 v.set_issuer(&[&self.cfg.issuer]);
+                required.push("iss");
             }
             if self.cfg.audience.is_empty() {
                 v.validate_aud = false;
             } else {
                 v.set_audience(&[&self.cfg.audience]);
+                required.push("aud");
             }
+            v.set_required_spec_claims(&required);
+            v.validate_nbf = true;
             match decode::<Claims>(token, &k.key, &v) {
                 Ok(data) => {
                     if peer_id.is_some_and(|p| p != data.claims.sub) {
@@ -141,7 +146,9 @@ impl Authenticator {
                         K::InvalidIssuer => AuthError::Invalid("wrong issuer"),
                         K::InvalidAudience => AuthError::Invalid("wrong audience"),
                         K::ImmatureSignature => AuthError::Invalid("not valid yet"),
-                        K::MissingRequiredClaim(_) => AuthError::Invalid("missing exp or sub"),
+                        K::MissingRequiredClaim(_) => {
+                            AuthError::Invalid("a required claim is missing")
+                        }
                         _ => AuthError::Invalid("cannot be decoded"),
                     };
                 }

@@ -121,6 +121,8 @@ pub struct Limits {
     pub max_name_bytes: usize,
     /// Longest a signal kind may be, in bytes.
     pub max_kind_bytes: usize,
+    /// Largest `meta` (as JSON) in `hello` or `join`, in bytes; it is repeated in every `joined` list.
+    pub max_meta_bytes: usize,
     /// Time a new socket has to send `hello` before it is closed with 4003.
     pub hello_timeout_ms: u64,
     /// How often the server pings each socket.
@@ -138,6 +140,7 @@ impl Default for Limits {
             outbound_queue: 1_024,
             max_name_bytes: 128,
             max_kind_bytes: 32,
+            max_meta_bytes: 4 * 1024,
             hello_timeout_ms: 10_000,
             heartbeat_interval_ms: 15_000,
             heartbeat_timeout_ms: 45_000,
@@ -304,7 +307,8 @@ impl Config {
                 self.server.listen
             ));
         }
-        let positive: [(&str, u64); 16] = [
+        let positive: [(&str, u64); 17] = [
+            ("limits.max_meta_bytes", self.limits.max_meta_bytes as u64),
             (
                 "cluster.command_timeout_ms",
                 self.cluster.command_timeout_ms,

@@ -22,6 +22,8 @@ pub enum ErrorCode {
     InvalidRoom,
     /// A signal kind is empty, too long or contains control characters.
     InvalidKind,
+    /// `meta` is larger than `limits.max_meta_bytes` as JSON.
+    MetaTooLarge,
     /// A message other than `hello` or `ping` arrived before `hello`.
     HelloRequired,
     /// A second `hello` on a connection that already has a peer id.
@@ -54,6 +56,7 @@ impl ErrorCode {
             Self::InvalidPeerId => "invalid-peer-id",
             Self::InvalidRoom => "invalid-room",
             Self::InvalidKind => "invalid-kind",
+            Self::MetaTooLarge => "meta-too-large",
             Self::HelloRequired => "hello-required",
             Self::AlreadyHello => "already-hello",
             Self::Unauthorized => "unauthorized",
@@ -91,12 +94,8 @@ impl ClientError {
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
-    /// Policy violation (used for a slow consumer).
-    pub const POLICY: u16 = 1008;
     /// A frame or message larger than `limits.max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
-    /// Internal error.
-    pub const INTERNAL: u16 = 1011;
     /// The node is shutting down (drain); reconnect, to any node.
     pub const RESTART: u16 = 1012;
     /// Try again later: the client could not keep up with its outbound queue.

@@ -94,14 +94,19 @@ async fn ws_upgrade(
         ));
     };
     let token = node.tracker.token();
-    let max = node.cfg.limits.max_frame_bytes;
+    let lim = &node.cfg.limits;
+    let max = lim.max_frame_bytes;
+    // The largest message the server writes is a `joined` list of a full room;
+    // the write buffer (which grows only while the client is slow) must hold it.
+    let full_room = lim.max_peers_per_room * (lim.max_meta_bytes + lim.max_name_bytes + 64);
+    let write_cap = (max * 4).max(full_room).max(1 << 20);
     let ws = ws
         .protocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK])
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
-        .max_write_buffer_size((max * 4).max(1 << 20));
+        .max_write_buffer_size(write_cap);
     let codec = ws
         .selected_protocol()
         .and_then(|p| p.to_str().ok())
@@ -149,7 +154,7 @@ fn check_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.expose()) {
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -158,6 +163,15 @@ fn check_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "a valid admin bearer token is required",
         ))
     }
+}
+
+/// Compares without an early exit, so response time says nothing about how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {

@@ -25,6 +25,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod node;
+pub mod payload;
 pub mod protocol;
 pub mod session;
 pub mod store;

@@ -135,6 +135,7 @@ impl Node {
             name_limits: NameLimits {
                 max_name_bytes: cfg.limits.max_name_bytes,
                 max_kind_bytes: cfg.limits.max_kind_bytes,
+                max_meta_bytes: cfg.limits.max_meta_bytes,
             },
             cfg: Arc::new(cfg),
         });
@@ -273,6 +274,18 @@ impl Node {
             debug!(peer = %peer, "newer connection replaces a local one");
             old.close(CloseReason::REPLACED);
         }
+        let session = Session {
+            peer: peer.clone(),
+            epoch: handle.epoch,
+            handle: handle.clone(),
+            meta,
+            rooms: HashSet::new(),
+        };
+        if !self.bus.is_ready() {
+            // Served locally now, registered cluster-wide once the bus is back.
+            self.dirty.store(true, Ordering::Release);
+            return Ok(session);
+        }
         let loc = PeerLocation {
             node: self.id.clone(),
             epoch: handle.epoch,
@@ -287,16 +300,11 @@ impl Node {
             }
             Ok(_) => {}
             Err(e) => {
-                warn!(peer = %peer, error = %e, "peer directory unavailable; peer served locally only")
+                warn!(peer = %peer, error = %e, "peer directory unavailable; peer served locally only");
+                self.dirty.store(true, Ordering::Release);
             }
         }
-        Ok(Session {
-            peer,
-            epoch: handle.epoch,
-            handle: handle.clone(),
-            meta,
-            rooms: HashSet::new(),
-        })
+        Ok(session)
     }
 
     /// Runs one command of a session past `hello`.
@@ -455,13 +463,12 @@ impl Node {
         room: &RoomName,
         reason: LeaveReason,
     ) -> Result<(), ClientError> {
-        self.drop_local_member(room, peer, epoch).await;
-        let removed = self
-            .store
-            .leave_room(room, peer, epoch)
-            .await
-            .map_err(cluster_err)?;
-        if removed {
+        // Local members learn at once, whatever the store says: the hub is the
+        // truth for this node. Other nodes learn through the store's verdict
+        // (exactly one `peer-left` per membership), or after an outage through
+        // re-registration.
+        let (removed_here, emptied) = self.hub.room_remove(room, peer, epoch);
+        if removed_here {
             let note = Arc::new(ServerMsg::PeerLeft {
                 room: room.clone(),
                 peer_id: peer.clone(),
@@ -469,6 +476,23 @@ impl Node {
             });
             self.hub
                 .room_fanout(room.as_str(), Some(peer.as_str()), &note, None);
+        }
+        if emptied {
+            if let Err(e) = self.bus.unsubscribe_room(room).await {
+                warn!(room = %room, error = %e, "unsubscribe failed");
+            }
+        }
+        let removed = match self.store.leave_room(room, peer, epoch).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The peer has left as far as this node is concerned; the shared
+                // view is reconciled when the store is back (re-registration).
+                warn!(room = %room, error = %e, "store unavailable during leave; will reconcile");
+                self.dirty.store(true, Ordering::Release);
+                return Ok(());
+            }
+        };
+        if removed {
             self.publish_room(
                 room,
                 NodeEvent::PeerLeft {
@@ -511,9 +535,14 @@ impl Node {
                     data,
                 };
                 match self.publish_node(&loc.node, event).await? {
+                    // The target's node is not listening: it died (and is
+                    // not reaped yet) or its subscriber is reconnecting.
+                    // Either way the signal was not delivered; retrying is right.
                     0 => Err(ClientError::new(
-                        ErrorCode::PeerNotFound,
-                        format!("peer `{to}` is registered on a node that is not reachable"),
+                        ErrorCode::ClusterUnavailable,
+                        format!(
+                            "the node holding peer `{to}` is not reachable right now; try again"
+                        ),
                     )),
                     _ => Ok(()),
                 }

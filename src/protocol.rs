@@ -59,6 +59,26 @@ pub struct NameLimits {
     pub max_name_bytes: usize,
     /// Maximum bytes in a signal kind.
     pub max_kind_bytes: usize,
+    /// Maximum bytes of `meta` (as JSON): it is repeated in every `joined`
+    /// list of the room, so it must stay small.
+    pub max_meta_bytes: usize,
+}
+
+/// Counts the bytes a value takes as JSON, without building the text.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 /// Every field any client message may carry; `validate` decides which are needed.
@@ -72,6 +92,7 @@ pub struct RawClientMsg {
     /// `hello`: requested peer id.
     pub peer_id: Option<String>,
     /// `hello`, `join`: opaque metadata.
+    #[serde(default, deserialize_with = "crate::payload::opt")]
     pub meta: Option<Value>,
     /// `hello`: a JWT.
     pub token: Option<String>,
@@ -82,6 +103,7 @@ pub struct RawClientMsg {
     /// `signal`: the kind (`offer`, `answer`, `candidate`, ...).
     pub kind: Option<String>,
     /// `signal`, `broadcast`: opaque payload.
+    #[serde(default, deserialize_with = "crate::payload::opt")]
     pub data: Option<Value>,
     /// Any field the server stamps itself (`from`) is read and ignored, so a
     /// client can never choose it.
@@ -206,6 +228,19 @@ impl RawClientMsg {
                 PeerId::parse(&s, lim.max_name_bytes)
                     .map_err(|e| name_err(ErrorCode::InvalidPeerId, field, e))
             };
+            let meta = |m: Option<Value>| {
+                let m = m.unwrap_or(Value::Null);
+                if json_len(&m) > lim.max_meta_bytes {
+                    return Err(ClientError::new(
+                        ErrorCode::MetaTooLarge,
+                        format!(
+                            "`meta` must be at most {} bytes as JSON",
+                            lim.max_meta_bytes
+                        ),
+                    ));
+                }
+                Ok(m)
+            };
             let room = |s: Option<String>| {
                 let s = required(s, ty, "room")?;
                 RoomName::parse(&s, lim.max_name_bytes)
@@ -214,12 +249,12 @@ impl RawClientMsg {
             Ok(match ty {
                 "hello" => Command::Hello {
                     peer_id: self.peer_id.map(|p| peer(p, "peer_id")).transpose()?,
-                    meta: self.meta.unwrap_or(Value::Null),
+                    meta: meta(self.meta)?,
                     token: self.token,
                 },
                 "join" => Command::Join {
                     room: room(self.room)?,
-                    meta: self.meta.unwrap_or(Value::Null),
+                    meta: meta(self.meta)?,
                 },
                 "leave" => Command::Leave {
                     room: room(self.room)?,
@@ -472,6 +507,7 @@ mod tests {
     const LIM: NameLimits = NameLimits {
         max_name_bytes: 16,
         max_kind_bytes: 8,
+        max_meta_bytes: 32,
     };
 
     fn dj(v: Value) -> Result<Inbound, DecodeError> {
@@ -546,6 +582,12 @@ mod tests {
             ErrorCode::InvalidKind
         );
         assert_eq!(code(dj(json!([1, 2]))), ErrorCode::InvalidMessage);
+        assert_eq!(
+            code(dj(
+                json!({"type":"join","room":"r","meta":{"k":"x".repeat(40)}})
+            )),
+            ErrorCode::MetaTooLarge
+        );
         let wrong = dj(json!({"type":"join","id":7,"room":5})).unwrap_err();
         assert_eq!(
             (wrong.id, wrong.error.code),
@@ -555,6 +597,23 @@ mod tests {
             code(dj(json!({"type":"ping","id":{"a":1}}))),
             ErrorCode::InvalidMessage
         );
+    }
+
+    #[test]
+    fn msgpack_bin_and_integer_keys_reach_json_peers() {
+        let mut frame = vec![0x84];
+        for s in ["type", "signal", "to", "b", "kind", "o", "data"] {
+            frame.push(0xa0 | s.len() as u8);
+            frame.extend_from_slice(s.as_bytes());
+        }
+        // data: {"bin": <bin 01 02 03>, 1: "x"}
+        frame.extend_from_slice(&[
+            0x82, 0xa3, b'b', b'i', b'n', 0xc4, 3, 1, 2, 3, 0x01, 0xa1, b'x',
+        ]);
+        match decode(&frame, Codec::MsgPack, LIM).unwrap().cmd {
+            Command::Signal { data, .. } => assert_eq!(data, json!({"bin": [1, 2, 3], "1": "x"})),
+            other => panic!("expected a signal, got {other:?}"),
+        }
     }
 
     #[test]

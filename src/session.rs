@@ -126,6 +126,7 @@ async fn serve(node: Arc<Node>, ws: WebSocket, info: ConnInfo) {
                 match (&mut session, inbound.cmd) {
                     (Some(s), cmd) => node.dispatch(s, inbound.id, cmd, received).await,
                     (None, Command::Hello { peer_id, meta, token }) => {
+                        let hello_id = inbound.id.clone();
                         match node.hello(&handle, info.observed, inbound.id, peer_id, meta, token).await {
                             Ok(s) => {
                                 tracing::Span::current().record("peer", tracing::field::display(&s.peer));
@@ -134,7 +135,7 @@ async fn serve(node: Arc<Node>, ws: WebSocket, info: ConnInfo) {
                                 idle.as_mut().reset(TokioInstant::now() + idle_timeout);
                             }
                             Err(refused) => {
-                                send_error(&handle, None, refused.error);
+                                send_error(&handle, hello_id, refused.error);
                                 if let Some(c) = refused.close {
                                     break Some(c);
                                 }

