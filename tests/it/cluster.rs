@@ -1,0 +1,368 @@
+//! Cluster behaviour: several real node processes through a real redis-server.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::cluster_helpers::{spawn_cluster, unique_prefix, wait_ready, Nginx, RedisServer};
+use crate::helpers::{metric, Client, TestNode};
+
+async fn hello(node: &TestNode, peer: &str) -> (Client, Value) {
+    let mut c = Client::connect(&node.ws_url()).await;
+    let welcome = c.hello(peer).await;
+    (c, welcome)
+}
+
+/// The next message of type `ty`, skipping presence (re-registration after an
+/// outage may announce members again).
+async fn next_of(c: &mut Client, ty: &str) -> Value {
+    loop {
+        let m = c.recv().await;
+        if m["type"] == ty {
+            return m;
+        }
+        assert!(m["type"] == "peer-joined" || m["type"] == "peer-left", "expected {ty}, got {m}");
+    }
+}
+
+/// Sends a signal with an id and returns the answer (`ack` or `error`).
+async fn signal(c: &mut Client, id: u64, to: &str, data: Value) -> Value {
+    c.send_json(json!({"type": "signal", "id": id, "to": to, "kind": "offer", "data": data}))
+        .await;
+    loop {
+        let m = c.recv().await;
+        if m["type"] == "ack" || m["type"] == "error" {
+            return m;
+        }
+    }
+}
+
+
+#[tokio::test]
+async fn signal_crosses_nodes_exactly_once_and_in_order() {
+    let redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("xsig"), 2, &[]).await;
+    let (mut alice, wa) = hello(&nodes[0], "alice").await;
+    let (mut bob, wb) = hello(&nodes[1], "bob").await;
+    assert_ne!(wa["node"], wb["node"], "peers must be on different nodes");
+
+    let ack = signal(&mut alice, 1, "bob", json!({"sdp": "offer-sdp"})).await;
+    assert_eq!(ack, json!({"type": "ack", "id": 1}));
+    let got = bob.recv_type("signal").await;
+    assert_eq!(got["from"], "alice");
+    assert_eq!(got["data"]["sdp"], "offer-sdp");
+
+    bob.send_json(json!({"type": "signal", "to": "alice", "kind": "answer", "data": {"sdp": "answer-sdp"}}))
+        .await;
+    let got = alice.recv_type("signal").await;
+    assert_eq!((got["from"].clone(), got["kind"].clone()), (json!("bob"), json!("answer")));
+
+    // 500 signals cross in order, each once.
+    for i in 0..500u64 {
+        alice
+            .send_json(json!({"type": "signal", "to": "bob", "kind": "candidate", "data": {"seq": i}}))
+            .await;
+    }
+    for i in 0..500u64 {
+        let m = bob.recv_type("signal").await;
+        assert_eq!(m["data"]["seq"], i, "out of order or lost");
+    }
+
+    let err = signal(&mut alice, 2, "nobody", json!(null)).await;
+    assert_eq!((err["code"].clone(), err["id"].clone()), (json!("peer-not-found"), json!(2)));
+}
+
+#[tokio::test]
+async fn room_spans_three_nodes_with_presence_and_broadcast() {
+    let redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("room3"), 3, &[]).await;
+    let (mut p1, _) = hello(&nodes[0], "p1").await;
+    let (mut p2, _) = hello(&nodes[1], "p2").await;
+    let (mut p3, _) = hello(&nodes[2], "p3").await;
+
+    p1.send_json(json!({"type": "join", "room": "r", "meta": {"n": 1}})).await;
+    assert_eq!(p1.recv_type("joined").await["peers"], json!([]));
+    p2.send_json(json!({"type": "join", "room": "r", "meta": {"n": 2}})).await;
+    assert_eq!(p2.recv_type("joined").await["peers"], json!([{"peer_id": "p1", "meta": {"n": 1}}]));
+    let pj = p1.recv_type("peer-joined").await;
+    assert_eq!((pj["peer_id"].clone(), pj["meta"].clone()), (json!("p2"), json!({"n": 2})));
+    p3.send_json(json!({"type": "join", "room": "r", "meta": {"n": 3}})).await;
+    let joined = p3.recv_type("joined").await;
+    let mut ids: Vec<String> = joined["peers"].as_array().unwrap().iter().map(|m| m["peer_id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, ["p1", "p2"]);
+    assert_eq!(p1.recv_type("peer-joined").await["peer_id"], "p3");
+    assert_eq!(p2.recv_type("peer-joined").await["peer_id"], "p3");
+
+    // The room looks the same from every node.
+    let mut views = Vec::new();
+    for n in &nodes {
+        let v: Value = reqwest::get(n.http("/api/rooms/r")).await.unwrap().json().await.unwrap();
+        views.push(v);
+    }
+    assert!(views.iter().all(|v| *v == views[0]), "{views:?}");
+    assert_eq!(views[0]["members"].as_array().unwrap().len(), 3);
+
+    // A broadcast reaches the other two exactly once, not the sender.
+    p1.send_json(json!({"type": "broadcast", "id": 9, "room": "r", "data": {"hi": 1}})).await;
+    assert_eq!(p1.recv_type("ack").await["id"], 9);
+    for c in [&mut p2, &mut p3] {
+        let m = c.recv_type("message").await;
+        assert_eq!((m["from"].clone(), m["data"].clone()), (json!("p1"), json!({"hi": 1})));
+    }
+    // Nothing else is pending: the next thing each receives is its own pong.
+    for c in [&mut p1, &mut p2, &mut p3] {
+        c.send_json(json!({"type": "ping", "id": "flush"})).await;
+        assert_eq!(c.recv().await, json!({"type": "pong", "id": "flush"}));
+    }
+
+    p3.send_json(json!({"type": "leave", "room": "r"})).await;
+    for c in [&mut p1, &mut p2] {
+        let m = c.recv_type("peer-left").await;
+        assert_eq!((m["peer_id"].clone(), m["reason"].clone()), (json!("p3"), json!("left")));
+    }
+    drop(p2);
+    let m = p1.recv_type("peer-left").await;
+    assert_eq!((m["peer_id"].clone(), m["reason"].clone()), (json!("p2"), json!("disconnected")));
+}
+
+#[tokio::test]
+async fn duplicate_peer_id_on_two_nodes_keeps_the_newest() {
+    let redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("dup"), 2, &[]).await;
+    let (mut watcher, _) = hello(&nodes[1], "watcher").await;
+    watcher.join("r").await;
+    let (mut old, _) = hello(&nodes[0], "alice").await;
+    old.join("r").await;
+    assert_eq!(watcher.recv_type("peer-joined").await["peer_id"], "alice");
+
+    let (mut new, _) = hello(&nodes[1], "alice").await;
+    let (code, reason) = old.expect_close().await;
+    assert_eq!((code, reason.as_str()), (4002, "replaced"));
+    let left = watcher.recv_type("peer-left").await;
+    assert_eq!((left["peer_id"].clone(), left["reason"].clone()), (json!("alice"), json!("replaced")));
+
+    // Signals to `alice` reach the new connection.
+    let ack = signal(&mut watcher, 5, "alice", json!("to-new")).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(new.recv_type("signal").await["data"], "to-new");
+}
+
+#[tokio::test]
+async fn killed_node_is_cleaned_up_once_within_the_bound() {
+    let redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("kill"), 3, &[]).await;
+    let (mut w2, _) = hello(&nodes[1], "w2").await;
+    let (mut w3, _) = hello(&nodes[2], "w3").await;
+    w2.join("r").await;
+    w3.join("r").await;
+    w2.recv_type("peer-joined").await;
+    let (mut v1, _) = hello(&nodes[0], "victim-1").await;
+    let (mut v2, _) = hello(&nodes[0], "victim-2").await;
+    v1.join("r").await;
+    v2.join("r").await;
+    for w in [&mut w2, &mut w3] {
+        for _ in 0..2 {
+            w.recv_type("peer-joined").await;
+        }
+    }
+
+    let killed_at = Instant::now();
+    nodes[0].sigkill();
+    // Heartbeat TTL 1.5 s + scan every 0.25 s: each watcher hears each victim leave once.
+    for w in [&mut w2, &mut w3] {
+        let mut left = Vec::new();
+        for _ in 0..2 {
+            let m = w.recv_type("peer-left").await;
+            assert_eq!(m["reason"], "timeout");
+            left.push(m["peer_id"].as_str().unwrap().to_string());
+        }
+        left.sort();
+        assert_eq!(left, ["victim-1", "victim-2"]);
+    }
+    let took = killed_at.elapsed();
+    assert!(took < Duration::from_secs(5), "cleanup took {took:?}");
+
+    // Exactly one survivor reaped the dead node...
+    let reaped = metric(&nodes[1], "switchboard_nodes_reaped_total").await
+        + metric(&nodes[2], "switchboard_nodes_reaped_total").await;
+    assert_eq!(reaped, 1.0);
+    // ...and no second `peer-left` follows: after two more scan periods, a ping's
+    // pong is the next message.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for w in [&mut w2, &mut w3] {
+        w.send_json(json!({"type": "ping", "id": 1})).await;
+        assert_eq!(w.recv().await, json!({"type": "pong", "id": 1}));
+    }
+    // The directory forgot the victims and the room lists only the survivors.
+    let err = signal(&mut w2, 3, "victim-1", json!(null)).await;
+    assert_eq!(err["code"], "peer-not-found");
+    let room: Value = reqwest::get(nodes[1].http("/api/rooms/r")).await.unwrap().json().await.unwrap();
+    assert_eq!(room["members"].as_array().unwrap().len(), 2, "{room}");
+}
+
+#[tokio::test]
+async fn redis_outage_keeps_local_relay_and_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("outage"), 2, &[]).await;
+    let (mut a, _) = hello(&nodes[0], "a").await;
+    let (mut c, _) = hello(&nodes[0], "c").await;
+    let (mut b, _) = hello(&nodes[1], "b").await;
+    for p in [&mut a, &mut b, &mut c] {
+        p.join("r").await;
+    }
+
+    redis.stop();
+    for n in &nodes {
+        let took = wait_ready(n, false, Duration::from_secs(5)).await;
+        assert!(took < Duration::from_secs(5));
+    }
+    // Same-node relay needs no Redis.
+    assert_eq!(signal(&mut a, 1, "c", json!("local")).await["type"], "ack");
+    assert_eq!(c.recv_type("signal").await["data"], "local");
+    // Anything that needs Redis says so.
+    assert_eq!(signal(&mut a, 2, "b", json!("remote")).await["code"], "cluster-unavailable");
+    a.send_json(json!({"type": "join", "id": 3, "room": "other"})).await;
+    let e = a.recv_type("error").await;
+    assert_eq!((e["id"].clone(), e["code"].clone()), (json!(3), json!("cluster-unavailable")));
+
+    // Redis comes back empty; nodes resubscribe and register again by themselves.
+    redis.restart();
+    for n in &nodes {
+        wait_ready(n, true, Duration::from_secs(10)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 10;
+    loop {
+        id += 1;
+        let r = signal(&mut a, id, "b", json!({"after": id})).await;
+        if r["type"] == "ack" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cross-node signal never recovered: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(next_of(&mut b, "signal").await["data"]["after"], id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let room: Value = reqwest::get(nodes[1].http("/api/rooms/r")).await.unwrap().json().await.unwrap();
+        if room["members"].as_array().map(|m| m.len()) == Some(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "room not re-registered: {room}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn killed_subscriber_connection_resumes_and_readiness_reflects_the_gap() {
+    let redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("subkill"), 2, &[]).await;
+    let (mut a, _) = hello(&nodes[0], "a").await;
+    let (mut b, _) = hello(&nodes[1], "b").await;
+
+    // While the subscriber connections keep being killed, the probe cannot
+    // make its round trip and the nodes report unready.
+    let start = Instant::now();
+    let mut seen_unready = false;
+    while start.elapsed() < Duration::from_secs(8) {
+        redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        let r = reqwest::get(nodes[1].http("/readyz")).await.unwrap();
+        if r.status() == 503 {
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["reason"], "bus-unavailable");
+            seen_unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_unready, "readiness never reflected the subscriber gap");
+
+    // Once the kills stop, fred reconnects and resubscribes by itself.
+    wait_ready(&nodes[0], true, Duration::from_secs(10)).await;
+    wait_ready(&nodes[1], true, Duration::from_secs(10)).await;
+    let mut delivered = 0;
+    for i in 0..50u64 {
+        let r = signal(&mut a, i, "b", json!({"i": i})).await;
+        assert_eq!(r["type"], "ack", "{r}");
+        assert_eq!(next_of(&mut b, "signal").await["data"]["i"], i);
+        delivered += 1;
+    }
+    assert_eq!(delivered, 50);
+    let subs = redis.command(&["PUBSUB", "NUMSUB", &format!("{}:ch:node:node-2", unique_prefix("subkill"))]);
+    assert!(subs.contains(":1\r\n"), "node-2 not resubscribed: {subs:?}");
+}
+
+#[tokio::test]
+async fn three_nodes_300_peers_each_no_loss_duplicate_or_reordering() {
+    const PER_NODE: usize = 300;
+    const SIGNALS: u64 = 10;
+    let redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("mass"), 3, &[]).await;
+    let total = PER_NODE * nodes.len();
+    let mut clients = Vec::with_capacity(total);
+    for i in 0..total {
+        let node = &nodes[i % nodes.len()];
+        let (c, _) = hello(node, &format!("m{i}")).await;
+        clients.push(c);
+    }
+    // Peer i signals peer (i + 1) % total, which sits on the next node; each
+    // receiver checks it gets every sequence number once, in order.
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let to = format!("m{}", (i + 1) % total);
+            for s in 0..SIGNALS {
+                c.send_json(json!({"type": "signal", "to": to, "kind": "candidate", "data": {"s": s}}))
+                    .await;
+            }
+            let from = format!("m{}", (i + total - 1) % total);
+            let mut next = 0u64;
+            let mut errors = HashMap::new();
+            while next < SIGNALS {
+                let m = c.recv().await;
+                match m["type"].as_str() {
+                    Some("signal") => {
+                        assert_eq!(m["from"], from.as_str());
+                        assert_eq!(m["data"]["s"], next, "lost, duplicated or reordered");
+                        next += 1;
+                    }
+                    Some("error") => *errors.entry(m["code"].to_string()).or_insert(0) += 1,
+                    _ => {}
+                }
+            }
+            (next, errors)
+        }));
+    }
+    let mut delivered = 0;
+    for t in tasks {
+        let (n, errors) = tokio::time::timeout(Duration::from_secs(60), t).await.expect("bounded").unwrap();
+        assert!(errors.is_empty(), "errors: {errors:?}");
+        delivered += n;
+    }
+    assert_eq!(delivered, total as u64 * SIGNALS);
+}
+
+#[tokio::test]
+async fn offer_and_answer_cross_nodes_through_nginx() {
+    let redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("nginx"), 3, &[]).await;
+    let lb = Nginx::start(&nodes);
+    let mut alice = Client::connect(&lb.ws_url()).await;
+    let wa = alice.hello("alice").await;
+    let mut bob = Client::connect(&lb.ws_url()).await;
+    let wb = bob.hello("bob").await;
+    // Round robin puts consecutive connections on different nodes.
+    assert_ne!(wa["node"], wb["node"], "{wa} {wb}");
+
+    alice
+        .send_json(json!({"type": "signal", "to": "bob", "kind": "offer", "data": {"sdp": "o"}}))
+        .await;
+    let offer = bob.recv_type("signal").await;
+    assert_eq!((offer["from"].clone(), offer["kind"].clone()), (json!("alice"), json!("offer")));
+    bob.send_json(json!({"type": "signal", "to": "alice", "kind": "answer", "data": {"sdp": "a"}}))
+        .await;
+    let answer = alice.recv_type("signal").await;
+    assert_eq!((answer["from"].clone(), answer["data"].clone()), (json!("bob"), json!({"sdp": "a"})));
+}

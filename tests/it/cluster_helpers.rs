@@ -1,0 +1,228 @@
+//! A real redis-server per test, and node processes clustered through it.
+//!
+//! Each test gets its own redis-server on a free port (no Docker here, so no
+//! testcontainers), started with persistence off and killed on drop, and its
+//! own key prefix, so nothing leaks between tests.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::TestNode;
+
+/// A redis-server child process on 127.0.0.1.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+impl RedisServer {
+    /// Starts a redis-server on a free port and waits until it answers PING.
+    pub fn start() -> Self {
+        let mut r = Self { port: free_port(), child: None };
+        r.restart();
+        r
+    }
+
+    /// The `redis://` URL of this server.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same port: a restart loses all data,
+    /// as a real restart without persistence does).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis-server already running");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (tests/run-all.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.try_command(&["PING"]).is_some_and(|r| r.contains("PONG")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer PING within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL: no goodbye, like a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends one command (RESP array of bulk strings) and returns the raw reply.
+    pub fn command(&self, args: &[&str]) -> String {
+        self.try_command(args)
+            .unwrap_or_else(|| panic!("redis command {args:?} failed"))
+    }
+
+    fn try_command(&self, args: &[&str]) -> Option<String> {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A unique key prefix for one test.
+pub fn unique_prefix(test: &str) -> String {
+    format!("t{}-{}", std::process::id(), test)
+}
+
+/// The environment that makes a node join the cluster on `redis` under `prefix`,
+/// with fast heartbeats so failure tests finish in seconds.
+pub fn cluster_env(redis: &RedisServer, prefix: &str, node_id: &str) -> Vec<(String, String)> {
+    vec![
+        ("SWITCHBOARD_CLUSTER__REDIS_URL".into(), redis.url()),
+        ("SWITCHBOARD_CLUSTER__KEY_PREFIX".into(), prefix.into()),
+        ("SWITCHBOARD_SERVER__NODE_ID".into(), node_id.into()),
+        ("SWITCHBOARD_CLUSTER__HEARTBEAT_MS".into(), "250".into()),
+        ("SWITCHBOARD_CLUSTER__NODE_TTL_MS".into(), "1500".into()),
+        ("SWITCHBOARD_CLUSTER__PROBE_WINDOW_MS".into(), "1000".into()),
+    ]
+}
+
+/// Starts `n` nodes clustered through `redis`, each with `extra` env on top,
+/// and waits until every one is ready (its pub/sub probe made the round trip).
+pub async fn spawn_cluster(redis: &RedisServer, prefix: &str, n: usize, extra: &[(&str, &str)]) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let mut env = cluster_env(redis, prefix, &format!("node-{}", i + 1));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        nodes.push(TestNode::spawn(&env_ref));
+    }
+    for node in &nodes {
+        wait_ready(node, true, Duration::from_secs(10)).await;
+    }
+    nodes
+}
+
+/// Polls `/readyz` until it reports `ready` (bounded by `within`); returns how long it took.
+pub async fn wait_ready(node: &TestNode, ready: bool, within: Duration) -> Duration {
+    let start = Instant::now();
+    let client = reqwest::Client::new();
+    loop {
+        let ok = match client.get(node.http("/readyz")).send().await {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        };
+        if ok == ready {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "node did not become {} within {within:?}",
+            if ready { "ready" } else { "unready" }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// nginx in front of some nodes, run from the repo's own `config/nginx.conf`
+/// with only its addresses and paths rewritten.
+pub struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx balancing over `nodes` and waits until it accepts connections.
+    pub fn start(nodes: &[TestNode]) -> Self {
+        assert_eq!(nodes.len(), 3, "config/nginx.conf names three upstream nodes");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/nginx.conf"))
+            .expect("config/nginx.conf");
+        conf = conf.replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
+        for (i, node) in nodes.iter().enumerate() {
+            let upstream = format!("server 127.0.0.1:{} ", 8081 + i);
+            assert!(conf.contains(&upstream), "nginx.conf lost its upstream {upstream}");
+            conf = conf.replace(&upstream, &format!("server {} ", node.addr()));
+        }
+        conf = conf.replace("/tmp/switchboard-nginx", &dir.path().join("nginx").display().to_string());
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            // Never inherit the test's pipes: nginx's worker would hold them
+            // open after the master is gone, and the test runner would wait.
+            .stderr(std::fs::File::create(dir.path().join("error.log")).expect("nginx log file"))
+            .spawn()
+            .expect("nginx must be installed (tests/run-all.sh installs nginx-light)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not listen within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, _dir: dir }
+    }
+
+    /// The balanced WebSocket URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM makes the master stop its workers too (SIGKILL would orphan them).
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::env::var_os("TEST_LOG").is_some() {
+            if let Ok(log) = std::fs::read_to_string(self._dir.path().join("error.log")) {
+                eprintln!("[nginx] {log}");
+            }
+        }
+    }
+}
