@@ -16,7 +16,7 @@ use fred::prelude::*;
 use fred::types::Builder;
 
 use crate::config::ClusterConfig;
-use crate::types::{NodeId, PeerId, RoomName};
+use crate::types::{NodeId, PeerId, PoolName, RoomName};
 
 /// Redis key and channel names, all under `cluster.key_prefix`.
 #[derive(Debug, Clone)]
@@ -70,6 +70,23 @@ impl Keys {
     /// Hash node -> member count: which nodes have members in a room.
     pub fn room_nodes(&self, r: &RoomName) -> String {
         format!("{}:room:{r}:nodes", self.prefix)
+    }
+    /// Hash: one worker's record (see `store::redis` for the fields).
+    pub fn worker(&self, p: &PeerId) -> String {
+        format!("{}:worker:{p}", self.prefix)
+    }
+    /// Set of every worker id (the index behind `GET /api/workers`).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+    /// Set of worker ids whose record names a node (to clean up after it dies).
+    pub fn node_workers(&self, n: &NodeId) -> String {
+        format!("{}:node:{n}:workers", self.prefix)
+    }
+    /// List: a pool's queue of worker ids, oldest first (stale entries are
+    /// skipped and dropped when reached).
+    pub fn pool_queue(&self, pool: &PoolName) -> String {
+        format!("{}:pool:{pool}:queue", self.prefix)
     }
     /// Pub/sub channel of one node: direct signals, kicks, its own probes.
     pub fn node_channel(&self, n: &NodeId) -> String {

@@ -81,6 +81,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Clustering through Redis.
     pub cluster: ClusterConfig,
+    /// The built-in STUN responder.
+    pub stun: StunConfig,
+    /// Worker rendezvous: pairing and the older rendezvous service's protocol.
+    pub rendezvous: RendezvousConfig,
 }
 
 /// `[server]`
@@ -209,6 +213,65 @@ impl Default for JwtConfig {
 pub struct HttpConfig {
     /// When set, `/api/*` requires `Authorization: Bearer <token>`.
     pub admin_token: Secret,
+    /// Proxies (CIDRs, or single addresses) whose `Forwarded` /
+    /// `X-Forwarded-For` headers name the client. From any other peer those
+    /// headers are ignored: anyone can send them.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl HttpConfig {
+    /// The parsed `trusted_proxies` (validated by [`load`]).
+    pub fn trusted_nets(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|s| parse_net(s))
+            .collect()
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1`, a /32 or /128).
+fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// `[stun]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StunConfig {
+    /// Answer STUN Binding requests on UDP (and learn workers' public UDP endpoints).
+    pub enabled: bool,
+    /// UDP address of the responder (`ip:port`; port 0 picks one).
+    pub listen: String,
+    /// A second, IPv6-only UDP address (`[::]:3478`); empty: none.
+    pub listen_v6: String,
+}
+
+impl Default for StunConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "0.0.0.0:3478".into(),
+            listen_v6: "[::]:3478".into(),
+        }
+    }
+}
+
+/// `[rendezvous]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RendezvousConfig {
+    /// Queue a worker of the older rendezvous protocol for pairing (pool
+    /// `default`) as soon as it reports its UDP endpoint.
+    pub auto_pair: bool,
+}
+
+impl Default for RendezvousConfig {
+    fn default() -> Self {
+        Self { auto_pair: true }
+    }
 }
 
 /// Log output format.
@@ -386,6 +449,32 @@ impl Config {
         if self.cluster.key_prefix.is_empty() {
             errs.push("cluster.key_prefix: must not be empty".into());
         }
+        for p in &self.http.trusted_proxies {
+            if parse_net(p).is_none() {
+                errs.push(format!(
+                    "http.trusted_proxies: `{p}` is not a CIDR (`10.0.0.0/8`) or an IP address"
+                ));
+            }
+        }
+        if self.stun.enabled {
+            if self.stun.listen.parse::<SocketAddr>().is_err() {
+                errs.push(format!(
+                    "stun.listen: `{}` is not an `ip:port` address",
+                    self.stun.listen
+                ));
+            }
+            if !self.stun.listen_v6.is_empty()
+                && !matches!(
+                    self.stun.listen_v6.parse::<SocketAddr>(),
+                    Ok(SocketAddr::V6(_))
+                )
+            {
+                errs.push(format!(
+                    "stun.listen_v6: `{}` is not an IPv6 `[ip]:port` address (empty disables it)",
+                    self.stun.listen_v6
+                ));
+            }
+        }
         errs
     }
 }
@@ -473,6 +562,8 @@ fn per_key_errors(merged: &Value) -> Vec<String> {
     let mut leaves = Vec::new();
     collect_leaves(merged, &defaults, String::new(), &mut leaves);
     let mut errs = Vec::new();
+    // Every well-typed value, over the defaults: checked together below.
+    let mut well_typed = defaults.clone();
     for (path, value, known) in leaves {
         if !known {
             errs.push(format!("{path}: unknown key"));
@@ -483,7 +574,14 @@ fn per_key_errors(merged: &Value) -> Vec<String> {
         if let Err(e) = serde_json::from_value::<Config>(probe) {
             let msg = e.to_string();
             errs.push(format!("{path}: {msg} (got {value})"));
+        } else {
+            set_path(&mut well_typed, &path, value);
         }
+    }
+    // A well-typed value can still be invalid (`server.listen = "nowhere"`):
+    // report those too, so every bad key is named at once.
+    if let Ok(cfg) = serde_json::from_value::<Config>(well_typed) {
+        errs.extend(cfg.validate());
     }
     errs
 }
@@ -565,6 +663,24 @@ mod tests {
                 "{key} missing in:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn semantic_errors_are_reported_alongside_type_errors() {
+        let err =
+            from_toml_str("[server]\nlisten = \"nowhere\"\n[limits]\nmax_frame_bytes = \"big\"\n")
+                .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.lines().any(|l| l.starts_with("server.listen")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("limits.max_frame_bytes")),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 2, "{text}");
     }
 
     #[test]

@@ -42,6 +42,20 @@ pub enum ErrorCode {
     ClusterUnavailable,
     /// The node is draining and accepts no new work.
     Draining,
+    /// `pair` from a worker that is already paired, or `POST /api/connect`
+    /// naming one.
+    AlreadyPaired,
+    /// `unpair` from a worker that is neither paired nor queued.
+    NotPaired,
+    /// `endpoint` with an unparsable `public_ip` (an IP address) or `udp`
+    /// (`ip:port`, port not 0), or with neither.
+    InvalidEndpoint,
+    /// A pool name is empty, too long or contains control characters.
+    InvalidPool,
+    /// `POST /api/connect` names a worker that is not connected anywhere.
+    WorkerNotFound,
+    /// `POST /api/connect` names the same worker twice.
+    SameWorker,
     /// Something failed inside the server; details are in its log.
     Internal,
 }
@@ -66,6 +80,12 @@ impl ErrorCode {
             Self::NotInRoom => "not-in-room",
             Self::ClusterUnavailable => "cluster-unavailable",
             Self::Draining => "draining",
+            Self::AlreadyPaired => "already-paired",
+            Self::NotPaired => "not-paired",
+            Self::InvalidEndpoint => "invalid-endpoint",
+            Self::InvalidPool => "invalid-pool",
+            Self::WorkerNotFound => "worker-not-found",
+            Self::SameWorker => "same-worker",
             Self::Internal => "internal",
         }
     }
@@ -108,4 +128,7 @@ pub mod close {
     pub const HELLO_TIMEOUT: u16 = 4003;
     /// Nothing (not even a pong) arrived within `limits.heartbeat_timeout_ms`.
     pub const HEARTBEAT_TIMEOUT: u16 = 4004;
+    /// The older rendezvous service's close when a worker id connects again
+    /// (its code was a plain 1000); sent to legacy workers instead of [`REPLACED`].
+    pub const LEGACY_REPLACED_REASON: &str = "New connection from same worker ID";
 }

@@ -1,25 +1,35 @@
-//! The HTTP door: the WebSocket upgrade, probes, metrics and the rooms API.
+//! The HTTP door: the WebSocket upgrades (native `/ws`, legacy workers at
+//! `/ws/register/{worker_id}`), probes, metrics, and the rooms and workers API.
 //!
 //! Every error is JSON `{"error": {"code", "message"}}` with a fitting status,
 //! built in one place ([`ApiError`]).
+//!
+//! The client's address is the socket's peer, unless that peer is a trusted
+//! proxy (`http.trusted_proxies`): then it is read from `Forwarded` or
+//! `X-Forwarded-For` ([`client_addr`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::json;
+use serde_json::{json, Value};
 
+use crate::dialect::legacy_worker::LegacyWorker;
+use crate::error::ErrorCode;
 use crate::metrics as m;
 use crate::node::Node;
 use crate::protocol::{Codec, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
-use crate::session::{self, ConnInfo};
-use crate::types::RoomName;
+use crate::session::{self, ConnInfo, Native};
+use crate::store::{PairError, Which, WorkerRecord};
+use crate::types::{PeerId, RoomName};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -59,7 +69,12 @@ impl IntoResponse for ApiError {
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(status))
         .route("/ws", get(ws_upgrade))
+        .route("/ws/register/{worker_id}", get(legacy_upgrade))
+        .route("/debug/list_workers", get(debug_list_workers))
+        .route("/api/workers", get(list_workers))
+        .route("/api/connect", post(connect_workers))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -71,12 +86,64 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn ws_upgrade(
-    State(st): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    ws: WebSocketUpgrade,
-) -> Result<Response, ApiError> {
-    let node = st.node;
+/// The client's address: the socket's peer, or, when that peer is a trusted
+/// proxy, the rightmost address in `Forwarded` (else `X-Forwarded-For`) that
+/// is not itself a trusted proxy (the leftmost when all are). The port is the
+/// header's when it gives one, else 0. An unparsable hop stops the walk: the
+/// peer itself is then the best known address.
+pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> SocketAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(&ip.to_canonical()));
+    if trusted.is_empty() || !is_trusted(peer.ip()) {
+        return peer;
+    }
+    let mut chain: Vec<Option<SocketAddr>> = Vec::new();
+    let forwarded: Vec<&str> = headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !forwarded.is_empty() {
+        for elem in forwarded.iter().flat_map(|v| v.split(',')) {
+            let for_ = elem.split(';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+            });
+            if let Some(v) = for_ {
+                chain.push(parse_hop(v.trim_matches('"')));
+            }
+        }
+    } else {
+        for v in headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            chain.extend(v.split(',').map(|h| parse_hop(h.trim())));
+        }
+    }
+    for hop in chain.iter().rev() {
+        match hop {
+            Some(a) if is_trusted(a.ip()) => continue,
+            Some(a) => return *a,
+            None => return peer,
+        }
+    }
+    chain.first().copied().flatten().unwrap_or(peer)
+}
+
+/// One hop of a forwarding header: `ip`, `ip:port`, `[v6]` or `[v6]:port`.
+fn parse_hop(s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(SocketAddr::new(a.ip().to_canonical(), a.port()));
+    }
+    let ip = s.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip.to_canonical(), 0))
+}
+
+/// Refuses an upgrade while draining or at the connection limit.
+fn admit(node: &Node) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     if node.is_draining() {
         metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "draining").increment(1);
         return Err(ApiError::new(
@@ -85,14 +152,25 @@ async fn ws_upgrade(
             "node is shutting down; connect to another",
         ));
     }
-    let Ok(permit) = node.conn_limit.clone().try_acquire_owned() else {
+    node.conn_limit.clone().try_acquire_owned().map_err(|_| {
         metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "limit").increment(1);
-        return Err(ApiError::new(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too-many-connections",
             "node is at its connection limit; connect to another",
-        ));
-    };
+        )
+    })
+}
+
+async fn ws_upgrade(
+    State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let node = st.node;
+    let addr = client_addr(addr, &headers, &node.trusted_proxies);
+    let permit = admit(&node)?;
     let token = node.tracker.token();
     let lim = &node.cfg.limits;
     let max = lim.max_frame_bytes;
@@ -117,7 +195,79 @@ async fn ws_upgrade(
     };
     Ok(ws
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| session::run(node, socket, info, permit, token)))
+        .on_upgrade(move |socket| {
+            session::run(node, socket, info, Native::new(codec), permit, token)
+        }))
+}
+
+/// `GET /ws/register/{worker_id}`: a worker of the older rendezvous service.
+/// With auth configured it must present a token for its worker id
+/// (`Authorization: Bearer`, or `?token=`).
+async fn legacy_upgrade(
+    State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(worker_id): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let node = st.node;
+    let worker = PeerId::parse(&worker_id, node.cfg.limits.max_name_bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidPeerId.as_str(),
+            format!("worker id {e}"),
+        )
+    })?;
+    if node.auth_enabled() {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let from_query = query.as_deref().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(str::to_string)
+        });
+        node.verify_token(bearer.or(from_query).as_deref(), &worker)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthorized.as_str(),
+                    e.to_string(),
+                )
+            })?;
+    }
+    let addr = client_addr(addr, &headers, &node.trusted_proxies);
+    let permit = admit(&node)?;
+    let token = node.tracker.token();
+    let max = node.cfg.limits.max_frame_bytes;
+    let ws = ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size((max * 4).max(1 << 20));
+    let info = ConnInfo {
+        observed: addr,
+        codec: Some(Codec::Json),
+    };
+    Ok(ws
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| {
+            session::run(node, socket, info, LegacyWorker::new(worker), permit, token)
+        }))
+}
+
+/// `GET /`: a short status (the older rendezvous service's root).
+async fn status(State(st): State<AppState>) -> impl IntoResponse {
+    Json(json!({
+        "status": "ok",
+        "service": "switchboard",
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": st.node.id,
+    }))
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -174,6 +324,124 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A worker as `GET /api/workers` shows it.
+fn worker_view(w: &WorkerRecord) -> Value {
+    json!({
+        "peer_id": w.peer_id,
+        "node": w.node,
+        "dialect": w.dialect,
+        "observed_addr": w.observed_addr,
+        "public_ip": w.public_ip,
+        "udp": w.udp,
+        "pool": w.pool,
+        "state": w.state,
+        "pairing_id": w.pairing_id,
+        "partner": w.partner,
+        "meta": w.meta,
+    })
+}
+
+/// `GET /api/workers`: every worker in the cluster.
+async fn list_workers(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_admin(&st, &headers)?;
+    let workers = st.node.store().list_workers().await.map_err(unavailable)?;
+    let list: Vec<Value> = workers.iter().map(worker_view).collect();
+    Ok(Json(json!({"count": list.len(), "workers": list})).into_response())
+}
+
+/// `GET /debug/list_workers`: the older rendezvous service's listing, cluster-wide.
+async fn debug_list_workers(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_admin(&st, &headers)?;
+    let workers = st.node.store().list_workers().await.map_err(unavailable)?;
+    let mut map = serde_json::Map::new();
+    for w in &workers {
+        let observed: Option<SocketAddr> = w.observed_addr.parse().ok();
+        map.insert(
+            w.peer_id.to_string(),
+            json!({
+                "websocket_observed_ip": observed.map(|a| a.ip().to_string()),
+                "websocket_observed_port": observed.map(|a| a.port()),
+                "http_reported_public_ip": w.public_ip,
+                "websocket_connected": true,
+            }),
+        );
+    }
+    Ok(Json(json!({"connected_workers_count": map.len(), "workers": map})).into_response())
+}
+
+/// `POST /api/connect {worker_a_id, worker_b_id}`: pairs two workers wherever
+/// they are connected; `worker_a_id` is the initiator.
+async fn connect_workers(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_admin(&st, &headers)?;
+    let bad = |msg: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidMessage.as_str(),
+            msg.to_string(),
+        )
+    };
+    let v: Value = serde_json::from_slice(&body).map_err(|_| bad("the body must be JSON"))?;
+    let max = st.node.cfg.limits.max_name_bytes;
+    let id = |field: &str| {
+        let s = v
+            .get(field)
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(&format!("`{field}` (a string) is required")))?;
+        PeerId::parse(s, max).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidPeerId.as_str(),
+                format!("`{field}` {e}"),
+            )
+        })
+    };
+    let (a, b) = (id("worker_a_id")?, id("worker_b_id")?);
+    let name = |w: Which| match w {
+        Which::A => ("worker_a_id", &a),
+        Which::B => ("worker_b_id", &b),
+    };
+    match st.node.connect_workers(&a, &b).await {
+        Ok((pairing_id, ra, rb)) => Ok(Json(json!({
+            "pairing_id": pairing_id,
+            "initiator": worker_view(&ra),
+            "responder": worker_view(&rb),
+        }))
+        .into_response()),
+        Err(PairError::NotFound(w)) => {
+            let (field, id) = name(w);
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::WorkerNotFound.as_str(),
+                format!("worker `{id}` ({field}) is not a connected worker"),
+            ))
+        }
+        Err(PairError::AlreadyPaired(w)) => {
+            let (field, id) = name(w);
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::AlreadyPaired.as_str(),
+                format!("worker `{id}` ({field}) is already paired"),
+            ))
+        }
+        Err(PairError::SameWorker) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::SameWorker.as_str(),
+            "worker_a_id and worker_b_id name the same worker",
+        )),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "store call failed");
     ApiError::new(
@@ -215,5 +483,58 @@ async fn get_room(
             "room-not-found",
             format!("room `{room}` has no members"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let stranger: SocketAddr = "192.0.2.1:5555".parse().unwrap();
+        let xff = headers(&[("x-forwarded-for", "203.0.113.1, 198.51.100.2, 10.9.9.9")]);
+        assert_eq!(client_addr(stranger, &xff, &trusted), stranger);
+        assert_eq!(client_addr(proxy, &xff, &[]), proxy);
+        assert_eq!(
+            client_addr(proxy, &xff, &trusted),
+            "198.51.100.2:0".parse().unwrap()
+        );
+        // Several header lines form one list; all trusted: the leftmost.
+        let all = headers(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        assert_eq!(
+            client_addr(proxy, &all, &trusted),
+            "10.0.0.1:0".parse().unwrap()
+        );
+        // Forwarded wins over X-Forwarded-For and may carry a port.
+        let fwd = headers(&[
+            (
+                "forwarded",
+                r#"for="[2001:db8::1]:4711";proto=https, for=10.0.0.7"#,
+            ),
+            ("x-forwarded-for", "203.0.113.1"),
+        ]);
+        assert_eq!(
+            client_addr(proxy, &fwd, &trusted),
+            "[2001:db8::1]:4711".parse().unwrap()
+        );
+        // An unparsable hop stops the walk at the proxy itself.
+        let junk = headers(&[("forwarded", "for=unknown")]);
+        assert_eq!(client_addr(proxy, &junk, &trusted), proxy);
+        // No header: the proxy.
+        assert_eq!(client_addr(proxy, &HeaderMap::new(), &trusted), proxy);
     }
 }

@@ -8,10 +8,12 @@
 //! across an `.await`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use dashmap::DashMap;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +100,11 @@ pub struct ConnCtl {
     pub cancel: CancellationToken,
     /// The first reason given for closing wins.
     pub reason: OnceLock<CloseReason>,
+    /// True while the gate is closed (see [`ConnHandle::close_gate`]); checked
+    /// on every push, so the open path costs one atomic load.
+    gated: AtomicBool,
+    /// Messages held while the gate is closed.
+    held: Mutex<Option<Vec<Outbound>>>,
 }
 
 /// The handle through which anything on the node reaches one connection.
@@ -121,6 +128,8 @@ impl ConnHandle {
         let ctl = Arc::new(ConnCtl {
             cancel,
             reason: OnceLock::new(),
+            gated: AtomicBool::new(false),
+            held: Mutex::new(None),
         });
         (Self { epoch, tx, ctl }, rx)
     }
@@ -133,7 +142,26 @@ impl ConnHandle {
     /// Queues a message without waiting. A full queue closes the connection as
     /// too slow; returns whether the message was queued.
     pub fn push(&self, msg: Arc<ServerMsg>, received: Option<Instant>) -> bool {
-        match self.tx.try_send(Outbound { msg, received }) {
+        let out = Outbound { msg, received };
+        if self.ctl.gated.load(Ordering::Acquire) {
+            let mut held = self.ctl.held.lock();
+            if let Some(buf) = held.as_mut() {
+                if buf.len() >= self.tx.max_capacity() {
+                    drop(held);
+                    metrics::counter!(m::QUEUE_OVERFLOWS).increment(1);
+                    self.close(CloseReason::SLOW);
+                    return false;
+                }
+                buf.push(out);
+                return true;
+            }
+            // The gate opened meanwhile: the held messages are queued already.
+        }
+        self.enqueue(out)
+    }
+
+    fn enqueue(&self, out: Outbound) -> bool {
+        match self.tx.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!(m::QUEUE_OVERFLOWS).increment(1);
@@ -147,6 +175,39 @@ impl ConnHandle {
     /// Queues a message built for this one recipient.
     pub fn send(&self, msg: ServerMsg) -> bool {
         self.push(Arc::new(msg), None)
+    }
+
+    /// Holds every message pushed from now on until [`Self::open_gate`].
+    ///
+    /// Used around `hello` and `join`, whose answer must be the first thing
+    /// the client reads of them: `welcome` only once the peer is reachable
+    /// cluster-wide, `joined` before any event of that room. Events that
+    /// arrive in between are delivered right after the answer, in order.
+    pub fn close_gate(&self) {
+        let mut held = self.ctl.held.lock();
+        if held.is_none() {
+            *held = Some(Vec::new());
+        }
+        self.ctl.gated.store(true, Ordering::Release);
+    }
+
+    /// Queues `first` (the answer), then what was held (less the events of
+    /// `drop_room`, a room the client failed to join), and lets pushes through again.
+    pub fn open_gate(&self, first: Option<ServerMsg>, drop_room: Option<&RoomName>) {
+        let mut held = self.ctl.held.lock();
+        if let Some(first) = first {
+            self.enqueue(Outbound {
+                msg: Arc::new(first),
+                received: None,
+            });
+        }
+        for out in held.take().unwrap_or_default() {
+            if drop_room.is_some() && out.msg.room() == drop_room {
+                continue;
+            }
+            self.enqueue(out);
+        }
+        self.ctl.gated.store(false, Ordering::Release);
     }
 
     /// Asks the connection to close; the first reason given wins.
@@ -341,6 +402,29 @@ mod tests {
         assert!(slow.is_closing());
         assert_eq!(slow.ctl().reason.get(), Some(&CloseReason::SLOW));
         assert!(!fast.is_closing());
+    }
+
+    #[test]
+    fn gate_puts_the_answer_first_and_keeps_order() {
+        let (h, mut rx) = ConnHandle::new(1, 8, CancellationToken::new());
+        h.close_gate();
+        h.send(ServerMsg::Pong { id: Some(1.into()) });
+        h.send(ServerMsg::Pong { id: Some(2.into()) });
+        assert!(rx.try_recv().is_err(), "held while the gate is closed");
+        h.open_gate(Some(ServerMsg::Ack { id: 0.into() }), None);
+        h.send(ServerMsg::Pong { id: Some(3.into()) });
+        let order: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|o| serde_json::to_string(&*o.msg).unwrap())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                r#"{"type":"ack","id":0}"#,
+                r#"{"type":"pong","id":1}"#,
+                r#"{"type":"pong","id":2}"#,
+                r#"{"type":"pong","id":3}"#
+            ]
+        );
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //!   decoded into validated [`protocol::Command`]s.
 //! - [`node`]: the router: hello, rooms, signals, broadcasts, drain.
 //! - [`hub`]: the local socket map and local room index.
+//! - [`rendezvous`]: workers, their public endpoints and pairing; [`stun`]
+//!   is the UDP responder that observes those endpoints, and [`dialect`]
+//!   holds the translators for clients of older systems.
 //! - [`bus`] and [`store`]: the two cluster seams, with in-process backends for
 //!   the embedded single node.
 //! - [`config`], [`auth`], [`metrics`], [`error`], [`types`]: the supporting cast.
@@ -20,6 +23,7 @@ pub mod auth;
 pub mod bus;
 pub mod cluster;
 pub mod config;
+pub mod dialect;
 pub mod error;
 pub mod http;
 pub mod hub;
@@ -27,8 +31,10 @@ pub mod metrics;
 pub mod node;
 pub mod payload;
 pub mod protocol;
+pub mod rendezvous;
 pub mod session;
 pub mod store;
+pub mod stun;
 pub mod types;
 
 use std::future::Future;
@@ -56,6 +62,12 @@ pub async fn run(
         metrics,
     });
     let stop_http = CancellationToken::new();
+    // TCP_NODELAY: a relayed signal is written at once, not held by Nagle's
+    // algorithm until the client's delayed ACK (tens of ms per stall).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let serve = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -76,20 +88,27 @@ pub async fn run(
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: call it before binding, so a
+/// signal that arrives once the node is listening starts a drain instead of
+/// killing the process. Must be called within a tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+        async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -80,6 +80,8 @@ fn main() -> ExitCode {
         if !node.auth_enabled() {
             tracing::warn!("no auth.jwt key configured: any client may connect as any peer id");
         }
+        // Before binding: a SIGTERM once the port is open must drain, not kill.
+        let shutdown = switchboard::shutdown_signal();
         let listener = match tokio::net::TcpListener::bind(node.cfg.listen_addr()).await {
             Ok(l) => l,
             Err(e) => {
@@ -87,10 +89,22 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // The STUN responder binds before the node announces itself: a port
+        // that is taken stops the start, naming the key.
+        let stun = match switchboard::rendezvous::bind_stun(&node.cfg.stun).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the STUN responder");
+                eprintln!("switchboard: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // The recorder first: the STUN responder counts from its first datagram.
+        let handle = switchboard::metrics::install();
+        node.start_stun(stun);
         let addr = listener.local_addr().expect("bound address");
         tracing::info!("listening on {addr}");
-        let handle = switchboard::metrics::install();
-        match switchboard::run(listener, node, handle, switchboard::shutdown_signal()).await {
+        match switchboard::run(listener, node, handle, shutdown).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS

@@ -48,6 +48,27 @@ pub const BUS_PROBE_LATENCY: &str = "switchboard_bus_probe_latency_seconds";
 pub const NODES_REAPED: &str = "switchboard_nodes_reaped_total";
 /// Counter: times this node registered its local peers and rooms again (after an outage).
 pub const REREGISTRATIONS: &str = "switchboard_reregistrations_total";
+/// Counter: STUN Binding requests answered with a success response, by `family` (`ipv4`, `ipv6`).
+pub const STUN_REQUESTS: &str = "switchboard_stun_requests_total";
+/// Counter: datagrams on the STUN port dropped unanswered, by `reason` (see `stun::Malformed::reason`).
+pub const STUN_MALFORMED: &str = "switchboard_stun_malformed_total";
+/// Counter: USERNAME-carrying Binding requests reported to the observer.
+pub const STUN_OBSERVATIONS: &str = "switchboard_stun_observations_total";
+/// Counter: STUN socket errors, by `op` (`recv`, `send`).
+pub const STUN_SOCKET_ERRORS: &str = "switchboard_stun_socket_errors_total";
+
+/// Gauge: workers (peers with a rendezvous record) connected to this node, by
+/// the `pool` they last queued in (`none` before that; at most 32 pool names
+/// per node, later ones as `other`).
+pub const WORKERS: &str = "switchboard_workers";
+/// Counter: pairings made, by `how` (`auto` matching, `manual` via the API).
+pub const PAIRINGS_MADE: &str = "switchboard_pairings_total";
+/// Counter: pairings that ended, by `reason` (`unpaired`, `disconnected`, `timeout`, `replaced`).
+pub const PAIRINGS_LOST: &str = "switchboard_pairings_lost_total";
+/// Histogram: seconds from a worker's `pair` (or legacy auto-pair) to its `paired`.
+pub const PAIR_WAIT: &str = "switchboard_pair_wait_seconds";
+/// Counter: STUN observations dropped because the node's queue of them was full.
+pub const STUN_OBSERVATIONS_DROPPED: &str = "switchboard_stun_observations_dropped_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -128,5 +149,33 @@ fn describe() {
     describe_counter!(
         REREGISTRATIONS,
         "Re-registrations of local state after an outage"
+    );
+    describe_counter!(
+        STUN_REQUESTS,
+        "STUN Binding requests answered, by address family"
+    );
+    describe_counter!(
+        STUN_MALFORMED,
+        "Datagrams on the STUN port dropped without a reply, by reason"
+    );
+    describe_counter!(
+        STUN_OBSERVATIONS,
+        "STUN Binding requests whose USERNAME was reported to the broker"
+    );
+    describe_counter!(STUN_SOCKET_ERRORS, "STUN socket errors, by operation");
+    describe_gauge!(
+        WORKERS,
+        "Workers connected to this node, by the pool they last queued in"
+    );
+    describe_counter!(PAIRINGS_MADE, "Pairings made, by how (auto, manual)");
+    describe_counter!(PAIRINGS_LOST, "Pairings that ended, by reason");
+    describe_histogram!(
+        PAIR_WAIT,
+        Unit::Seconds,
+        "Time from a worker's pair request to its paired message"
+    );
+    describe_counter!(
+        STUN_OBSERVATIONS_DROPPED,
+        "STUN observations dropped because the node's queue was full"
     );
 }

@@ -28,10 +28,11 @@ use crate::config::Config;
 use crate::error::{ClientError, ErrorCode};
 use crate::hub::{CloseReason, ConnHandle, Hub};
 use crate::metrics as m;
-use crate::protocol::{Command, LeaveReason, Member, NameLimits, ServerMsg};
+use crate::protocol::{Command, LeaveReason, Member, NameLimits, PairLostReason, ServerMsg};
+use crate::rendezvous::{RdvConn, Rendezvous};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{PeerLocation, Reaped, Store, StoreError};
+use crate::store::{Dialect, PeerLocation, Reaped, Store, StoreError};
 use crate::types::{new_peer_id, NodeId, PeerId, RoomName};
 
 /// The state of one connection past `hello`, owned by its reader task.
@@ -47,6 +48,8 @@ pub struct Session {
     pub meta: Value,
     /// Rooms joined on this connection (bounded by `limits.max_rooms_per_peer`).
     pub rooms: HashSet<RoomName>,
+    /// Rendezvous state of this connection (STUN token, worker record).
+    pub rdv: Arc<RdvConn>,
 }
 
 /// A failed `hello`: the error for the client, and whether to close the socket.
@@ -83,6 +86,10 @@ pub struct Node {
     dirty: AtomicBool,
     /// Name limits for the protocol decoder.
     pub name_limits: NameLimits,
+    /// Parsed `http.trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Node-local rendezvous state (connections by STUN token).
+    pub(crate) rdv: Rendezvous,
 }
 
 impl std::fmt::Debug for Node {
@@ -119,6 +126,7 @@ impl Node {
         inbox: mpsc::UnboundedReceiver<Envelope>,
     ) -> Result<Arc<Self>, Vec<String>> {
         let auth = Authenticator::from_config(&cfg.auth.jwt)?;
+        let (rdv, rdv_jobs) = Rendezvous::new();
         let node = Arc::new(Self {
             id,
             hub: Hub::default(),
@@ -137,8 +145,11 @@ impl Node {
                 max_kind_bytes: cfg.limits.max_kind_bytes,
                 max_meta_bytes: cfg.limits.max_meta_bytes,
             },
+            trusted_proxies: cfg.http.trusted_nets(),
             cfg: Arc::new(cfg),
+            rdv,
         });
+        tokio::spawn(crate::rendezvous::run_jobs(Arc::downgrade(&node), rdv_jobs));
         tokio::spawn(inbox_loop(Arc::downgrade(&node), inbox));
         tokio::spawn(maintenance(Arc::downgrade(&node)));
         Ok(node)
@@ -161,6 +172,15 @@ impl Node {
     /// True when `hello` tokens are verified.
     pub fn auth_enabled(&self) -> bool {
         self.auth.is_some()
+    }
+
+    /// Checks a token for a connection that has no `hello` (the legacy worker
+    /// door): with auth configured, it must be valid and name `peer`.
+    pub fn verify_token(&self, token: Option<&str>, peer: &PeerId) -> Result<(), AuthError> {
+        match &self.auth {
+            None => Ok(()),
+            Some(auth) => auth.verify(token, Some(peer.as_str())).map(|_| ()),
+        }
     }
 
     /// The shared registries (for the HTTP API).
@@ -211,8 +231,26 @@ impl Node {
         r.map_err(cluster_err)
     }
 
+    /// Fails with `cluster-unavailable` while the cluster backend is unreachable.
+    pub(crate) fn require_bus(&self) -> Result<(), ClientError> {
+        if self.bus.is_connected() {
+            Ok(())
+        } else {
+            Err(unavailable_now())
+        }
+    }
+
+    /// Asks the maintenance loop to register local state again (a store write failed).
+    pub(crate) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
     /// Publishes to one node; returns how many subscribers got it (0: that node is not listening).
-    async fn publish_node(&self, node: &NodeId, event: NodeEvent) -> Result<usize, ClientError> {
+    pub(crate) async fn publish_node(
+        &self,
+        node: &NodeId,
+        event: NodeEvent,
+    ) -> Result<usize, ClientError> {
         let kind = event.kind_name();
         let r = self.bus.publish_node(node, self.envelope(event)).await;
         let outcome = match &r {
@@ -261,15 +299,58 @@ impl Node {
             }
         }
         let peer = peer_id.unwrap_or_else(new_peer_id);
-        // Welcome goes into the queue before the peer is reachable, so it is
-        // the first thing the client reads.
-        handle.send(ServerMsg::Welcome {
+        let (rdv, stun_username) =
+            self.rdv_register(&peer, handle.epoch, Dialect::Native, observed);
+        // `welcome` goes out only once the peer is reachable cluster-wide (so a
+        // signal sent to it right after cannot miss), and before anything that
+        // reached it meanwhile.
+        let welcome = ServerMsg::Welcome {
             id,
             peer_id: peer.clone(),
             node: self.id.to_string(),
             observed_addr: observed.to_string(),
             heartbeat_ms: self.cfg.limits.heartbeat_interval_ms,
-        });
+            stun_username,
+        };
+        handle.close_gate();
+        let session = self.register(peer, handle, meta, rdv).await;
+        handle.open_gate(Some(welcome), None);
+        Ok(session)
+    }
+
+    /// Connects a worker of the older rendezvous service (no `hello`: the
+    /// worker id comes from the URL): registers it like a peer and creates
+    /// its worker record.
+    pub async fn register_legacy(
+        &self,
+        handle: &ConnHandle,
+        observed: SocketAddr,
+        worker: PeerId,
+    ) -> Result<Session, CloseReason> {
+        if self.is_draining() {
+            return Err(CloseReason::DRAINING);
+        }
+        let (rdv, _) = self.rdv_register(&worker, handle.epoch, Dialect::Legacy, observed);
+        let session = self.register(worker, handle, Value::Null, rdv).await;
+        if let Err(e) = self
+            .ensure_worker(&session.rdv, &crate::store::EndpointUpdate::default())
+            .await
+        {
+            warn!(worker = %session.peer, error = %e.message, "worker record not written; will reconcile");
+            self.mark_dirty();
+        }
+        Ok(session)
+    }
+
+    /// Makes `peer` reachable on this node and in the directory (newest
+    /// connection wins, here and on other nodes).
+    async fn register(
+        &self,
+        peer: PeerId,
+        handle: &ConnHandle,
+        meta: Value,
+        rdv: Arc<RdvConn>,
+    ) -> Session {
         if let Some(old) = self.hub.register(peer.clone(), handle.clone()) {
             debug!(peer = %peer, "newer connection replaces a local one");
             old.close(CloseReason::REPLACED);
@@ -280,11 +361,12 @@ impl Node {
             handle: handle.clone(),
             meta,
             rooms: HashSet::new(),
+            rdv,
         };
-        if !self.bus.is_ready() {
+        if !self.bus.is_connected() {
             // Served locally now, registered cluster-wide once the bus is back.
             self.dirty.store(true, Ordering::Release);
-            return Ok(session);
+            return session;
         }
         let loc = PeerLocation {
             node: self.id.clone(),
@@ -304,7 +386,7 @@ impl Node {
                 self.dirty.store(true, Ordering::Release);
             }
         }
-        Ok(session)
+        session
     }
 
     /// Runs one command of a session past `hello`.
@@ -329,6 +411,16 @@ impl Node {
                 .await
                 .map(|()| ack(id.clone())),
             Command::Ping => Ok(Some(ServerMsg::Pong { id: id.clone() })),
+            // `pair` sends its own `ack`, before any `paired` it causes.
+            Command::Pair { pool, meta } => self
+                .rdv_pair(s, id.clone(), pool, meta, received)
+                .await
+                .map(|()| None),
+            Command::Unpair => self.rdv_unpair(s).await.map(|()| ack(id.clone())),
+            Command::Endpoint { public_ip, udp } => self
+                .rdv_endpoint(s, public_ip, udp)
+                .await
+                .map(|()| ack(id.clone())),
             Command::Hello { .. } => Err(ClientError::new(
                 ErrorCode::AlreadyHello,
                 "this connection already sent hello",
@@ -366,7 +458,7 @@ impl Node {
             let peers = peers.into_iter().filter(|p| p.peer_id != s.peer).collect();
             return Ok(Some(ServerMsg::Joined { id, room, peers }));
         }
-        if !self.bus.is_ready() {
+        if !self.bus.is_connected() {
             return Err(unavailable_now());
         }
         if s.rooms.len() >= self.cfg.limits.max_rooms_per_peer {
@@ -380,13 +472,17 @@ impl Node {
         }
         // Local membership first, then the shared registry: whichever of two
         // concurrent joiners registers second lists the first, and the first is
-        // already reachable for the second's `peer-joined`.
+        // already reachable for the second's `peer-joined`. The gate holds what
+        // reaches the joiner meanwhile, so `joined` is the first thing it reads
+        // of the room and the held events apply on top of the list.
+        s.handle.close_gate();
         if self
             .hub
             .room_add(&room, s.peer.clone(), s.handle.clone(), meta.clone())
         {
             if let Err(e) = self.bus.subscribe_room(&room).await {
                 self.hub.room_remove(&room, &s.peer, s.epoch);
+                s.handle.open_gate(None, Some(&room));
                 return Err(cluster_err(e));
             }
         }
@@ -398,6 +494,8 @@ impl Node {
             Ok(p) => p,
             Err(e) => {
                 self.drop_local_member(&room, &s.peer, s.epoch).await;
+                // A failed join leaks nothing of the room.
+                s.handle.open_gate(None, Some(&room));
                 return Err(match e {
                     StoreError::RoomFull => ClientError::new(
                         ErrorCode::RoomFull,
@@ -411,11 +509,9 @@ impl Node {
             }
         };
         s.rooms.insert(room.clone());
-        s.handle.send(ServerMsg::Joined {
-            id,
-            room: room.clone(),
-            peers,
-        });
+        // Announce first, answer second: once the joiner has read `joined`,
+        // its `peer-joined` has reached every node, so a peer that joins after
+        // that sees it in its own `joined` list and never as a late event.
         let note = Arc::new(ServerMsg::PeerJoined {
             room: room.clone(),
             peer_id: s.peer.clone(),
@@ -432,6 +528,14 @@ impl Node {
                 },
             )
             .await;
+        s.handle.open_gate(
+            Some(ServerMsg::Joined {
+                id,
+                room: room.clone(),
+                peers,
+            }),
+            None,
+        );
         Ok(None)
     }
 
@@ -522,7 +626,7 @@ impl Node {
             );
             return Ok(());
         }
-        if !self.bus.is_ready() {
+        if !self.bus.is_connected() {
             return Err(unavailable_now());
         }
         match self.store.locate_peer(&to).await.map_err(cluster_err)? {
@@ -592,6 +696,7 @@ impl Node {
                 debug!(room = %room, error = %e.message, "leave during disconnect failed");
             }
         }
+        self.rdv_disconnect(s, why).await;
         self.hub.unregister(&s.peer, s.epoch);
         if let Err(e) = self.store.unregister_peer(&s.peer, s.epoch).await {
             warn!(peer = %s.peer, error = %e, "could not remove peer from the directory");
@@ -661,6 +766,18 @@ impl Node {
                     h.close(CloseReason::REPLACED);
                 }
             }
+            NodeEvent::Paired {
+                to,
+                to_epoch,
+                paired,
+            } => self.rdv_deliver(&to, to_epoch, ServerMsg::Paired(paired)),
+            NodeEvent::PairLost {
+                to,
+                to_epoch,
+                pairing_id,
+                reason,
+            } => self.rdv_deliver(&to, to_epoch, ServerMsg::PairLost { pairing_id, reason }),
+            NodeEvent::Observed { token, udp } => self.rdv_forwarded(token, &udp),
         }
     }
 
@@ -709,55 +826,62 @@ impl Node {
     }
     /// Registers every local peer and membership again after the store lost
     /// them or missed changes (Redis outage or restart, or this node declared
-    /// dead): first its stale entries are removed, then the current ones are
-    /// written, and other nodes hear `peer-left` / `peer-joined` for the difference.
+    /// dead). First what this node holds now is written (overwriting, so there
+    /// is never a moment when a live peer looks absent); then the entries the
+    /// store still has for this node but the node no longer holds are removed.
+    /// Other nodes hear `peer-joined` / `peer-left` for the difference.
     async fn reregister(&self) -> Result<(), StoreError> {
         metrics::counter!(m::REREGISTRATIONS).increment(1);
-        let stale = self
-            .store
-            .reap_node(&self.id, &self.id, false)
-            .await?
-            .unwrap_or_default();
-        let mut stale: HashSet<(RoomName, PeerId)> = stale.left.into_iter().collect();
-        for (peer, h) in self.hub.peers() {
+        let peers = self.hub.peers();
+        for (peer, h) in &peers {
             let loc = PeerLocation {
                 node: self.id.clone(),
                 epoch: h.epoch,
             };
-            if let Some(other) = self.store.reregister_peer(&peer, loc).await? {
+            if let Some(other) = self.store.reregister_peer(peer, loc).await? {
                 info!(peer = %peer, node = %other.node, "a newer connection took this peer id during the outage");
                 h.close(CloseReason::REPLACED);
             }
         }
-        for (room, peer, epoch, meta) in self.hub.memberships() {
-            if let Err(e) = self.bus.subscribe_room(&room).await {
+        let memberships = self.hub.memberships();
+        for (room, peer, epoch, meta) in &memberships {
+            if let Err(e) = self.bus.subscribe_room(room).await {
                 warn!(room = %room, error = %e, "resubscribe failed");
             }
             let member = Member {
                 peer_id: peer.clone(),
-                meta,
+                meta: meta.clone(),
             };
-            self.store.restore_member(&room, &member, epoch).await?;
-            if !stale.remove(&(room.clone(), peer)) {
-                let _ = self
-                    .publish_room(
-                        &room,
-                        NodeEvent::PeerJoined {
-                            room: room.clone(),
-                            member,
-                        },
-                    )
-                    .await;
+            if self.store.restore_member(room, &member, *epoch).await? {
+                let event = NodeEvent::PeerJoined {
+                    room: room.clone(),
+                    member,
+                };
+                let _ = self.publish_room(room, event).await;
             }
         }
-        for (room, peer_id) in stale {
-            let event = NodeEvent::PeerLeft {
-                room: room.clone(),
-                peer_id,
-                reason: LeaveReason::Disconnected,
-            };
-            let _ = self.publish_room(&room, event).await;
+        let own = self.store.own_entries(&self.id).await?;
+        let live_peers: HashSet<(&PeerId, u64)> = peers.iter().map(|(p, h)| (p, h.epoch)).collect();
+        for (peer, epoch) in &own.peers {
+            if !live_peers.contains(&(peer, *epoch)) {
+                self.store.unregister_peer(peer, *epoch).await?;
+            }
         }
+        let live_members: HashSet<(&RoomName, &PeerId, u64)> =
+            memberships.iter().map(|(r, p, e, _)| (r, p, *e)).collect();
+        for (room, peer, epoch) in &own.memberships {
+            if !live_members.contains(&(room, peer, *epoch))
+                && self.store.leave_room(room, peer, *epoch).await?
+            {
+                let event = NodeEvent::PeerLeft {
+                    room: room.clone(),
+                    peer_id: peer.clone(),
+                    reason: LeaveReason::Disconnected,
+                };
+                let _ = self.publish_room(room, event).await;
+            }
+        }
+        self.rdv_reconcile().await?;
         info!(
             peers = self.hub.peer_count(),
             rooms = self.hub.room_count(),
@@ -769,7 +893,10 @@ impl Node {
     /// Tells every node (this one included) that a dead node's members left.
     async fn announce_reaped(&self, dead: &NodeId, reaped: Reaped) {
         metrics::counter!(m::NODES_REAPED).increment(1);
-        info!(node = %dead, peers = reaped.peers, memberships = reaped.left.len(), "cleaned up after a dead node");
+        info!(node = %dead, peers = reaped.peers, memberships = reaped.left.len(), pairings = reaped.lost.len(), "cleaned up after a dead node");
+        for lost in reaped.lost {
+            self.notify_lost(lost, PairLostReason::Timeout).await;
+        }
         for (room, peer_id) in reaped.left {
             let note = Arc::new(ServerMsg::PeerLeft {
                 room: room.clone(),

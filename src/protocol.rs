@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{ClientError, ErrorCode};
-use crate::types::{NameError, PeerId, RoomName, SignalKind};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::types::{NameError, PeerId, PoolName, RoomName, SignalKind};
 
 /// The WebSocket subprotocol that selects JSON text frames.
 pub const SUBPROTOCOL_JSON: &str = "switchboard.v1.json";
@@ -105,6 +107,12 @@ pub struct RawClientMsg {
     /// `signal`, `broadcast`: opaque payload.
     #[serde(default, deserialize_with = "crate::payload::opt")]
     pub data: Option<Value>,
+    /// `pair`: the pool to queue in (`default` when absent).
+    pub pool: Option<String>,
+    /// `endpoint`: the public IP the worker reports for itself.
+    pub public_ip: Option<String>,
+    /// `endpoint`: the public UDP endpoint (`ip:port`) the worker reports.
+    pub udp: Option<String>,
     /// Any field the server stamps itself (`from`) is read and ignored, so a
     /// client can never choose it.
     #[serde(default, rename = "from")]
@@ -153,7 +161,26 @@ pub enum Command {
     },
     /// Application-level ping; answered with `pong`.
     Ping,
+    /// Queue for pairing with another worker of a pool (rendezvous).
+    Pair {
+        /// The pool (`default` when absent).
+        pool: PoolName,
+        /// Metadata stored with the worker record.
+        meta: Value,
+    },
+    /// End the current pairing, or stop waiting in a queue.
+    Unpair,
+    /// Report endpoints learned elsewhere.
+    Endpoint {
+        /// The worker's public IP.
+        public_ip: Option<IpAddr>,
+        /// The worker's public UDP endpoint.
+        udp: Option<SocketAddr>,
+    },
 }
+
+/// The pool a `pair` without `pool` queues in.
+pub const DEFAULT_POOL: &str = "default";
 
 impl Command {
     /// The wire name of the command (a bounded metric label).
@@ -165,6 +192,9 @@ impl Command {
             Self::Signal { .. } => "signal",
             Self::Broadcast { .. } => "broadcast",
             Self::Ping => "ping",
+            Self::Pair { .. } => "pair",
+            Self::Unpair => "unpair",
+            Self::Endpoint { .. } => "endpoint",
         }
     }
 }
@@ -270,6 +300,44 @@ impl RawClientMsg {
                     data: self.data.unwrap_or(Value::Null),
                 },
                 "ping" => Command::Ping,
+                "pair" => Command::Pair {
+                    pool: PoolName::parse(
+                        self.pool.as_deref().unwrap_or(DEFAULT_POOL),
+                        lim.max_name_bytes,
+                    )
+                    .map_err(|e| name_err(ErrorCode::InvalidPool, "pool", e))?,
+                    meta: meta(self.meta)?,
+                },
+                "unpair" => Command::Unpair,
+                "endpoint" => {
+                    let bad = |field: &str, what: &str| {
+                        ClientError::new(
+                            ErrorCode::InvalidEndpoint,
+                            format!("`{field}` must be {what}"),
+                        )
+                    };
+                    let public_ip = self
+                        .public_ip
+                        .map(|s| {
+                            s.parse::<IpAddr>()
+                                .map_err(|_| bad("public_ip", "an IP address"))
+                        })
+                        .transpose()?;
+                    let udp = self
+                        .udp
+                        .map(|s| match s.parse::<SocketAddr>() {
+                            Ok(a) if a.port() != 0 => Ok(a),
+                            _ => Err(bad("udp", "an `ip:port` address with a port other than 0")),
+                        })
+                        .transpose()?;
+                    if public_ip.is_none() && udp.is_none() {
+                        return Err(ClientError::new(
+                            ErrorCode::InvalidEndpoint,
+                            "`endpoint` requires `public_ip` or `udp`",
+                        ));
+                    }
+                    Command::Endpoint { public_ip, udp }
+                }
                 other => {
                     let mut shown: String = other.chars().take(64).collect();
                     if shown.len() < other.len() {
@@ -358,6 +426,76 @@ pub enum LeaveReason {
     Timeout,
 }
 
+/// Why a pairing ended, as told to the worker that did not end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairLostReason {
+    /// The partner sent `unpair`.
+    Unpaired,
+    /// The partner's connection closed.
+    Disconnected,
+    /// The partner stopped answering heartbeats, or its node died.
+    Timeout,
+    /// A newer connection with the partner's id replaced it.
+    Replaced,
+}
+
+impl PairLostReason {
+    /// The wire and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unpaired => "unpaired",
+            Self::Disconnected => "disconnected",
+            Self::Timeout => "timeout",
+            Self::Replaced => "replaced",
+        }
+    }
+}
+
+impl From<LeaveReason> for PairLostReason {
+    fn from(r: LeaveReason) -> Self {
+        match r {
+            LeaveReason::Left | LeaveReason::Disconnected => Self::Disconnected,
+            LeaveReason::Replaced => Self::Replaced,
+            LeaveReason::Timeout => Self::Timeout,
+        }
+    }
+}
+
+/// A worker's side of a pairing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The earlier-queued worker (or `worker_a_id` of a manual pairing).
+    Initiator,
+    /// The other one.
+    Responder,
+}
+
+/// The partner's endpoints, as given in `paired`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairPeer {
+    /// The partner's peer id (a legacy worker's worker id).
+    pub peer_id: PeerId,
+    /// The TCP address the broker saw for it (`ip:port`).
+    pub observed_addr: String,
+    /// The public IP it reported, or null.
+    pub public_ip: Option<String>,
+    /// Its public UDP endpoint (`ip:port`), or null.
+    pub udp: Option<String>,
+}
+
+/// The body of `paired`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairedNote {
+    /// The pairing's id (a UUID).
+    pub pairing_id: String,
+    /// This worker's side.
+    pub role: Role,
+    /// The partner.
+    pub peer: PairPeer,
+}
+
 /// A message from the server to a client.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -375,6 +513,11 @@ pub enum ServerMsg {
         observed_addr: String,
         /// How often the server pings; answer pongs (browsers do) or send `ping`.
         heartbeat_ms: u64,
+        /// Put this in the USERNAME of a STUN Binding request to the broker's
+        /// STUN port: the observed UDP endpoint is then recorded and sent back
+        /// as `endpoint`. Absent when the STUN responder is disabled.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stun_username: Option<String>,
     },
     /// Answer to `join`: the other members at the time of joining.
     Joined {
@@ -450,6 +593,30 @@ pub enum ServerMsg {
         /// How long to wait before reconnecting, in milliseconds.
         after_ms: u64,
     },
+    /// This worker was paired; both sides get it at the same moment.
+    Paired(PairedNote),
+    /// This worker's pairing ended without it asking.
+    PairLost {
+        /// The pairing that ended.
+        pairing_id: String,
+        /// Why.
+        reason: PairLostReason,
+    },
+    /// The broker learned this worker's public UDP endpoint.
+    Endpoint {
+        /// `ip:port`.
+        udp: String,
+        /// How it was learned (`stun`).
+        source: &'static str,
+    },
+    /// Answer to the legacy worker dialect's `echo_request` (native clients
+    /// never receive it; the legacy encoder writes it as `echo_response`).
+    Echo {
+        /// The request's payload, as sent.
+        original_payload: Value,
+        /// Text naming the worker.
+        processed_by_rendezvous: String,
+    },
 }
 
 impl ServerMsg {
@@ -466,6 +633,20 @@ impl ServerMsg {
             Self::Ack { .. } => "ack",
             Self::Error { .. } => "error",
             Self::Reconnect { .. } => "reconnect",
+            Self::Paired(_) => "paired",
+            Self::PairLost { .. } => "pair-lost",
+            Self::Endpoint { .. } => "endpoint",
+            Self::Echo { .. } => "echo",
+        }
+    }
+
+    /// The room a room event belongs to.
+    pub fn room(&self) -> Option<&RoomName> {
+        match self {
+            Self::PeerJoined { room, .. }
+            | Self::PeerLeft { room, .. }
+            | Self::Message { room, .. } => Some(room),
+            _ => None,
         }
     }
 

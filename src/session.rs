@@ -6,7 +6,15 @@
 //! batching what is ready into one flush, and sends the server's pings. When
 //! either side ends, the connection's cancellation token stops the other; the
 //! writer then sends one close frame with the first reason given.
+//!
+//! The wire format is a [`Dialect`]: how a frame becomes a core command, and
+//! how a server message becomes a frame (or nothing, for a dialect that has no
+//! such message). The native protocol is [`Native`]; translators for older
+//! clients live in [`crate::dialect`]. The loop, the queue, heartbeats, the
+//! drain guard and the connection permit are the same for every dialect, and
+//! the loop is generic, so the native path pays no dispatch.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -45,32 +53,215 @@ fn codec_code(c: Codec) -> u8 {
     }
 }
 
-/// Serves one upgraded socket until it closes. `permit` and `token` are held
-/// for the connection's lifetime: the first caps connections, the second keeps
-/// shutdown waiting for it.
-pub async fn run(
+/// What a connection's reader does after one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// A session was just established (start the heartbeat deadline).
+    Registered,
+    /// Close the connection with this reason.
+    Close(CloseReason),
+}
+
+/// A wire format on one connection: the reader half. See the module docs.
+pub trait Dialect: Send + 'static {
+    /// The writer half.
+    type Encoder: Encoder;
+    /// The `dialect` label of metrics and spans.
+    const NAME: &'static str;
+    /// Builds the writer half (shares what it must with the reader).
+    fn encoder(&self) -> Self::Encoder;
+    /// Runs before the first frame. A dialect without a handshake registers
+    /// the connection here and returns its session.
+    fn open(
+        &mut self,
+        node: &Arc<Node>,
+        handle: &ConnHandle,
+        info: &ConnInfo,
+    ) -> impl Future<Output = Result<Option<Session>, CloseReason>> + Send;
+    /// Handles one text or binary frame.
+    fn frame(
+        &mut self,
+        node: &Arc<Node>,
+        handle: &ConnHandle,
+        info: &ConnInfo,
+        session: &mut Option<Session>,
+        frame: &Message,
+        received: Instant,
+    ) -> impl Future<Output = Flow> + Send;
+}
+
+/// A wire format on one connection: the writer half.
+pub trait Encoder: Send + Sync + 'static {
+    /// The frame for `msg`, or `None` when this dialect has no such message.
+    fn encode(&self, msg: &ServerMsg) -> Option<Message>;
+    /// The close frame for a close reason.
+    fn close_frame(&self, why: CloseReason) -> CloseFrame {
+        CloseFrame {
+            code: why.code,
+            reason: why.reason.into(),
+        }
+    }
+}
+
+/// The native protocol (`/ws`): JSON text or MessagePack binary frames.
+#[derive(Debug)]
+pub struct Native {
+    /// The answer encoding: fixed by the subprotocol, or by the first data frame.
+    codec: Arc<AtomicU8>,
+}
+
+impl Native {
+    /// A native connection; `codec` is the one its subprotocol selected, if any.
+    pub fn new(codec: Option<Codec>) -> Self {
+        Self {
+            codec: Arc::new(AtomicU8::new(codec.map_or(CODEC_UNSET, codec_code))),
+        }
+    }
+}
+
+/// The native writer half: encodes in the connection's codec.
+#[derive(Debug)]
+pub struct NativeEncoder {
+    codec: Arc<AtomicU8>,
+}
+
+impl Encoder for NativeEncoder {
+    fn encode(&self, msg: &ServerMsg) -> Option<Message> {
+        let codec = if self.codec.load(Ordering::Relaxed) == CODEC_MSGPACK {
+            Codec::MsgPack
+        } else {
+            Codec::Json
+        };
+        Some(to_message(encode(msg, codec)))
+    }
+}
+
+impl Dialect for Native {
+    type Encoder = NativeEncoder;
+    const NAME: &'static str = "native";
+
+    fn encoder(&self) -> NativeEncoder {
+        NativeEncoder {
+            codec: self.codec.clone(),
+        }
+    }
+
+    async fn open(
+        &mut self,
+        _node: &Arc<Node>,
+        _handle: &ConnHandle,
+        _info: &ConnInfo,
+    ) -> Result<Option<Session>, CloseReason> {
+        Ok(None)
+    }
+
+    async fn frame(
+        &mut self,
+        node: &Arc<Node>,
+        handle: &ConnHandle,
+        info: &ConnInfo,
+        session: &mut Option<Session>,
+        frame: &Message,
+        received: Instant,
+    ) -> Flow {
+        let (bytes, frame_codec) = match frame {
+            Message::Text(t) => (t.as_bytes(), Codec::Json),
+            Message::Binary(b) => (&b[..], Codec::MsgPack),
+            _ => return Flow::Continue,
+        };
+        // Without a subprotocol, the first data frame fixes the answer encoding.
+        let _ = self.codec.compare_exchange(
+            CODEC_UNSET,
+            codec_code(frame_codec),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        let inbound = match decode(bytes, frame_codec, node.name_limits) {
+            Ok(i) => i,
+            Err(e) => {
+                metrics::counter!(m::MESSAGES_IN, "type" => "invalid").increment(1);
+                send_error(handle, e.id, e.error);
+                return Flow::Continue;
+            }
+        };
+        metrics::counter!(m::MESSAGES_IN, "type" => inbound.cmd.type_name()).increment(1);
+        match (session, inbound.cmd) {
+            (Some(s), cmd) => {
+                node.dispatch(s, inbound.id, cmd, received).await;
+                Flow::Continue
+            }
+            (
+                slot @ None,
+                Command::Hello {
+                    peer_id,
+                    meta,
+                    token,
+                },
+            ) => {
+                let hello_id = inbound.id.clone();
+                match node
+                    .hello(handle, info.observed, inbound.id, peer_id, meta, token)
+                    .await
+                {
+                    Ok(s) => {
+                        tracing::Span::current().record("peer", tracing::field::display(&s.peer));
+                        debug!("hello");
+                        *slot = Some(s);
+                        Flow::Registered
+                    }
+                    Err(refused) => {
+                        send_error(handle, hello_id, refused.error);
+                        match refused.close {
+                            Some(c) => Flow::Close(c),
+                            None => Flow::Continue,
+                        }
+                    }
+                }
+            }
+            (None, Command::Ping) => {
+                handle.send(ServerMsg::Pong { id: inbound.id });
+                Flow::Continue
+            }
+            (None, _) => {
+                send_error(
+                    handle,
+                    inbound.id,
+                    ClientError::new(ErrorCode::HelloRequired, "send `hello` first"),
+                );
+                Flow::Continue
+            }
+        }
+    }
+}
+
+/// Serves one upgraded socket in `dialect` until it closes. `permit` and
+/// `token` are held for the connection's lifetime: the first caps
+/// connections, the second keeps shutdown waiting for it.
+pub async fn run<D: Dialect>(
     node: Arc<Node>,
     ws: WebSocket,
     info: ConnInfo,
+    dialect: D,
     permit: OwnedSemaphorePermit,
     token: TaskTrackerToken,
 ) {
-    let span = tracing::debug_span!("conn", node = %node.id, addr = %info.observed, peer = tracing::field::Empty);
-    serve(node, ws, info).instrument(span).await;
+    let span = tracing::debug_span!("conn", node = %node.id, dialect = D::NAME, addr = %info.observed, peer = tracing::field::Empty);
+    serve(node, ws, info, dialect).instrument(span).await;
     drop(permit);
     drop(token);
 }
 
-async fn serve(node: Arc<Node>, ws: WebSocket, info: ConnInfo) {
+async fn serve<D: Dialect>(node: Arc<Node>, ws: WebSocket, info: ConnInfo, mut dialect: D) {
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
-    metrics::counter!(m::CONNECTIONS_TOTAL, "dialect" => "native").increment(1);
+    metrics::counter!(m::CONNECTIONS_TOTAL, "dialect" => D::NAME).increment(1);
     let limits = &node.cfg.limits;
     let (handle, rx) = ConnHandle::new(
         node.next_epoch(),
         limits.outbound_queue,
         node.close_all.child_token(),
     );
-    let codec = Arc::new(AtomicU8::new(info.codec.map_or(CODEC_UNSET, codec_code)));
     let (sink, mut stream) = ws.split();
     let writer = tokio::spawn(
         writer(
@@ -78,18 +269,28 @@ async fn serve(node: Arc<Node>, ws: WebSocket, info: ConnInfo) {
             sink,
             rx,
             handle.ctl().clone(),
-            codec.clone(),
+            dialect.encoder(),
             Duration::from_millis(limits.heartbeat_interval_ms),
         )
         .in_current_span(),
     );
 
-    let mut session: Option<Session> = None;
     let hello_deadline = TokioInstant::now() + Duration::from_millis(limits.hello_timeout_ms);
     let idle_timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
     let idle = tokio::time::sleep_until(hello_deadline);
     tokio::pin!(idle);
     let cancel = handle.ctl().cancel.clone();
+    let mut session: Option<Session> = match dialect.open(&node, &handle, &info).await {
+        Ok(s) => s,
+        Err(why) => {
+            handle.close(why);
+            None
+        }
+    };
+    if let Some(s) = &session {
+        tracing::Span::current().record("peer", tracing::field::display(&s.peer));
+        idle.as_mut().reset(TokioInstant::now() + idle_timeout);
+    }
 
     let why = loop {
         tokio::select! {
@@ -105,51 +306,16 @@ async fn serve(node: Arc<Node>, ws: WebSocket, info: ConnInfo) {
                 if session.is_some() {
                     idle.as_mut().reset(TokioInstant::now() + idle_timeout);
                 }
-                let (bytes, frame_codec) = match &frame {
-                    Message::Text(t) => (t.as_bytes(), Codec::Json),
-                    Message::Binary(b) => (&b[..], Codec::MsgPack),
+                match &frame {
+                    Message::Text(_) | Message::Binary(_) => {}
                     Message::Close(_) => break Some(CloseReason::CLIENT_GONE),
                     Message::Ping(_) | Message::Pong(_) => continue,
-                };
+                }
                 let received = Instant::now();
-                // Without a subprotocol, the first data frame fixes the answer encoding.
-                let _ = codec.compare_exchange(CODEC_UNSET, codec_code(frame_codec), Ordering::Relaxed, Ordering::Relaxed);
-                let inbound = match decode(bytes, frame_codec, node.name_limits) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        metrics::counter!(m::MESSAGES_IN, "type" => "invalid").increment(1);
-                        send_error(&handle, e.id, e.error);
-                        continue;
-                    }
-                };
-                metrics::counter!(m::MESSAGES_IN, "type" => inbound.cmd.type_name()).increment(1);
-                match (&mut session, inbound.cmd) {
-                    (Some(s), cmd) => node.dispatch(s, inbound.id, cmd, received).await,
-                    (None, Command::Hello { peer_id, meta, token }) => {
-                        let hello_id = inbound.id.clone();
-                        match node.hello(&handle, info.observed, inbound.id, peer_id, meta, token).await {
-                            Ok(s) => {
-                                tracing::Span::current().record("peer", tracing::field::display(&s.peer));
-                                debug!("hello");
-                                session = Some(s);
-                                idle.as_mut().reset(TokioInstant::now() + idle_timeout);
-                            }
-                            Err(refused) => {
-                                send_error(&handle, hello_id, refused.error);
-                                if let Some(c) = refused.close {
-                                    break Some(c);
-                                }
-                            }
-                        }
-                    }
-                    (None, Command::Ping) => {
-                        handle.send(ServerMsg::Pong { id: inbound.id });
-                    }
-                    (None, _) => send_error(
-                        &handle,
-                        inbound.id,
-                        ClientError::new(ErrorCode::HelloRequired, "send `hello` first"),
-                    ),
+                match dialect.frame(&node, &handle, &info, &mut session, &frame, received).await {
+                    Flow::Continue => {}
+                    Flow::Registered => idle.as_mut().reset(TokioInstant::now() + idle_timeout),
+                    Flow::Close(c) => break Some(c),
                 }
             }
         }
@@ -191,22 +357,15 @@ fn to_message(e: Encoded) -> Message {
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 
-async fn writer(
+async fn writer<E: Encoder>(
     node: Arc<Node>,
     mut sink: Sink,
     mut rx: mpsc::Receiver<Outbound>,
     ctl: Arc<ConnCtl>,
-    codec: Arc<AtomicU8>,
+    enc: E,
     heartbeat: Duration,
 ) {
     let mut ping = tokio::time::interval_at(TokioInstant::now() + heartbeat, heartbeat);
-    let codec_of = |c: &AtomicU8| {
-        if c.load(Ordering::Relaxed) == CODEC_MSGPACK {
-            Codec::MsgPack
-        } else {
-            Codec::Json
-        }
-    };
     let mut sent_at: Vec<Instant> = Vec::new();
     loop {
         tokio::select! {
@@ -214,19 +373,20 @@ async fn writer(
             _ = ctl.cancel.cancelled() => break,
             out = rx.recv() => {
                 let Some(out) = out else { break };
-                let codec = codec_of(&codec);
                 // Feed everything already queued, then flush once.
                 let mut batch = Some(out);
                 let mut fed = 0;
                 let mut failed = false;
                 while let Some(out) = batch.take() {
-                    metrics::counter!(m::MESSAGES_OUT, "type" => out.msg.type_name()).increment(1);
-                    if let Some(t) = out.received {
-                        sent_at.push(t);
-                    }
-                    if sink.feed(to_message(encode(&out.msg, codec))).await.is_err() {
-                        failed = true;
-                        break;
+                    if let Some(frame) = enc.encode(&out.msg) {
+                        metrics::counter!(m::MESSAGES_OUT, "type" => out.msg.type_name()).increment(1);
+                        if let Some(t) = out.received {
+                            sent_at.push(t);
+                        }
+                        if sink.feed(frame).await.is_err() {
+                            failed = true;
+                            break;
+                        }
                     }
                     fed += 1;
                     if fed < 64 {
@@ -258,21 +418,16 @@ async fn writer(
     let deadline = TokioInstant::now() + Duration::from_secs(1);
     let closing = async {
         if why != CloseReason::SLOW {
-            let codec = codec_of(&codec);
             while let Ok(out) = rx.try_recv() {
-                if sink
-                    .feed(to_message(encode(&out.msg, codec)))
-                    .await
-                    .is_err()
-                {
+                let Some(frame) = enc.encode(&out.msg) else {
+                    continue;
+                };
+                if sink.feed(frame).await.is_err() {
                     return;
                 }
             }
         }
-        let frame = CloseFrame {
-            code: why.code,
-            reason: why.reason.into(),
-        };
+        let frame = enc.close_frame(why);
         let _ = sink.send(Message::Close(Some(frame))).await;
     };
     tokio::select! {

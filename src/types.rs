@@ -115,6 +115,10 @@ name_type!(
     NodeId
 );
 name_type!(
+    /// A rendezvous pool: workers queued in the same pool are paired with each other.
+    PoolName
+);
+name_type!(
     /// A signal's kind: `offer`, `answer`, `candidate` or any short name.
     SignalKind
 );

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::protocol::{LeaveReason, Member};
+use crate::protocol::{LeaveReason, Member, PairLostReason, PairedNote};
 use crate::types::{NodeId, PeerId, RoomName, SignalKind};
 
 /// Version of the inter-node envelope; receivers drop other versions.
@@ -92,6 +92,35 @@ pub enum NodeEvent {
         /// The connection to close (a newer local one is left alone).
         epoch: u64,
     },
+    /// A worker of the receiving node was paired (by another node's match or
+    /// an operator's request handled elsewhere): tell it.
+    Paired {
+        /// The worker to tell.
+        to: PeerId,
+        /// Its connection (a newer one is not told).
+        to_epoch: u64,
+        /// What to tell it.
+        paired: PairedNote,
+    },
+    /// A worker of the receiving node lost its partner.
+    PairLost {
+        /// The worker to tell.
+        to: PeerId,
+        /// Its connection.
+        to_epoch: u64,
+        /// The pairing that ended.
+        pairing_id: String,
+        /// Why.
+        reason: PairLostReason,
+    },
+    /// A STUN request carrying the `stun_username` of one of the receiving
+    /// node's connections was answered by another node.
+    Observed {
+        /// The random part of the username (the receiving node resolves it).
+        token: String,
+        /// The request's source (`ip:port`): the connection's public UDP endpoint.
+        udp: String,
+    },
 }
 
 impl NodeEvent {
@@ -104,6 +133,9 @@ impl NodeEvent {
             Self::PeerLeft { .. } => "peer-left",
             Self::Kick { .. } => "kick",
             Self::Probe { .. } => "probe",
+            Self::Paired { .. } => "paired",
+            Self::PairLost { .. } => "pair-lost",
+            Self::Observed { .. } => "observed",
         }
     }
 }
@@ -129,8 +161,14 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribe_room(&self, room: &RoomName) -> Result<(), BusError>;
     /// Stops receiving the room's events (when its last local member leaves).
     async fn unsubscribe_room(&self, room: &RoomName) -> Result<(), BusError>;
-    /// True while the bus delivers (for readiness).
+    /// True while the bus delivers end to end (for readiness: should this node get traffic?).
     fn is_ready(&self) -> bool;
+    /// False when the backend is plainly unreachable (its connections are down),
+    /// so operations that need it can fail fast instead of waiting for a timeout.
+    /// Weaker than readiness on purpose: a slow probe must not refuse work.
+    fn is_connected(&self) -> bool {
+        true
+    }
     /// A short name for logs (`local`, `redis`).
     fn name(&self) -> &'static str;
 }

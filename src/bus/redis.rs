@@ -221,6 +221,10 @@ impl Bus for RedisBus {
             && self.r.sub.is_connected()
     }
 
+    fn is_connected(&self) -> bool {
+        self.r.pool.clients().iter().any(|c| c.is_connected())
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }

@@ -1,6 +1,6 @@
 //! The in-memory store of the embedded single node.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -8,9 +8,12 @@ use serde_json::Value;
 
 use std::time::Duration;
 
-use super::{PeerLocation, Reaped, RoomSummary, Store, StoreError};
+use super::{
+    EndpointUpdate, Enqueued, LostPairing, PairError, PeerLocation, Reaped, RoomSummary, Store,
+    StoreError, Unpaired, Which, WorkerConn, WorkerRecord, WorkerState,
+};
 use crate::protocol::Member;
-use crate::types::{NodeId, PeerId, RoomName};
+use crate::types::{NodeId, PeerId, PoolName, RoomName};
 
 /// Registries in one mutex: every operation is short and never awaits while holding it.
 #[derive(Debug, Default)]
@@ -23,6 +26,36 @@ struct Inner {
     peers: HashMap<PeerId, PeerLocation>,
     /// room -> peer -> (epoch, meta); ordered so listings are stable.
     rooms: HashMap<RoomName, BTreeMap<PeerId, (u64, Value)>>,
+    /// Worker records; ordered so listings are stable.
+    workers: BTreeMap<PeerId, WorkerRecord>,
+    /// Pool -> queued worker ids, oldest first. Entries can go stale (the
+    /// worker left, paired or moved): they are skipped and dropped when reached.
+    queues: HashMap<PoolName, VecDeque<PeerId>>,
+}
+
+impl Inner {
+    /// Frees the partner of `w` if it is still paired with it; returns it.
+    fn free_partner(&mut self, w: &WorkerRecord) -> Option<LostPairing> {
+        let (Some(pid), Some(partner)) = (&w.pairing_id, &w.partner) else {
+            return None;
+        };
+        let p = self.workers.get_mut(partner)?;
+        if p.pairing_id.as_ref() != Some(pid) {
+            return None;
+        }
+        p.state = WorkerState::Idle;
+        p.pairing_id = None;
+        p.partner = None;
+        Some(LostPairing {
+            pairing_id: pid.clone(),
+            partner: p.clone(),
+        })
+    }
+
+    /// True when the directory says connection `epoch` of `peer` is not the current one.
+    fn superseded(&self, peer: &PeerId, epoch: u64) -> bool {
+        self.peers.get(peer).is_some_and(|l| l.epoch != epoch)
+    }
 }
 
 #[async_trait]
@@ -173,6 +206,193 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn upsert_worker(
+        &self,
+        conn: &WorkerConn,
+        ep: &EndpointUpdate,
+    ) -> Result<Option<LostPairing>, StoreError> {
+        let mut inner = self.inner.lock();
+        if inner.superseded(&conn.peer_id, conn.epoch) {
+            return Ok(None);
+        }
+        let mut lost = None;
+        match inner.workers.get_mut(&conn.peer_id) {
+            Some(w) if w.epoch == conn.epoch => {
+                w.apply(ep);
+                return Ok(None);
+            }
+            Some(_) => {
+                let old = inner.workers.remove(&conn.peer_id).expect("present");
+                lost = inner.free_partner(&old);
+            }
+            None => {}
+        }
+        let mut w = WorkerRecord::new(conn);
+        w.apply(ep);
+        inner.workers.insert(conn.peer_id.clone(), w);
+        Ok(lost)
+    }
+
+    async fn enqueue_or_match(
+        &self,
+        peer: &PeerId,
+        epoch: u64,
+        pool: &PoolName,
+        meta: &Value,
+        now_ms: u64,
+        pairing_id: &str,
+    ) -> Result<Enqueued, PairError> {
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        let me = match inner.workers.get_mut(peer) {
+            Some(w) if w.epoch == epoch => w,
+            _ => return Err(PairError::Stale),
+        };
+        match me.state {
+            WorkerState::Paired => return Err(PairError::AlreadyPaired(Which::A)),
+            WorkerState::Queued if me.pool.as_ref() == Some(pool) => {
+                me.meta = meta.clone();
+                return Ok(Enqueued::Queued);
+            }
+            _ => {}
+        }
+        me.meta = meta.clone();
+        me.pool = Some(pool.clone());
+        me.since_ms = now_ms;
+        me.state = WorkerState::Idle;
+        let queue = inner.queues.entry(pool.clone()).or_default();
+        let mut partner = None;
+        while let Some(head) = queue.pop_front() {
+            if head == *peer {
+                continue;
+            }
+            if inner
+                .workers
+                .get(&head)
+                .is_some_and(|w| w.state == WorkerState::Queued && w.pool.as_ref() == Some(pool))
+            {
+                partner = Some(head);
+                break;
+            }
+        }
+        let Some(partner) = partner else {
+            queue.push_back(peer.clone());
+            inner.workers.get_mut(peer).expect("present").state = WorkerState::Queued;
+            return Ok(Enqueued::Queued);
+        };
+        if queue.is_empty() {
+            inner.queues.remove(pool);
+        }
+        let pid = Some(pairing_id.to_string());
+        let initiator = {
+            let w = inner.workers.get_mut(&partner).expect("checked");
+            w.state = WorkerState::Paired;
+            w.pairing_id = pid.clone();
+            w.partner = Some(peer.clone());
+            w.clone()
+        };
+        let responder = {
+            let w = inner.workers.get_mut(peer).expect("present");
+            w.state = WorkerState::Paired;
+            w.pairing_id = pid;
+            w.partner = Some(partner);
+            w.clone()
+        };
+        Ok(Enqueued::Matched {
+            pairing_id: pairing_id.to_string(),
+            initiator,
+            responder,
+        })
+    }
+
+    async fn pair_workers(
+        &self,
+        a: &PeerId,
+        b: &PeerId,
+        pairing_id: &str,
+    ) -> Result<(WorkerRecord, WorkerRecord), PairError> {
+        if a == b {
+            return Err(PairError::SameWorker);
+        }
+        let mut inner = self.inner.lock();
+        for (id, which) in [(a, Which::A), (b, Which::B)] {
+            match inner.workers.get(id) {
+                None => return Err(PairError::NotFound(which)),
+                Some(w) if w.state == WorkerState::Paired => {
+                    return Err(PairError::AlreadyPaired(which))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut set = |id: &PeerId, partner: &PeerId| {
+            let w = inner.workers.get_mut(id).expect("checked");
+            w.state = WorkerState::Paired;
+            w.pairing_id = Some(pairing_id.to_string());
+            w.partner = Some(partner.clone());
+            w.clone()
+        };
+        let ra = set(a, b);
+        let rb = set(b, a);
+        Ok((ra, rb))
+    }
+
+    async fn unpair_worker(&self, peer: &PeerId, epoch: u64) -> Result<Unpaired, PairError> {
+        let mut inner = self.inner.lock();
+        let me = match inner.workers.get_mut(peer) {
+            Some(w) if w.epoch == epoch => w,
+            _ => return Err(PairError::NotPaired),
+        };
+        match me.state {
+            WorkerState::Idle => Err(PairError::NotPaired),
+            WorkerState::Queued => {
+                me.state = WorkerState::Idle;
+                Ok(Unpaired::Dequeued)
+            }
+            WorkerState::Paired => {
+                let before = me.clone();
+                me.state = WorkerState::Idle;
+                me.pairing_id = None;
+                me.partner = None;
+                // A partner already gone was told when it went.
+                Ok(inner
+                    .free_partner(&before)
+                    .map_or(Unpaired::Dequeued, Unpaired::Paired))
+            }
+        }
+    }
+
+    async fn remove_worker(
+        &self,
+        peer: &PeerId,
+        epoch: u64,
+    ) -> Result<Option<LostPairing>, StoreError> {
+        let mut inner = self.inner.lock();
+        if inner.workers.get(peer).is_none_or(|w| w.epoch != epoch) {
+            return Ok(None);
+        }
+        let old = inner.workers.remove(peer).expect("present");
+        Ok(inner.free_partner(&old))
+    }
+
+    async fn get_worker(&self, peer: &PeerId) -> Result<Option<WorkerRecord>, StoreError> {
+        Ok(self.inner.lock().workers.get(peer).cloned())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        Ok(self.inner.lock().workers.values().cloned().collect())
+    }
+
+    async fn node_workers(&self, node: &NodeId) -> Result<Vec<(PeerId, u64)>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .workers
+            .values()
+            .filter(|w| w.node == *node)
+            .map(|w| (w.peer_id.clone(), w.epoch))
+            .collect())
+    }
+
     fn name(&self) -> &'static str {
         "memory"
     }
@@ -222,5 +442,152 @@ mod tests {
         assert_eq!(s.register_peer(&p, loc(2)).await.unwrap(), Some(loc(1)));
         assert!(!s.unregister_peer(&p, 1).await.unwrap());
         assert!(s.unregister_peer(&p, 2).await.unwrap());
+    }
+
+    fn conn(p: &str, epoch: u64) -> WorkerConn {
+        WorkerConn {
+            peer_id: PeerId::from_trusted(p),
+            node: NodeId::from_trusted("n"),
+            epoch,
+            dialect: super::super::Dialect::Native,
+            observed_addr: "127.0.0.1:1".into(),
+        }
+    }
+
+    async fn queue(
+        s: &MemoryStore,
+        p: &str,
+        epoch: u64,
+        pool: &str,
+    ) -> Result<Enqueued, PairError> {
+        s.upsert_worker(&conn(p, epoch), &EndpointUpdate::default())
+            .await
+            .unwrap();
+        s.enqueue_or_match(
+            &PeerId::from_trusted(p),
+            epoch,
+            &PoolName::from_trusted(pool),
+            &Value::Null,
+            1,
+            &format!("pair-{p}"),
+        )
+        .await
+    }
+
+    fn pid(p: &str) -> PeerId {
+        PeerId::from_trusted(p)
+    }
+
+    fn matched(e: Enqueued) -> (String, String, String) {
+        match e {
+            Enqueued::Matched {
+                pairing_id,
+                initiator,
+                responder,
+            } => {
+                assert_eq!(initiator.partner.as_ref(), Some(&responder.peer_id));
+                assert_eq!(responder.partner.as_ref(), Some(&initiator.peer_id));
+                assert_eq!(initiator.pairing_id.as_deref(), Some(pairing_id.as_str()));
+                assert_eq!(responder.pairing_id.as_deref(), Some(pairing_id.as_str()));
+                (
+                    pairing_id,
+                    initiator.peer_id.to_string(),
+                    responder.peer_id.to_string(),
+                )
+            }
+            other => panic!("expected a match, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn matching_is_first_come_first_served_and_skips_stale_entries() {
+        let s = MemoryStore::default();
+        assert_eq!(queue(&s, "a", 1, "x").await.unwrap(), Enqueued::Queued);
+        // Queuing again keeps the place.
+        assert_eq!(queue(&s, "a", 1, "x").await.unwrap(), Enqueued::Queued);
+        let (id, i, r) = matched(queue(&s, "b", 2, "x").await.unwrap());
+        assert_eq!((id.as_str(), i.as_str(), r.as_str()), ("pair-b", "a", "b"));
+        assert!(matches!(
+            queue(&s, "a", 1, "x").await,
+            Err(PairError::AlreadyPaired(Which::A))
+        ));
+        // A queued worker that left is skipped; one that moved pools too.
+        assert_eq!(queue(&s, "c", 3, "x").await.unwrap(), Enqueued::Queued);
+        assert_eq!(s.remove_worker(&pid("c"), 3).await.unwrap(), None);
+        assert_eq!(queue(&s, "d", 4, "x").await.unwrap(), Enqueued::Queued);
+        assert_eq!(queue(&s, "d", 4, "y").await.unwrap(), Enqueued::Queued);
+        assert_eq!(queue(&s, "e", 5, "x").await.unwrap(), Enqueued::Queued);
+        let (_, i, r) = matched(queue(&s, "f", 6, "y").await.unwrap());
+        assert_eq!((i.as_str(), r.as_str()), ("d", "f"));
+        let (_, i, r) = matched(queue(&s, "g", 7, "x").await.unwrap());
+        assert_eq!((i.as_str(), r.as_str()), ("e", "g"));
+        // A stale connection cannot queue.
+        assert!(matches!(
+            s.enqueue_or_match(
+                &pid("g"),
+                99,
+                &PoolName::from_trusted("x"),
+                &Value::Null,
+                1,
+                "p"
+            )
+            .await,
+            Err(PairError::Stale)
+        ));
+    }
+
+    #[tokio::test]
+    async fn partners_are_freed_once() {
+        let s = MemoryStore::default();
+        queue(&s, "a", 1, "x").await.unwrap();
+        matched(queue(&s, "b", 2, "x").await.unwrap());
+        // Unpair frees both; the partner is returned.
+        match s.unpair_worker(&pid("a"), 1).await.unwrap() {
+            Unpaired::Paired(lost) => {
+                assert_eq!(lost.partner.peer_id, pid("b"));
+                assert_eq!(lost.partner.state, WorkerState::Idle);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.unpair_worker(&pid("b"), 2).await,
+            Err(PairError::NotPaired)
+        ));
+        // Manual pairing: errors name the worker.
+        assert!(matches!(
+            s.pair_workers(&pid("a"), &pid("a"), "m").await,
+            Err(PairError::SameWorker)
+        ));
+        assert!(matches!(
+            s.pair_workers(&pid("a"), &pid("zz"), "m").await,
+            Err(PairError::NotFound(Which::B))
+        ));
+        let (ra, rb) = s.pair_workers(&pid("a"), &pid("b"), "m").await.unwrap();
+        assert_eq!(
+            (ra.state, rb.state),
+            (WorkerState::Paired, WorkerState::Paired)
+        );
+        assert!(matches!(
+            s.pair_workers(&pid("b"), &pid("a"), "m2").await,
+            Err(PairError::AlreadyPaired(Which::A))
+        ));
+        // A stale epoch removes nothing; the current one frees the partner.
+        assert_eq!(s.remove_worker(&pid("a"), 7).await.unwrap(), None);
+        let lost = s.remove_worker(&pid("a"), 1).await.unwrap().unwrap();
+        assert_eq!(
+            (lost.pairing_id.as_str(), lost.partner.peer_id.as_str()),
+            ("m", "b")
+        );
+        // A newer connection replaces the record and frees the old partner.
+        queue(&s, "c", 3, "x").await.unwrap();
+        matched(queue(&s, "b", 2, "x").await.unwrap());
+        let lost = s
+            .upsert_worker(&conn("c", 30), &EndpointUpdate::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lost.partner.peer_id, pid("b"));
+        let c = s.get_worker(&pid("c")).await.unwrap().unwrap();
+        assert_eq!((c.epoch, c.state), (30, WorkerState::Idle));
     }
 }

@@ -12,6 +12,14 @@
 //!   do nothing when a newer connection of the peer owns the entry, so a late
 //!   cleanup never removes a newer connection;
 //! - `join_room` enforces `max_peers` atomically.
+//!
+//! Workers (rendezvous): a peer becomes a [`WorkerRecord`] lazily, when it
+//! first pairs, reports an endpoint or is observed by STUN (a legacy worker at
+//! once). Every worker operation is atomic, so pairing is exactly once across
+//! the cluster: a worker is never in two pairings, and two nodes matching at
+//! the same moment never take the same worker. Matching is first come, first
+//! served within a pool. Operations keyed by an epoch do nothing for a stale
+//! connection (newest wins).
 
 pub mod memory;
 pub mod redis;
@@ -22,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::Member;
 use std::time::Duration;
 
-use crate::types::{NodeId, PeerId, RoomName};
+use crate::types::{NodeId, PeerId, PoolName, RoomName};
 
 /// Where a peer is connected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +57,238 @@ pub struct Reaped {
     pub left: Vec<(RoomName, PeerId)>,
     /// Directory entries removed.
     pub peers: usize,
+    /// Pairings broken because one side was on the dead node: each surviving
+    /// partner gets exactly one `pair-lost` (reason `timeout`).
+    pub lost: Vec<LostPairing>,
+}
+
+/// Which door a worker came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// The native protocol at `/ws`.
+    Native,
+    /// The older rendezvous service's protocol at `/ws/register/{worker_id}`.
+    Legacy,
+}
+
+impl Dialect {
+    /// The wire and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Legacy => "legacy",
+        }
+    }
+
+    /// Parses [`Dialect::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "native" => Some(Self::Native),
+            "legacy" => Some(Self::Legacy),
+            _ => None,
+        }
+    }
+}
+
+/// Where a worker stands in pairing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Known, not waiting and not paired.
+    Idle,
+    /// Waiting in its pool's queue.
+    Queued,
+    /// In a pairing.
+    Paired,
+}
+
+impl WorkerState {
+    /// The wire label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Queued => "queued",
+            Self::Paired => "paired",
+        }
+    }
+
+    /// Parses [`WorkerState::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "idle" => Some(Self::Idle),
+            "queued" => Some(Self::Queued),
+            "paired" => Some(Self::Paired),
+            _ => None,
+        }
+    }
+}
+
+/// What the node holding a worker's socket knows about the connection: written
+/// when the record is created, replaced when a newer connection takes the id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConn {
+    /// The worker's peer id.
+    pub peer_id: PeerId,
+    /// The node holding its socket.
+    pub node: NodeId,
+    /// The connection's epoch (newest wins).
+    pub epoch: u64,
+    /// The door it came through.
+    pub dialect: Dialect,
+    /// The TCP address the broker saw (`ip:port`; port 0 when a proxy did not tell).
+    pub observed_addr: String,
+}
+
+/// Endpoints a worker reported or was observed at; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointUpdate {
+    /// The public IP it reports for itself (validated, canonical text).
+    pub public_ip: Option<String>,
+    /// Its public UDP endpoint `ip:port` (validated, canonical text).
+    pub udp: Option<String>,
+}
+
+/// A worker as the store holds it (also the `GET /api/workers` item).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// Its peer id.
+    pub peer_id: PeerId,
+    /// The node holding its socket.
+    pub node: NodeId,
+    /// The connection's epoch (so a late event never reaches a newer connection).
+    pub epoch: u64,
+    /// The door it came through.
+    pub dialect: Dialect,
+    /// The TCP address the broker saw.
+    pub observed_addr: String,
+    /// The public IP it reported, if any.
+    pub public_ip: Option<String>,
+    /// Its public UDP endpoint (`ip:port`), reported or observed by STUN.
+    pub udp: Option<String>,
+    /// The pool it last queued in, if any.
+    pub pool: Option<PoolName>,
+    /// Idle, queued or paired.
+    pub state: WorkerState,
+    /// The current pairing, when paired.
+    pub pairing_id: Option<String>,
+    /// The partner, when paired.
+    pub partner: Option<PeerId>,
+    /// Metadata given with `pair`.
+    pub meta: serde_json::Value,
+    /// Unix milliseconds when it last queued (for the pair-to-paired latency).
+    pub since_ms: u64,
+}
+
+impl WorkerRecord {
+    /// A fresh idle record for a connection.
+    pub fn new(conn: &WorkerConn) -> Self {
+        Self {
+            peer_id: conn.peer_id.clone(),
+            node: conn.node.clone(),
+            epoch: conn.epoch,
+            dialect: conn.dialect,
+            observed_addr: conn.observed_addr.clone(),
+            public_ip: None,
+            udp: None,
+            pool: None,
+            state: WorkerState::Idle,
+            pairing_id: None,
+            partner: None,
+            meta: serde_json::Value::Null,
+            since_ms: 0,
+        }
+    }
+
+    /// Applies reported endpoints.
+    pub fn apply(&mut self, ep: &EndpointUpdate) {
+        if let Some(ip) = &ep.public_ip {
+            self.public_ip = Some(ip.clone());
+        }
+        if let Some(udp) = &ep.udp {
+            self.udp = Some(udp.clone());
+        }
+    }
+}
+
+/// A pairing that ended without the partner asking: the partner (as it is now,
+/// freed) must be told `pair-lost`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LostPairing {
+    /// The pairing that ended.
+    pub pairing_id: String,
+    /// The partner to notify (its node and epoch say where).
+    pub partner: WorkerRecord,
+}
+
+/// What `enqueue_or_match` did.
+// A short-lived return value: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enqueued {
+    /// The worker waits in its pool's queue.
+    Queued,
+    /// The worker was matched at once with the earliest queued worker of its pool.
+    Matched {
+        /// The pairing's id (the one the caller proposed).
+        pairing_id: String,
+        /// The earlier-queued worker.
+        initiator: WorkerRecord,
+        /// The worker that asked now.
+        responder: WorkerRecord,
+    },
+}
+
+/// What `unpair_worker` did.
+// A short-lived return value: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unpaired {
+    /// The worker was paired; the partner is now free and must be told.
+    Paired(LostPairing),
+    /// The worker was only queued; it no longer is.
+    Dequeued,
+}
+
+/// First or second worker of a manual pairing (to name it in an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// `worker_a_id`.
+    A,
+    /// `worker_b_id`.
+    B,
+}
+
+/// Why a pairing operation was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PairError {
+    /// The named worker is not known (not connected, or never a worker).
+    #[error("worker not found")]
+    NotFound(Which),
+    /// The same worker was named twice.
+    #[error("same worker")]
+    SameWorker,
+    /// The named worker is already paired.
+    #[error("already paired")]
+    AlreadyPaired(Which),
+    /// The worker is neither paired nor queued.
+    #[error("not paired")]
+    NotPaired,
+    /// The worker's record belongs to another (newer) connection, or is gone.
+    #[error("stale connection")]
+    Stale,
+    /// The backend failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A node's entries in the store (see [`Store::own_entries`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OwnEntries {
+    /// Directory entries: `(peer, epoch)`.
+    pub peers: Vec<(PeerId, u64)>,
+    /// Memberships: `(room, peer, epoch)`.
+    pub memberships: Vec<(RoomName, PeerId, u64)>,
 }
 
 /// Why a store operation failed.
@@ -118,6 +358,13 @@ pub trait Store: Send + Sync + 'static {
         me: &NodeId,
         claim: bool,
     ) -> Result<Option<Reaped>, StoreError>;
+    /// What the store holds as registered by node `me`: directory entries and
+    /// memberships, each with its connection epoch. After an outage the node
+    /// compares them with what it really holds, and removes the difference.
+    /// Read-only. Backends that cannot lose a node's state return nothing.
+    async fn own_entries(&self, _me: &NodeId) -> Result<OwnEntries, StoreError> {
+        Ok(OwnEntries::default())
+    }
     /// Puts a membership back after an outage (no size limit: the member was
     /// admitted before); returns true when it was missing.
     async fn restore_member(
@@ -128,6 +375,54 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Removes this node's heartbeat on a graceful stop.
     async fn goodbye(&self, node: &NodeId) -> Result<(), StoreError>;
+
+    /// Creates the worker record of connection `conn` (idle) unless it exists,
+    /// then applies `ep`. A record of an older connection of the same peer is
+    /// replaced; if that one was paired, its partner is freed and returned.
+    async fn upsert_worker(
+        &self,
+        conn: &WorkerConn,
+        ep: &EndpointUpdate,
+    ) -> Result<Option<LostPairing>, StoreError>;
+    /// Queues worker `peer` (connection `epoch`, record already upserted) in
+    /// `pool`, or matches it at once with the earliest worker still queued
+    /// there (stale queue entries are skipped and dropped). Both sides of a
+    /// match become paired under `pairing_id` in the same atomic step.
+    /// Queuing again in the same pool keeps the place in line.
+    async fn enqueue_or_match(
+        &self,
+        peer: &PeerId,
+        epoch: u64,
+        pool: &PoolName,
+        meta: &serde_json::Value,
+        now_ms: u64,
+        pairing_id: &str,
+    ) -> Result<Enqueued, PairError>;
+    /// Pairs two named workers wherever they are connected (the operator's
+    /// `POST /api/connect`); `a` is the initiator. Removes both from queues.
+    async fn pair_workers(
+        &self,
+        a: &PeerId,
+        b: &PeerId,
+        pairing_id: &str,
+    ) -> Result<(WorkerRecord, WorkerRecord), PairError>;
+    /// Ends the pairing of `peer` (connection `epoch`), or takes it out of its
+    /// queue; both sides become idle.
+    async fn unpair_worker(&self, peer: &PeerId, epoch: u64) -> Result<Unpaired, PairError>;
+    /// Removes the worker record of connection `epoch` (a stale epoch removes
+    /// nothing); a partner is freed and returned.
+    async fn remove_worker(
+        &self,
+        peer: &PeerId,
+        epoch: u64,
+    ) -> Result<Option<LostPairing>, StoreError>;
+    /// One worker.
+    async fn get_worker(&self, peer: &PeerId) -> Result<Option<WorkerRecord>, StoreError>;
+    /// Every worker in the cluster, ordered by peer id.
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
+    /// `(peer, epoch)` of every worker record that names `node` (to reconcile
+    /// after an outage).
+    async fn node_workers(&self, node: &NodeId) -> Result<Vec<(PeerId, u64)>, StoreError>;
     /// A short name for logs (`memory`, `redis`).
     fn name(&self) -> &'static str;
 }

@@ -15,10 +15,13 @@ use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions};
 use serde::{Deserialize, Serialize};
 
-use super::{PeerLocation, Reaped, RoomSummary, Store, StoreError};
+use super::{
+    Dialect, EndpointUpdate, Enqueued, LostPairing, OwnEntries, PairError, PeerLocation, Reaped,
+    RoomSummary, Store, StoreError, Unpaired, Which, WorkerConn, WorkerRecord, WorkerState,
+};
 use crate::cluster::Redis;
 use crate::protocol::Member;
-use crate::types::{NodeId, PeerId, RoomName};
+use crate::types::{NodeId, PeerId, PoolName, RoomName};
 
 /// KEYS: peer key, node peers set. ARGV: "<epoch> <node>", peer.
 /// Sets the directory entry and returns the previous one.
@@ -115,12 +118,49 @@ return 1
     )
 });
 
-/// KEYS: node rooms set, node peers set, nodes set, rooms index. ARGV: dead node, prefix.
-/// Removes every membership and directory entry of the dead node; returns
-/// {peers removed, {room, peer, room, peer, ...}}.
-static REAP: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: node rooms set, node peers set, nodes set, rooms index. ARGV: dead
+/// node, prefix, "1" for a claimed reaping ("0": a live node resetting its own
+/// entries, which keeps its workers and its place in the nodes set). Removes
+/// every membership, directory entry (and worker) of the node; returns {peers removed,
+/// {room, peer, room, peer, ...}, {pairing, partner hash, ...}, workers removed}.
+/// KEYS: node peers set, node rooms set. ARGV: node, prefix.
+/// Lists (without changing anything) the node's directory entries and
+/// memberships: {{peer, epoch, ...}, {room, peer, epoch, ...}}.
+static OWN: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
+local peers = {}
+for _, p in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local cur = redis.call('GET', ARGV[2] .. ':peer:' .. p)
+  if cur then
+    local sp = string.find(cur, ' ', 1, true)
+    if sp and string.sub(cur, sp + 1) == ARGV[1] then
+      table.insert(peers, p)
+      table.insert(peers, string.sub(cur, 1, sp - 1))
+    end
+  end
+end
+local members = {}
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local all = redis.call('HGETALL', ARGV[2] .. ':room:' .. room .. ':members')
+  for i = 1, #all, 2 do
+    local m = cjson.decode(all[i + 1])
+    if m['n'] == ARGV[1] then
+      table.insert(members, room)
+      table.insert(members, all[i])
+      table.insert(members, m['e'])
+    end
+  end
+end
+return {peers, members}
+"#,
+    )
+});
+
+static REAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        WORKER_LUA.to_string()
+            + r#"
 local left = {}
 for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local mk = ARGV[2] .. ':room:' .. room .. ':members'
@@ -152,11 +192,258 @@ for _, p in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('SREM', KEYS[3], ARGV[1])
-return {n, left}
+-- A node resetting its own entries stays a cluster member: removing it here
+-- would leave it unknown (never reaped) if it died before its next heartbeat.
+if ARGV[3] == '1' then redis.call('SREM', KEYS[3], ARGV[1]) end
+local lost = {}
+local nw = 0
+if ARGV[3] == '1' then
+  local wk = ARGV[2] .. ':node:' .. ARGV[1] .. ':workers'
+  for _, id in ipairs(redis.call('SMEMBERS', wk)) do
+    local k = ARGV[2] .. ':worker:' .. id
+    local w = redis.call('HMGET', k, 'n', 'pid', 'pt')
+    if w[1] == ARGV[1] then
+      redis.call('DEL', k)
+      redis.call('SREM', ARGV[2] .. ':workers', id)
+      nw = nw + 1
+      local p = free_partner(ARGV[2], w[2], w[3])
+      if p then
+        table.insert(lost, w[2])
+        table.insert(lost, p)
+      end
+    end
+  end
+  redis.call('DEL', wk)
+end
+return {n, left, lost, nw}
 "#,
     )
 });
+
+/// Shared Lua for worker scripts. A worker is a hash `{prefix}:worker:{id}`:
+/// `id`, `n` node, `e` epoch (a string, so Lua's doubles never round it),
+/// `d` dialect, `o` observed address, `ip` public IP, `u` UDP endpoint, `p`
+/// pool, `s` state (idle, queued, paired), `pid` pairing id, `pt` partner,
+/// `m` meta JSON, `t` unix ms when last queued. Absent values are "".
+/// `free_partner` makes the partner idle if it is still in that pairing and
+/// returns its hash (flat), else false.
+const WORKER_LUA: &str = r#"
+local function free_partner(prefix, pid, partner)
+  if not pid or pid == '' or not partner or partner == '' then return false end
+  local pk = prefix .. ':worker:' .. partner
+  if redis.call('HGET', pk, 'pid') ~= pid then return false end
+  redis.call('HSET', pk, 's', 'idle', 'pid', '', 'pt', '')
+  return redis.call('HGETALL', pk)
+end
+"#;
+
+fn worker_script(body: &str) -> Script {
+    Script::from_lua(WORKER_LUA.to_string() + body)
+}
+
+/// KEYS: worker, workers set, peer directory entry. ARGV: id, node, epoch,
+/// dialect, observed, public ip, udp, prefix. Refused ({0}) when the directory
+/// names another connection; replaces an older connection's record (freeing
+/// its partner); applies non-empty endpoints. Returns {1} or {1, pairing, partner hash}.
+static UPSERT_WORKER: LazyLock<Script> = LazyLock::new(|| {
+    worker_script(
+        r#"
+local dir = redis.call('GET', KEYS[3])
+if dir and dir ~= (ARGV[3] .. ' ' .. ARGV[2]) then return {0} end
+local e = redis.call('HGET', KEYS[1], 'e')
+local lost = false
+local lostpid = false
+if e ~= ARGV[3] then
+  if e then
+    local old = redis.call('HMGET', KEYS[1], 'n', 'pid', 'pt')
+    lost = free_partner(ARGV[8], old[2], old[3])
+    lostpid = old[2]
+    if old[1] then redis.call('SREM', ARGV[8] .. ':node:' .. old[1] .. ':workers', ARGV[1]) end
+    redis.call('DEL', KEYS[1])
+  end
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'n', ARGV[2], 'e', ARGV[3], 'd', ARGV[4],
+    'o', ARGV[5], 's', 'idle', 'm', 'null', 't', '0', 'p', '', 'pid', '', 'pt', '', 'ip', '', 'u', '')
+  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('SADD', ARGV[8] .. ':node:' .. ARGV[2] .. ':workers', ARGV[1])
+end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'ip', ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'u', ARGV[7]) end
+if lost then return {1, lostpid, lost} end
+return {1}
+"#,
+    )
+});
+
+/// KEYS: worker, pool queue. ARGV: id, epoch, pool, meta, now ms, pairing id,
+/// prefix. Returns {-2} stale, {-1} already paired, {0} queued, or {1,
+/// initiator hash, responder hash} when matched with the queue's earliest
+/// valid entry (stale entries are popped and dropped on the way).
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    worker_script(
+        r#"
+local w = redis.call('HMGET', KEYS[1], 'e', 's', 'p')
+if w[1] ~= ARGV[2] then return {-2} end
+if w[2] == 'paired' then return {-1} end
+if w[2] == 'queued' and w[3] == ARGV[3] then
+  redis.call('HSET', KEYS[1], 'm', ARGV[4])
+  return {0}
+end
+redis.call('HSET', KEYS[1], 'm', ARGV[4], 'p', ARGV[3], 't', ARGV[5], 's', 'idle')
+while true do
+  local head = redis.call('LPOP', KEYS[2])
+  if not head then break end
+  if head ~= ARGV[1] then
+    local hk = ARGV[7] .. ':worker:' .. head
+    local h = redis.call('HMGET', hk, 's', 'p')
+    if h[1] == 'queued' and h[2] == ARGV[3] then
+      redis.call('HSET', hk, 's', 'paired', 'pid', ARGV[6], 'pt', ARGV[1])
+      redis.call('HSET', KEYS[1], 's', 'paired', 'pid', ARGV[6], 'pt', head)
+      return {1, redis.call('HGETALL', hk), redis.call('HGETALL', KEYS[1])}
+    end
+  end
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 's', 'queued')
+return {0}
+"#,
+    )
+});
+
+/// KEYS: worker a, worker b. ARGV: a, b, pairing id. Returns {-1, 1|2} not
+/// found, {-2, 1|2} already paired, or {1, a hash, b hash}.
+static PAIR: LazyLock<Script> = LazyLock::new(|| {
+    worker_script(
+        r#"
+local sa = redis.call('HGET', KEYS[1], 's')
+if not sa then return {-1, 1} end
+local sb = redis.call('HGET', KEYS[2], 's')
+if not sb then return {-1, 2} end
+if sa == 'paired' then return {-2, 1} end
+if sb == 'paired' then return {-2, 2} end
+redis.call('HSET', KEYS[1], 's', 'paired', 'pid', ARGV[3], 'pt', ARGV[2])
+redis.call('HSET', KEYS[2], 's', 'paired', 'pid', ARGV[3], 'pt', ARGV[1])
+return {1, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"#,
+    )
+});
+
+/// KEYS: worker. ARGV: id, epoch, prefix. Returns {-1} not paired (or stale),
+/// {2} dequeued (or the partner was already gone), {1, pairing, partner hash}.
+static UNPAIR: LazyLock<Script> = LazyLock::new(|| {
+    worker_script(
+        r#"
+local w = redis.call('HMGET', KEYS[1], 'e', 's', 'pid', 'pt')
+if w[1] ~= ARGV[2] then return {-1} end
+if w[2] == 'queued' then
+  redis.call('HSET', KEYS[1], 's', 'idle')
+  return {2}
+end
+if w[2] ~= 'paired' then return {-1} end
+redis.call('HSET', KEYS[1], 's', 'idle', 'pid', '', 'pt', '')
+local p = free_partner(ARGV[3], w[3], w[4])
+if p then return {1, w[3], p} end
+return {2}
+"#,
+    )
+});
+
+/// KEYS: worker, workers set. ARGV: id, epoch, prefix. Returns {0} (nothing
+/// or no partner) or {1, pairing, partner hash}.
+static REMOVE_WORKER: LazyLock<Script> = LazyLock::new(|| {
+    worker_script(
+        r#"
+local w = redis.call('HMGET', KEYS[1], 'e', 'n', 'pid', 'pt')
+if w[1] ~= ARGV[2] then return {0} end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', ARGV[3] .. ':node:' .. w[2] .. ':workers', ARGV[1])
+local p = free_partner(ARGV[3], w[3], w[4])
+if p then return {1, w[3], p} end
+return {0}
+"#,
+    )
+});
+
+/// KEYS: workers set. ARGV: prefix. Every worker hash.
+static LIST_WORKERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local h = redis.call('HGETALL', ARGV[1] .. ':worker:' .. id)
+  if #h > 0 then table.insert(out, h) else redis.call('SREM', KEYS[1], id) end
+end
+return out
+"#,
+    )
+});
+
+/// KEYS: node workers set. ARGV: node, prefix. {id, epoch, ...} of the
+/// records that name the node.
+static NODE_WORKERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local w = redis.call('HMGET', ARGV[2] .. ':worker:' .. id, 'n', 'e')
+  if w[1] == ARGV[1] then
+    table.insert(out, id)
+    table.insert(out, w[2])
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Parses a flat worker hash (`[field, value, ...]`) into a record.
+fn worker_from(v: Value) -> Option<WorkerRecord> {
+    let Value::Array(flat) = v else { return None };
+    let mut f: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let strs: Vec<String> = flat.into_iter().filter_map(|v| v.as_string()).collect();
+    for c in strs.chunks_exact(2) {
+        f.insert(c[0].clone(), c[1].clone());
+    }
+    let mut take = |k: &str| f.remove(k).filter(|s| !s.is_empty());
+    Some(WorkerRecord {
+        peer_id: PeerId::from_trusted(take("id")?),
+        node: NodeId::from_trusted(take("n")?),
+        epoch: take("e")?.parse().ok()?,
+        dialect: take("d").as_deref().and_then(Dialect::parse)?,
+        observed_addr: take("o").unwrap_or_default(),
+        public_ip: take("ip"),
+        udp: take("u"),
+        pool: take("p").map(PoolName::from_trusted),
+        state: take("s")
+            .as_deref()
+            .and_then(WorkerState::parse)
+            .unwrap_or(WorkerState::Idle),
+        pairing_id: take("pid"),
+        partner: take("pt").map(PeerId::from_trusted),
+        meta: take("m")
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or(serde_json::Value::Null),
+        since_ms: take("t").and_then(|t| t.parse().ok()).unwrap_or(0),
+    })
+}
+
+/// `{pairing, partner hash}` at `at` in a script's reply, as a lost pairing.
+fn lost_at(out: &mut std::vec::IntoIter<Value>) -> Option<LostPairing> {
+    let pairing_id = out.next()?.as_string()?;
+    let partner = worker_from(out.next()?)?;
+    Some(LostPairing {
+        pairing_id,
+        partner,
+    })
+}
+
+fn store_err(e: Error) -> PairError {
+    PairError::Store(unavailable(e))
+}
+
+fn reply_code(out: &[Value]) -> Option<i64> {
+    out.first().and_then(|v| v.as_i64())
+}
 
 #[derive(Serialize, Deserialize)]
 struct StoredMember {
@@ -409,6 +696,15 @@ impl Store for RedisStore {
             .sadd(self.r.keys.nodes(), node.to_string())
             .await
             .map_err(unavailable)?;
+        if prev.is_none() {
+            // This node was gone (or declared dead) and is back: a reaper's
+            // claim on it must not outlive that, or a real death in the next
+            // minute would go unreaped.
+            let _: i64 = c
+                .del(self.r.keys.node_reaper(node))
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(prev.is_some())
     }
 
@@ -456,7 +752,11 @@ impl Store for RedisStore {
             .evalsha_with_reload(
                 c,
                 vec![k.node_rooms(dead), k.node_peers(dead), k.nodes(), k.rooms()],
-                vec![dead.to_string(), k.prefix().to_string()],
+                vec![
+                    dead.to_string(),
+                    k.prefix().to_string(),
+                    if claim { "1" } else { "0" }.to_string(),
+                ],
             )
             .await
             .map_err(unavailable)?;
@@ -466,6 +766,16 @@ impl Store for RedisStore {
             Some(Value::Array(a)) => a.into_iter().filter_map(|v| v.as_string()).collect(),
             _ => Vec::new(),
         };
+        let mut lost = Vec::new();
+        if let Some(Value::Array(a)) = it.next() {
+            let mut pairs = a.into_iter();
+            while let Some(l) = lost_at(&mut pairs) {
+                // Both sides on the dead node: nobody to tell.
+                if l.partner.node != *dead {
+                    lost.push(l);
+                }
+            }
+        }
         let left = flat
             .chunks_exact(2)
             .map(|c| {
@@ -475,7 +785,7 @@ impl Store for RedisStore {
                 )
             })
             .collect();
-        Ok(Some(Reaped { left, peers }))
+        Ok(Some(Reaped { left, peers, lost }))
     }
 
     async fn restore_member(
@@ -525,6 +835,259 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn upsert_worker(
+        &self,
+        conn: &WorkerConn,
+        ep: &EndpointUpdate,
+    ) -> Result<Option<LostPairing>, StoreError> {
+        let k = &self.r.keys;
+        let out: Vec<Value> = UPSERT_WORKER
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![k.worker(&conn.peer_id), k.workers(), k.peer(&conn.peer_id)],
+                vec![
+                    conn.peer_id.to_string(),
+                    conn.node.to_string(),
+                    conn.epoch.to_string(),
+                    conn.dialect.as_str().to_string(),
+                    conn.observed_addr.clone(),
+                    ep.public_ip.clone().unwrap_or_default(),
+                    ep.udp.clone().unwrap_or_default(),
+                    k.prefix().to_string(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut it = out.into_iter();
+        it.next();
+        Ok(lost_at(&mut it))
+    }
+
+    async fn enqueue_or_match(
+        &self,
+        peer: &PeerId,
+        epoch: u64,
+        pool: &PoolName,
+        meta: &serde_json::Value,
+        now_ms: u64,
+        pairing_id: &str,
+    ) -> Result<Enqueued, PairError> {
+        let k = &self.r.keys;
+        let out: Vec<Value> = ENQUEUE
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![k.worker(peer), k.pool_queue(pool)],
+                vec![
+                    peer.to_string(),
+                    epoch.to_string(),
+                    pool.to_string(),
+                    meta.to_string(),
+                    now_ms.to_string(),
+                    pairing_id.to_string(),
+                    k.prefix().to_string(),
+                ],
+            )
+            .await
+            .map_err(store_err)?;
+        match reply_code(&out) {
+            Some(-2) => Err(PairError::Stale),
+            Some(-1) => Err(PairError::AlreadyPaired(Which::A)),
+            Some(0) => Ok(Enqueued::Queued),
+            Some(1) => {
+                let mut it = out.into_iter().skip(1);
+                let initiator = it.next().and_then(worker_from);
+                let responder = it.next().and_then(worker_from);
+                match (initiator, responder) {
+                    (Some(initiator), Some(responder)) => Ok(Enqueued::Matched {
+                        pairing_id: pairing_id.to_string(),
+                        initiator,
+                        responder,
+                    }),
+                    _ => Err(PairError::Store(StoreError::Unavailable(
+                        "unexpected ENQUEUE reply".into(),
+                    ))),
+                }
+            }
+            _ => Err(PairError::Store(StoreError::Unavailable(
+                "unexpected ENQUEUE reply".into(),
+            ))),
+        }
+    }
+
+    async fn pair_workers(
+        &self,
+        a: &PeerId,
+        b: &PeerId,
+        pairing_id: &str,
+    ) -> Result<(WorkerRecord, WorkerRecord), PairError> {
+        if a == b {
+            return Err(PairError::SameWorker);
+        }
+        let k = &self.r.keys;
+        let out: Vec<Value> = PAIR
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![k.worker(a), k.worker(b)],
+                vec![a.to_string(), b.to_string(), pairing_id.to_string()],
+            )
+            .await
+            .map_err(store_err)?;
+        let which = |v: Option<&Value>| {
+            if v.and_then(|v| v.as_i64()) == Some(2) {
+                Which::B
+            } else {
+                Which::A
+            }
+        };
+        match reply_code(&out) {
+            Some(-1) => Err(PairError::NotFound(which(out.get(1)))),
+            Some(-2) => Err(PairError::AlreadyPaired(which(out.get(1)))),
+            Some(1) => {
+                let mut it = out.into_iter().skip(1);
+                match (
+                    it.next().and_then(worker_from),
+                    it.next().and_then(worker_from),
+                ) {
+                    (Some(ra), Some(rb)) => Ok((ra, rb)),
+                    _ => Err(PairError::Store(StoreError::Unavailable(
+                        "unexpected PAIR reply".into(),
+                    ))),
+                }
+            }
+            _ => Err(PairError::Store(StoreError::Unavailable(
+                "unexpected PAIR reply".into(),
+            ))),
+        }
+    }
+
+    async fn unpair_worker(&self, peer: &PeerId, epoch: u64) -> Result<Unpaired, PairError> {
+        let k = &self.r.keys;
+        let out: Vec<Value> = UNPAIR
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![k.worker(peer)],
+                vec![peer.to_string(), epoch.to_string(), k.prefix().to_string()],
+            )
+            .await
+            .map_err(store_err)?;
+        match reply_code(&out) {
+            Some(1) => {
+                let mut it = out.into_iter();
+                it.next();
+                Ok(lost_at(&mut it).map_or(Unpaired::Dequeued, Unpaired::Paired))
+            }
+            Some(2) => Ok(Unpaired::Dequeued),
+            _ => Err(PairError::NotPaired),
+        }
+    }
+
+    async fn remove_worker(
+        &self,
+        peer: &PeerId,
+        epoch: u64,
+    ) -> Result<Option<LostPairing>, StoreError> {
+        let k = &self.r.keys;
+        let out: Vec<Value> = REMOVE_WORKER
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![k.worker(peer), k.workers()],
+                vec![peer.to_string(), epoch.to_string(), k.prefix().to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut it = out.into_iter();
+        it.next();
+        Ok(lost_at(&mut it))
+    }
+
+    async fn get_worker(&self, peer: &PeerId) -> Result<Option<WorkerRecord>, StoreError> {
+        let v: Value = self
+            .r
+            .client()
+            .hgetall(self.r.keys.worker(peer))
+            .await
+            .map_err(unavailable)?;
+        let flat = match v {
+            Value::Map(m) => Value::Array(
+                m.inner()
+                    .into_iter()
+                    .flat_map(|(k, v)| [Value::from(k), v])
+                    .collect(),
+            ),
+            other => other,
+        };
+        Ok(worker_from(flat))
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        let k = &self.r.keys;
+        let out: Vec<Value> = LIST_WORKERS
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![k.workers()],
+                vec![k.prefix().to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut workers: Vec<WorkerRecord> = out.into_iter().filter_map(worker_from).collect();
+        workers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        Ok(workers)
+    }
+
+    async fn node_workers(&self, node: &NodeId) -> Result<Vec<(PeerId, u64)>, StoreError> {
+        let k = &self.r.keys;
+        let out: Vec<Value> = NODE_WORKERS
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![k.node_workers(node)],
+                vec![node.to_string(), k.prefix().to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        let strs: Vec<String> = out.into_iter().filter_map(|v| v.as_string()).collect();
+        Ok(strs
+            .chunks_exact(2)
+            .filter_map(|c| Some((PeerId::from_trusted(c[0].as_str()), c[1].parse().ok()?)))
+            .collect())
+    }
+
+    async fn own_entries(&self, me: &NodeId) -> Result<OwnEntries, StoreError> {
+        let k = &self.r.keys;
+        let out: Vec<Value> = OWN
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![k.node_peers(me), k.node_rooms(me)],
+                vec![me.to_string(), k.prefix().to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut lists = out.into_iter().map(|v| match v {
+            Value::Array(a) => a
+                .into_iter()
+                .filter_map(|v| v.as_string())
+                .collect::<Vec<String>>(),
+            _ => Vec::new(),
+        });
+        let peers = lists.next().unwrap_or_default();
+        let members = lists.next().unwrap_or_default();
+        Ok(OwnEntries {
+            peers: peers
+                .chunks_exact(2)
+                .filter_map(|c| Some((PeerId::from_trusted(c[0].as_str()), c[1].parse().ok()?)))
+                .collect(),
+            memberships: members
+                .chunks_exact(3)
+                .filter_map(|c| {
+                    Some((
+                        RoomName::from_trusted(c[0].as_str()),
+                        PeerId::from_trusted(c[1].as_str()),
+                        c[2].parse().ok()?,
+                    ))
+                })
+                .collect(),
+        })
     }
 
     fn name(&self) -> &'static str {

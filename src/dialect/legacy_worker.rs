@@ -1,0 +1,271 @@
+//! The worker protocol of the older FastAPI rendezvous service, so its
+//! workers connect unchanged (`GET /ws/register/{worker_id}`).
+//!
+//! A thin translator onto the same core as the native protocol: connecting
+//! registers the worker like a native `hello` would (hub, peer directory) and
+//! creates its worker record (dialect `legacy`); the worker id from the path
+//! is its peer id, so a legacy worker can be paired with a native one, is
+//! listed by `GET /api/workers`, and a second connection with the same id,
+//! through either door and on any node, replaces it.
+//!
+//! Messages in (JSON text frames; anything else is logged and ignored without
+//! closing, as the older service did):
+//! - `{"type":"register_public_ip","ip":"203.0.113.7"}`: records the public
+//!   IP it reports (a missing or invalid `ip` is logged and ignored);
+//! - `{"type":"echo_request","payload":X}`: answered with
+//!   `{"type":"echo_response","original_payload":X,"processed_by_rendezvous":"..."}`;
+//! - `{"type":"update_udp_endpoint","udp_ip":"...","udp_port":N}`: records its
+//!   UDP endpoint and, with `rendezvous.auto_pair`, queues it in pool `default`.
+//!
+//! Messages out: `paired` becomes
+//! `{"type":"p2p_connection_offer","peer_worker_id","peer_udp_ip","peer_udp_port"}`
+//! and `echo` becomes `echo_response`; every other core event has no
+//! equivalent in this protocol and is not sent. A connection replaced by a
+//! newer one closes with 1000 and the older service's reason text.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message};
+use serde_json::{json, Value};
+use tracing::{debug, info};
+
+use crate::error::close;
+use crate::hub::{CloseReason, ConnHandle};
+use crate::metrics as m;
+use crate::node::{Node, Session};
+use crate::protocol::ServerMsg;
+use crate::session::{ConnInfo, Dialect, Encoder, Flow};
+use crate::types::PeerId;
+
+/// One legacy worker connection (reader half).
+#[derive(Debug)]
+pub struct LegacyWorker {
+    /// The worker id from the path, already validated as a peer id.
+    worker: PeerId,
+}
+
+impl LegacyWorker {
+    /// A connection for `worker`.
+    pub fn new(worker: PeerId) -> Self {
+        Self { worker }
+    }
+}
+
+/// The legacy writer half.
+#[derive(Debug)]
+pub struct LegacyEncoder;
+
+/// The text of `echo_response.processed_by_rendezvous`.
+pub fn echo_text(worker: &PeerId) -> String {
+    format!("Echo processed by Switchboard rendezvous for worker {worker}")
+}
+
+impl Encoder for LegacyEncoder {
+    fn encode(&self, msg: &ServerMsg) -> Option<Message> {
+        let v = match msg {
+            ServerMsg::Paired(note) => {
+                let udp: Option<SocketAddr> = note.peer.udp.as_deref().and_then(|u| u.parse().ok());
+                json!({
+                    "type": "p2p_connection_offer",
+                    "peer_worker_id": note.peer.peer_id,
+                    "peer_udp_ip": udp.map(|a| a.ip().to_string()),
+                    "peer_udp_port": udp.map(|a| a.port()),
+                })
+            }
+            ServerMsg::Echo {
+                original_payload,
+                processed_by_rendezvous,
+            } => json!({
+                "type": "echo_response",
+                "original_payload": original_payload,
+                "processed_by_rendezvous": processed_by_rendezvous,
+            }),
+            _ => return None,
+        };
+        Some(Message::Text(v.to_string().into()))
+    }
+
+    fn close_frame(&self, why: CloseReason) -> CloseFrame {
+        if why == CloseReason::REPLACED {
+            CloseFrame {
+                code: close::NORMAL,
+                reason: close::LEGACY_REPLACED_REASON.into(),
+            }
+        } else {
+            CloseFrame {
+                code: why.code,
+                reason: why.reason.into(),
+            }
+        }
+    }
+}
+
+/// The message types this dialect knows (bounded metric labels).
+fn type_label(ty: Option<&str>) -> &'static str {
+    match ty {
+        Some("register_public_ip") => "register_public_ip",
+        Some("echo_request") => "echo_request",
+        Some("update_udp_endpoint") => "update_udp_endpoint",
+        _ => "invalid",
+    }
+}
+
+impl Dialect for LegacyWorker {
+    type Encoder = LegacyEncoder;
+    const NAME: &'static str = "legacy-worker";
+
+    fn encoder(&self) -> LegacyEncoder {
+        LegacyEncoder
+    }
+
+    async fn open(
+        &mut self,
+        node: &Arc<Node>,
+        handle: &ConnHandle,
+        info: &ConnInfo,
+    ) -> Result<Option<Session>, CloseReason> {
+        let s = node
+            .register_legacy(handle, info.observed, self.worker.clone())
+            .await?;
+        info!(worker = %s.peer, "legacy worker connected");
+        Ok(Some(s))
+    }
+
+    async fn frame(
+        &mut self,
+        node: &Arc<Node>,
+        handle: &ConnHandle,
+        _info: &ConnInfo,
+        session: &mut Option<Session>,
+        frame: &Message,
+        _received: Instant,
+    ) -> Flow {
+        let Some(s) = session.as_ref() else {
+            return Flow::Continue;
+        };
+        let msg: Value = match frame {
+            Message::Text(t) => match serde_json::from_str(t.as_str()) {
+                Ok(v) => v,
+                Err(_) => {
+                    metrics::counter!(m::MESSAGES_IN, "type" => "invalid").increment(1);
+                    info!(worker = %s.peer, "ignoring a frame that is not JSON");
+                    return Flow::Continue;
+                }
+            },
+            _ => {
+                metrics::counter!(m::MESSAGES_IN, "type" => "invalid").increment(1);
+                info!(worker = %s.peer, "ignoring a binary frame");
+                return Flow::Continue;
+            }
+        };
+        let ty = msg.get("type").and_then(Value::as_str);
+        metrics::counter!(m::MESSAGES_IN, "type" => type_label(ty)).increment(1);
+        match ty {
+            Some("register_public_ip") => {
+                let ip = msg
+                    .get("ip")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.trim().parse::<IpAddr>().ok());
+                match ip {
+                    Some(ip) => {
+                        if let Err(e) = node.rdv_endpoint(s, Some(ip), None).await {
+                            info!(worker = %s.peer, error = %e.message, "public IP not recorded");
+                        } else {
+                            debug!(worker = %s.peer, %ip, "public IP registered");
+                        }
+                    }
+                    None => {
+                        info!(worker = %s.peer, "register_public_ip without a valid `ip`; ignored")
+                    }
+                }
+            }
+            Some("echo_request") => {
+                handle.send(ServerMsg::Echo {
+                    original_payload: msg.get("payload").cloned().unwrap_or(Value::Null),
+                    processed_by_rendezvous: echo_text(&s.peer),
+                });
+            }
+            Some("update_udp_endpoint") => {
+                let ip = msg
+                    .get("udp_ip")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.trim().parse::<IpAddr>().ok());
+                let port = match msg.get("udp_port") {
+                    Some(Value::Number(n)) => n.as_u64(),
+                    Some(Value::String(s)) => s.trim().parse().ok(),
+                    _ => None,
+                }
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0);
+                let (Some(ip), Some(port)) = (ip, port) else {
+                    info!(worker = %s.peer, "update_udp_endpoint without a valid `udp_ip` and `udp_port`; ignored");
+                    return Flow::Continue;
+                };
+                let udp = SocketAddr::new(ip, port);
+                if let Err(e) = node.rdv_endpoint(s, None, Some(udp)).await {
+                    info!(worker = %s.peer, error = %e.message, "UDP endpoint not recorded");
+                    return Flow::Continue;
+                }
+                debug!(worker = %s.peer, %udp, "UDP endpoint updated");
+                if node.cfg.rendezvous.auto_pair {
+                    node.rdv_auto_pair(s).await;
+                }
+            }
+            Some(other) => {
+                let shown: String = other.chars().take(64).collect();
+                info!(worker = %s.peer, r#type = %shown, "ignoring a message of unknown type");
+            }
+            None => info!(worker = %s.peer, "ignoring a message without `type`"),
+        }
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{PairPeer, PairedNote, Role};
+
+    fn text(m: Option<Message>) -> Value {
+        match m {
+            Some(Message::Text(t)) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn encodes_offers_and_echoes_and_nothing_else() {
+        let note = PairedNote {
+            pairing_id: "p".into(),
+            role: Role::Initiator,
+            peer: PairPeer {
+                peer_id: PeerId::from_trusted("w2"),
+                observed_addr: "198.51.100.1:5000".into(),
+                public_ip: None,
+                udp: Some("[2001:db8::1]:4000".into()),
+            },
+        };
+        assert_eq!(
+            text(LegacyEncoder.encode(&ServerMsg::Paired(note))),
+            json!({"type":"p2p_connection_offer","peer_worker_id":"w2","peer_udp_ip":"2001:db8::1","peer_udp_port":4000})
+        );
+        let echo = ServerMsg::Echo {
+            original_payload: json!({"a": [1]}),
+            processed_by_rendezvous: "x".into(),
+        };
+        assert_eq!(
+            text(LegacyEncoder.encode(&echo)),
+            json!({"type":"echo_response","original_payload":{"a":[1]},"processed_by_rendezvous":"x"})
+        );
+        assert!(LegacyEncoder
+            .encode(&ServerMsg::Pong { id: None })
+            .is_none());
+        let f = LegacyEncoder.close_frame(CloseReason::REPLACED);
+        assert_eq!(
+            (f.code, f.reason.as_str()),
+            (1000, "New connection from same worker ID")
+        );
+    }
+}

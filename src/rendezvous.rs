@@ -1,0 +1,672 @@
+//! Rendezvous: workers learn their public endpoints and get paired.
+//!
+//! This is a door onto the same core, not a second system: a worker is a peer
+//! (in the hub and the peer directory like any other) that also has a
+//! [`WorkerRecord`] in the store. The record is created lazily, when the peer
+//! first sends `pair` or `endpoint`, is observed by STUN, or connects through
+//! the legacy worker dialect. Pairing is decided atomically by the store
+//! (see [`crate::store`]), by whichever node handled the request; that node
+//! then tells both sides, pushing to a local socket or publishing one event to
+//! the node holding the other side, so both hear `paired` at the same moment.
+//!
+//! STUN: every connection gets a `stun_username` of the form
+//! `<32 hex random>:<node id>`. A Binding request carrying it may reach any
+//! node (UDP load balancing); that node reads the owner's node id from the
+//! username and forwards the observation there ([`NodeEvent::Observed`]), and
+//! the owner, which alone knows the random part, resolves it to the
+//! connection. So no store write is needed per connection, and a forged or
+//! stale username resolves to nothing.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::bus::NodeEvent;
+use crate::config::StunConfig;
+use crate::error::{ClientError, ErrorCode};
+use crate::hub::CloseReason;
+use crate::metrics as m;
+use crate::node::{Node, Session};
+use crate::protocol::{PairLostReason, PairPeer, PairedNote, Role, ServerMsg};
+use crate::store::{
+    Dialect, EndpointUpdate, Enqueued, LostPairing, PairError, Unpaired, WorkerConn, WorkerRecord,
+};
+use crate::stun::Observation;
+use crate::types::{PeerId, PoolName};
+
+/// Pending STUN observations; beyond this, new ones are dropped (and counted)
+/// rather than queued without bound under a flood.
+const OBSERVATION_QUEUE: usize = 4096;
+/// Distinct pool names a node labels its worker gauge with; later ones are
+/// counted as `other`, so a client cannot grow the metric without bound.
+const MAX_POOL_LABELS: usize = 32;
+
+/// What this node knows about one of its connections, for rendezvous.
+#[derive(Debug)]
+pub struct RdvConn {
+    /// The peer.
+    pub peer: PeerId,
+    /// The connection's epoch.
+    pub epoch: u64,
+    /// The random half of its STUN username.
+    pub token: String,
+    /// The door it came through.
+    pub dialect: Dialect,
+    /// The TCP address the broker saw (after trusted-proxy headers).
+    pub observed: SocketAddr,
+    /// Set once this connection has a worker record (so disconnect removes it
+    /// and the gauge counts it once).
+    worker: AtomicBool,
+    /// The gauge label it is counted under while it is a worker.
+    pool_label: Mutex<&'static str>,
+    /// The pairing this connection was last told about (`paired` without a
+    /// `pair-lost` since), so it can be told `pair-lost` if the store lost the
+    /// pairing while this node was cut off (see `rdv_reconcile`).
+    pairing: Mutex<Option<String>>,
+}
+
+/// Node-local rendezvous state: connections by peer and by STUN token.
+#[derive(Debug)]
+pub struct Rendezvous {
+    conns: DashMap<PeerId, Arc<RdvConn>>,
+    tokens: DashMap<String, Arc<RdvConn>>,
+    jobs: mpsc::Sender<Job>,
+    pool_labels: Mutex<HashSet<&'static str>>,
+}
+
+/// Work for the rendezvous task: observations need store calls, and arrive
+/// from places that cannot wait (the STUN loop, the bus inbox).
+#[derive(Debug)]
+enum Job {
+    /// A STUN request with a USERNAME was answered on this node.
+    Stun(Observation),
+    /// Another node forwarded an observation of one of our connections.
+    Observed { token: String, udp: SocketAddr },
+}
+
+impl Rendezvous {
+    /// The state and the receiving end of its job queue (for [`run_jobs`]).
+    pub(crate) fn new() -> (Self, RdvJobs) {
+        let (tx, rx) = mpsc::channel(OBSERVATION_QUEUE);
+        (
+            Self {
+                conns: DashMap::new(),
+                tokens: DashMap::new(),
+                jobs: tx,
+                pool_labels: Mutex::new(HashSet::new()),
+            },
+            RdvJobs(rx),
+        )
+    }
+
+    /// A callback for [`crate::stun::serve`]: hands observations to the
+    /// rendezvous task without waiting.
+    pub fn observer(&self) -> impl Fn(Observation) + Send + Sync + 'static {
+        let tx = self.jobs.clone();
+        move |obs| {
+            if tx.try_send(Job::Stun(obs)).is_err() {
+                metrics::counter!(m::STUN_OBSERVATIONS_DROPPED).increment(1);
+            }
+        }
+    }
+
+    fn label_for(&self, pool: Option<&PoolName>) -> &'static str {
+        let Some(pool) = pool else { return "none" };
+        let mut labels = self.pool_labels.lock();
+        if let Some(l) = labels.get(pool.as_str()) {
+            return l;
+        }
+        if labels.len() >= MAX_POOL_LABELS {
+            return "other";
+        }
+        // Leaked once per distinct name, at most MAX_POOL_LABELS times.
+        let l: &'static str = Box::leak(pool.as_str().to_string().into_boxed_str());
+        labels.insert(l);
+        l
+    }
+}
+
+/// The receiving end of the rendezvous job queue.
+#[derive(Debug)]
+pub(crate) struct RdvJobs(mpsc::Receiver<Job>);
+
+/// Processes observations one at a time for as long as the node lives.
+pub(crate) async fn run_jobs(node: Weak<Node>, mut jobs: RdvJobs) {
+    while let Some(job) = jobs.0.recv().await {
+        let Some(node) = node.upgrade() else { return };
+        match job {
+            Job::Stun(obs) => node.stun_observed(obs).await,
+            Job::Observed { token, udp } => node.observed_here(&token, udp).await,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 128 random bits as 32 lowercase hex digits: unguessable, so a STUN
+/// request can only be tied to a connection by whoever was told the username.
+fn random_token() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes: [u8; 16] = rand::random();
+    let mut s = String::with_capacity(32);
+    for b in bytes {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+/// Splits a `stun_username` into its random token and the owner's node id.
+fn parse_username(u: &str) -> Option<(&str, &str)> {
+    let (token, node) = u.split_once(':')?;
+    (token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()) && !node.is_empty())
+        .then_some((token, node))
+}
+
+/// What the other side of a pairing is told about `w`.
+pub fn pair_peer(w: &WorkerRecord) -> PairPeer {
+    PairPeer {
+        peer_id: w.peer_id.clone(),
+        observed_addr: w.observed_addr.clone(),
+        public_ip: w.public_ip.clone(),
+        udp: w.udp.clone(),
+    }
+}
+
+fn pair_err(e: PairError) -> ClientError {
+    match e {
+        PairError::AlreadyPaired(_) => {
+            ClientError::new(ErrorCode::AlreadyPaired, "this worker is already paired")
+        }
+        PairError::NotPaired => ClientError::new(
+            ErrorCode::NotPaired,
+            "this worker is neither paired nor queued",
+        ),
+        PairError::Stale => ClientError::new(
+            ErrorCode::ClusterUnavailable,
+            "this connection is being replaced or its record is not registered yet; try again",
+        ),
+        PairError::Store(e) => {
+            warn!(error = %e, "cluster backend call failed");
+            ClientError::new(
+                ErrorCode::ClusterUnavailable,
+                "the cluster backend is unavailable; try again",
+            )
+        }
+        PairError::NotFound(_) | PairError::SameWorker => {
+            ClientError::new(ErrorCode::Internal, "unexpected pairing error")
+        }
+    }
+}
+
+fn store_unavailable(e: crate::store::StoreError) -> ClientError {
+    pair_err(PairError::Store(e))
+}
+
+/// Binds the STUN sockets `cfg` asks for (none when disabled). An IPv6 socket
+/// on a host without IPv6 is skipped with a warning; any other failure is an error.
+pub async fn bind_stun(cfg: &StunConfig) -> Result<Vec<Arc<UdpSocket>>, String> {
+    if !cfg.enabled {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let v4: SocketAddr = cfg
+        .listen
+        .parse()
+        .map_err(|_| format!("stun.listen: `{}` is not an address", cfg.listen))?;
+    let bound = udp_socket(v4).and_then(|sock| bind_udp(sock, v4, false));
+    out.push(Arc::new(bound.map_err(|e| {
+        format!("stun.listen: cannot bind UDP {v4}: {e}")
+    })?));
+    if !cfg.listen_v6.is_empty() {
+        let v6: SocketAddr = cfg
+            .listen_v6
+            .parse()
+            .map_err(|_| format!("stun.listen_v6: `{}` is not an address", cfg.listen_v6))?;
+        match udp_socket(v6) {
+            // The host cannot even create an IPv6 socket: IPv6 is off.
+            Err(e) => warn!(addr = %v6, error = %e, "no IPv6 on this host; STUN answers IPv4 only"),
+            Ok(sock) => out
+                .push(Arc::new(bind_udp(sock, v6, true).map_err(|e| {
+                    format!("stun.listen_v6: cannot bind UDP {v6}: {e}")
+                })?)),
+        }
+    }
+    Ok(out)
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+}
+
+/// Binds a non-blocking UDP socket; an IPv6 one is IPv6-only when `v6only`,
+/// so it can share its port with an IPv4 socket.
+fn bind_udp(sock: socket2::Socket, addr: SocketAddr, v6only: bool) -> std::io::Result<UdpSocket> {
+    if addr.is_ipv6() {
+        sock.set_only_v6(v6only)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    UdpSocket::from_std(sock.into())
+}
+
+impl Node {
+    /// Serves STUN on `sockets` until the node closes every connection.
+    pub fn start_stun(self: &Arc<Self>, sockets: Vec<Arc<UdpSocket>>) {
+        for socket in sockets {
+            if let Ok(addr) = socket.local_addr() {
+                info!("STUN responder bound to udp {addr}");
+            }
+            let observer = self.rdv.observer();
+            let stop = self.close_all.clone();
+            tokio::spawn(crate::stun::serve(socket, observer, stop));
+        }
+    }
+
+    /// Records a new connection; returns its `stun_username` (when STUN is on).
+    pub(crate) fn rdv_register(
+        &self,
+        peer: &PeerId,
+        epoch: u64,
+        dialect: Dialect,
+        observed: SocketAddr,
+    ) -> (Arc<RdvConn>, Option<String>) {
+        let conn = Arc::new(RdvConn {
+            peer: peer.clone(),
+            epoch,
+            token: random_token(),
+            dialect,
+            observed,
+            worker: AtomicBool::new(false),
+            pool_label: Mutex::new("none"),
+            pairing: Mutex::new(None),
+        });
+        self.rdv.tokens.insert(conn.token.clone(), conn.clone());
+        if let Some(old) = self.rdv.conns.insert(peer.clone(), conn.clone()) {
+            self.rdv.tokens.remove(&old.token);
+        }
+        let username = self
+            .cfg
+            .stun
+            .enabled
+            .then(|| format!("{}:{}", conn.token, self.id));
+        (conn, username)
+    }
+
+    fn worker_conn(&self, c: &RdvConn) -> WorkerConn {
+        WorkerConn {
+            peer_id: c.peer.clone(),
+            node: self.id.clone(),
+            epoch: c.epoch,
+            dialect: c.dialect,
+            observed_addr: c.observed.to_string(),
+        }
+    }
+
+    /// Creates the worker record of `c` if needed and applies `ep`.
+    pub(crate) async fn ensure_worker(
+        &self,
+        c: &RdvConn,
+        ep: &EndpointUpdate,
+    ) -> Result<(), ClientError> {
+        let lost = self
+            .store()
+            .upsert_worker(&self.worker_conn(c), ep)
+            .await
+            .map_err(store_unavailable)?;
+        if !c.worker.swap(true, Ordering::AcqRel) {
+            let label = *c.pool_label.lock();
+            metrics::gauge!(m::WORKERS, "pool" => label).increment(1.0);
+        }
+        if let Some(lost) = lost {
+            // An older connection of this worker was paired: its partner is free now.
+            self.notify_lost(lost, PairLostReason::Replaced).await;
+        }
+        Ok(())
+    }
+
+    fn set_pool_label(&self, c: &RdvConn, pool: &PoolName) {
+        let label = self.rdv.label_for(Some(pool));
+        let mut cur = c.pool_label.lock();
+        if *cur != label && c.worker.load(Ordering::Acquire) {
+            metrics::gauge!(m::WORKERS, "pool" => *cur).decrement(1.0);
+            metrics::gauge!(m::WORKERS, "pool" => label).increment(1.0);
+        }
+        *cur = label;
+    }
+
+    /// `pair`: queue the session's worker in `pool`, or match it at once.
+    /// The `ack` (when `id` is given) goes out before any `paired`.
+    pub(crate) async fn rdv_pair(
+        &self,
+        s: &Session,
+        id: Option<Value>,
+        pool: PoolName,
+        meta: Value,
+        received: Instant,
+    ) -> Result<(), ClientError> {
+        self.require_bus()?;
+        self.ensure_worker(&s.rdv, &EndpointUpdate::default())
+            .await?;
+        self.set_pool_label(&s.rdv, &pool);
+        let pairing_id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let outcome = self
+            .store()
+            .enqueue_or_match(&s.peer, s.epoch, &pool, &meta, now, &pairing_id)
+            .await
+            .map_err(pair_err)?;
+        if let Some(id) = id {
+            s.handle.send(ServerMsg::Ack { id });
+        }
+        match outcome {
+            Enqueued::Queued => Ok(()),
+            Enqueued::Matched {
+                pairing_id,
+                initiator,
+                responder,
+            } => {
+                metrics::counter!(m::PAIRINGS_MADE, "how" => "auto").increment(1);
+                let waited = now.saturating_sub(initiator.since_ms) as f64 / 1000.0;
+                metrics::histogram!(m::PAIR_WAIT).record(waited);
+                metrics::histogram!(m::PAIR_WAIT).record(received.elapsed().as_secs_f64());
+                self.announce_pairing(&pairing_id, &initiator, &responder)
+                    .await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Tells both sides of a new pairing, each through its own node.
+    async fn announce_pairing(
+        &self,
+        pairing_id: &str,
+        initiator: &WorkerRecord,
+        responder: &WorkerRecord,
+    ) {
+        debug!(pairing = pairing_id, initiator = %initiator.peer_id, responder = %responder.peer_id, "paired");
+        let note = |role, other: &WorkerRecord| PairedNote {
+            pairing_id: pairing_id.to_string(),
+            role,
+            peer: pair_peer(other),
+        };
+        self.deliver_paired(initiator, note(Role::Initiator, responder))
+            .await;
+        self.deliver_paired(responder, note(Role::Responder, initiator))
+            .await;
+    }
+
+    /// Tells a local connection `paired` or `pair-lost` (when it is still
+    /// connection `epoch`), remembering which pairing it is in.
+    pub(crate) fn rdv_deliver(&self, peer: &PeerId, epoch: u64, msg: ServerMsg) {
+        let Some(h) = self.hub.get(peer).filter(|h| h.epoch == epoch) else {
+            return;
+        };
+        if let Some(c) = self.rdv.conns.get(peer).filter(|c| c.epoch == epoch) {
+            let mut cur = c.pairing.lock();
+            match &msg {
+                ServerMsg::Paired(note) => *cur = Some(note.pairing_id.clone()),
+                ServerMsg::PairLost { pairing_id, .. } if cur.as_ref() == Some(pairing_id) => {
+                    *cur = None
+                }
+                _ => {}
+            }
+        }
+        h.send(msg);
+    }
+
+    async fn deliver_paired(&self, to: &WorkerRecord, note: PairedNote) {
+        if to.node == self.id {
+            self.rdv_deliver(&to.peer_id, to.epoch, ServerMsg::Paired(note));
+            return;
+        }
+        let event = NodeEvent::Paired {
+            to: to.peer_id.clone(),
+            to_epoch: to.epoch,
+            paired: note,
+        };
+        if let Ok(0) | Err(_) = self.publish_node(&to.node, event).await {
+            // Its node is gone: it will be reaped, and its partner told `pair-lost`.
+            debug!(worker = %to.peer_id, node = %to.node, "paired: the worker's node is not listening");
+        }
+    }
+
+    /// Tells the partner of a pairing that ended, through its node.
+    pub(crate) async fn notify_lost(&self, lost: LostPairing, reason: PairLostReason) {
+        metrics::counter!(m::PAIRINGS_LOST, "reason" => reason.as_str()).increment(1);
+        let to = lost.partner;
+        if to.node == self.id {
+            let msg = ServerMsg::PairLost {
+                pairing_id: lost.pairing_id,
+                reason,
+            };
+            self.rdv_deliver(&to.peer_id, to.epoch, msg);
+            return;
+        }
+        let event = NodeEvent::PairLost {
+            to: to.peer_id.clone(),
+            to_epoch: to.epoch,
+            pairing_id: lost.pairing_id,
+            reason,
+        };
+        let _ = self.publish_node(&to.node, event).await;
+    }
+
+    /// `unpair`: end the session's pairing (the partner hears `pair-lost`
+    /// with reason `unpaired`) or stop waiting in a queue.
+    pub(crate) async fn rdv_unpair(&self, s: &Session) -> Result<(), ClientError> {
+        if !s.rdv.worker.load(Ordering::Acquire) {
+            return Err(pair_err(PairError::NotPaired));
+        }
+        self.require_bus()?;
+        match self
+            .store()
+            .unpair_worker(&s.peer, s.epoch)
+            .await
+            .map_err(pair_err)?
+        {
+            Unpaired::Dequeued => {}
+            Unpaired::Paired(lost) => self.notify_lost(lost, PairLostReason::Unpaired).await,
+        }
+        *s.rdv.pairing.lock() = None;
+        Ok(())
+    }
+
+    /// `endpoint`: record endpoints the worker reports itself.
+    pub(crate) async fn rdv_endpoint(
+        &self,
+        s: &Session,
+        public_ip: Option<IpAddr>,
+        udp: Option<SocketAddr>,
+    ) -> Result<(), ClientError> {
+        self.require_bus()?;
+        let ep = EndpointUpdate {
+            public_ip: public_ip.map(|ip| ip.to_string()),
+            udp: udp.map(|a| a.to_string()),
+        };
+        self.ensure_worker(&s.rdv, &ep).await
+    }
+
+    /// Queues a legacy worker for auto-pairing (pool `default`); a worker
+    /// already paired or queued stays as it is.
+    pub(crate) async fn rdv_auto_pair(&self, s: &Session) {
+        let pool = PoolName::from_trusted(crate::protocol::DEFAULT_POOL);
+        match self
+            .rdv_pair(s, None, pool, Value::Null, Instant::now())
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.code == ErrorCode::AlreadyPaired => {}
+            Err(e) => warn!(worker = %s.peer, error = %e.message, "auto-pairing failed"),
+        }
+    }
+
+    /// Pairs two named workers (`POST /api/connect`); `a` initiates.
+    pub async fn connect_workers(
+        &self,
+        a: &PeerId,
+        b: &PeerId,
+    ) -> Result<(String, WorkerRecord, WorkerRecord), PairError> {
+        if a == b {
+            return Err(PairError::SameWorker);
+        }
+        let pairing_id = uuid::Uuid::new_v4().to_string();
+        let (ra, rb) = self.store().pair_workers(a, b, &pairing_id).await?;
+        metrics::counter!(m::PAIRINGS_MADE, "how" => "manual").increment(1);
+        self.announce_pairing(&pairing_id, &ra, &rb).await;
+        Ok((pairing_id, ra, rb))
+    }
+
+    /// Cleans up after a connection: its STUN token, and its worker record
+    /// (the partner hears `pair-lost` with the connection's close reason).
+    pub(crate) async fn rdv_disconnect(&self, s: &Session, why: CloseReason) {
+        let c = &s.rdv;
+        self.rdv.tokens.remove(&c.token);
+        self.rdv
+            .conns
+            .remove_if(&s.peer, |_, cur| cur.epoch == c.epoch);
+        if !c.worker.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        metrics::gauge!(m::WORKERS, "pool" => *c.pool_label.lock()).decrement(1.0);
+        match self.store().remove_worker(&s.peer, s.epoch).await {
+            Ok(Some(lost)) => self.notify_lost(lost, why.leave.into()).await,
+            Ok(None) => {}
+            Err(e) => {
+                warn!(peer = %s.peer, error = %e, "could not remove the worker record; will reconcile");
+                self.mark_dirty();
+            }
+        }
+    }
+
+    /// A STUN observation answered on this node: handle it here, or forward
+    /// it to the node that owns the username.
+    async fn stun_observed(&self, obs: Observation) {
+        let Some((token, node)) = parse_username(&obs.username) else {
+            debug!("STUN username is not one of ours");
+            return;
+        };
+        if node == self.id.as_str() {
+            self.observed_here(token, obs.addr).await;
+            return;
+        }
+        let event = NodeEvent::Observed {
+            token: token.to_string(),
+            udp: obs.addr.to_string(),
+        };
+        let node = crate::types::NodeId::from_trusted(node);
+        if let Ok(0) = self.publish_node(&node, event).await {
+            debug!(node = %node, "STUN username names a node that is not listening");
+        }
+    }
+
+    /// An observation of one of this node's connections: record the UDP
+    /// endpoint on its worker record and tell it `endpoint`.
+    async fn observed_here(&self, token: &str, udp: SocketAddr) {
+        let Some(c) = self.rdv.tokens.get(token).map(|c| c.clone()) else {
+            debug!("STUN username resolves to no connection");
+            return;
+        };
+        let Some(h) = self.hub.get(&c.peer).filter(|h| h.epoch == c.epoch) else {
+            return;
+        };
+        let ep = EndpointUpdate {
+            public_ip: None,
+            udp: Some(udp.to_string()),
+        };
+        if let Err(e) = self.ensure_worker(&c, &ep).await {
+            debug!(peer = %c.peer, error = %e.message, "could not record the STUN endpoint");
+        }
+        h.send(ServerMsg::Endpoint {
+            udp: udp.to_string(),
+            source: "stun",
+        });
+    }
+
+    /// Hands an observation forwarded by another node to the rendezvous task.
+    pub(crate) fn rdv_forwarded(&self, token: String, udp: &str) {
+        let Ok(udp) = udp.parse() else { return };
+        if self
+            .rdv
+            .jobs
+            .try_send(Job::Observed { token, udp })
+            .is_err()
+        {
+            metrics::counter!(m::STUN_OBSERVATIONS_DROPPED).increment(1);
+        }
+    }
+
+    /// Makes the worker records of this node match its live connections
+    /// after an outage: a local worker whose pairing the store no longer
+    /// holds (Redis restarted, or this node was declared dead and reaped) is
+    /// told `pair-lost` (`timeout`); records of closed connections go
+    /// (partners told); live workers are written again.
+    pub(crate) async fn rdv_reconcile(&self) -> Result<(), crate::store::StoreError> {
+        let live: Vec<Arc<RdvConn>> = self.rdv.conns.iter().map(|e| e.value().clone()).collect();
+        for c in &live {
+            let Some(pid) = c.pairing.lock().clone() else {
+                continue;
+            };
+            let held = self.store().get_worker(&c.peer).await?.is_some_and(|w| {
+                w.epoch == c.epoch && w.pairing_id.as_deref() == Some(pid.as_str())
+            });
+            if !held {
+                metrics::counter!(m::PAIRINGS_LOST, "reason" => "timeout").increment(1);
+                let msg = ServerMsg::PairLost {
+                    pairing_id: pid,
+                    reason: PairLostReason::Timeout,
+                };
+                self.rdv_deliver(&c.peer, c.epoch, msg);
+            }
+        }
+        for (peer, epoch) in self.store().node_workers(&self.id).await? {
+            let current = live
+                .iter()
+                .any(|c| c.peer == peer && c.epoch == epoch && c.worker.load(Ordering::Acquire));
+            if !current {
+                if let Some(lost) = self.store().remove_worker(&peer, epoch).await? {
+                    self.notify_lost(lost, PairLostReason::Disconnected).await;
+                }
+            }
+        }
+        let workers = live
+            .iter()
+            .filter(|c| c.dialect == Dialect::Legacy || c.worker.load(Ordering::Acquire));
+        for c in workers {
+            self.ensure_worker(c, &EndpointUpdate::default())
+                .await
+                .map_err(|e| crate::store::StoreError::Unavailable(e.message))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_name_token_and_node() {
+        let t = random_token();
+        assert_eq!(t.len(), 32);
+        let u = format!("{t}:node-1:x");
+        assert_eq!(parse_username(&u), Some((t.as_str(), "node-1:x")));
+        assert_eq!(parse_username("short:node"), None);
+        assert_eq!(parse_username(&format!("{t}:")), None);
+        assert_eq!(parse_username(&t), None);
+    }
+}
