@@ -22,7 +22,10 @@ async fn next_of(c: &mut Client, ty: &str) -> Value {
         if m["type"] == ty {
             return m;
         }
-        assert!(m["type"] == "peer-joined" || m["type"] == "peer-left", "expected {ty}, got {m}");
+        assert!(
+            m["type"] == "peer-joined" || m["type"] == "peer-left",
+            "expected {ty}, got {m}"
+        );
     }
 }
 
@@ -38,7 +41,6 @@ async fn signal(c: &mut Client, id: u64, to: &str, data: Value) -> Value {
     }
 }
 
-
 #[tokio::test]
 async fn signal_crosses_nodes_exactly_once_and_in_order() {
     let redis = RedisServer::start();
@@ -53,24 +55,46 @@ async fn signal_crosses_nodes_exactly_once_and_in_order() {
     assert_eq!(got["from"], "alice");
     assert_eq!(got["data"]["sdp"], "offer-sdp");
 
-    bob.send_json(json!({"type": "signal", "to": "alice", "kind": "answer", "data": {"sdp": "answer-sdp"}}))
-        .await;
+    bob.send_json(
+        json!({"type": "signal", "to": "alice", "kind": "answer", "data": {"sdp": "answer-sdp"}}),
+    )
+    .await;
     let got = alice.recv_type("signal").await;
-    assert_eq!((got["from"].clone(), got["kind"].clone()), (json!("bob"), json!("answer")));
+    assert_eq!(
+        (got["from"].clone(), got["kind"].clone()),
+        (json!("bob"), json!("answer"))
+    );
 
     // 500 signals cross in order, each once.
     for i in 0..500u64 {
         alice
-            .send_json(json!({"type": "signal", "to": "bob", "kind": "candidate", "data": {"seq": i}}))
+            .send_json(
+                json!({"type": "signal", "to": "bob", "kind": "candidate", "data": {"seq": i}}),
+            )
             .await;
     }
     for i in 0..500u64 {
         let m = bob.recv_type("signal").await;
-        assert_eq!(m["data"]["seq"], i, "out of order or lost");
+        if m["data"]["seq"] != i {
+            // Say what the sender was told (an error explains a gap; nothing does not).
+            alice.send_json(json!({"type": "ping", "id": "end"})).await;
+            let mut told = Vec::new();
+            loop {
+                let r = alice.recv().await;
+                if r["type"] == "pong" {
+                    break;
+                }
+                told.push(r);
+            }
+            panic!("expected seq {i}, got {m}; sender was told {told:?}");
+        }
     }
 
     let err = signal(&mut alice, 2, "nobody", json!(null)).await;
-    assert_eq!((err["code"].clone(), err["id"].clone()), (json!("peer-not-found"), json!(2)));
+    assert_eq!(
+        (err["code"].clone(), err["id"].clone()),
+        (json!("peer-not-found"), json!(2))
+    );
 }
 
 #[tokio::test]
@@ -81,15 +105,29 @@ async fn room_spans_three_nodes_with_presence_and_broadcast() {
     let (mut p2, _) = hello(&nodes[1], "p2").await;
     let (mut p3, _) = hello(&nodes[2], "p3").await;
 
-    p1.send_json(json!({"type": "join", "room": "r", "meta": {"n": 1}})).await;
+    p1.send_json(json!({"type": "join", "room": "r", "meta": {"n": 1}}))
+        .await;
     assert_eq!(p1.recv_type("joined").await["peers"], json!([]));
-    p2.send_json(json!({"type": "join", "room": "r", "meta": {"n": 2}})).await;
-    assert_eq!(p2.recv_type("joined").await["peers"], json!([{"peer_id": "p1", "meta": {"n": 1}}]));
+    p2.send_json(json!({"type": "join", "room": "r", "meta": {"n": 2}}))
+        .await;
+    assert_eq!(
+        p2.recv_type("joined").await["peers"],
+        json!([{"peer_id": "p1", "meta": {"n": 1}}])
+    );
     let pj = p1.recv_type("peer-joined").await;
-    assert_eq!((pj["peer_id"].clone(), pj["meta"].clone()), (json!("p2"), json!({"n": 2})));
-    p3.send_json(json!({"type": "join", "room": "r", "meta": {"n": 3}})).await;
+    assert_eq!(
+        (pj["peer_id"].clone(), pj["meta"].clone()),
+        (json!("p2"), json!({"n": 2}))
+    );
+    p3.send_json(json!({"type": "join", "room": "r", "meta": {"n": 3}}))
+        .await;
     let joined = p3.recv_type("joined").await;
-    let mut ids: Vec<String> = joined["peers"].as_array().unwrap().iter().map(|m| m["peer_id"].as_str().unwrap().to_string()).collect();
+    let mut ids: Vec<String> = joined["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["peer_id"].as_str().unwrap().to_string())
+        .collect();
     ids.sort();
     assert_eq!(ids, ["p1", "p2"]);
     assert_eq!(p1.recv_type("peer-joined").await["peer_id"], "p3");
@@ -98,18 +136,27 @@ async fn room_spans_three_nodes_with_presence_and_broadcast() {
     // The room looks the same from every node.
     let mut views = Vec::new();
     for n in &nodes {
-        let v: Value = reqwest::get(n.http("/api/rooms/r")).await.unwrap().json().await.unwrap();
+        let v: Value = reqwest::get(n.http("/api/rooms/r"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         views.push(v);
     }
     assert!(views.iter().all(|v| *v == views[0]), "{views:?}");
     assert_eq!(views[0]["members"].as_array().unwrap().len(), 3);
 
     // A broadcast reaches the other two exactly once, not the sender.
-    p1.send_json(json!({"type": "broadcast", "id": 9, "room": "r", "data": {"hi": 1}})).await;
+    p1.send_json(json!({"type": "broadcast", "id": 9, "room": "r", "data": {"hi": 1}}))
+        .await;
     assert_eq!(p1.recv_type("ack").await["id"], 9);
     for c in [&mut p2, &mut p3] {
         let m = c.recv_type("message").await;
-        assert_eq!((m["from"].clone(), m["data"].clone()), (json!("p1"), json!({"hi": 1})));
+        assert_eq!(
+            (m["from"].clone(), m["data"].clone()),
+            (json!("p1"), json!({"hi": 1}))
+        );
     }
     // Nothing else is pending: the next thing each receives is its own pong.
     for c in [&mut p1, &mut p2, &mut p3] {
@@ -120,11 +167,17 @@ async fn room_spans_three_nodes_with_presence_and_broadcast() {
     p3.send_json(json!({"type": "leave", "room": "r"})).await;
     for c in [&mut p1, &mut p2] {
         let m = c.recv_type("peer-left").await;
-        assert_eq!((m["peer_id"].clone(), m["reason"].clone()), (json!("p3"), json!("left")));
+        assert_eq!(
+            (m["peer_id"].clone(), m["reason"].clone()),
+            (json!("p3"), json!("left"))
+        );
     }
     drop(p2);
     let m = p1.recv_type("peer-left").await;
-    assert_eq!((m["peer_id"].clone(), m["reason"].clone()), (json!("p2"), json!("disconnected")));
+    assert_eq!(
+        (m["peer_id"].clone(), m["reason"].clone()),
+        (json!("p2"), json!("disconnected"))
+    );
 }
 
 #[tokio::test]
@@ -141,7 +194,10 @@ async fn duplicate_peer_id_on_two_nodes_keeps_the_newest() {
     let (code, reason) = old.expect_close().await;
     assert_eq!((code, reason.as_str()), (4002, "replaced"));
     let left = watcher.recv_type("peer-left").await;
-    assert_eq!((left["peer_id"].clone(), left["reason"].clone()), (json!("alice"), json!("replaced")));
+    assert_eq!(
+        (left["peer_id"].clone(), left["reason"].clone()),
+        (json!("alice"), json!("replaced"))
+    );
 
     // Signals to `alice` reach the new connection.
     let ack = signal(&mut watcher, 5, "alice", json!("to-new")).await;
@@ -170,7 +226,7 @@ async fn killed_node_is_cleaned_up_once_within_the_bound() {
 
     let killed_at = Instant::now();
     nodes[0].sigkill();
-    // Heartbeat TTL 1.5 s + scan every 0.25 s: each watcher hears each victim leave once.
+    // Heartbeat TTL 2.5 s + scan every 0.25 s: each watcher hears each victim leave once.
     for w in [&mut w2, &mut w3] {
         let mut left = Vec::new();
         for _ in 0..2 {
@@ -182,7 +238,7 @@ async fn killed_node_is_cleaned_up_once_within_the_bound() {
         assert_eq!(left, ["victim-1", "victim-2"]);
     }
     let took = killed_at.elapsed();
-    assert!(took < Duration::from_secs(5), "cleanup took {took:?}");
+    assert!(took < Duration::from_secs(6), "cleanup took {took:?}");
 
     // Exactly one survivor reaped the dead node...
     let reaped = metric(&nodes[1], "switchboard_nodes_reaped_total").await
@@ -198,7 +254,12 @@ async fn killed_node_is_cleaned_up_once_within_the_bound() {
     // The directory forgot the victims and the room lists only the survivors.
     let err = signal(&mut w2, 3, "victim-1", json!(null)).await;
     assert_eq!(err["code"], "peer-not-found");
-    let room: Value = reqwest::get(nodes[1].http("/api/rooms/r")).await.unwrap().json().await.unwrap();
+    let room: Value = reqwest::get(nodes[1].http("/api/rooms/r"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(room["members"].as_array().unwrap().len(), 2, "{room}");
 }
 
@@ -220,12 +281,19 @@ async fn redis_outage_keeps_local_relay_and_recovers_by_itself() {
     }
     // Same-node relay needs no Redis.
     assert_eq!(signal(&mut a, 1, "c", json!("local")).await["type"], "ack");
-    assert_eq!(c.recv_type("signal").await["data"], "local");
+    assert_eq!(next_of(&mut c, "signal").await["data"], "local");
     // Anything that needs Redis says so.
-    assert_eq!(signal(&mut a, 2, "b", json!("remote")).await["code"], "cluster-unavailable");
-    a.send_json(json!({"type": "join", "id": 3, "room": "other"})).await;
+    assert_eq!(
+        signal(&mut a, 2, "b", json!("remote")).await["code"],
+        "cluster-unavailable"
+    );
+    a.send_json(json!({"type": "join", "id": 3, "room": "other"}))
+        .await;
     let e = a.recv_type("error").await;
-    assert_eq!((e["id"].clone(), e["code"].clone()), (json!(3), json!("cluster-unavailable")));
+    assert_eq!(
+        (e["id"].clone(), e["code"].clone()),
+        (json!(3), json!("cluster-unavailable"))
+    );
 
     // Redis comes back empty; nodes resubscribe and register again by themselves.
     redis.restart();
@@ -240,13 +308,21 @@ async fn redis_outage_keeps_local_relay_and_recovers_by_itself() {
         if r["type"] == "ack" {
             break;
         }
-        assert!(Instant::now() < deadline, "cross-node signal never recovered: {r}");
+        assert!(
+            Instant::now() < deadline,
+            "cross-node signal never recovered: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(next_of(&mut b, "signal").await["data"]["after"], id);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let room: Value = reqwest::get(nodes[1].http("/api/rooms/r")).await.unwrap().json().await.unwrap();
+        let room: Value = reqwest::get(nodes[1].http("/api/rooms/r"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if room["members"].as_array().map(|m| m.len()) == Some(3) {
             break;
         }
@@ -290,7 +366,11 @@ async fn killed_subscriber_connection_resumes_and_readiness_reflects_the_gap() {
         delivered += 1;
     }
     assert_eq!(delivered, 50);
-    let subs = redis.command(&["PUBSUB", "NUMSUB", &format!("{}:ch:node:node-2", unique_prefix("subkill"))]);
+    let subs = redis.command(&[
+        "PUBSUB",
+        "NUMSUB",
+        &format!("{}:ch:node:node-2", unique_prefix("subkill")),
+    ]);
     assert!(subs.contains(":1\r\n"), "node-2 not resubscribed: {subs:?}");
 }
 
@@ -314,8 +394,10 @@ async fn three_nodes_300_peers_each_no_loss_duplicate_or_reordering() {
         tasks.push(tokio::spawn(async move {
             let to = format!("m{}", (i + 1) % total);
             for s in 0..SIGNALS {
-                c.send_json(json!({"type": "signal", "to": to, "kind": "candidate", "data": {"s": s}}))
-                    .await;
+                c.send_json(
+                    json!({"type": "signal", "to": to, "kind": "candidate", "data": {"s": s}}),
+                )
+                .await;
             }
             let from = format!("m{}", (i + total - 1) % total);
             let mut next = 0u64;
@@ -337,7 +419,10 @@ async fn three_nodes_300_peers_each_no_loss_duplicate_or_reordering() {
     }
     let mut delivered = 0;
     for t in tasks {
-        let (n, errors) = tokio::time::timeout(Duration::from_secs(60), t).await.expect("bounded").unwrap();
+        let (n, errors) = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("bounded")
+            .unwrap();
         assert!(errors.is_empty(), "errors: {errors:?}");
         delivered += n;
     }
@@ -360,9 +445,15 @@ async fn offer_and_answer_cross_nodes_through_nginx() {
         .send_json(json!({"type": "signal", "to": "bob", "kind": "offer", "data": {"sdp": "o"}}))
         .await;
     let offer = bob.recv_type("signal").await;
-    assert_eq!((offer["from"].clone(), offer["kind"].clone()), (json!("alice"), json!("offer")));
+    assert_eq!(
+        (offer["from"].clone(), offer["kind"].clone()),
+        (json!("alice"), json!("offer"))
+    );
     bob.send_json(json!({"type": "signal", "to": "alice", "kind": "answer", "data": {"sdp": "a"}}))
         .await;
     let answer = alice.recv_type("signal").await;
-    assert_eq!((answer["from"].clone(), answer["data"].clone()), (json!("bob"), json!({"sdp": "a"})));
+    assert_eq!(
+        (answer["from"].clone(), answer["data"].clone()),
+        (json!("bob"), json!({"sdp": "a"}))
+    );
 }

@@ -28,7 +28,10 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a redis-server on a free port and waits until it answers PING.
     pub fn start() -> Self {
-        let mut r = Self { port: free_port(), child: None };
+        let mut r = Self {
+            port: free_port(),
+            child: None,
+        };
         r.restart();
         r
     }
@@ -60,10 +63,16 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if self.try_command(&["PING"]).is_some_and(|r| r.contains("PONG")) {
+            if self
+                .try_command(&["PING"])
+                .is_some_and(|r| r.contains("PONG"))
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "redis-server did not answer PING within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING within 10 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -116,19 +125,27 @@ pub fn cluster_env(redis: &RedisServer, prefix: &str, node_id: &str) -> Vec<(Str
         ("SWITCHBOARD_CLUSTER__KEY_PREFIX".into(), prefix.into()),
         ("SWITCHBOARD_SERVER__NODE_ID".into(), node_id.into()),
         ("SWITCHBOARD_CLUSTER__HEARTBEAT_MS".into(), "250".into()),
-        ("SWITCHBOARD_CLUSTER__NODE_TTL_MS".into(), "1500".into()),
+        // Short enough for failure tests to finish in seconds, long enough
+        // that a node starved of CPU by the parallel suite is not declared dead.
+        ("SWITCHBOARD_CLUSTER__NODE_TTL_MS".into(), "2500".into()),
         ("SWITCHBOARD_CLUSTER__PROBE_WINDOW_MS".into(), "1000".into()),
     ]
 }
 
 /// Starts `n` nodes clustered through `redis`, each with `extra` env on top,
 /// and waits until every one is ready (its pub/sub probe made the round trip).
-pub async fn spawn_cluster(redis: &RedisServer, prefix: &str, n: usize, extra: &[(&str, &str)]) -> Vec<TestNode> {
+pub async fn spawn_cluster(
+    redis: &RedisServer,
+    prefix: &str,
+    n: usize,
+    extra: &[(&str, &str)],
+) -> Vec<TestNode> {
     let mut nodes = Vec::new();
     for i in 0..n {
         let mut env = cluster_env(redis, prefix, &format!("node-{}", i + 1));
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let env_ref: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         nodes.push(TestNode::spawn(&env_ref));
     }
     for node in &nodes {
@@ -169,18 +186,32 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx balancing over `nodes` and waits until it accepts connections.
     pub fn start(nodes: &[TestNode]) -> Self {
-        assert_eq!(nodes.len(), 3, "config/nginx.conf names three upstream nodes");
+        assert_eq!(
+            nodes.len(),
+            3,
+            "config/nginx.conf names three upstream nodes"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let mut conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/nginx.conf"))
-            .expect("config/nginx.conf");
-        conf = conf.replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
+        let mut conf =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/nginx.conf"))
+                .expect("config/nginx.conf");
+        conf = conf.replace(
+            "listen 127.0.0.1:8080;",
+            &format!("listen 127.0.0.1:{port};"),
+        );
         for (i, node) in nodes.iter().enumerate() {
             let upstream = format!("server 127.0.0.1:{} ", 8081 + i);
-            assert!(conf.contains(&upstream), "nginx.conf lost its upstream {upstream}");
+            assert!(
+                conf.contains(&upstream),
+                "nginx.conf lost its upstream {upstream}"
+            );
             conf = conf.replace(&upstream, &format!("server {} ", node.addr()));
         }
-        conf = conf.replace("/tmp/switchboard-nginx", &dir.path().join("nginx").display().to_string());
+        conf = conf.replace(
+            "/tmp/switchboard-nginx",
+            &dir.path().join("nginx").display().to_string(),
+        );
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf).expect("write nginx.conf");
         let child = Command::new("nginx")
@@ -197,10 +228,17 @@ impl Nginx {
         let deadline = Instant::now() + Duration::from_secs(10);
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not listen within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen within 10 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port, _dir: dir }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
     }
 
     /// The balanced WebSocket URL.
@@ -212,7 +250,10 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM makes the master stop its workers too (SIGKILL would orphan them).
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));

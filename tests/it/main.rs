@@ -1,0 +1,23 @@
+//! Integration tests: the real `switchboard` binary driven over real sockets.
+//!
+//! One test binary (`cargo test --test it`), one module per area. Each test
+//! starts its own node on `127.0.0.1:0` (see [`helpers::TestNode`]), so tests
+//! are independent and run in parallel. Set `TEST_LOG=1` to see node logs
+//! (with `-- --nocapture` to see them live).
+
+mod helpers;
+
+// Multi-node tests against a real redis-server (their own fixtures in cluster_helpers).
+mod cluster;
+mod cluster_helpers;
+
+mod auth;
+mod bad_input;
+mod codecs;
+mod config;
+mod http;
+mod limits;
+mod protocol;
+mod rendezvous;
+mod rooms;
+mod shutdown;
