@@ -152,6 +152,10 @@ impl Redis {
         sub.connect();
         // The resubscription task runs for the life of the process; its handle is not needed.
         drop(sub.manage_subscriptions());
+        count_reconnects("subscriber", sub.reconnect_rx());
+        for c in pool.clients() {
+            count_reconnects("pool", c.reconnect_rx());
+        }
         if tokio::time::timeout(Duration::from_secs(5), pool.wait_for_connect())
             .await
             .is_err()
@@ -179,4 +183,23 @@ impl Redis {
     pub fn client(&self) -> &Client {
         self.pool.next()
     }
+}
+
+/// Counts and logs every reconnection of a Redis connection.
+fn count_reconnects(
+    conn: &'static str,
+    mut rx: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+) {
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(server) => {
+                    metrics::counter!(crate::metrics::BUS_RECONNECTS, "conn" => conn).increment(1);
+                    tracing::info!(conn, server = %server, "reconnected to Redis");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }

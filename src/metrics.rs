@@ -42,6 +42,8 @@ pub const BUS_LAGGED: &str = "switchboard_bus_lagged_total";
 pub const BUS_DECODE_ERRORS: &str = "switchboard_bus_decode_errors_total";
 /// Counter: times the bus stopped delivering (readiness lost).
 pub const BUS_OUTAGES: &str = "switchboard_bus_outages_total";
+/// Counter: reconnections to Redis, by `conn` (`subscriber`, `pool`).
+pub const BUS_RECONNECTS: &str = "switchboard_bus_reconnects_total";
 /// Histogram: publish-to-delivery seconds of the node's own pub/sub probes.
 pub const BUS_PROBE_LATENCY: &str = "switchboard_bus_probe_latency_seconds";
 /// Counter: dead nodes whose peers this node cleaned up.
@@ -140,6 +142,7 @@ fn describe() {
         "Pub/sub payloads that were not a valid envelope"
     );
     describe_counter!(BUS_OUTAGES, "Times the bus stopped delivering");
+    describe_counter!(BUS_RECONNECTS, "Reconnections to Redis, by connection kind");
     describe_histogram!(
         BUS_PROBE_LATENCY,
         Unit::Seconds,

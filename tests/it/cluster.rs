@@ -372,6 +372,14 @@ async fn killed_subscriber_connection_resumes_and_readiness_reflects_the_gap() {
         &format!("{}:ch:node:node-2", unique_prefix("subkill")),
     ]);
     assert!(subs.contains(":1\r\n"), "node-2 not resubscribed: {subs:?}");
+    assert!(
+        metric(
+            &nodes[1],
+            "switchboard_bus_reconnects_total{conn=\"subscriber\"}"
+        )
+        .await
+            >= 1.0
+    );
 }
 
 #[tokio::test]
