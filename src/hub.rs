@@ -76,10 +76,17 @@ impl CloseReason {
         reason: "message-too-big",
         leave: LeaveReason::Disconnected,
     };
-    /// The client closed or the socket failed.
-    pub const CLIENT_GONE: Self = Self {
+    /// The client sent a close frame (the WebSocket library has queued the
+    /// echo; the writer only has to flush it).
+    pub const CLIENT_CLOSED: Self = Self {
         code: close::NORMAL,
         reason: "client-closed",
+        leave: LeaveReason::Disconnected,
+    };
+    /// The connection ended without a close frame (EOF, reset, protocol error).
+    pub const CLIENT_GONE: Self = Self {
+        code: close::NORMAL,
+        reason: "connection-lost",
         leave: LeaveReason::Disconnected,
     };
 }

@@ -88,6 +88,21 @@ pub async fn run(
     }
 }
 
+/// Binds the HTTP/WebSocket listener with a deep accept queue: tokio's
+/// default backlog of 128 drops SYNs during a reconnect storm (a draining
+/// neighbour's clients all arriving at once), and each drop costs the client
+/// a one-second retransmit. The kernel caps it at `net.core.somaxconn`.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
 /// called, not when the future is first polled: call it before binding, so a
 /// signal that arrives once the node is listening starts a drain instead of

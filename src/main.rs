@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         }
         // Before binding: a SIGTERM once the port is open must drain, not kill.
         let shutdown = switchboard::shutdown_signal();
-        let listener = match tokio::net::TcpListener::bind(node.cfg.listen_addr()).await {
+        let listener = match switchboard::bind_listener(node.cfg.listen_addr()) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(addr = %node.cfg.server.listen, error = %e, "cannot bind");

@@ -308,7 +308,7 @@ async fn serve<D: Dialect>(node: Arc<Node>, ws: WebSocket, info: ConnInfo, mut d
                 }
                 match &frame {
                     Message::Text(_) | Message::Binary(_) => {}
-                    Message::Close(_) => break Some(CloseReason::CLIENT_GONE),
+                    Message::Close(_) => break Some(CloseReason::CLIENT_CLOSED),
                     Message::Ping(_) | Message::Pong(_) => continue,
                 }
                 let received = Instant::now();
@@ -417,6 +417,12 @@ async fn writer<E: Encoder>(
     // unless the client is being closed for not reading.
     let deadline = TokioInstant::now() + Duration::from_secs(1);
     let closing = async {
+        if why == CloseReason::CLIENT_CLOSED {
+            // The client closed first: the library answers with the client's
+            // own close frame; sending ours would fail before that is flushed.
+            let _ = sink.flush().await;
+            return;
+        }
         if why != CloseReason::SLOW {
             while let Ok(out) = rx.try_recv() {
                 let Some(frame) = enc.encode(&out.msg) else {

@@ -226,7 +226,7 @@ async fn killed_node_is_cleaned_up_once_within_the_bound() {
 
     let killed_at = Instant::now();
     nodes[0].sigkill();
-    // Heartbeat TTL 2.5 s + scan every 0.25 s: each watcher hears each victim leave once.
+    // Heartbeat TTL 3 s + scan every 0.25 s: each watcher hears each victim leave once.
     for w in [&mut w2, &mut w3] {
         let mut left = Vec::new();
         for _ in 0..2 {

@@ -127,8 +127,8 @@ pub fn cluster_env(redis: &RedisServer, prefix: &str, node_id: &str) -> Vec<(Str
         ("SWITCHBOARD_CLUSTER__HEARTBEAT_MS".into(), "250".into()),
         // Short enough for failure tests to finish in seconds, long enough
         // that a node starved of CPU by the parallel suite is not declared dead.
-        ("SWITCHBOARD_CLUSTER__NODE_TTL_MS".into(), "2500".into()),
-        ("SWITCHBOARD_CLUSTER__PROBE_WINDOW_MS".into(), "1000".into()),
+        ("SWITCHBOARD_CLUSTER__NODE_TTL_MS".into(), "3000".into()),
+        ("SWITCHBOARD_CLUSTER__PROBE_WINDOW_MS".into(), "1500".into()),
     ]
 }
 

@@ -217,3 +217,28 @@ async fn thousand_signals_arrive_once_and_in_order() {
     a.ping().await;
     receiver.await.expect("receiver task");
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+    let node = TestNode::spawn(&[]);
+    let mut c = node.peer("closer").await;
+    c.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "bye".into(),
+    })))
+    .await;
+    // The close handshake completes: the server echoes the client's code
+    // (no abrupt end of stream, which clients would see as 1006).
+    let (code, _) = c.expect_close().await;
+    assert_eq!(code, 1001);
+    crate::helpers::wait_metric(
+        &node,
+        "switchboard_disconnects_total{reason=\"client-closed\"}",
+        1.0,
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+}
