@@ -350,8 +350,9 @@ pub trait Store: Send + Sync + 'static {
     async fn dead_nodes(&self) -> Result<Vec<NodeId>, StoreError>;
     /// Claims the cleanup of a dead node (exactly one claimer wins) and, if
     /// this caller won, removes its peers and memberships; `None` when another
-    /// node claimed it. With `claim` false (a node resetting its own entries
-    /// before registering again) it removes them unconditionally.
+    /// node claimed it. With `claim` false it removes them unconditionally
+    /// (no caller does since re-registration became non-destructive; see
+    /// [`Store::own_entries`]).
     async fn reap_node(
         &self,
         dead: &NodeId,

@@ -118,11 +118,6 @@ return 1
     )
 });
 
-/// KEYS: node rooms set, node peers set, nodes set, rooms index. ARGV: dead
-/// node, prefix, "1" for a claimed reaping ("0": a live node resetting its own
-/// entries, which keeps its workers and its place in the nodes set). Removes
-/// every membership, directory entry (and worker) of the node; returns {peers removed,
-/// {room, peer, room, peer, ...}, {pairing, partner hash, ...}, workers removed}.
 /// KEYS: node peers set, node rooms set. ARGV: node, prefix.
 /// Lists (without changing anything) the node's directory entries and
 /// memberships: {{peer, epoch, ...}, {room, peer, epoch, ...}}.
@@ -157,6 +152,11 @@ return {peers, members}
     )
 });
 
+/// KEYS: node rooms set, node peers set, nodes set, rooms index. ARGV: dead
+/// node, prefix, "1" for a claimed reaping ("0": unclaimed, which keeps the
+/// node's workers and its place in the nodes set; unused today). Removes
+/// every membership, directory entry (and worker) of the node; returns {peers removed,
+/// {room, peer, room, peer, ...}, {pairing, partner hash, ...}, workers removed}.
 static REAP: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         WORKER_LUA.to_string()
