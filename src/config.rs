@@ -338,7 +338,7 @@ impl Default for ClusterConfig {
             node_ttl_ms: 5_000,
             probe_window_ms: 3_000,
             pool_size: 4,
-            subscriber_buffer: 65_536,
+            subscriber_buffer: 8_192,
         }
     }
 }
