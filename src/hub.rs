@@ -349,14 +349,16 @@ impl Hub {
         n
     }
 
+    /// True when connection `epoch` of `peer` is a local member of `room`.
+    pub fn is_member(&self, room: &RoomName, peer: &PeerId, epoch: u64) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|m| m.get(peer).is_some_and(|m| m.handle.epoch == epoch))
+    }
+
     /// Number of rooms with a local member.
     pub fn room_count(&self) -> usize {
         self.rooms.len()
-    }
-
-    /// Names of the rooms with a local member (for resubscription).
-    pub fn local_rooms(&self) -> Vec<RoomName> {
-        self.rooms.iter().map(|e| e.key().clone()).collect()
     }
 
     /// Every local peer with its connection (for re-registration after a store outage).

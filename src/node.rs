@@ -539,13 +539,16 @@ impl Node {
         Ok(None)
     }
 
-    async fn drop_local_member(&self, room: &RoomName, peer: &PeerId, epoch: u64) {
-        let (_, emptied) = self.hub.room_remove(room, peer, epoch);
+    /// Removes a connection from a room's local members (unsubscribing the
+    /// node from the room when it was the last one); true when it was a member.
+    async fn drop_local_member(&self, room: &RoomName, peer: &PeerId, epoch: u64) -> bool {
+        let (removed, emptied) = self.hub.room_remove(room, peer, epoch);
         if emptied {
             if let Err(e) = self.bus.unsubscribe_room(room).await {
                 warn!(room = %room, error = %e, "unsubscribe failed");
             }
         }
+        removed
     }
 
     async fn leave(&self, s: &mut Session, room: &RoomName) -> Result<(), ClientError> {
@@ -571,8 +574,8 @@ impl Node {
         // truth for this node. Other nodes learn through the store's verdict
         // (exactly one `peer-left` per membership), or after an outage through
         // re-registration.
-        let (removed_here, emptied) = self.hub.room_remove(room, peer, epoch);
-        if removed_here {
+        // (When this emptied the room locally, nobody here is left to tell.)
+        if self.drop_local_member(room, peer, epoch).await {
             let note = Arc::new(ServerMsg::PeerLeft {
                 room: room.clone(),
                 peer_id: peer.clone(),
@@ -580,11 +583,6 @@ impl Node {
             });
             self.hub
                 .room_fanout(room.as_str(), Some(peer.as_str()), &note, None);
-        }
-        if emptied {
-            if let Err(e) = self.bus.unsubscribe_room(room).await {
-                warn!(room = %room, error = %e, "unsubscribe failed");
-            }
         }
         let removed = match self.store.leave_room(room, peer, epoch).await {
             Ok(r) => r,
@@ -860,17 +858,17 @@ impl Node {
                 let _ = self.publish_room(room, event).await;
             }
         }
+        // Liveness is asked of the hub now, not of the snapshots above: a peer
+        // that connected meanwhile is in the store, so it must not look stale.
+        // The hub is always updated before the store, so this cannot miss one.
         let own = self.store.own_entries(&self.id).await?;
-        let live_peers: HashSet<(&PeerId, u64)> = peers.iter().map(|(p, h)| (p, h.epoch)).collect();
         for (peer, epoch) in &own.peers {
-            if !live_peers.contains(&(peer, *epoch)) {
+            if self.hub.get(peer).is_none_or(|h| h.epoch != *epoch) {
                 self.store.unregister_peer(peer, *epoch).await?;
             }
         }
-        let live_members: HashSet<(&RoomName, &PeerId, u64)> =
-            memberships.iter().map(|(r, p, e, _)| (r, p, *e)).collect();
         for (room, peer, epoch) in &own.memberships {
-            if !live_members.contains(&(room, peer, *epoch))
+            if !self.hub.is_member(room, peer, *epoch)
                 && self.store.leave_room(room, peer, *epoch).await?
             {
                 let event = NodeEvent::PeerLeft {
@@ -958,7 +956,7 @@ async fn maintenance(node: std::sync::Weak<Node>) {
         match node.store.dead_nodes().await {
             Ok(dead) => {
                 for d in dead.into_iter().filter(|d| *d != node.id) {
-                    match node.store.reap_node(&d, &node.id, true).await {
+                    match node.store.reap_node(&d, &node.id).await {
                         Ok(Some(reaped)) => node.announce_reaped(&d, reaped).await,
                         Ok(None) => {}
                         Err(e) => debug!(node = %d, error = %e, "reaping failed"),
