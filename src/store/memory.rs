@@ -178,12 +178,7 @@ impl Store for MemoryStore {
         Ok(Vec::new())
     }
 
-    async fn reap_node(
-        &self,
-        _dead: &NodeId,
-        _me: &NodeId,
-        _claim: bool,
-    ) -> Result<Option<Reaped>, StoreError> {
+    async fn reap_node(&self, _dead: &NodeId, _me: &NodeId) -> Result<Option<Reaped>, StoreError> {
         Ok(None)
     }
 

@@ -350,15 +350,8 @@ pub trait Store: Send + Sync + 'static {
     async fn dead_nodes(&self) -> Result<Vec<NodeId>, StoreError>;
     /// Claims the cleanup of a dead node (exactly one claimer wins) and, if
     /// this caller won, removes its peers and memberships; `None` when another
-    /// node claimed it. With `claim` false it removes them unconditionally
-    /// (no caller does since re-registration became non-destructive; see
-    /// [`Store::own_entries`]).
-    async fn reap_node(
-        &self,
-        dead: &NodeId,
-        me: &NodeId,
-        claim: bool,
-    ) -> Result<Option<Reaped>, StoreError>;
+    /// node claimed it.
+    async fn reap_node(&self, dead: &NodeId, me: &NodeId) -> Result<Option<Reaped>, StoreError>;
     /// What the store holds as registered by node `me`: directory entries and
     /// memberships, each with its connection epoch. After an outage the node
     /// compares them with what it really holds, and removes the difference.

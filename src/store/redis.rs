@@ -153,9 +153,8 @@ return {peers, members}
 });
 
 /// KEYS: node rooms set, node peers set, nodes set, rooms index. ARGV: dead
-/// node, prefix, "1" for a claimed reaping ("0": unclaimed, which keeps the
-/// node's workers and its place in the nodes set; unused today). Removes
-/// every membership, directory entry (and worker) of the node; returns {peers removed,
+/// node, prefix. Removes every membership, directory entry and worker of the
+/// node, and the node from the nodes set; returns {peers removed,
 /// {room, peer, room, peer, ...}, {pairing, partner hash, ...}, workers removed}.
 static REAP: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
@@ -192,29 +191,25 @@ for _, p in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 redis.call('DEL', KEYS[1], KEYS[2])
--- A node resetting its own entries stays a cluster member: removing it here
--- would leave it unknown (never reaped) if it died before its next heartbeat.
-if ARGV[3] == '1' then redis.call('SREM', KEYS[3], ARGV[1]) end
+redis.call('SREM', KEYS[3], ARGV[1])
 local lost = {}
 local nw = 0
-if ARGV[3] == '1' then
-  local wk = ARGV[2] .. ':node:' .. ARGV[1] .. ':workers'
-  for _, id in ipairs(redis.call('SMEMBERS', wk)) do
-    local k = ARGV[2] .. ':worker:' .. id
-    local w = redis.call('HMGET', k, 'n', 'pid', 'pt')
-    if w[1] == ARGV[1] then
-      redis.call('DEL', k)
-      redis.call('SREM', ARGV[2] .. ':workers', id)
-      nw = nw + 1
-      local p = free_partner(ARGV[2], w[2], w[3])
-      if p then
-        table.insert(lost, w[2])
-        table.insert(lost, p)
-      end
+local wk = ARGV[2] .. ':node:' .. ARGV[1] .. ':workers'
+for _, id in ipairs(redis.call('SMEMBERS', wk)) do
+  local k = ARGV[2] .. ':worker:' .. id
+  local w = redis.call('HMGET', k, 'n', 'pid', 'pt')
+  if w[1] == ARGV[1] then
+    redis.call('DEL', k)
+    redis.call('SREM', ARGV[2] .. ':workers', id)
+    nw = nw + 1
+    local p = free_partner(ARGV[2], w[2], w[3])
+    if p then
+      table.insert(lost, w[2])
+      table.insert(lost, p)
     end
   end
-  redis.call('DEL', wk)
 end
+redis.call('DEL', wk)
 return {n, left, lost, nw}
 "#,
     )
@@ -725,38 +720,27 @@ impl Store for RedisStore {
         Ok(dead)
     }
 
-    async fn reap_node(
-        &self,
-        dead: &NodeId,
-        me: &NodeId,
-        claim: bool,
-    ) -> Result<Option<Reaped>, StoreError> {
+    async fn reap_node(&self, dead: &NodeId, me: &NodeId) -> Result<Option<Reaped>, StoreError> {
         let k = &self.r.keys;
         let c = self.r.client();
-        if claim {
-            let claimed: Option<String> = c
-                .set(
-                    k.node_reaper(dead),
-                    me.to_string(),
-                    Some(Expiration::PX(60_000)),
-                    Some(SetOptions::NX),
-                    false,
-                )
-                .await
-                .map_err(unavailable)?;
-            if claimed.is_none() {
-                return Ok(None);
-            }
+        let claimed: Option<String> = c
+            .set(
+                k.node_reaper(dead),
+                me.to_string(),
+                Some(Expiration::PX(60_000)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        if claimed.is_none() {
+            return Ok(None);
         }
         let out: Vec<Value> = REAP
             .evalsha_with_reload(
                 c,
                 vec![k.node_rooms(dead), k.node_peers(dead), k.nodes(), k.rooms()],
-                vec![
-                    dead.to_string(),
-                    k.prefix().to_string(),
-                    if claim { "1" } else { "0" }.to_string(),
-                ],
+                vec![dead.to_string(), k.prefix().to_string()],
             )
             .await
             .map_err(unavailable)?;
