@@ -12,7 +12,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +29,7 @@ use crate::protocol::{Codec, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use crate::session::{self, ConnInfo, Native};
 use crate::store::{PairError, Which, WorkerRecord};
 use crate::types::{PeerId, RoomName};
+use crate::ws::WsUpgrade;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -166,38 +166,21 @@ async fn ws_upgrade(
     State(st): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Result<Response, ApiError> {
     let node = st.node;
     let addr = client_addr(addr, &headers, &node.trusted_proxies);
     let permit = admit(&node)?;
     let token = node.tracker.token();
-    let lim = &node.cfg.limits;
-    let max = lim.max_frame_bytes;
-    // The largest message the server writes is a `joined` list of a full room;
-    // the write buffer (which grows only while the client is slow) must hold it.
-    let full_room = lim.max_peers_per_room * (lim.max_meta_bytes + lim.max_name_bytes + 64);
-    let write_cap = (max * 4).max(full_room).max(1 << 20);
-    let ws = ws
-        .protocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK])
-        .max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
-        .max_write_buffer_size(write_cap);
-    let codec = ws
-        .selected_protocol()
-        .and_then(|p| p.to_str().ok())
-        .and_then(Codec::from_subprotocol);
+    let protocol = ws.select_protocol(&[SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]);
+    let codec = protocol.and_then(Codec::from_subprotocol);
     let info = ConnInfo {
         observed: addr,
         codec,
     };
-    Ok(ws
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| {
-            session::run(node, socket, info, Native::new(codec), permit, token)
-        }))
+    Ok(ws.on_upgrade(protocol, move |socket| {
+        session::run(node, socket, info, Native::new(codec), permit, token)
+    }))
 }
 
 /// `GET /ws/register/{worker_id}`: a worker of the older rendezvous service.
@@ -209,7 +192,7 @@ async fn legacy_upgrade(
     Path(worker_id): Path<String>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Result<Response, ApiError> {
     let node = st.node;
     let worker = PeerId::parse(&worker_id, node.cfg.limits.max_name_bytes).map_err(|e| {
@@ -242,22 +225,13 @@ async fn legacy_upgrade(
     let addr = client_addr(addr, &headers, &node.trusted_proxies);
     let permit = admit(&node)?;
     let token = node.tracker.token();
-    let max = node.cfg.limits.max_frame_bytes;
-    let ws = ws
-        .max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
-        .max_write_buffer_size((max * 4).max(1 << 20));
     let info = ConnInfo {
         observed: addr,
         codec: Some(Codec::Json),
     };
-    Ok(ws
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| {
-            session::run(node, socket, info, LegacyWorker::new(worker), permit, token)
-        }))
+    Ok(ws.on_upgrade(None, move |socket| {
+        session::run(node, socket, info, LegacyWorker::new(worker), permit, token)
+    }))
 }
 
 /// `GET /`: a short status (the older rendezvous service's root).

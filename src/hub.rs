@@ -7,14 +7,13 @@
 //! else keeps receiving. Maps are sharded (`DashMap`) and no lock is ever held
 //! across an `.await`.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::close;
@@ -103,15 +102,49 @@ pub struct Outbound {
 /// Shared control state of one connection.
 #[derive(Debug)]
 pub struct ConnCtl {
-    /// Cancelled to close the connection; reader and writer both watch it.
+    /// Cancelled to close the connection; the connection task watches it.
     pub cancel: CancellationToken,
     /// The first reason given for closing wins.
     pub reason: OnceLock<CloseReason>,
-    /// True while the gate is closed (see [`ConnHandle::close_gate`]); checked
-    /// on every push, so the open path costs one atomic load.
-    gated: AtomicBool,
-    /// Messages held while the gate is closed.
-    held: Mutex<Option<Vec<Outbound>>>,
+    /// The outbound queue and the messages held by the gate.
+    queue: Mutex<Queue>,
+    /// The most messages queued (or held) before the client counts as slow.
+    capacity: usize,
+}
+
+/// A connection's outbound queue. It allocates only while something is queued
+/// (a tokio mpsc channel allocates a 32-slot block up front, ~1.3 KB per idle
+/// connection), and it is drained by the connection task itself.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Messages waiting for the connection task.
+    items: VecDeque<Outbound>,
+    /// Messages held while the gate is closed (see [`ConnHandle::close_gate`]).
+    held: Option<Vec<Outbound>>,
+    /// The connection task, when it waits for messages.
+    waker: Option<Waker>,
+    /// The receiving end is gone: pushes fail.
+    closed: bool,
+}
+
+/// Outcome of queueing one message.
+enum Queued {
+    Yes(Option<Waker>),
+    Full,
+    Closed,
+}
+
+impl Queue {
+    fn enqueue(&mut self, out: Outbound, capacity: usize) -> Queued {
+        if self.closed {
+            return Queued::Closed;
+        }
+        if self.items.len() >= capacity {
+            return Queued::Full;
+        }
+        self.items.push_back(out);
+        Queued::Yes(self.waker.take())
+    }
 }
 
 /// The handle through which anything on the node reaches one connection.
@@ -120,28 +153,110 @@ pub struct ConnHandle {
     /// Unique id of this connection, so a stale cleanup never removes a newer
     /// connection of the same peer.
     pub epoch: u64,
-    tx: mpsc::Sender<Outbound>,
     ctl: Arc<ConnCtl>,
+}
+
+/// The receiving end of a connection's queue, owned by its connection task.
+/// Dropping it refuses further pushes and frees what is queued.
+#[derive(Debug)]
+pub struct OutboundRx {
+    ctl: Arc<ConnCtl>,
+}
+
+/// Messages taken from the queue at a time (under one lock).
+const TAKE_CHUNK: usize = 16;
+
+impl OutboundRx {
+    /// Takes the next message, if any.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.ctl.queue.lock().items.pop_front()
+    }
+
+    /// Hands queued messages to `f` (at most `max`, and stops early once
+    /// `full()` says so); returns how many. When none is queued, the task is
+    /// woken by the next push.
+    pub fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        mut f: impl FnMut(Outbound),
+        full: impl Fn() -> bool,
+    ) -> usize {
+        let mut n = 0;
+        while n < max && !full() {
+            let mut chunk: [Option<Outbound>; TAKE_CHUNK] = Default::default();
+            let mut k = 0;
+            {
+                let mut q = self.ctl.queue.lock();
+                while k < TAKE_CHUNK.min(max - n) {
+                    match q.items.pop_front() {
+                        Some(o) => chunk[k] = Some(o),
+                        None => break,
+                    }
+                    k += 1;
+                }
+                if k == 0 {
+                    if n == 0 {
+                        match &q.waker {
+                            Some(w) if w.will_wake(cx.waker()) => {}
+                            _ => q.waker = Some(cx.waker().clone()),
+                        }
+                    }
+                    // Give the memory back while nothing is queued.
+                    if q.items.capacity() > 0 {
+                        q.items = VecDeque::new();
+                    }
+                    break;
+                }
+            }
+            for o in chunk.iter_mut().take(k) {
+                f(o.take().expect("filled above"));
+            }
+            n += k;
+        }
+        n
+    }
+
+    /// Waits until a message is queued, then takes it (tests).
+    pub async fn recv(&mut self) -> Outbound {
+        std::future::poll_fn(|cx| {
+            let mut got = None;
+            self.poll_take(cx, 1, |o| got = Some(o), || false);
+            got.map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
+    }
+}
+
+impl Drop for OutboundRx {
+    fn drop(&mut self) {
+        let mut q = self.ctl.queue.lock();
+        q.closed = true;
+        q.items = VecDeque::new();
+        q.held = None;
+        q.waker = None;
+    }
 }
 
 impl ConnHandle {
     /// Creates a handle and the receiving end of its bounded queue.
-    pub fn new(
-        epoch: u64,
-        capacity: usize,
-        cancel: CancellationToken,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    pub fn new(epoch: u64, capacity: usize, cancel: CancellationToken) -> (Self, OutboundRx) {
         let ctl = Arc::new(ConnCtl {
             cancel,
             reason: OnceLock::new(),
-            gated: AtomicBool::new(false),
-            held: Mutex::new(None),
+            queue: Mutex::new(Queue::default()),
+            capacity,
         });
-        (Self { epoch, tx, ctl }, rx)
+        (
+            Self {
+                epoch,
+                ctl: ctl.clone(),
+            },
+            OutboundRx { ctl },
+        )
     }
 
-    /// The control state (for the connection's own tasks).
+    /// The control state (for the connection's own task).
     pub fn ctl(&self) -> &Arc<ConnCtl> {
         &self.ctl
     }
@@ -150,33 +265,41 @@ impl ConnHandle {
     /// too slow; returns whether the message was queued.
     pub fn push(&self, msg: Arc<ServerMsg>, received: Option<Instant>) -> bool {
         let out = Outbound { msg, received };
-        if self.ctl.gated.load(Ordering::Acquire) {
-            let mut held = self.ctl.held.lock();
-            if let Some(buf) = held.as_mut() {
-                if buf.len() >= self.tx.max_capacity() {
-                    drop(held);
-                    metrics::counter!(m::QUEUE_OVERFLOWS).increment(1);
-                    self.close(CloseReason::SLOW);
-                    return false;
-                }
-                buf.push(out);
-                return true;
+        let cap = self.ctl.capacity;
+        let mut q = self.ctl.queue.lock();
+        if let Some(buf) = q.held.as_mut() {
+            if buf.len() >= cap {
+                drop(q);
+                self.overflow();
+                return false;
             }
-            // The gate opened meanwhile: the held messages are queued already.
+            buf.push(out);
+            return true;
         }
-        self.enqueue(out)
+        let r = q.enqueue(out, cap);
+        drop(q);
+        self.after_enqueue(r)
     }
 
-    fn enqueue(&self, out: Outbound) -> bool {
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!(m::QUEUE_OVERFLOWS).increment(1);
-                self.close(CloseReason::SLOW);
+    fn after_enqueue(&self, r: Queued) -> bool {
+        match r {
+            Queued::Yes(waker) => {
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                true
+            }
+            Queued::Full => {
+                self.overflow();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Queued::Closed => false,
         }
+    }
+
+    fn overflow(&self) {
+        metrics::counter!(m::QUEUE_OVERFLOWS).increment(1);
+        self.close(CloseReason::SLOW);
     }
 
     /// Queues a message built for this one recipient.
@@ -191,30 +314,41 @@ impl ConnHandle {
     /// cluster-wide, `joined` before any event of that room. Events that
     /// arrive in between are delivered right after the answer, in order.
     pub fn close_gate(&self) {
-        let mut held = self.ctl.held.lock();
-        if held.is_none() {
-            *held = Some(Vec::new());
+        let mut q = self.ctl.queue.lock();
+        if q.held.is_none() {
+            q.held = Some(Vec::new());
         }
-        self.ctl.gated.store(true, Ordering::Release);
     }
 
     /// Queues `first` (the answer), then what was held (less the events of
     /// `drop_room`, a room the client failed to join), and lets pushes through again.
     pub fn open_gate(&self, first: Option<ServerMsg>, drop_room: Option<&RoomName>) {
-        let mut held = self.ctl.held.lock();
-        if let Some(first) = first {
-            self.enqueue(Outbound {
-                msg: Arc::new(first),
-                received: None,
-            });
-        }
-        for out in held.take().unwrap_or_default() {
+        let cap = self.ctl.capacity;
+        let mut q = self.ctl.queue.lock();
+        let held = q.held.take().unwrap_or_default();
+        let first = first.map(|m| Outbound {
+            msg: Arc::new(m),
+            received: None,
+        });
+        let mut waker = None;
+        let mut full = false;
+        for out in first.into_iter().chain(held) {
             if drop_room.is_some() && out.msg.room() == drop_room {
                 continue;
             }
-            self.enqueue(out);
+            match q.enqueue(out, cap) {
+                Queued::Yes(w) => waker = waker.or(w),
+                Queued::Full => full = true,
+                Queued::Closed => {}
+            }
         }
-        self.ctl.gated.store(false, Ordering::Release);
+        drop(q);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        if full {
+            self.overflow();
+        }
     }
 
     /// Asks the connection to close; the first reason given wins.
@@ -406,7 +540,7 @@ mod tests {
         let msg = Arc::new(ServerMsg::Pong { id: None });
         for _ in 0..3 {
             hub.room_fanout("r", None, &msg, None);
-            assert!(fast_rx.try_recv().is_ok());
+            assert!(fast_rx.try_recv().is_some());
         }
         assert!(slow.is_closing());
         assert_eq!(slow.ctl().reason.get(), Some(&CloseReason::SLOW));
@@ -419,10 +553,10 @@ mod tests {
         h.close_gate();
         h.send(ServerMsg::Pong { id: Some(1.into()) });
         h.send(ServerMsg::Pong { id: Some(2.into()) });
-        assert!(rx.try_recv().is_err(), "held while the gate is closed");
+        assert!(rx.try_recv().is_none(), "held while the gate is closed");
         h.open_gate(Some(ServerMsg::Ack { id: 0.into() }), None);
         h.send(ServerMsg::Pong { id: Some(3.into()) });
-        let order: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+        let order: Vec<String> = std::iter::from_fn(|| rx.try_recv())
             .map(|o| serde_json::to_string(&*o.msg).unwrap())
             .collect();
         assert_eq!(

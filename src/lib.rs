@@ -3,8 +3,10 @@
 //! A tour of the crate, in the order a message flows:
 //!
 //! - [`http`]: the HTTP door: `/ws` upgrades, probes, `/metrics`, the rooms API.
-//! - [`session`]: one task per connection: a reader that decodes frames and a
-//!   writer that drains the connection's bounded queue.
+//! - [`ws`]: the WebSocket upgrade and framing (RFC 6455, server side), with
+//!   no buffer held by an idle socket.
+//! - [`session`]: one task per connection: it decodes frames, hands commands
+//!   to the node and writes what the connection's bounded queue holds.
 //! - [`protocol`]: the native wire format (JSON text or MessagePack binary),
 //!   decoded into validated [`protocol::Command`]s.
 //! - [`node`]: the router: hello, rooms, signals, broadcasts, drain.
@@ -36,6 +38,7 @@ pub mod session;
 pub mod store;
 pub mod stun;
 pub mod types;
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;

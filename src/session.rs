@@ -1,11 +1,16 @@
-//! One WebSocket connection: a reader (this task) and a writer task.
+//! One WebSocket connection, served by one task.
 //!
-//! The reader decodes frames, enforces the `hello` deadline and the heartbeat
-//! timeout, and hands commands to the [`Node`]. The writer is the only code
-//! that writes to the socket: it drains the connection's bounded queue,
-//! batching what is ready into one flush, and sends the server's pings. When
-//! either side ends, the connection's cancellation token stops the other; the
-//! writer then sends one close frame with the first reason given.
+//! The task waits on four things at once: the socket (frames in), the
+//! connection's bounded queue (messages out), one timer (the `hello`
+//! deadline, the heartbeat timeout and the server's pings) and the
+//! connection's cancellation token. It decodes frames and hands commands to
+//! the [`Node`]; it writes what is queued, batching everything ready into one
+//! write. When the connection ends it sends one close frame with the first
+//! reason given (or flushes the answer to the client's own close frame).
+//!
+//! One task instead of a reader and a writer saves a task, the lock of a split
+//! socket and the wake-ups between them; see docs/DESIGN.md ("Memory per
+//! connection"). The socket layer is [`crate::ws`].
 //!
 //! The wire format is a [`Dialect`]: how a frame becomes a core command, and
 //! how a server message becomes a frame (or nothing, for a dialect that has no
@@ -14,24 +19,24 @@
 //! drain guard and the connection permit are the same for every dialect, and
 //! the loop is generic, so the native path pays no dispatch.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, Instrument};
 
 use crate::error::{ClientError, ErrorCode};
-use crate::hub::{CloseReason, ConnCtl, ConnHandle, Outbound};
+use crate::hub::{CloseReason, ConnHandle, OutboundRx};
 use crate::metrics as m;
 use crate::node::{send_error, Node, Session};
 use crate::protocol::{decode, encode, Codec, Command, Encoded, ServerMsg};
+use crate::ws::{CloseFrame, Data, Event, ReadEnd, WebSocket};
 
 /// What the door learned about a connection before the upgrade.
 #[derive(Debug, Clone)]
@@ -87,7 +92,7 @@ pub trait Dialect: Send + 'static {
         handle: &ConnHandle,
         info: &ConnInfo,
         session: &mut Option<Session>,
-        frame: &Message,
+        frame: Data<'_>,
         received: Instant,
     ) -> impl Future<Output = Flow> + Send;
 }
@@ -95,12 +100,12 @@ pub trait Dialect: Send + 'static {
 /// A wire format on one connection: the writer half.
 pub trait Encoder: Send + Sync + 'static {
     /// The frame for `msg`, or `None` when this dialect has no such message.
-    fn encode(&self, msg: &ServerMsg) -> Option<Message>;
+    fn encode(&self, msg: &ServerMsg) -> Option<Encoded>;
     /// The close frame for a close reason.
     fn close_frame(&self, why: CloseReason) -> CloseFrame {
         CloseFrame {
             code: why.code,
-            reason: why.reason.into(),
+            reason: why.reason,
         }
     }
 }
@@ -128,13 +133,13 @@ pub struct NativeEncoder {
 }
 
 impl Encoder for NativeEncoder {
-    fn encode(&self, msg: &ServerMsg) -> Option<Message> {
+    fn encode(&self, msg: &ServerMsg) -> Option<Encoded> {
         let codec = if self.codec.load(Ordering::Relaxed) == CODEC_MSGPACK {
             Codec::MsgPack
         } else {
             Codec::Json
         };
-        Some(to_message(encode(msg, codec)))
+        Some(encode(msg, codec))
     }
 }
 
@@ -163,13 +168,12 @@ impl Dialect for Native {
         handle: &ConnHandle,
         info: &ConnInfo,
         session: &mut Option<Session>,
-        frame: &Message,
+        frame: Data<'_>,
         received: Instant,
     ) -> Flow {
         let (bytes, frame_codec) = match frame {
-            Message::Text(t) => (t.as_bytes(), Codec::Json),
-            Message::Binary(b) => (&b[..], Codec::MsgPack),
-            _ => return Flow::Continue,
+            Data::Text(t) => (t.as_bytes(), Codec::Json),
+            Data::Binary(b) => (b, Codec::MsgPack),
         };
         // Without a subprotocol, the first data frame fixes the answer encoding.
         let _ = self.codec.compare_exchange(
@@ -201,8 +205,8 @@ impl Dialect for Native {
                 },
             ) => {
                 let hello_id = inbound.id.clone();
-                match node
-                    .hello(handle, info.observed, inbound.id, peer_id, meta, token)
+                // Boxed: taken once per connection, and large.
+                match Box::pin(node.hello(handle, info.observed, inbound.id, peer_id, meta, token))
                     .await
                 {
                     Ok(s) => {
@@ -253,34 +257,34 @@ pub async fn run<D: Dialect>(
     drop(token);
 }
 
-async fn serve<D: Dialect>(node: Arc<Node>, ws: WebSocket, info: ConnInfo, mut dialect: D) {
+/// Messages taken from the queue per write (then one write for all of them).
+const WRITE_BATCH: usize = 64;
+
+async fn serve<D: Dialect>(node: Arc<Node>, mut ws: WebSocket, info: ConnInfo, mut dialect: D) {
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
     metrics::counter!(m::CONNECTIONS_TOTAL, "dialect" => D::NAME).increment(1);
     let limits = &node.cfg.limits;
-    let (handle, rx) = ConnHandle::new(
+    ws.set_max_size(limits.max_frame_bytes);
+    let (handle, mut rx) = ConnHandle::new(
         node.next_epoch(),
         limits.outbound_queue,
         node.close_all.child_token(),
     );
-    let (sink, mut stream) = ws.split();
-    let writer = tokio::spawn(
-        writer(
-            node.clone(),
-            sink,
-            rx,
-            handle.ctl().clone(),
-            dialect.encoder(),
-            Duration::from_millis(limits.heartbeat_interval_ms),
-        )
-        .in_current_span(),
-    );
-
-    let hello_deadline = TokioInstant::now() + Duration::from_millis(limits.hello_timeout_ms);
+    let enc = dialect.encoder();
+    let heartbeat = Duration::from_millis(limits.heartbeat_interval_ms);
     let idle_timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
-    let idle = tokio::time::sleep_until(hello_deadline);
-    tokio::pin!(idle);
-    let cancel = handle.ctl().cancel.clone();
-    let mut session: Option<Session> = match dialect.open(&node, &handle, &info).await {
+    let start = TokioInstant::now();
+    // One timer for three deadlines: it is re-armed lazily (when it fires, or
+    // when a deadline moves earlier), so a frame costs no timer operation.
+    let mut ping_at = start + heartbeat;
+    let mut idle_at = start + Duration::from_millis(limits.hello_timeout_ms);
+    let timer = sleep_until(ping_at.min(idle_at));
+    tokio::pin!(timer);
+    let ctl = handle.ctl().clone();
+    let cancelled = ctl.cancel.cancelled();
+    tokio::pin!(cancelled);
+
+    let mut session: Option<Session> = match Box::pin(dialect.open(&node, &handle, &info)).await {
         Ok(s) => s,
         Err(why) => {
             handle.close(why);
@@ -289,47 +293,172 @@ async fn serve<D: Dialect>(node: Arc<Node>, ws: WebSocket, info: ConnInfo, mut d
     };
     if let Some(s) = &session {
         tracing::Span::current().record("peer", tracing::field::display(&s.peer));
-        idle.as_mut().reset(TokioInstant::now() + idle_timeout);
+        idle_at = TokioInstant::now() + idle_timeout;
     }
 
     let why = loop {
-        tokio::select! {
+        let due = ping_at.min(idle_at);
+        if due < timer.deadline() {
+            timer.as_mut().reset(due);
+        }
+        let event = tokio::select! {
             biased;
-            _ = cancel.cancelled() => break None,
-            _ = &mut idle => break Some(if session.is_none() { CloseReason::HELLO_TIMEOUT } else { CloseReason::TIMEOUT }),
-            frame = stream.next() => {
-                let frame = match frame {
-                    None => break Some(CloseReason::CLIENT_GONE),
-                    Some(Err(e)) => break Some(read_error_reason(e)),
-                    Some(Ok(f)) => f,
-                };
-                if session.is_some() {
-                    idle.as_mut().reset(TokioInstant::now() + idle_timeout);
+            _ = &mut cancelled => break None,
+            _ = &mut timer => {
+                let now = TokioInstant::now();
+                if now >= idle_at {
+                    break Some(if session.is_none() { CloseReason::HELLO_TIMEOUT } else { CloseReason::TIMEOUT });
                 }
-                match &frame {
-                    Message::Text(_) | Message::Binary(_) => {}
-                    Message::Close(_) => break Some(CloseReason::CLIENT_CLOSED),
-                    Message::Ping(_) | Message::Pong(_) => continue,
+                if now >= ping_at {
+                    ws.queue_ping();
+                    ping_at = now + heartbeat;
                 }
-                let received = Instant::now();
-                match dialect.frame(&node, &handle, &info, &mut session, &frame, received).await {
-                    Flow::Continue => {}
-                    Flow::Registered => idle.as_mut().reset(TokioInstant::now() + idle_timeout),
-                    Flow::Close(c) => break Some(c),
-                }
+                timer.as_mut().reset(ping_at.min(idle_at));
+                continue;
             }
+            ev = poll_fn(|cx| poll_socket(cx, &mut ws, &mut rx, &enc)) => ev,
+        };
+        let frame = match event {
+            Event::End(end) => break end_reason(end),
+            Event::Control => {
+                if session.is_some() {
+                    idle_at = TokioInstant::now() + idle_timeout;
+                }
+                continue;
+            }
+            Event::Message => {
+                let Some(frame) = ws.data() else {
+                    // Text that is not UTF-8.
+                    break Some(CloseReason::CLIENT_GONE);
+                };
+                frame
+            }
+        };
+        let received = Instant::now();
+        if session.is_some() {
+            idle_at = TokioInstant::now() + idle_timeout;
+        }
+        // Boxed so that the connection's own future stays small while idle;
+        // the box lives only while one frame is handled.
+        let flow =
+            Box::pin(dialect.frame(&node, &handle, &info, &mut session, frame, received)).await;
+        match flow {
+            Flow::Continue => {}
+            Flow::Registered => idle_at = TokioInstant::now() + idle_timeout,
+            Flow::Close(c) => break Some(c),
         }
     };
     if let Some(why) = why {
         handle.close(why);
     }
-    let why = *handle.ctl().reason.get_or_init(|| default_reason(&node));
+    let why = *ctl.reason.get_or_init(|| default_reason(&node));
+    ctl.cancel.cancel();
     metrics::counter!(m::DISCONNECTS, "reason" => why.reason).increment(1);
-    if let Some(s) = &session {
-        node.disconnect(s, why).await;
-    }
-    let _ = writer.await;
+    // Tell the rooms and send the close frame at the same time, as the
+    // reader and the writer did when they were two tasks.
+    let disconnect = async {
+        if let Some(s) = &session {
+            node.disconnect(s, why).await;
+        }
+    };
+    Box::pin(async {
+        tokio::join!(disconnect, close(&mut ws, &mut rx, &enc, why));
+    })
+    .await;
+    drop(rx);
     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+}
+
+/// The close reason for how reading ended (`None`: already given, or the default).
+fn end_reason(end: ReadEnd) -> Option<CloseReason> {
+    match end {
+        ReadEnd::Closed => Some(CloseReason::CLIENT_CLOSED),
+        ReadEnd::TooBig => Some(CloseReason::TOO_BIG),
+        ReadEnd::Gone => Some(CloseReason::CLIENT_GONE),
+        ReadEnd::WriteFailed => None,
+    }
+}
+
+/// Writes what is queued (up to [`WRITE_BATCH`] messages per write), then
+/// reads; returns the next read event. Writing never waits for reading or
+/// the other way round.
+fn poll_socket<E: Encoder>(
+    cx: &mut Context<'_>,
+    ws: &mut WebSocket,
+    rx: &mut OutboundRx,
+    enc: &E,
+) -> Poll<Event> {
+    // A few batches per wake-up at most, so a busy queue cannot starve reads.
+    for round in 0.. {
+        match ws.poll_write_buffered(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Poll::Ready(Event::End(ReadEnd::WriteFailed)),
+            Poll::Pending => break,
+        }
+        if round == 4 {
+            cx.waker().wake_by_ref();
+            break;
+        }
+        let mut sent_at: [Option<Instant>; WRITE_BATCH] = [None; WRITE_BATCH];
+        let mut relayed = 0;
+        let taken = {
+            let ws = &mut *ws;
+            let full = std::cell::Cell::new(false);
+            rx.poll_take(
+                cx,
+                WRITE_BATCH,
+                |out| {
+                    if let Some(frame) = enc.encode(&out.msg) {
+                        metrics::counter!(m::MESSAGES_OUT, "type" => out.msg.type_name())
+                            .increment(1);
+                        if let Some(t) = out.received {
+                            sent_at[relayed] = Some(t);
+                            relayed += 1;
+                        }
+                        match frame {
+                            Encoded::Text(s) => ws.queue_text(&s),
+                            Encoded::Binary(b) => ws.queue_binary(&b),
+                        }
+                        full.set(ws.write_full());
+                    }
+                },
+                || full.get(),
+            )
+        };
+        if taken == 0 {
+            break;
+        }
+        for t in sent_at.iter().take(relayed).flatten() {
+            metrics::histogram!(m::RELAY_LATENCY).record(t.elapsed().as_secs_f64());
+        }
+    }
+    ws.poll_read(cx)
+}
+
+/// Ends the connection on the wire within a second: flushes the answer to a
+/// client's close, or delivers what was queued (an error, a reconnect notice;
+/// not for a client closed for not reading) and then the close frame.
+async fn close<E: Encoder>(ws: &mut WebSocket, rx: &mut OutboundRx, enc: &E, why: CloseReason) {
+    let deadline = TokioInstant::now() + Duration::from_secs(1);
+    let closing = async {
+        if why != CloseReason::CLIENT_CLOSED {
+            if why != CloseReason::SLOW {
+                while let Some(out) = rx.try_recv() {
+                    match enc.encode(&out.msg) {
+                        Some(Encoded::Text(s)) => ws.queue_text(&s),
+                        Some(Encoded::Binary(b)) => ws.queue_binary(&b),
+                        None => {}
+                    }
+                }
+            }
+            ws.queue_close(enc.close_frame(why));
+        }
+        let _ = ws.shutdown().await;
+    };
+    tokio::select! {
+        _ = closing => {}
+        _ = sleep_until(deadline) => debug!("close frame not delivered in time"),
+    }
 }
 
 fn default_reason(node: &Node) -> CloseReason {
@@ -337,107 +466,5 @@ fn default_reason(node: &Node) -> CloseReason {
         CloseReason::DRAINING
     } else {
         CloseReason::CLIENT_GONE
-    }
-}
-
-fn read_error_reason(e: axum::Error) -> CloseReason {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => CloseReason::TOO_BIG,
-        _ => CloseReason::CLIENT_GONE,
-    }
-}
-
-fn to_message(e: Encoded) -> Message {
-    match e {
-        Encoded::Text(s) => Message::Text(s.into()),
-        Encoded::Binary(b) => Message::Binary(b.into()),
-    }
-}
-
-type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
-
-async fn writer<E: Encoder>(
-    node: Arc<Node>,
-    mut sink: Sink,
-    mut rx: mpsc::Receiver<Outbound>,
-    ctl: Arc<ConnCtl>,
-    enc: E,
-    heartbeat: Duration,
-) {
-    let mut ping = tokio::time::interval_at(TokioInstant::now() + heartbeat, heartbeat);
-    let mut sent_at: Vec<Instant> = Vec::new();
-    loop {
-        tokio::select! {
-            biased;
-            _ = ctl.cancel.cancelled() => break,
-            out = rx.recv() => {
-                let Some(out) = out else { break };
-                // Feed everything already queued, then flush once.
-                let mut batch = Some(out);
-                let mut fed = 0;
-                let mut failed = false;
-                while let Some(out) = batch.take() {
-                    if let Some(frame) = enc.encode(&out.msg) {
-                        metrics::counter!(m::MESSAGES_OUT, "type" => out.msg.type_name()).increment(1);
-                        if let Some(t) = out.received {
-                            sent_at.push(t);
-                        }
-                        if sink.feed(frame).await.is_err() {
-                            failed = true;
-                            break;
-                        }
-                    }
-                    fed += 1;
-                    if fed < 64 {
-                        batch = rx.try_recv().ok();
-                    }
-                }
-                let flushed = !failed && tokio::select! {
-                    r = sink.flush() => r.is_ok(),
-                    _ = ctl.cancel.cancelled() => false,
-                };
-                for t in sent_at.drain(..) {
-                    metrics::histogram!(m::RELAY_LATENCY).record(t.elapsed().as_secs_f64());
-                }
-                if !flushed {
-                    break;
-                }
-            }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let why = *ctl.reason.get_or_init(|| default_reason(&node));
-    ctl.cancel.cancel();
-    // Deliver what was queued before the close (an error, a reconnect notice),
-    // unless the client is being closed for not reading.
-    let deadline = TokioInstant::now() + Duration::from_secs(1);
-    let closing = async {
-        if why == CloseReason::CLIENT_CLOSED {
-            // The client closed first: the library answers with the client's
-            // own close frame; sending ours would fail before that is flushed.
-            let _ = sink.flush().await;
-            return;
-        }
-        if why != CloseReason::SLOW {
-            while let Ok(out) = rx.try_recv() {
-                let Some(frame) = enc.encode(&out.msg) else {
-                    continue;
-                };
-                if sink.feed(frame).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let frame = enc.close_frame(why);
-        let _ = sink.send(Message::Close(Some(frame))).await;
-    };
-    tokio::select! {
-        _ = closing => {}
-        _ = sleep_until(deadline) => debug!("close frame not delivered in time"),
     }
 }

@@ -27,7 +27,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::{CloseFrame, Message};
 use serde_json::{json, Value};
 use tracing::{debug, info};
 
@@ -35,9 +34,10 @@ use crate::error::close;
 use crate::hub::{CloseReason, ConnHandle};
 use crate::metrics as m;
 use crate::node::{Node, Session};
-use crate::protocol::ServerMsg;
+use crate::protocol::{Encoded, ServerMsg};
 use crate::session::{ConnInfo, Dialect, Encoder, Flow};
 use crate::types::PeerId;
+use crate::ws::{CloseFrame, Data};
 
 /// One legacy worker connection (reader half).
 #[derive(Debug)]
@@ -63,7 +63,7 @@ pub fn echo_text(worker: &PeerId) -> String {
 }
 
 impl Encoder for LegacyEncoder {
-    fn encode(&self, msg: &ServerMsg) -> Option<Message> {
+    fn encode(&self, msg: &ServerMsg) -> Option<Encoded> {
         let v = match msg {
             ServerMsg::Paired(note) => {
                 let udp: Option<SocketAddr> = note.peer.udp.as_deref().and_then(|u| u.parse().ok());
@@ -84,19 +84,19 @@ impl Encoder for LegacyEncoder {
             }),
             _ => return None,
         };
-        Some(Message::Text(v.to_string().into()))
+        Some(Encoded::Text(v.to_string()))
     }
 
     fn close_frame(&self, why: CloseReason) -> CloseFrame {
         if why == CloseReason::REPLACED {
             CloseFrame {
                 code: close::NORMAL,
-                reason: close::LEGACY_REPLACED_REASON.into(),
+                reason: close::LEGACY_REPLACED_REASON,
             }
         } else {
             CloseFrame {
                 code: why.code,
-                reason: why.reason.into(),
+                reason: why.reason,
             }
         }
     }
@@ -139,14 +139,14 @@ impl Dialect for LegacyWorker {
         handle: &ConnHandle,
         _info: &ConnInfo,
         session: &mut Option<Session>,
-        frame: &Message,
+        frame: Data<'_>,
         _received: Instant,
     ) -> Flow {
         let Some(s) = session.as_ref() else {
             return Flow::Continue;
         };
         let msg: Value = match frame {
-            Message::Text(t) => match serde_json::from_str(t.as_str()) {
+            Data::Text(t) => match serde_json::from_str(t) {
                 Ok(v) => v,
                 Err(_) => {
                     metrics::counter!(m::MESSAGES_IN, "type" => "invalid").increment(1);
@@ -154,7 +154,7 @@ impl Dialect for LegacyWorker {
                     return Flow::Continue;
                 }
             },
-            _ => {
+            Data::Binary(_) => {
                 metrics::counter!(m::MESSAGES_IN, "type" => "invalid").increment(1);
                 info!(worker = %s.peer, "ignoring a binary frame");
                 return Flow::Continue;
@@ -228,9 +228,9 @@ mod tests {
     use super::*;
     use crate::protocol::{PairPeer, PairedNote, Role};
 
-    fn text(m: Option<Message>) -> Value {
+    fn text(m: Option<Encoded>) -> Value {
         match m {
-            Some(Message::Text(t)) => serde_json::from_str(t.as_str()).unwrap(),
+            Some(Encoded::Text(t)) => serde_json::from_str(&t).unwrap(),
             other => panic!("expected text, got {other:?}"),
         }
     }
@@ -264,7 +264,7 @@ mod tests {
             .is_none());
         let f = LegacyEncoder.close_frame(CloseReason::REPLACED);
         assert_eq!(
-            (f.code, f.reason.as_str()),
+            (f.code, f.reason),
             (1000, "New connection from same worker ID")
         );
     }

@@ -1,0 +1,692 @@
+//! The server side of WebSocket (RFC 6455), written for a small footprint per
+//! idle socket.
+//!
+//! [`WsUpgrade`] is the extractor of an upgrade request (the same checks and
+//! rejections as axum's `WebSocketUpgrade`); [`WsUpgrade::on_upgrade`] answers
+//! 101 (or 200 on HTTP/2) and spawns the connection task with a [`WebSocket`]
+//! on the raw upgraded connection.
+//!
+//! Why not tungstenite: it allocates its read buffer up front and keeps it
+//! (4 KiB per socket, more than the rest of an idle connection together), and
+//! its write buffer is never shrunk. Here, reads go into one scratch buffer per
+//! worker thread; a socket keeps bytes only while a frame is incomplete or not
+//! yet handled, and frees them when they are consumed. The write buffer exists
+//! only while something is being written. An idle socket therefore holds no
+//! buffer at all. See docs/DESIGN.md.
+//!
+//! What the framing does: client frames must be masked (else: protocol error);
+//! no extension is negotiated (RSV bits must be 0); fragmented messages are
+//! assembled, with control frames allowed between fragments; ping is answered
+//! with pong; a close frame is answered with the same code and reason (1002 for
+//! a code that may not be sent); text must be UTF-8 (checked when the message
+//! is handed out); a frame or message over the size limit is
+//! [`ReadEnd::TooBig`]. Protocol errors end the connection as
+//! [`ReadEnd::Gone`], as a tungstenite read error did.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use axum::extract::ws::rejection::{
+    ConnectionNotUpgradable, InvalidConnectionHeader, InvalidProtocolPseudoheader,
+    InvalidUpgradeHeader, InvalidWebSocketVersionHeader, MethodNotConnect, MethodNotGet,
+    WebSocketKeyHeaderMissing, WebSocketUpgradeRejection,
+};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use axum::response::Response;
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Bytes read from a socket per `read` call, into the per-thread scratch buffer.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Stop taking messages from the queue once this much is waiting to be written.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// A WebSocket upgrade request, validated like axum's `WebSocketUpgrade`.
+#[derive(Debug)]
+pub struct WsUpgrade {
+    /// `Sec-WebSocket-Key` on HTTP/1.1; `None` on HTTP/2 (extended CONNECT).
+    key: Option<HeaderValue>,
+    on_upgrade: OnUpgrade,
+    /// The subprotocols the client offered, in its order.
+    offered: Vec<HeaderValue>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
+    type Rejection = WebSocketUpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let key = if parts.version <= Version::HTTP_11 {
+            if parts.method != Method::GET {
+                return Err(MethodNotGet::default().into());
+            }
+            if !header_contains(&parts.headers, header::CONNECTION, "upgrade") {
+                return Err(InvalidConnectionHeader::default().into());
+            }
+            if !header_eq(&parts.headers, header::UPGRADE, "websocket") {
+                return Err(InvalidUpgradeHeader::default().into());
+            }
+            Some(
+                parts
+                    .headers
+                    .get(header::SEC_WEBSOCKET_KEY)
+                    .ok_or(WebSocketKeyHeaderMissing::default())?
+                    .clone(),
+            )
+        } else {
+            if parts.method != Method::CONNECT {
+                return Err(MethodNotConnect::default().into());
+            }
+            if parts
+                .extensions
+                .get::<hyper::ext::Protocol>()
+                .is_none_or(|p| p.as_str() != "websocket")
+            {
+                return Err(InvalidProtocolPseudoheader::default().into());
+            }
+            None
+        };
+        if !header_eq(&parts.headers, header::SEC_WEBSOCKET_VERSION, "13") {
+            return Err(InvalidWebSocketVersionHeader::default().into());
+        }
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(ConnectionNotUpgradable::default())?;
+        let offered = parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|p| HeaderValue::from_bytes(p.trim_ascii()).ok())
+            .collect();
+        Ok(Self {
+            key,
+            on_upgrade,
+            offered,
+        })
+    }
+}
+
+fn header_eq(headers: &HeaderMap, key: HeaderName, value: &str) -> bool {
+    headers
+        .get(&key)
+        .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
+}
+
+fn header_contains(headers: &HeaderMap, key: HeaderName, value: &str) -> bool {
+    headers
+        .get(&key)
+        .and_then(|h| std::str::from_utf8(h.as_bytes()).ok())
+        .is_some_and(|h| h.to_ascii_lowercase().contains(value))
+}
+
+impl WsUpgrade {
+    /// The first of `supported` (in the server's order) that the client offered.
+    pub fn select_protocol(&self, supported: &[&'static str]) -> Option<&'static str> {
+        supported
+            .iter()
+            .copied()
+            .find(|s| self.offered.iter().any(|o| o.as_bytes() == s.as_bytes()))
+    }
+
+    /// Answers the upgrade (with `protocol` as `Sec-WebSocket-Protocol`, if
+    /// any) and spawns `callback` on the socket once the connection is handed
+    /// over. A failed hand-over is logged at debug level.
+    pub fn on_upgrade<C, Fut>(self, protocol: Option<&'static str>, callback: C) -> Response
+    where
+        C: FnOnce(WebSocket) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let (io, pre) = Io::from_upgraded(upgraded);
+                    callback(WebSocket::new(io, &pre)).await
+                }
+                Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            }
+        });
+        let mut response = match &self.key {
+            Some(key) => Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
+                .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+                .header(
+                    header::SEC_WEBSOCKET_ACCEPT,
+                    tungstenite::handshake::derive_accept_key(key.as_bytes()),
+                )
+                .body(axum::body::Body::empty())
+                .expect("static response parts are valid"),
+            // HTTP/2 (RFC 8441): a 2xx with an empty body.
+            None => Response::new(axum::body::Body::empty()),
+        };
+        if let Some(p) = protocol {
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+        }
+        response
+    }
+}
+
+/// The upgraded connection: the TCP stream itself when it can be taken back
+/// from hyper (HTTP/1.1; this drops hyper's box and its buffers), else
+/// hyper's boxed stream (HTTP/2).
+#[derive(Debug)]
+pub enum Io {
+    /// The accepted TCP stream.
+    Tcp(TcpStream),
+    /// Anything else hyper upgraded.
+    Upgraded(TokioIo<Upgraded>),
+}
+
+impl Io {
+    /// The connection, and the bytes hyper had already read past the request.
+    fn from_upgraded(up: Upgraded) -> (Self, Bytes) {
+        match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(up) {
+            Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf),
+            Err(up) => (Io::Upgraded(TokioIo::new(up)), Bytes::new()),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Upgraded(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A message as handed to the protocol layer, borrowed from the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Data<'a> {
+    /// A text message (valid UTF-8).
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+/// A close frame the server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseFrame {
+    /// The close code.
+    pub code: u16,
+    /// The reason text (at most 123 bytes are sent).
+    pub reason: &'static str,
+}
+
+/// Why reading ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The client sent a close frame; the answer is queued for writing.
+    Closed,
+    /// A frame or message over the size limit.
+    TooBig,
+    /// End of stream, a transport error, or a protocol violation.
+    Gone,
+    /// Writing failed.
+    WriteFailed,
+}
+
+/// What [`WebSocket::poll_read`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A whole data message: read it with [`WebSocket::data`].
+    Message,
+    /// A ping or pong (a pong answer is queued for a ping).
+    Control,
+    /// Reading is over.
+    End(ReadEnd),
+}
+
+/// Where the message last returned by [`Event::Message`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Current {
+    None,
+    /// `rbuf[start..end]`, one unfragmented frame.
+    InBuf {
+        text: bool,
+        start: usize,
+        end: usize,
+    },
+    /// The assembled fragments in `frag`.
+    Frag {
+        text: bool,
+    },
+}
+
+const OP_CONT: u8 = 0;
+const OP_TEXT: u8 = 1;
+const OP_BINARY: u8 = 2;
+const OP_CLOSE: u8 = 8;
+const OP_PING: u8 = 9;
+const OP_PONG: u8 = 10;
+
+thread_local! {
+    /// Every socket polled on this thread reads into this one buffer.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One server-side WebSocket. Buffers are allocated only while in use.
+#[derive(Debug)]
+pub struct WebSocket {
+    io: Io,
+    /// Bytes read but not yet consumed: a partial frame, or frames not yet
+    /// handed out. Freed when everything in it is consumed.
+    rbuf: Vec<u8>,
+    /// Start of the unparsed bytes in `rbuf`.
+    rpos: usize,
+    /// The message handed out last (valid until the next poll).
+    current: Current,
+    /// Payload of a fragmented message being assembled.
+    frag: Vec<u8>,
+    /// The opcode of the fragmented message being assembled, 0 when none.
+    frag_op: u8,
+    /// Largest frame, and largest message, accepted.
+    max_size: usize,
+    /// Encoded frames not yet written. Freed once written.
+    wbuf: Vec<u8>,
+    /// Start of the unwritten bytes in `wbuf`.
+    wpos: usize,
+    /// Written but not yet flushed (a no-op for TCP, needed for HTTP/2).
+    need_flush: bool,
+}
+
+impl WebSocket {
+    /// A socket on `io`, where `pre` was already read from it. The size
+    /// limit is 64 MiB until [`Self::set_max_size`].
+    pub fn new(io: Io, pre: &[u8]) -> Self {
+        Self {
+            io,
+            rbuf: pre.to_vec(),
+            rpos: 0,
+            current: Current::None,
+            frag: Vec::new(),
+            frag_op: 0,
+            max_size: 64 << 20,
+            wbuf: Vec::new(),
+            wpos: 0,
+            need_flush: false,
+        }
+    }
+
+    /// Sets the largest frame and message accepted.
+    pub fn set_max_size(&mut self, max: usize) {
+        self.max_size = max;
+    }
+
+    /// True when nothing is buffered for writing.
+    pub fn write_idle(&self) -> bool {
+        self.wbuf.is_empty() && !self.need_flush
+    }
+
+    /// Bytes waiting to be written.
+    pub fn write_pending(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// True when the write buffer is full enough that no more should be queued.
+    pub fn write_full(&self) -> bool {
+        self.write_pending() >= WRITE_BATCH_BYTES
+    }
+
+    /// Appends one frame to the write buffer.
+    pub fn queue_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let w = &mut self.wbuf;
+        w.reserve(payload.len() + 10);
+        w.push(0x80 | opcode);
+        let n = payload.len();
+        if n < 126 {
+            w.push(n as u8);
+        } else if n <= u16::MAX as usize {
+            w.push(126);
+            w.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            w.push(127);
+            w.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        w.extend_from_slice(payload);
+    }
+
+    /// Appends a text frame.
+    pub fn queue_text(&mut self, s: &str) {
+        self.queue_frame(OP_TEXT, s.as_bytes());
+    }
+
+    /// Appends a binary frame.
+    pub fn queue_binary(&mut self, b: &[u8]) {
+        self.queue_frame(OP_BINARY, b);
+    }
+
+    /// Appends an empty ping.
+    pub fn queue_ping(&mut self) {
+        self.queue_frame(OP_PING, &[]);
+    }
+
+    /// Appends a close frame.
+    pub fn queue_close(&mut self, f: CloseFrame) {
+        let mut p = Vec::with_capacity(2 + f.reason.len().min(123));
+        p.extend_from_slice(&f.code.to_be_bytes());
+        let mut cut = f.reason.len().min(123);
+        while !f.reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        p.extend_from_slice(&f.reason.as_bytes()[..cut]);
+        self.queue_frame(OP_CLOSE, &p);
+    }
+
+    /// Writes what is buffered. `Ready(Ok)` once all of it is written and
+    /// flushed (the buffer is then freed); `Pending` while the socket is full.
+    pub fn poll_write_buffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wpos += n;
+        }
+        if !self.wbuf.is_empty() {
+            self.wbuf = Vec::new();
+            self.wpos = 0;
+            self.need_flush = true;
+        }
+        if self.need_flush {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.need_flush = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes and flushes everything buffered.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_write_buffered(cx)).await
+    }
+
+    /// Flushes, then shuts the write side down (TCP FIN).
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await
+    }
+
+    /// The message of the last [`Event::Message`]; `None` for text that is
+    /// not UTF-8 (a protocol violation: end the connection).
+    pub fn data(&self) -> Option<Data<'_>> {
+        let (text, bytes) = match self.current {
+            Current::None => return None,
+            Current::InBuf { text, start, end } => (text, &self.rbuf[start..end]),
+            Current::Frag { text } => (text, &self.frag[..]),
+        };
+        if text {
+            std::str::from_utf8(bytes).ok().map(Data::Text)
+        } else {
+            Some(Data::Binary(bytes))
+        }
+    }
+
+    /// Releases the last message and anything fully consumed.
+    fn release(&mut self) {
+        if let Current::Frag { .. } = self.current {
+            self.frag = Vec::new();
+        }
+        self.current = Current::None;
+        if self.rpos == self.rbuf.len() && self.rpos > 0 {
+            self.rbuf = Vec::new();
+            self.rpos = 0;
+        }
+    }
+
+    /// Reads until a message, a control frame or the end. Releases the
+    /// previous message first.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        self.release();
+        loop {
+            match self.parse() {
+                Ok(Some(ev)) => return Poll::Ready(ev),
+                Ok(None) => {}
+                Err(end) => return Poll::Ready(Event::End(end)),
+            }
+            // Need more bytes: keep only the partial frame.
+            if self.rpos > 0 {
+                if self.rpos == self.rbuf.len() {
+                    self.rbuf = Vec::new();
+                } else {
+                    self.rbuf.drain(..self.rpos);
+                }
+                self.rpos = 0;
+            }
+            let read = SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.is_empty() {
+                    s.resize(READ_CHUNK, 0);
+                }
+                let mut rb = ReadBuf::new(&mut s[..]);
+                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        self.rbuf.extend_from_slice(rb.filled());
+                        Poll::Ready(Ok(rb.filled().len()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    return Poll::Ready(Event::End(ReadEnd::Gone))
+                }
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Parses frames from `rbuf[rpos..]` until one is worth reporting.
+    /// `Ok(None)` when more bytes are needed.
+    fn parse(&mut self) -> Result<Option<Event>, ReadEnd> {
+        loop {
+            let buf = &mut self.rbuf[self.rpos..];
+            let Some(h) = parse_header(buf)? else {
+                return Ok(None);
+            };
+            let data_op = matches!(h.opcode, OP_CONT | OP_TEXT | OP_BINARY);
+            if data_op {
+                let so_far = if h.opcode == OP_CONT {
+                    self.frag.len()
+                } else {
+                    0
+                };
+                if h.len > self.max_size as u64 || so_far as u64 + h.len > self.max_size as u64 {
+                    return Err(ReadEnd::TooBig);
+                }
+            }
+            let len = h.len as usize;
+            if buf.len() - h.header_len < len {
+                return Ok(None);
+            }
+            let payload = &mut buf[h.header_len..h.header_len + len];
+            unmask(payload, h.mask);
+            let start = self.rpos + h.header_len;
+            let end = start + len;
+            self.rpos = end;
+            match h.opcode {
+                OP_TEXT | OP_BINARY => {
+                    if self.frag_op != 0 {
+                        return Err(ReadEnd::Gone);
+                    }
+                    let text = h.opcode == OP_TEXT;
+                    if h.fin {
+                        self.current = Current::InBuf { text, start, end };
+                        return Ok(Some(Event::Message));
+                    }
+                    self.frag_op = h.opcode;
+                    self.frag = self.rbuf[start..end].to_vec();
+                }
+                OP_CONT => {
+                    if self.frag_op == 0 {
+                        return Err(ReadEnd::Gone);
+                    }
+                    self.frag.extend_from_slice(&self.rbuf[start..end]);
+                    if h.fin {
+                        let text = self.frag_op == OP_TEXT;
+                        self.frag_op = 0;
+                        self.current = Current::Frag { text };
+                        return Ok(Some(Event::Message));
+                    }
+                }
+                OP_PING => {
+                    let p = self.rbuf[start..end].to_vec();
+                    self.queue_frame(OP_PONG, &p);
+                    return Ok(Some(Event::Control));
+                }
+                OP_PONG => return Ok(Some(Event::Control)),
+                OP_CLOSE => {
+                    let p = &self.rbuf[start..end];
+                    match p.len() {
+                        0 => self.queue_frame(OP_CLOSE, &[]),
+                        1 => return Err(ReadEnd::Gone),
+                        _ => {
+                            let code = u16::from_be_bytes([p[0], p[1]]);
+                            if std::str::from_utf8(&p[2..]).is_err() {
+                                return Err(ReadEnd::Gone);
+                            }
+                            if close_code_allowed(code) {
+                                let echo = p.to_vec();
+                                self.queue_frame(OP_CLOSE, &echo);
+                            } else {
+                                self.queue_close(CloseFrame {
+                                    code: 1002,
+                                    reason: "Protocol violation",
+                                });
+                            }
+                        }
+                    }
+                    return Err(ReadEnd::Closed);
+                }
+                _ => unreachable!("parse_header refuses other opcodes"),
+            }
+        }
+    }
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    len: u64,
+    mask: [u8; 4],
+    header_len: usize,
+}
+
+/// Parses a client frame header; `Ok(None)` when `buf` is too short.
+fn parse_header(buf: &[u8]) -> Result<Option<Header>, ReadEnd> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let (b0, b1) = (buf[0], buf[1]);
+    let fin = b0 & 0x80 != 0;
+    let opcode = b0 & 0x0f;
+    if b0 & 0x70 != 0 || b1 & 0x80 == 0 {
+        // Reserved bits without an extension, or an unmasked client frame.
+        return Err(ReadEnd::Gone);
+    }
+    let control = match opcode {
+        OP_CONT | OP_TEXT | OP_BINARY => false,
+        OP_CLOSE | OP_PING | OP_PONG => true,
+        _ => return Err(ReadEnd::Gone),
+    };
+    let (len, at) = match b1 & 0x7f {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            let n = u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes"));
+            if n >> 63 != 0 {
+                return Err(ReadEnd::Gone);
+            }
+            (n, 10)
+        }
+        n => (u64::from(n), 2),
+    };
+    if control && (!fin || len > 125) {
+        return Err(ReadEnd::Gone);
+    }
+    if buf.len() < at + 4 {
+        return Ok(None);
+    }
+    let mask = buf[at..at + 4].try_into().expect("4 bytes");
+    Ok(Some(Header {
+        fin,
+        opcode,
+        len,
+        mask,
+        header_len: at + 4,
+    }))
+}
+
+/// XORs `payload` with the client's masking key.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let word = u32::from_ne_bytes(mask);
+    let mut chunks = payload.chunks_exact_mut(4);
+    for c in &mut chunks {
+        let v = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) ^ word;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i];
+    }
+}
+
+/// Close codes a peer may send (RFC 6455 7.4, as tungstenite judges them).
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
+}
+
+#[cfg(test)]
+mod tests;
