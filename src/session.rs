@@ -243,130 +243,144 @@ impl Dialect for Native {
 /// Serves one upgraded socket in `dialect` until it closes. `permit` and
 /// `token` are held for the connection's lifetime: the first caps
 /// connections, the second keeps shutdown waiting for it.
-pub async fn run<D: Dialect>(
+///
+/// Not an `async fn`: that would store its arguments next to the future it
+/// awaits, and this future is what an idle connection costs.
+pub fn run<D: Dialect>(
     node: Arc<Node>,
     ws: WebSocket,
     info: ConnInfo,
     dialect: D,
     permit: OwnedSemaphorePermit,
     token: TaskTrackerToken,
-) {
+) -> impl Future<Output = ()> + Send {
     let span = tracing::debug_span!("conn", node = %node.id, dialect = D::NAME, addr = %info.observed, peer = tracing::field::Empty);
-    serve(node, ws, info, dialect).instrument(span).await;
-    drop(permit);
-    drop(token);
+    serve(node, ws, info, dialect, (permit, token)).instrument(span)
 }
 
 /// Messages taken from the queue per write (then one write for all of them).
 const WRITE_BATCH: usize = 64;
 
-async fn serve<D: Dialect>(node: Arc<Node>, mut ws: WebSocket, info: ConnInfo, mut dialect: D) {
-    metrics::gauge!(m::CONNECTIONS).increment(1.0);
-    metrics::counter!(m::CONNECTIONS_TOTAL, "dialect" => D::NAME).increment(1);
-    let limits = &node.cfg.limits;
-    ws.set_max_size(limits.max_frame_bytes);
-    let (handle, mut rx) = ConnHandle::new(
-        node.next_epoch(),
-        limits.outbound_queue,
-        node.close_all.child_token(),
-    );
-    let enc = dialect.encoder();
-    let heartbeat = Duration::from_millis(limits.heartbeat_interval_ms);
-    let idle_timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
-    let start = TokioInstant::now();
-    // One timer for three deadlines: it is re-armed lazily (when it fires, or
-    // when a deadline moves earlier), so a frame costs no timer operation.
-    let mut ping_at = start + heartbeat;
-    let mut idle_at = start + Duration::from_millis(limits.hello_timeout_ms);
-    let timer = sleep_until(ping_at.min(idle_at));
-    tokio::pin!(timer);
-    let ctl = handle.ctl().clone();
-    let cancelled = ctl.cancel.cancelled();
-    tokio::pin!(cancelled);
+/// The connection's future. A plain function returning an `async move`
+/// block: the block uses its captures in place, where an `async fn` would
+/// keep its arguments twice (as arguments, and moved into its body).
+#[allow(clippy::manual_async_fn)] // on purpose, see above
+fn serve<D: Dialect>(
+    node: Arc<Node>,
+    mut ws: WebSocket,
+    info: ConnInfo,
+    mut dialect: D,
+    guards: (OwnedSemaphorePermit, TaskTrackerToken),
+) -> impl Future<Output = ()> + Send {
+    async move {
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        metrics::counter!(m::CONNECTIONS_TOTAL, "dialect" => D::NAME).increment(1);
+        let limits = &node.cfg.limits;
+        ws.set_max_size(limits.max_frame_bytes);
+        let (handle, mut rx) = ConnHandle::new(
+            node.next_epoch(),
+            limits.outbound_queue,
+            node.close_all.child_token(),
+        );
+        let enc = dialect.encoder();
+        let heartbeat = || Duration::from_millis(node.cfg.limits.heartbeat_interval_ms);
+        let idle_timeout = || Duration::from_millis(node.cfg.limits.heartbeat_timeout_ms);
+        let start = TokioInstant::now();
+        // One timer for three deadlines: it is re-armed lazily (when it fires, or
+        // when a deadline moves earlier), so a frame costs no timer operation.
+        let mut ping_at = start + heartbeat();
+        let mut idle_at = start + Duration::from_millis(limits.hello_timeout_ms);
+        let timer = sleep_until(ping_at.min(idle_at));
+        tokio::pin!(timer);
+        let cancelled = handle.ctl().cancel.cancelled();
+        tokio::pin!(cancelled);
 
-    let mut session: Option<Session> = match Box::pin(dialect.open(&node, &handle, &info)).await {
-        Ok(s) => s,
-        Err(why) => {
-            handle.close(why);
-            None
-        }
-    };
-    if let Some(s) = &session {
-        tracing::Span::current().record("peer", tracing::field::display(&s.peer));
-        idle_at = TokioInstant::now() + idle_timeout;
-    }
-
-    let why = loop {
-        let due = ping_at.min(idle_at);
-        if due < timer.deadline() {
-            timer.as_mut().reset(due);
-        }
-        let event = tokio::select! {
-            biased;
-            _ = &mut cancelled => break None,
-            _ = &mut timer => {
-                let now = TokioInstant::now();
-                if now >= idle_at {
-                    break Some(if session.is_none() { CloseReason::HELLO_TIMEOUT } else { CloseReason::TIMEOUT });
-                }
-                if now >= ping_at {
-                    ws.queue_ping();
-                    ping_at = now + heartbeat;
-                }
-                timer.as_mut().reset(ping_at.min(idle_at));
-                continue;
-            }
-            ev = poll_fn(|cx| poll_socket(cx, &mut ws, &mut rx, &enc)) => ev,
-        };
-        let frame = match event {
-            Event::End(end) => break end_reason(end),
-            Event::Control => {
-                if session.is_some() {
-                    idle_at = TokioInstant::now() + idle_timeout;
-                }
-                continue;
-            }
-            Event::Message => {
-                let Some(frame) = ws.data() else {
-                    // Text that is not UTF-8.
-                    break Some(CloseReason::CLIENT_GONE);
-                };
-                frame
+        let mut session: Option<Session> = match Box::pin(dialect.open(&node, &handle, &info)).await
+        {
+            Ok(s) => s,
+            Err(why) => {
+                handle.close(why);
+                None
             }
         };
-        let received = Instant::now();
-        if session.is_some() {
-            idle_at = TokioInstant::now() + idle_timeout;
-        }
-        // Boxed so that the connection's own future stays small while idle;
-        // the box lives only while one frame is handled.
-        let flow =
-            Box::pin(dialect.frame(&node, &handle, &info, &mut session, frame, received)).await;
-        match flow {
-            Flow::Continue => {}
-            Flow::Registered => idle_at = TokioInstant::now() + idle_timeout,
-            Flow::Close(c) => break Some(c),
-        }
-    };
-    if let Some(why) = why {
-        handle.close(why);
-    }
-    let why = *ctl.reason.get_or_init(|| default_reason(&node));
-    ctl.cancel.cancel();
-    metrics::counter!(m::DISCONNECTS, "reason" => why.reason).increment(1);
-    // Tell the rooms and send the close frame at the same time, as the
-    // reader and the writer did when they were two tasks.
-    let disconnect = async {
         if let Some(s) = &session {
-            node.disconnect(s, why).await;
+            tracing::Span::current().record("peer", tracing::field::display(&s.peer));
+            idle_at = TokioInstant::now() + idle_timeout();
         }
-    };
-    Box::pin(async {
-        tokio::join!(disconnect, close(&mut ws, &mut rx, &enc, why));
-    })
-    .await;
-    drop(rx);
-    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+
+        let why = loop {
+            let due = ping_at.min(idle_at);
+            if due < timer.deadline() {
+                timer.as_mut().reset(due);
+            }
+            let event = tokio::select! {
+                biased;
+                _ = &mut cancelled => break None,
+                _ = &mut timer => {
+                    let now = TokioInstant::now();
+                    if now >= idle_at {
+                        break Some(if session.is_none() { CloseReason::HELLO_TIMEOUT } else { CloseReason::TIMEOUT });
+                    }
+                    if now >= ping_at {
+                        ws.queue_ping();
+                        ping_at = now + heartbeat();
+                    }
+                    timer.as_mut().reset(ping_at.min(idle_at));
+                    continue;
+                }
+                ev = poll_fn(|cx| poll_socket(cx, &mut ws, &mut rx, &enc)) => ev,
+            };
+            let frame = match event {
+                Event::End(end) => break end_reason(end),
+                Event::Control => {
+                    if session.is_some() {
+                        idle_at = TokioInstant::now() + idle_timeout();
+                    }
+                    continue;
+                }
+                Event::Message => {
+                    let Some(frame) = ws.data() else {
+                        // Text that is not UTF-8.
+                        break Some(CloseReason::CLIENT_GONE);
+                    };
+                    frame
+                }
+            };
+            let received = Instant::now();
+            if session.is_some() {
+                idle_at = TokioInstant::now() + idle_timeout();
+            }
+            // Boxed so that the connection's own future stays small while idle;
+            // the box lives only while one frame is handled.
+            let flow =
+                Box::pin(dialect.frame(&node, &handle, &info, &mut session, frame, received)).await;
+            match flow {
+                Flow::Continue => {}
+                Flow::Registered => idle_at = TokioInstant::now() + idle_timeout(),
+                Flow::Close(c) => break Some(c),
+            }
+        };
+        if let Some(why) = why {
+            handle.close(why);
+        }
+        let why = *handle.ctl().reason.get_or_init(|| default_reason(&node));
+        handle.ctl().cancel.cancel();
+        metrics::counter!(m::DISCONNECTS, "reason" => why.reason).increment(1);
+        // Tell the rooms and send the close frame at the same time, as the
+        // reader and the writer did when they were two tasks.
+        let disconnect = async {
+            if let Some(s) = &session {
+                node.disconnect(s, why).await;
+            }
+        };
+        Box::pin(async {
+            tokio::join!(disconnect, close(&mut ws, &mut rx, &enc, why));
+        })
+        .await;
+        drop(rx);
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        drop(guards);
+    }
 }
 
 /// The close reason for how reading ended (`None`: already given, or the default).

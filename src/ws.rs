@@ -39,6 +39,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::future::{Either, FutureExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -146,16 +147,23 @@ impl WsUpgrade {
         C: FnOnce(WebSocket) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let (io, pre) = Io::from_upgraded(upgraded);
-                    callback(WebSocket::new(io, &pre)).await
-                }
-                Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        // Two stages in one task: waiting for the hand-over (with the
+        // callback), then only the connection's own future. `flatten` keeps
+        // one of the two at a time, so an idle connection's task holds
+        // nothing of the first stage.
+        let task = self.on_upgrade.map(move |up| match up {
+            Ok(up) => {
+                // `pre` may be a view into hyper's whole read buffer: copy it
+                // out and let the buffer go before the socket is served.
+                let (io, pre) = Io::from_upgraded(up);
+                Either::Left(callback(WebSocket::new(io, &pre)))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                Either::Right(std::future::ready(()))
             }
         });
+        tokio::spawn(task.flatten());
         let mut response = match &self.key {
             Some(key) => Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -186,8 +194,8 @@ impl WsUpgrade {
 pub enum Io {
     /// The accepted TCP stream.
     Tcp(TcpStream),
-    /// Anything else hyper upgraded.
-    Upgraded(TokioIo<Upgraded>),
+    /// Anything else hyper upgraded (boxed: rare, and larger).
+    Upgraded(Box<TokioIo<Upgraded>>),
 }
 
 impl Io {
@@ -195,7 +203,7 @@ impl Io {
     fn from_upgraded(up: Upgraded) -> (Self, Bytes) {
         match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(up) {
             Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf),
-            Err(up) => (Io::Upgraded(TokioIo::new(up)), Bytes::new()),
+            Err(up) => (Io::Upgraded(Box::new(TokioIo::new(up))), Bytes::new()),
         }
     }
 }
@@ -208,7 +216,7 @@ impl AsyncRead for Io {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Upgraded(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -221,19 +229,19 @@ impl AsyncWrite for Io {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Upgraded(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Io::Upgraded(s) => Pin::new(s).poll_flush(cx),
+            Io::Upgraded(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Upgraded(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }
