@@ -1,7 +1,7 @@
 //! The hub: this node's local socket map and local room index.
 //!
 //! It maps each locally connected peer to a [`ConnHandle`], the only way to
-//! reach its socket: a bounded queue drained by the connection's writer task,
+//! reach its socket: a bounded queue drained by the connection's task,
 //! plus a cancellation token to close it. Pushing never blocks: a full queue
 //! means the client cannot keep up, and it is closed with 1013 while everyone
 //! else keeps receiving. Maps are sharded (`DashMap`) and no lock is ever held
@@ -75,8 +75,8 @@ impl CloseReason {
         reason: "message-too-big",
         leave: LeaveReason::Disconnected,
     };
-    /// The client sent a close frame (the WebSocket library has queued the
-    /// echo; the writer only has to flush it).
+    /// The client sent a close frame (the framing has queued the echo; the
+    /// connection only has to flush it).
     pub const CLIENT_CLOSED: Self = Self {
         code: close::NORMAL,
         reason: "client-closed",

@@ -58,7 +58,7 @@ fn codec_code(c: Codec) -> u8 {
     }
 }
 
-/// What a connection's reader does after one frame.
+/// What a connection does after one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     /// Keep reading.
