@@ -33,8 +33,13 @@
 #   SWITCHBOARD, LOADGEN, REDIS_SERVER   binaries (see lib.sh)
 #   SB_SO_RATE      signals/s in total (default 10000)
 #   SB_SO_PAIRS     relay pairs (default 200)
-#   SB_SO_SECS      relay window (default 10)
-#   SB_SO_BASELINE  idle baseline window (default 6)
+#   SB_SO_SECS      relay window (default 15)
+#   SB_SO_BASELINE  idle baseline window (default 15)
+# Keep both windows whole multiples of the node's heartbeat interval
+# (limits.heartbeat_interval_ms, 15 s): each connection is pinged once per
+# interval counted from its own connect, and the idle peers connect within a
+# few seconds, so the pings come in bursts; a window of one whole interval holds
+# exactly one ping per connection wherever it starts.
 #   SB_SO_PORT      Redis on this port, nodes on the next ones (default 18380)
 #   SB_SO_QUIET_WAIT  wait at most this long for a quiet machine per measurement (default 60)
 #
@@ -47,8 +52,8 @@ out="${2:-/tmp/sb-scaleout-$(date +%Y%m%d-%H%M%S)}"
 only="${SB_SO_ONLY:-n1-1k n1-19k n2-1k n3-1k n3-57k}"
 rate="${SB_SO_RATE:-10000}"
 pairs="${SB_SO_PAIRS:-200}"
-secs="${SB_SO_SECS:-10}"
-baseline="${SB_SO_BASELINE:-6}"
+secs="${SB_SO_SECS:-15}"
+baseline="${SB_SO_BASELINE:-15}"
 base="${SB_SO_PORT:-18380}"
 mkdir -p "$out"
 
