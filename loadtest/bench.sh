@@ -37,7 +37,7 @@ sb_raise_nofile
 spid=""
 start_node() {
   # One node on $port, embedded store, STUN off.
-  sb_start_nodes "$1" 1 $((port - 1)) 0 0 "$out"
+  sb_start_nodes "$1" 1 $((port - 1)) 0 0 "$out" || exit 1
   spid="$SB_PIDS"
 }
 stop_node() {

@@ -40,7 +40,7 @@ urls=""
 pids=""
 # start_nodes NAME COUNT REDIS(0|1) [STUN(0|1)]: fresh Redis on $base, nodes on base+1..
 start_nodes() {
-  sb_start_nodes "$1" "$2" "$base" "$3" "${4:-0}" "$out"
+  sb_start_nodes "$1" "$2" "$base" "$3" "${4:-0}" "$out" || exit 1
   urls="$SB_URLS"
   pids="$SB_PIDS"
 }

@@ -72,7 +72,10 @@ sb_machine_info >>"$out/machine.txt"
 
 for run in $(seq 1 "$runs"); do
   sb_wait_quiet 15 "${SB_CI_QUIET_WAIT:-60}"
-  sb_start_nodes "ci-$run" "$nodes" "$base" 1 0 "$out"
+  if ! sb_start_nodes "ci-$run" "$nodes" "$base" 1 0 "$out"; then
+    echo "cluster-idle: run $run skipped: the cluster did not start" >&2
+    continue
+  fi
   sleep 2
   IFS=, read -r -a urls <<<"$SB_URLS"
   rss0=()

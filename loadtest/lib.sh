@@ -12,7 +12,9 @@
 #                                join it under a key prefix unique to this start;
 #                                STUN=1: a STUN responder on 127.0.0.1:BASE+10+i, else off.
 #                                Sets SB_URLS, SB_PIDS (comma-separated), SB_NODE_PIDS,
-#                                SB_PORTS (arrays), SB_PREFIX; exits when a node fails to start
+#                                SB_PORTS (arrays), SB_PREFIX; on failure (Redis or a node
+#                                does not come up: e.g. a port taken by someone else) stops
+#                                what it started and returns 1
 #   sb_stop_all                  stop the nodes and Redis started by sb_start_nodes
 #   sb_wait_quiet LIMIT MAXWAIT  wait (at most MAXWAIT s) until the machine uses less than
 #                                LIMIT % of one core over 2 s
@@ -48,19 +50,26 @@ sb_raise_nofile() {
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 }
 
+# sb_start_redis PORT LOG: three attempts, 2 s apart (the port may be briefly taken).
 sb_start_redis() {
-  local port="$1" log="$2"
-  "$SB_REDIS_BIN" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-    --maxclients 10000 >"$log" 2>&1 &
-  SB_REDIS_PID=$!
+  local port="$1" log="$2" attempt
   SB_REDIS_PORT="$port"
-  for _ in $(seq 1 50); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
-    sleep 0.1
+  for attempt in 1 2 3; do
+    "$SB_REDIS_BIN" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+      --maxclients 10000 >"$log" 2>&1 &
+    SB_REDIS_PID=$!
+    for _ in $(seq 1 50); do
+      kill -0 "$SB_REDIS_PID" 2>/dev/null || break
+      redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+      sleep 0.1
+    done
+    kill -TERM "$SB_REDIS_PID" 2>/dev/null || true
+    wait "$SB_REDIS_PID" 2>/dev/null || true
+    SB_REDIS_PID=""
+    echo "lib: redis-server did not start on $port (attempt $attempt, see $log)" >&2
+    sleep 2
   done
-  echo "lib: redis-server did not start on $port (see $log)" >&2
-  sb_stop_all
-  exit 1
+  return 1
 }
 
 # sb_start_nodes NAME N BASE REDIS(0|1) STUN(0|1) OUTDIR
@@ -71,7 +80,7 @@ sb_start_nodes() {
   SB_PORTS=()
   SB_PREFIX=""
   if [ "$redis" = 1 ]; then
-    sb_start_redis "$base" "$out/redis-$name.log"
+    sb_start_redis "$base" "$out/redis-$name.log" || return 1
     SB_PREFIX="sb-$name-$$-$RANDOM"
   fi
   for i in $(seq 1 "$n"); do
@@ -110,7 +119,7 @@ sb_start_nodes() {
     if [ "$up" != 1 ]; then
       echo "lib: node on $port is not ready after 10 s (see $out/node-$name-*.log)" >&2
       sb_stop_all
-      exit 1
+      return 1
     fi
   done
 }

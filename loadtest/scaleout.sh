@@ -42,6 +42,7 @@
 # exactly one ping per connection wherever it starts.
 #   SB_SO_PORT      Redis on this port, nodes on the next ones (default 18380)
 #   SB_SO_QUIET_WAIT  wait at most this long for a quiet machine per measurement (default 60)
+#   SB_SO_FIRST_RUN number of the first run (default 1): to add runs to an OUTDIR
 #
 # Loopback only; every step is bounded in count and time.
 set -euo pipefail
@@ -79,7 +80,10 @@ trap cleanup EXIT
 measure() {
   local name="$1" run="$2" n="$3" redis="$4" peers="$5" k idle per ready deadline
   sb_wait_quiet 15 "${SB_SO_QUIET_WAIT:-60}"
-  sb_start_nodes "$name-$run" "$n" "$base" "$redis" 0 "$out"
+  if ! sb_start_nodes "$name-$run" "$n" "$base" "$redis" 0 "$out"; then
+    echo "scaleout: run $run $name skipped: the nodes did not start" >&2
+    return 0
+  fi
   local -a urls
   IFS=, read -r -a urls <<<"$SB_URLS"
   idle=$((peers - 2 * pairs))
@@ -123,7 +127,8 @@ measure() {
 sb_machine_info >>"$out/machine.txt"
 echo "rate $rate/s, $pairs pairs, ${secs}s relay, ${baseline}s baseline" >>"$out/machine.txt"
 
-for run in $(seq 1 "$runs"); do
+first="${SB_SO_FIRST_RUN:-1}"
+for run in $(seq "$first" $((first + runs - 1))); do
   for c in $only; do
     case "$c" in
       n1-1k) measure "$c" "$run" 1 0 1000 ;;
