@@ -21,7 +21,6 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/.." && pwd)"
 runs="${1:-3}"
 out="${2:-/tmp/sb-bench-$(date +%Y%m%d-%H%M%S)}"
 port="${SB_BENCH_PORT:-18080}"
@@ -30,58 +29,26 @@ only="${SB_BENCH_ONLY:-idle relay-sat relay-20k relay-50k connect}"
 src="127.0.0.2-127.0.0.40"
 mkdir -p "$out"
 
-if [ -z "${SWITCHBOARD:-}" ] || [ -z "${LOADGEN:-}" ]; then
-  (cd "$root" && cargo build --release --quiet --bin switchboard --bin loadgen)
-  bin="${CARGO_TARGET_DIR:-$root/target}/release"
-  SWITCHBOARD="${SWITCHBOARD:-$bin/switchboard}"
-  LOADGEN="${LOADGEN:-$bin/loadgen}"
-fi
+# shellcheck source=loadtest/lib.sh
+. "$here/lib.sh"
+sb_build
+sb_raise_nofile
 
 spid=""
 start_node() {
-  # The node reads config/default.toml from its working directory.
-  (cd "$root" && SWITCHBOARD_SERVER__LISTEN="127.0.0.1:$port" SWITCHBOARD_LOG__LEVEL=warn \
-    SWITCHBOARD_SHUTDOWN__GRACE_PERIOD_MS=200 exec "$SWITCHBOARD") >"$out/node-$1.log" 2>&1 &
-  spid=$!
-  for _ in $(seq 1 100); do
-    curl -fsS -m 1 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "bench: node did not start (see $out/node-$1.log)" >&2
-  stop_node
-  exit 1
+  # One node on $port, embedded store, STUN off.
+  sb_start_nodes "$1" 1 $((port - 1)) 0 0 "$out" || exit 1
+  spid="$SB_PIDS"
 }
 stop_node() {
-  [ -n "$spid" ] || return 0
-  kill -TERM "$spid" 2>/dev/null || true
-  for _ in $(seq 1 100); do
-    kill -0 "$spid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$spid" 2>/dev/null || true
-  wait "$spid" 2>/dev/null || true
+  sb_stop_all
   spid=""
 }
 trap stop_node EXIT
 
-# Busy CPU ticks of the whole machine (all cores) and the total, from /proc/stat.
-cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
-
 # The machine is shared: wait (bounded) until the rest of it is quiet, i.e.
 # less than SB_BENCH_QUIET_PCT (default 15) percent of one core busy over 2 s.
-wait_quiet() {
-  local limit="${SB_BENCH_QUIET_PCT:-15}" deadline=$((SECONDS + ${SB_BENCH_QUIET_WAIT:-600}))
-  while [ "$SECONDS" -lt "$deadline" ]; do
-    read -r b0 t0 < <(cpu_ticks)
-    sleep 2
-    read -r b1 t1 < <(cpu_ticks)
-    # busy ticks per second at USER_HZ=100 is the percentage of one core
-    local pct=$(((b1 - b0) / 2))
-    [ "$pct" -le "$limit" ] && return 0
-    echo "bench: machine busy (${pct}% of a core), waiting" >&2
-  done
-  echo "bench: machine still busy; measuring anyway" >&2
-}
+wait_quiet() { sb_wait_quiet "${SB_BENCH_QUIET_PCT:-15}" "${SB_BENCH_QUIET_WAIT:-600}"; }
 
 measure() {
   local name="$1" i="$2"
@@ -96,14 +63,7 @@ measure() {
   sleep 2 # let TIME_WAIT and the allocator settle between runs
 }
 
-{
-  echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
-  echo "nproc: $(nproc)"
-  grep MemTotal /proc/meminfo
-  echo "kernel: $(uname -sr)"
-  grep -m1 'model name' /proc/cpuinfo || true
-} >>"$out/machine.txt"
+sb_machine_info >>"$out/machine.txt"
 
 first="${SB_BENCH_FIRST_RUN:-1}"
 for i in $(seq "$first" $((first + runs - 1))); do

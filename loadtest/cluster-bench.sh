@@ -24,96 +24,30 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/.." && pwd)"
 runs="${1:-3}"
 out="${2:-/tmp/sb-cluster-$(date +%Y%m%d-%H%M%S)}"
 base="${SB_CB_PORT:-18180}"
 only="${SB_CB_ONLY:-relay-sat relay-10k relay-20k relay-30k idle pairing stun}"
-redis_bin="${REDIS_SERVER:-redis-server}"
 src="127.0.0.2-127.0.0.40"
 mkdir -p "$out"
 
-if [ -z "${SWITCHBOARD:-}" ] || [ -z "${LOADGEN:-}" ]; then
-  (cd "$root" && cargo build --release --quiet --bin switchboard --bin loadgen)
-  bin="${CARGO_TARGET_DIR:-$root/target}/release"
-  SWITCHBOARD="${SWITCHBOARD:-$bin/switchboard}"
-  LOADGEN="${LOADGEN:-$bin/loadgen}"
-fi
+# shellcheck source=loadtest/lib.sh
+. "$here/lib.sh"
+sb_build
+sb_raise_nofile
 
-rpid=""
-npids=()
 urls=""
 pids=""
-start_redis() {
-  "$redis_bin" --port "$base" --bind 127.0.0.1 --save '' --appendonly no \
-    --maxclients 10000 >"$out/redis-$1.log" 2>&1 &
-  rpid=$!
-  for _ in $(seq 1 50); do
-    redis-cli -p "$base" ping >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "cluster-bench: redis did not start" >&2
-  exit 1
-}
-# start_nodes NAME COUNT REDIS(0|1) [STUN(0|1)]
+# start_nodes NAME COUNT REDIS(0|1) [STUN(0|1)]: fresh Redis on $base, nodes on base+1..
 start_nodes() {
-  local name="$1" n="$2" redis="$3" stun="${4:-0}" i port
-  [ "$redis" = 1 ] && start_redis "$name"
-  urls=""
-  pids=""
-  for i in $(seq 1 "$n"); do
-    port=$((base + i))
-    (
-      cd "$root"
-      export SWITCHBOARD_SERVER__LISTEN="127.0.0.1:$port" SWITCHBOARD_LOG__LEVEL=warn \
-        SWITCHBOARD_SERVER__NODE_ID="bench-$i" SWITCHBOARD_SHUTDOWN__GRACE_PERIOD_MS=200
-      if [ "$redis" = 1 ]; then export SWITCHBOARD_CLUSTER__REDIS_URL="redis://127.0.0.1:$base"; fi
-      if [ "$stun" = 1 ]; then
-        export SWITCHBOARD_STUN__ENABLED=true SWITCHBOARD_STUN__LISTEN="127.0.0.1:$((base + 10 + i))" \
-          SWITCHBOARD_STUN__LISTEN_V6=""
-      else
-        export SWITCHBOARD_STUN__ENABLED=false
-      fi
-      exec "$SWITCHBOARD"
-    ) >"$out/node-$name-$i.log" 2>&1 &
-    npids+=($!)
-    urls="${urls:+$urls,}ws://127.0.0.1:$port/ws"
-    pids="${pids:+$pids,}$!"
-  done
-  for i in $(seq 1 "$n"); do
-    port=$((base + i))
-    for _ in $(seq 1 100); do
-      curl -fsS -m 1 "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-      sleep 0.1
-    done
-  done
+  sb_start_nodes "$1" "$2" "$base" "$3" "${4:-0}" "$out" || exit 1
+  urls="$SB_URLS"
+  pids="$SB_PIDS"
 }
-stop_all() {
-  local p
-  for p in "${npids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${npids[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  npids=()
-  if [ -n "$rpid" ]; then
-    kill -TERM "$rpid" 2>/dev/null || true
-    wait "$rpid" 2>/dev/null || true
-    rpid=""
-  fi
-}
+stop_all() { sb_stop_all; }
 trap stop_all EXIT
 
-cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-wait_quiet() {
-  local deadline=$((SECONDS + ${SB_CB_QUIET_WAIT:-60})) b0 b1
-  while [ "$SECONDS" -lt "$deadline" ]; do
-    b0=$(cpu_ticks); sleep 2; b1=$(cpu_ticks)
-    [ $(((b1 - b0) / 2)) -le 15 ] && return 0
-  done
-  echo "cluster-bench: machine busy; measuring anyway" >&2
-}
+wait_quiet() { sb_wait_quiet 15 "${SB_CB_QUIET_WAIT:-60}"; }
 
 # measure NAME RUN NODES REDIS STUN -- loadgen args (URLs and pids are appended)
 measure() {
@@ -131,12 +65,7 @@ measure() {
   sleep 2
 }
 
-{
-  echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
-  echo "nproc: $(nproc)"
-  echo "redis: $("$redis_bin" --version)"
-} >>"$out/machine.txt"
+sb_machine_info >>"$out/machine.txt"
 
 first="${SB_CB_FIRST_RUN:-1}"
 for i in $(seq "$first" $((first + runs - 1))); do

@@ -137,7 +137,7 @@ if [ "${SKIP_K6:-0}" != "1" ]; then
     k6=k6
   fi
   log "smoke: $("$k6" version 2>&1 | head -n 1)"
-  for script in signaling rooms connect-storm soak; do
+  for script in signaling rooms connect-storm soak pairing; do
     run_step "k6 $script" env SB_SMOKE=1 SB_URLS="$urls" \
       "$k6" run --quiet --no-usage-report --summary-mode=compact "$here/$script.js"
   done

@@ -326,6 +326,15 @@ pub struct ClusterConfig {
     /// Pub/sub messages buffered between the subscriber connection and the node;
     /// overflow is counted in `switchboard_bus_lagged_total`.
     pub subscriber_buffer: usize,
+    /// A cached `peer → node` route unused this long is dropped (a stale
+    /// route is corrected by a bounce, not by expiry; this only bounds memory).
+    pub route_idle_ms: u64,
+    /// Most cached routes (0 disables the cache: every remote signal looks
+    /// its target up in Redis).
+    pub route_cache_max: usize,
+    /// Most events waiting to be published to one other node; past that,
+    /// signals to that node get `cluster-unavailable`.
+    pub outbox_max: usize,
 }
 
 impl Default for ClusterConfig {
@@ -339,6 +348,9 @@ impl Default for ClusterConfig {
             probe_window_ms: 3_000,
             pool_size: 4,
             subscriber_buffer: 8_192,
+            route_idle_ms: 60_000,
+            route_cache_max: 100_000,
+            outbox_max: 65_536,
         }
     }
 }
@@ -370,7 +382,7 @@ impl Config {
                 self.server.listen
             ));
         }
-        let positive: [(&str, u64); 17] = [
+        let positive: [(&str, u64); 19] = [
             ("limits.max_meta_bytes", self.limits.max_meta_bytes as u64),
             (
                 "cluster.command_timeout_ms",
@@ -380,6 +392,8 @@ impl Config {
             ("cluster.node_ttl_ms", self.cluster.node_ttl_ms),
             ("cluster.probe_window_ms", self.cluster.probe_window_ms),
             ("cluster.pool_size", self.cluster.pool_size as u64),
+            ("cluster.route_idle_ms", self.cluster.route_idle_ms),
+            ("cluster.outbox_max", self.cluster.outbox_max as u64),
             (
                 "cluster.subscriber_buffer",
                 self.cluster.subscriber_buffer as u64,

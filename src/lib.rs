@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod node;
 pub mod payload;
 pub mod protocol;
+pub mod relay;
 pub mod rendezvous;
 pub mod session;
 pub mod store;

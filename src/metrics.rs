@@ -72,6 +72,18 @@ pub const PAIR_WAIT: &str = "switchboard_pair_wait_seconds";
 /// Counter: STUN observations dropped because the node's queue of them was full.
 pub const STUN_OBSERVATIONS_DROPPED: &str = "switchboard_stun_observations_dropped_total";
 
+/// Histogram: events per batch published to another node's outbox channel.
+pub const RELAY_BATCH_EVENTS: &str = "switchboard_relay_batch_events";
+/// Counter: signals bounced because their target was not on the node their
+/// route named, by `side` (`sent`: this node bounced one; `received`: one of
+/// this node's signals came back and was looked up again).
+pub const RELAY_BOUNCES: &str = "switchboard_relay_bounces_total";
+/// Counter: answers owed to another node (`delivered`, `bounced`, `flushed`)
+/// dropped after publishes to it reached nobody for 5 s, by `kind`.
+pub const RELAY_ANSWERS_DROPPED: &str = "switchboard_relay_answers_dropped_total";
+/// Counter: signals refused because the outbox to their target's node was full.
+pub const RELAY_OUTBOX_FULL: &str = "switchboard_relay_outbox_full_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the global recorder once (later calls return the same handle) and
@@ -86,6 +98,11 @@ pub fn install() -> PrometheusHandle {
                         0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                         0.5, 1.0, 2.5,
                     ],
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(RELAY_BATCH_EVENTS.into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
                 )
                 .expect("bucket list is not empty")
                 .install_recorder()
@@ -180,5 +197,22 @@ fn describe() {
     describe_counter!(
         STUN_OBSERVATIONS_DROPPED,
         "STUN observations dropped because the node's queue was full"
+    );
+    describe_histogram!(
+        RELAY_BATCH_EVENTS,
+        Unit::Count,
+        "Events per batch published to another node"
+    );
+    describe_counter!(
+        RELAY_BOUNCES,
+        "Signals bounced because their target was not on the routed node, by side"
+    );
+    describe_counter!(
+        RELAY_ANSWERS_DROPPED,
+        "Answers owed to another node dropped after it was unreachable for 5 s, by kind"
+    );
+    describe_counter!(
+        RELAY_OUTBOX_FULL,
+        "Signals refused because the outbox to their node was full"
     );
 }

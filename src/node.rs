@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -22,13 +22,14 @@ use tracing::{debug, info, warn};
 use crate::auth::{AuthError, Authenticator};
 use crate::bus::local::{LocalBus, LocalNet};
 use crate::bus::redis::RedisBus;
-use crate::bus::{Bus, Envelope, NodeEvent, ENVELOPE_VERSION};
+use crate::bus::{Bus, Envelope, NodeEvent, RemoteSignal, ENVELOPE_VERSION};
 use crate::cluster::Redis;
 use crate::config::Config;
 use crate::error::{ClientError, ErrorCode};
 use crate::hub::{CloseReason, ConnHandle, Hub};
 use crate::metrics as m;
 use crate::protocol::{Command, LeaveReason, Member, NameLimits, PairLostReason, ServerMsg};
+use crate::relay::{peer_not_found, Relay, Sent};
 use crate::rendezvous::{RdvConn, Rendezvous};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -90,6 +91,9 @@ pub struct Node {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Node-local rendezvous state (connections by STUN token).
     pub(crate) rdv: Rendezvous,
+    /// Cross-node relay state (route cache, outboxes).
+    pub(crate) relay: Relay,
+    me: Weak<Node>,
 }
 
 impl std::fmt::Debug for Node {
@@ -127,7 +131,10 @@ impl Node {
     ) -> Result<Arc<Self>, Vec<String>> {
         let auth = Authenticator::from_config(&cfg.auth.jwt)?;
         let (rdv, rdv_jobs) = Rendezvous::new();
-        let node = Arc::new(Self {
+        let (release_tx, release_rx) = mpsc::unbounded_channel();
+        let node = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            relay: Relay::new(&cfg.cluster, release_tx),
             id,
             hub: Hub::default(),
             store,
@@ -151,6 +158,10 @@ impl Node {
         });
         tokio::spawn(crate::rendezvous::run_jobs(Arc::downgrade(&node), rdv_jobs));
         tokio::spawn(inbox_loop(Arc::downgrade(&node), inbox));
+        tokio::spawn(crate::relay::run_releases(
+            Arc::downgrade(&node),
+            release_rx,
+        ));
         tokio::spawn(maintenance(Arc::downgrade(&node)));
         Ok(node)
     }
@@ -214,7 +225,7 @@ impl Node {
         }
     }
 
-    fn envelope(&self, event: NodeEvent) -> Envelope {
+    pub(crate) fn envelope(&self, event: NodeEvent) -> Envelope {
         Envelope {
             v: ENVELOPE_VERSION,
             origin: self.id.clone(),
@@ -240,6 +251,11 @@ impl Node {
         }
     }
 
+    /// A weak reference to this node, for tasks it starts.
+    pub(crate) fn weak(&self) -> Weak<Node> {
+        self.me.clone()
+    }
+
     /// Asks the maintenance loop to register local state again (a store write failed).
     pub(crate) fn mark_dirty(&self) {
         self.dirty.store(true, Ordering::Release);
@@ -251,8 +267,17 @@ impl Node {
         node: &NodeId,
         event: NodeEvent,
     ) -> Result<usize, ClientError> {
-        let kind = event.kind_name();
-        let r = self.bus.publish_node(node, self.envelope(event)).await;
+        self.publish_env(node, &self.envelope(event)).await
+    }
+
+    /// [`Self::publish_node`] of an envelope the caller keeps.
+    pub(crate) async fn publish_env(
+        &self,
+        node: &NodeId,
+        env: &Envelope,
+    ) -> Result<usize, ClientError> {
+        let kind = env.event.kind_name();
+        let r = self.bus.publish_node(node, env).await;
         let outcome = match &r {
             Ok(0) => "no-receiver",
             Ok(_) => "ok",
@@ -401,10 +426,7 @@ impl Node {
             Command::Join { room, meta } => self.join(s, id.clone(), room, meta).await,
             Command::Leave { room } => self.leave(s, &room).await.map(|()| ack(id.clone())),
             Command::Signal { to, kind, data } => {
-                let from = s.peer.clone();
-                self.signal(from, to, kind, data, received)
-                    .await
-                    .map(|()| ack(id.clone()))
+                self.signal(s, id.clone(), to, kind, data, received).await
             }
             Command::Broadcast { room, data } => self
                 .broadcast(s, room, data, received)
@@ -608,51 +630,51 @@ impl Node {
         Ok(())
     }
 
-    /// Routes a direct signal: a local peer's queue, or the one node holding it.
-    pub async fn signal(
+    /// Routes a direct signal: a local peer's queue, or the outbox of the one
+    /// node holding it (see [`crate::relay`]). Returns the `ack` to send now:
+    /// a relayed signal is acked by its target's node once delivered.
+    async fn signal(
         &self,
-        from: PeerId,
+        s: &Session,
+        id: Option<Value>,
         to: PeerId,
         kind: crate::types::SignalKind,
         data: Value,
         received: Instant,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Option<ServerMsg>, ClientError> {
         if let Some(h) = self.hub.get(&to) {
             h.push(
-                Arc::new(ServerMsg::Signal { from, kind, data }),
+                Arc::new(ServerMsg::Signal {
+                    from: s.peer.clone(),
+                    kind,
+                    data,
+                }),
                 Some(received),
             );
-            return Ok(());
+            return Ok(ack(id));
         }
         if !self.bus.is_connected() {
             return Err(unavailable_now());
         }
-        match self.store.locate_peer(&to).await.map_err(cluster_err)? {
+        let sig = RemoteSignal {
+            from: s.peer.clone(),
+            from_epoch: s.epoch,
+            to,
+            to_epoch: 0,
+            kind,
+            data,
+            id,
+            hops: 0,
+        };
+        let sig = match self.relay_send(sig)? {
+            Sent::Queued => return Ok(None),
+            Sent::Unknown(sig) => sig,
+        };
+        match self.store.locate_peer(&sig.to).await.map_err(cluster_err)? {
             Some(loc) if loc.node != self.id => {
-                let event = NodeEvent::Signal {
-                    from,
-                    to: to.clone(),
-                    to_epoch: loc.epoch,
-                    kind,
-                    data,
-                };
-                match self.publish_node(&loc.node, event).await? {
-                    // The target's node is not listening: it died (and is
-                    // not reaped yet) or its subscriber is reconnecting.
-                    // Either way the signal was not delivered; retrying is right.
-                    0 => Err(ClientError::new(
-                        ErrorCode::ClusterUnavailable,
-                        format!(
-                            "the node holding peer `{to}` is not reachable right now; try again"
-                        ),
-                    )),
-                    _ => Ok(()),
-                }
+                self.relay_send_to(sig, loc.node, loc.epoch).map(|()| None)
             }
-            _ => Err(ClientError::new(
-                ErrorCode::PeerNotFound,
-                format!("peer `{to}` is not connected"),
-            )),
+            _ => Err(peer_not_found(&sig.to)),
         }
     }
 
@@ -706,27 +728,25 @@ impl Node {
         if env.v != ENVELOPE_VERSION || env.origin == self.id {
             return;
         }
-        metrics::counter!(m::BUS_RECEIVED, "kind" => env.event.kind_name()).increment(1);
-        match env.event {
-            NodeEvent::Signal {
-                from,
-                to,
-                kind,
-                data,
-                ..
-            } => {
-                if self
-                    .hub
-                    .push_to(
-                        to.as_str(),
-                        Arc::new(ServerMsg::Signal { from, kind, data }),
-                        None,
-                    )
-                    .is_none()
-                {
-                    debug!(peer = %to, "remote signal for a peer no longer here");
+        self.handle_event(&env.origin, env.event);
+    }
+
+    fn handle_event(&self, origin: &NodeId, event: NodeEvent) {
+        metrics::counter!(m::BUS_RECEIVED, "kind" => event.kind_name()).increment(1);
+        match event {
+            NodeEvent::Batch { events } => {
+                for e in events {
+                    // A batch inside a batch is not something a node sends.
+                    if !matches!(e, NodeEvent::Batch { .. }) {
+                        self.handle_event(origin, e);
+                    }
                 }
             }
+            NodeEvent::Signal(s) => self.relay_receive(origin, s),
+            NodeEvent::Bounced(s) => self.relay_bounced(origin, s),
+            NodeEvent::Flush { peer_id } => self.relay_flush(origin, peer_id),
+            NodeEvent::Flushed { peer_id } => self.relay_flushed(origin, peer_id),
+            NodeEvent::Delivered { to, to_epoch, id } => self.relay_delivered(&to, to_epoch, id),
             NodeEvent::Message { room, from, data } => {
                 let msg = Arc::new(ServerMsg::Message {
                     room: room.clone(),
@@ -891,6 +911,7 @@ impl Node {
     /// Tells every node (this one included) that a dead node's members left.
     async fn announce_reaped(&self, dead: &NodeId, reaped: Reaped) {
         metrics::counter!(m::NODES_REAPED).increment(1);
+        self.relay.forget_node(dead);
         info!(node = %dead, peers = reaped.peers, memberships = reaped.left.len(), pairings = reaped.lost.len(), "cleaned up after a dead node");
         for lost in reaped.lost {
             self.notify_lost(lost, PairLostReason::Timeout).await;
@@ -938,6 +959,7 @@ async fn maintenance(node: std::sync::Weak<Node>) {
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
+        node.relay_sweep();
         match node.store.heartbeat(&node.id, ttl).await {
             Ok(true) => {}
             Ok(false) => node.dirty.store(true, Ordering::Release),

@@ -164,6 +164,11 @@ struct RelayArgs {
     /// After sending stops, wait at most this long for the last deliveries, in seconds.
     #[arg(long, default_value_t = 5)]
     drain_secs: u64,
+    /// Before sending, measure the servers' CPU for this many seconds with every
+    /// socket connected and silent (heartbeats, timers, other connected peers):
+    /// `cpu_per_signal.net_us` subtracts that idle cost. 0: no baseline.
+    #[arg(long, default_value_t = 0)]
+    baseline_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -630,6 +635,7 @@ fn machine_busy_secs() -> Option<f64> {
 struct CpuWindow {
     at: Instant,
     server: Option<f64>,
+    by_pid: Vec<Option<f64>>,
     me: Option<f64>,
     machine: Option<f64>,
 }
@@ -639,6 +645,7 @@ impl CpuWindow {
         Self {
             at: Instant::now(),
             server: servers_cpu(pids),
+            by_pid: pids.iter().map(|p| cpu_secs(&p.to_string())).collect(),
             me: cpu_secs("self"),
             machine: machine_busy_secs(),
         }
@@ -658,9 +665,29 @@ impl CpuWindow {
         let others = machine.map(|m| {
             ((m - server.unwrap_or(0.0) - me.unwrap_or(0.0)).max(0.0) * 10.0).round() / 10.0
         });
+        let server_secs = match (self.server, servers_cpu(pids)) {
+            (Some(a), Some(b)) => Some(round2(b - a)),
+            _ => None,
+        };
+        let now_by_pid: Vec<Option<f64>> = pids.iter().map(|p| cpu_secs(&p.to_string())).collect();
+        let by_pid: Vec<Option<f64>> = self
+            .by_pid
+            .iter()
+            .zip(&now_by_pid)
+            .map(|(a, b)| pct(*a, *b))
+            .collect();
+        let secs_by_pid: Vec<Option<f64>> = self
+            .by_pid
+            .iter()
+            .zip(&now_by_pid)
+            .map(|(a, b)| Some(round2((*b)? - (*a)?)))
+            .collect();
         json!({
             "window_secs": (secs * 100.0).round() / 100.0,
+            "server_cpu_secs": server_secs,
             "server_cpu_pct": server,
+            "server_cpu_pct_by_pid": if pids.len() > 1 { json!(by_pid) } else { Value::Null },
+            "server_cpu_secs_by_pid": if pids.len() > 1 { json!(secs_by_pid) } else { Value::Null },
             "loadgen_cpu_pct": me,
             "machine_cpu_pct": machine,
             "others_cpu_pct": if pids.is_empty() { None } else { others },
@@ -1171,6 +1198,20 @@ async fn relay(a: RelayArgs) -> Result<(Value, bool)> {
         clock.elapsed().as_secs_f64()
     );
 
+    // Idle cost of the servers with every socket connected, before any signal.
+    let baseline = if a.baseline_secs > 0 && !c.server_pid.is_empty() {
+        sleep(Duration::from_millis(500)).await;
+        eprintln!(
+            "relay: measuring the servers' idle CPU for {}s",
+            a.baseline_secs
+        );
+        let w = CpuWindow::start(&c.server_pid);
+        sleep(Duration::from_secs(a.baseline_secs)).await;
+        Some(w.finish(&c.server_pid))
+    } else {
+        None
+    };
+
     let go = TokioInstant::now() + Duration::from_millis(200);
     let burst = a.burst.max(1);
     let interval = if a.rate == 0 {
@@ -1242,6 +1283,8 @@ async fn relay(a: RelayArgs) -> Result<(Value, bool)> {
         prev = (s, d, Instant::now());
     }
     let cpu = cpu.finish(&c.server_pid);
+    let (_, delivered_in_window) = totals(&pairs);
+    let cpu_per_signal = cpu_per_signal(&cpu, baseline.as_ref(), delivered_in_window);
     // Drain: wait for the senders to stop and the last signals to arrive.
     let drain_end = TokioInstant::now() + Duration::from_secs(a.drain_secs);
     loop {
@@ -1313,10 +1356,35 @@ async fn relay(a: RelayArgs) -> Result<(Value, bool)> {
             "failures": r.failures.json(),
             "disconnects": r.disconnects.load(Ordering::Relaxed),
             "cpu": cpu,
+            "baseline_cpu": baseline,
+            "cpu_per_signal": cpu_per_signal,
             "server_rss_kib": servers_rss(&c.server_pid),
         }),
         ok,
     ))
+}
+
+/// The servers' CPU time per signal delivered during the sending window: `us`
+/// counts everything the servers did (idle work such as heartbeats included),
+/// `net_us` first subtracts the idle rate measured by `--baseline-secs`.
+fn cpu_per_signal(cpu: &Value, baseline: Option<&Value>, delivered: u64) -> Value {
+    let (Some(secs), Some(window)) = (cpu["server_cpu_secs"].as_f64(), cpu["window_secs"].as_f64())
+    else {
+        return Value::Null;
+    };
+    if delivered == 0 {
+        return Value::Null;
+    }
+    let per = |s: f64| (s * 1e6 / delivered as f64 * 100.0).round() / 100.0;
+    let idle_rate = baseline
+        .and_then(|b| Some(b["server_cpu_secs"].as_f64()? / b["window_secs"].as_f64()?.max(1e-6)));
+    json!({
+        "delivered": delivered,
+        "server_cpu_secs": secs,
+        "us": per(secs),
+        "idle_cpu_pct": idle_rate.map(|r| (r * 1000.0).round() / 10.0),
+        "net_us": idle_rate.map(|r| per((secs - r * window).max(0.0))),
+    })
 }
 
 // ---------------------------------------------------------------------------

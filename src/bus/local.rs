@@ -53,14 +53,14 @@ impl Drop for LocalBus {
 
 #[async_trait]
 impl Bus for LocalBus {
-    async fn publish_node(&self, node: &NodeId, env: Envelope) -> Result<usize, BusError> {
+    async fn publish_node(&self, node: &NodeId, env: &Envelope) -> Result<usize, BusError> {
         let inner = self.net.inner.lock();
         // A node that is gone is like a Redis channel with no subscriber: the
         // publish succeeds and reaches nobody.
         Ok(inner
             .inboxes
             .get(node)
-            .map_or(0, |tx| usize::from(tx.send(env).is_ok())))
+            .map_or(0, |tx| usize::from(tx.send(env.clone()).is_ok())))
     }
 
     async fn publish_room(&self, room: &RoomName, env: Envelope) -> Result<(), BusError> {

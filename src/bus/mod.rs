@@ -43,17 +43,34 @@ pub struct Envelope {
 #[serde(tag = "t", rename_all = "kebab-case")]
 pub enum NodeEvent {
     /// A direct signal for a peer connected to the receiving node.
-    Signal {
-        /// Sender.
-        from: PeerId,
-        /// Target.
+    Signal(RemoteSignal),
+    /// A signal the receiving node sent whose target was not at this node:
+    /// the sender's node looks the target up again (see [`crate::relay`]).
+    Bounced(RemoteSignal),
+    /// A signal with an `id` reached its target's queue: ack it to the sender.
+    Delivered {
+        /// The sender, on the receiving node.
         to: PeerId,
-        /// The target's connection epoch the sender's node resolved.
+        /// The sender's connection.
         to_epoch: u64,
-        /// Kind.
-        kind: SignalKind,
-        /// Payload.
-        data: Value,
+        /// The `id` of the sender's `signal`.
+        id: Value,
+    },
+    /// The sender's node stops sending signals for this peer through the
+    /// receiving node: stop bouncing them, and answer `flushed`.
+    Flush {
+        /// The peer.
+        peer_id: PeerId,
+    },
+    /// Answer to `flush`: every earlier signal for this peer was bounced.
+    Flushed {
+        /// The peer.
+        peer_id: PeerId,
+    },
+    /// Several events for the receiving node, in order (one publish).
+    Batch {
+        /// The events.
+        events: Vec<NodeEvent>,
     },
     /// A room broadcast for the receiving node's local members.
     Message {
@@ -127,7 +144,12 @@ impl NodeEvent {
     /// A bounded label for metrics.
     pub fn kind_name(&self) -> &'static str {
         match self {
-            Self::Signal { .. } => "signal",
+            Self::Signal(_) => "signal",
+            Self::Bounced(_) => "bounced",
+            Self::Delivered { .. } => "delivered",
+            Self::Batch { .. } => "batch",
+            Self::Flush { .. } => "flush",
+            Self::Flushed { .. } => "flushed",
             Self::Message { .. } => "message",
             Self::PeerJoined { .. } => "peer-joined",
             Self::PeerLeft { .. } => "peer-left",
@@ -138,6 +160,33 @@ impl NodeEvent {
             Self::Observed { .. } => "observed",
         }
     }
+}
+
+/// A direct signal between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteSignal {
+    /// Sender.
+    pub from: PeerId,
+    /// The sender's connection (errors and acks go to it, not to a newer one).
+    pub from_epoch: u64,
+    /// Target.
+    pub to: PeerId,
+    /// The target's connection epoch the sender's node resolved.
+    pub to_epoch: u64,
+    /// Kind.
+    pub kind: SignalKind,
+    /// Payload.
+    pub data: Value,
+    /// The `id` of the sender's `signal`, when it asked for an `ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    /// Times the sender's node re-sent it after a bounce (at most 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hops: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// Why the bus could not take an event.
@@ -154,7 +203,7 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes an event to one node (direct signals, kicks); returns how many
     /// subscribers received it: 0 means that node is not listening (dead, or
     /// its subscriber is reconnecting), and the event is lost.
-    async fn publish_node(&self, node: &NodeId, env: Envelope) -> Result<usize, BusError>;
+    async fn publish_node(&self, node: &NodeId, env: &Envelope) -> Result<usize, BusError>;
     /// Publishes a room event to every node subscribed to the room.
     async fn publish_room(&self, room: &RoomName, env: Envelope) -> Result<(), BusError>;
     /// Starts receiving the room's events (when the room gets its first local member).

@@ -188,8 +188,8 @@ async fn probe_loop(bus: std::sync::Weak<RedisBus>) {
 
 #[async_trait]
 impl Bus for RedisBus {
-    async fn publish_node(&self, node: &NodeId, env: Envelope) -> Result<usize, BusError> {
-        self.publish(self.r.keys.node_channel(node), &env).await
+    async fn publish_node(&self, node: &NodeId, env: &Envelope) -> Result<usize, BusError> {
+        self.publish(self.r.keys.node_channel(node), env).await
     }
 
     async fn publish_room(&self, room: &RoomName, env: Envelope) -> Result<(), BusError> {

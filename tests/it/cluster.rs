@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::cluster_helpers::{spawn_cluster, unique_prefix, wait_ready, Nginx, RedisServer};
 use crate::helpers::{metric, Client, TestNode};
+use tokio_tungstenite::tungstenite::Message;
 
 async fn hello(node: &TestNode, peer: &str) -> (Client, Value) {
     let mut c = Client::connect(&node.ws_url()).await;
@@ -91,6 +92,108 @@ async fn signal_crosses_nodes_exactly_once_and_in_order() {
     }
 
     let err = signal(&mut alice, 2, "nobody", json!(null)).await;
+    assert_eq!(
+        (err["code"].clone(), err["id"].clone()),
+        (json!("peer-not-found"), json!(2))
+    );
+}
+
+/// Waits until `node` holds no registered peer (bounded).
+async fn wait_no_peers(node: &TestNode) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(node, "switchboard_peers").await > 0.0 {
+        assert!(Instant::now() < deadline, "peers stayed registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads `n` signals and checks they carry `seq` 0..n in order.
+async fn expect_in_order(c: &mut Client, n: u64) {
+    for i in 0..n {
+        let m = c.recv_type("signal").await;
+        assert_eq!(m["data"]["seq"], i, "signal {i} out of order: {m}");
+    }
+}
+
+#[tokio::test]
+async fn moved_peer_gets_signals_in_order_through_a_stale_route() {
+    let redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("moved"), 3, &[]).await;
+    let (mut alice, _) = hello(&nodes[0], "alice").await;
+    let (mut bob, _) = hello(&nodes[1], "bob").await;
+    // Node 0 caches bob's route (node 1).
+    assert_eq!(
+        signal(&mut alice, 1, "bob", json!(null)).await["type"],
+        "ack"
+    );
+    bob.recv_type("signal").await;
+
+    // Bob moves to node 2; node 0's route now names the wrong node.
+    bob.send(Message::Close(None)).await;
+    drop(bob);
+    wait_no_peers(&nodes[1]).await;
+    let (mut bob, _) = hello(&nodes[2], "bob").await;
+
+    // A burst sent at once: the first signals bounce off node 1, later ones
+    // are held while node 1 drains; all arrive once, in order, then the ack.
+    for i in 0..300u64 {
+        alice
+            .send_json(
+                json!({"type": "signal", "to": "bob", "kind": "candidate", "data": {"seq": i}}),
+            )
+            .await;
+    }
+    let ack = signal(&mut alice, 2, "bob", json!({"seq": 300})).await;
+    assert_eq!(ack, json!({"type": "ack", "id": 2}));
+    expect_in_order(&mut bob, 301).await;
+    assert!(metric(&nodes[1], "switchboard_relay_bounces_total{side=\"sent\"}").await >= 1.0);
+    assert!(
+        metric(
+            &nodes[0],
+            "switchboard_relay_bounces_total{side=\"received\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    // Bob moves again, this time to the sender's own node.
+    bob.send(Message::Close(None)).await;
+    drop(bob);
+    wait_no_peers(&nodes[2]).await;
+    let (mut bob, _) = hello(&nodes[0], "bob").await;
+    for i in 0..100u64 {
+        alice
+            .send_json(
+                json!({"type": "signal", "to": "bob", "kind": "candidate", "data": {"seq": i}}),
+            )
+            .await;
+    }
+    expect_in_order(&mut bob, 100).await;
+}
+
+#[tokio::test]
+async fn signal_through_a_route_to_a_departed_peer_is_not_found() {
+    let redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("gone"), 2, &[]).await;
+    let (mut alice, _) = hello(&nodes[0], "alice").await;
+    let (mut bob, _) = hello(&nodes[1], "bob").await;
+    assert_eq!(
+        signal(&mut alice, 1, "bob", json!(null)).await["type"],
+        "ack"
+    );
+    bob.send(Message::Close(None)).await;
+    drop(bob);
+    wait_no_peers(&nodes[1]).await;
+    // Without an id and with one: each gets its own answer.
+    alice
+        .send_json(json!({"type": "signal", "to": "bob", "kind": "offer", "data": null}))
+        .await;
+    let first = alice.recv_type("error").await;
+    assert_eq!(
+        (first["code"].clone(), first["id"].clone()),
+        (json!("peer-not-found"), Value::Null)
+    );
+    let err = signal(&mut alice, 2, "bob", json!(null)).await;
     assert_eq!(
         (err["code"].clone(), err["id"].clone()),
         (json!("peer-not-found"), json!(2))
@@ -216,6 +319,11 @@ async fn killed_node_is_cleaned_up_once_within_the_bound() {
     w2.recv_type("peer-joined").await;
     let (mut v1, _) = hello(&nodes[0], "victim-1").await;
     let (mut v2, _) = hello(&nodes[0], "victim-2").await;
+    // Both survivors learn (and cache) the route to victim-1.
+    for w in [&mut w2, &mut w3] {
+        assert_eq!(signal(w, 1, "victim-1", json!(null)).await["type"], "ack");
+        v1.recv_type("signal").await;
+    }
     v1.join("r").await;
     v2.join("r").await;
     for w in [&mut w2, &mut w3] {
@@ -251,9 +359,15 @@ async fn killed_node_is_cleaned_up_once_within_the_bound() {
         w.send_json(json!({"type": "ping", "id": 1})).await;
         assert_eq!(w.recv().await, json!({"type": "pong", "id": 1}));
     }
-    // The directory forgot the victims and the room lists only the survivors.
-    let err = signal(&mut w2, 3, "victim-1", json!(null)).await;
-    assert_eq!(err["code"], "peer-not-found");
+    // The directory forgot the victims and the room lists only the survivors;
+    // the routes both survivors cached do not turn that into another error.
+    for w in [&mut w2, &mut w3] {
+        let err = signal(w, 3, "victim-1", json!(null)).await;
+        assert_eq!(
+            (err["code"].clone(), err["id"].clone()),
+            (json!("peer-not-found"), json!(3))
+        );
+    }
     let room: Value = reqwest::get(nodes[1].http("/api/rooms/r"))
         .await
         .unwrap()

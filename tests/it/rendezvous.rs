@@ -747,8 +747,21 @@ async fn legacy_protocol(node: &TestNode) {
         list["workers"]["w1"]["http_reported_public_ip"],
         Value::Null
     );
-    // w2's partner was replaced: it is free again (legacy has no pair-lost message).
-    assert_eq!(workers(node).await["w2"]["state"], "idle");
+    // w2's partner was replaced: it is free again (legacy has no pair-lost
+    // message, so nothing tells the test when; the old socket's clean-up runs
+    // after its close frame is written). Bounded poll.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = workers(node).await["w2"]["state"].clone();
+        if state == "idle" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "w2 stayed {state} after its partner was replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,699 @@
+//! Cross-node relay of direct signals: a route cache, one outbox per remote
+//! node, bounces and drains.
+//!
+//! The straightforward path (look the target up in the peer directory, then
+//! publish one event to its node, both awaited by the sender's reader) costs
+//! two Redis round trips and two Redis commands per signal. Here:
+//!
+//! - **Route cache.** `peer → (node, epoch)`, learned from a directory lookup
+//!   on first use, at most `cluster.route_cache_max` entries, dropped when
+//!   unused for `cluster.route_idle_ms`. A route can go stale (the peer left
+//!   or reconnected elsewhere); the node it names then *bounces* the signal.
+//! - **Outboxes.** A signal for another node is queued in that node's outbox
+//!   and the sender's reader moves on. One task per remote node publishes
+//!   whatever is queued as one batch envelope, with at most one publish in
+//!   flight: order per node is kept, an idle outbox publishes at once (no
+//!   timer), and under load batches grow by themselves, so Redis sees one
+//!   `PUBLISH` per batch instead of one per signal. An outbox holds at most
+//!   `cluster.outbox_max` events; past that the sender gets
+//!   `cluster-unavailable` at once.
+//! - **Answers.** A publish that reaches no subscriber (the node is dead or
+//!   reconnecting) or fails answers every signal of the batch with
+//!   `cluster-unavailable` and forgets the routes through that node. The
+//!   receiving node answers a signal that carried an `id` with `delivered`
+//!   once it is in the target's queue (the sender's `ack`, as on one node).
+//! - **Bounce and drain, keeping order.** A node that gets a signal for a
+//!   peer it does not hold bounces it to the sender's node, and from then on
+//!   bounces every signal for that peer from that node, until the sender's
+//!   node sends `flush`. The sender's node, on the first bounce, turns the
+//!   route into a *detour*: new signals for the peer are held, bounced ones
+//!   collected, and `flush` is queued behind everything already sent. The
+//!   other node answers `flushed` after bouncing all of it (both sides keep
+//!   publish order), so when `flushed` arrives nothing is in flight. The
+//!   sender's node then looks the peer up again and sends the bounced
+//!   signals, then the held ones, in their original order, to where the peer
+//!   is now (or answers `peer-not-found` for each). A route changes only this
+//!   way, so signals from one peer to another never overtake each other, even
+//!   when the target moves. A signal is re-sent at most twice.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{mpsc, Notify};
+use tracing::debug;
+
+use crate::bus::{NodeEvent, RemoteSignal};
+use crate::config::ClusterConfig;
+use crate::error::{ClientError, ErrorCode};
+use crate::metrics as m;
+use crate::node::{send_error, Node};
+use crate::protocol::ServerMsg;
+use crate::types::{NodeId, PeerId};
+
+/// Most events published in one batch envelope.
+const MAX_BATCH: usize = 256;
+/// An outbox idle this long ends its task (a new signal starts another).
+const OUTBOX_IDLE: Duration = Duration::from_secs(30);
+/// A detour whose `flushed` has not come back after this long is released
+/// anyway (the other node died after taking the `flush`).
+const DETOUR_MAX: Duration = Duration::from_secs(5);
+/// How long answers owed to another node (`delivered`, `bounced`, `flushed`)
+/// are retried while publishes to it reach nobody, and the pause between tries.
+const ANSWER_RETRY: Duration = Duration::from_secs(5);
+const ANSWER_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Times a signal may be re-sent after bounces.
+const MAX_HOPS: u8 = 2;
+
+/// What the cache knows about one remote peer.
+#[derive(Debug)]
+enum RouteEntry {
+    /// Signals go to this node.
+    Via {
+        node: NodeId,
+        epoch: u64,
+        /// [`Relay::clock`] when last used.
+        used: u32,
+    },
+    /// The route went stale: waiting for `flushed` from `via`.
+    Detour(Box<Detour>),
+}
+
+#[derive(Debug)]
+struct Detour {
+    id: u64,
+    via: NodeId,
+    since: Instant,
+    /// Signals `via` sent back, in their original order.
+    bounced: Vec<RemoteSignal>,
+    /// Signals sent since, in order.
+    held: Vec<RemoteSignal>,
+}
+
+/// A drain to finish: look the peer up and send what was held.
+#[derive(Debug)]
+pub(crate) struct Release {
+    peer: PeerId,
+    detour: u64,
+}
+
+/// Node-local relay state; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    routes: DashMap<PeerId, RouteEntry>,
+    outboxes: DashMap<NodeId, Arc<Outbox>>,
+    /// `(origin node, peer)` pairs this node bounces until the origin's `flush`.
+    bouncing: Mutex<HashSet<(NodeId, PeerId)>>,
+    bouncing_len: AtomicUsize,
+    detours: AtomicUsize,
+    next_detour: AtomicU64,
+    /// Seconds since `started`, advanced by [`Node::relay_sweep`].
+    clock: AtomicU32,
+    started: Instant,
+    last_sweep: AtomicU32,
+    route_idle_s: u32,
+    route_max: usize,
+    outbox_max: usize,
+    releases: mpsc::UnboundedSender<Release>,
+}
+
+#[derive(Debug)]
+struct Outbox {
+    node: NodeId,
+    q: Mutex<Queue>,
+    ready: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    events: VecDeque<NodeEvent>,
+    /// Set by the task when it ends; a push that finds it set starts a new outbox.
+    closed: bool,
+}
+
+/// Why an event could not be queued.
+#[derive(Debug)]
+pub(crate) struct OutboxFull;
+
+/// What [`Node::relay_send`] did with a signal.
+#[derive(Debug)]
+pub(crate) enum Sent {
+    /// Queued for its node (or held behind a drain).
+    Queued,
+    /// No route is cached: look the peer up and call [`Node::relay_send_to`].
+    Unknown(RemoteSignal),
+}
+
+impl Relay {
+    /// Relay state; drains to finish go to `releases` (see [`run_releases`]).
+    pub fn new(cfg: &ClusterConfig, releases: mpsc::UnboundedSender<Release>) -> Self {
+        Self {
+            routes: DashMap::new(),
+            outboxes: DashMap::new(),
+            bouncing: Mutex::new(HashSet::new()),
+            bouncing_len: AtomicUsize::new(0),
+            detours: AtomicUsize::new(0),
+            next_detour: AtomicU64::new(1),
+            clock: AtomicU32::new(0),
+            started: Instant::now(),
+            last_sweep: AtomicU32::new(0),
+            route_idle_s: (cfg.route_idle_ms / 1000).clamp(1, u64::from(u32::MAX / 2)) as u32,
+            route_max: cfg.route_cache_max,
+            outbox_max: cfg.outbox_max,
+            releases,
+        }
+    }
+
+    /// Forgets every plain route through `node` (it is dead or unreachable);
+    /// drains in progress finish on their own.
+    pub fn forget_node(&self, node: &NodeId) {
+        self.routes
+            .retain(|_, r| !matches!(r, RouteEntry::Via { node: n, .. } if n == node));
+        let mut b = self.bouncing.lock();
+        b.retain(|(origin, _)| origin != node);
+        self.bouncing_len.store(b.len(), Ordering::Release);
+    }
+
+    fn is_bouncing(&self, origin: &NodeId, peer: &PeerId) -> bool {
+        self.bouncing_len.load(Ordering::Acquire) > 0
+            && self
+                .bouncing
+                .lock()
+                .contains(&(origin.clone(), peer.clone()))
+    }
+
+    fn start_bouncing(&self, origin: &NodeId, peer: &PeerId) {
+        let mut b = self.bouncing.lock();
+        b.insert((origin.clone(), peer.clone()));
+        self.bouncing_len.store(b.len(), Ordering::Release);
+    }
+
+    fn stop_bouncing(&self, origin: &NodeId, peer: &PeerId) {
+        let mut b = self.bouncing.lock();
+        b.remove(&(origin.clone(), peer.clone()));
+        self.bouncing_len.store(b.len(), Ordering::Release);
+    }
+}
+
+impl Node {
+    /// Sends a signal for a peer that is not local along its cached route.
+    pub(crate) fn relay_send(&self, sig: RemoteSignal) -> Result<Sent, ClientError> {
+        let Some(mut e) = self.relay.routes.get_mut(&sig.to) else {
+            return Ok(Sent::Unknown(sig));
+        };
+        match &mut *e {
+            RouteEntry::Detour(d) => d.held.push(sig),
+            RouteEntry::Via { node, epoch, used } => {
+                *used = self.relay.clock.load(Ordering::Relaxed);
+                let mut sig = sig;
+                sig.to_epoch = *epoch;
+                let to = sig.to.clone();
+                self.relay_push(node, NodeEvent::Signal(sig))
+                    .map_err(|_| congested(&to))?;
+            }
+        }
+        Ok(Sent::Queued)
+    }
+
+    /// Sends a signal to `node` (where a directory lookup found its target),
+    /// remembering the route; a route that appeared meanwhile wins.
+    pub(crate) fn relay_send_to(
+        &self,
+        sig: RemoteSignal,
+        node: NodeId,
+        epoch: u64,
+    ) -> Result<(), ClientError> {
+        let to = sig.to.clone();
+        let full = |_| congested(&to);
+        if self.relay.route_max == 0 || self.relay.routes.len() >= self.relay.route_max {
+            self.relay_sweep_routes();
+            if self.relay.route_max == 0 || self.relay.routes.len() >= self.relay.route_max {
+                // No room to remember it: send it uncached.
+                let mut sig = sig;
+                sig.to_epoch = epoch;
+                return self.relay_push(&node, NodeEvent::Signal(sig)).map_err(full);
+            }
+        }
+        match self.relay.routes.entry(sig.to.clone()) {
+            Entry::Occupied(mut e) => match e.get_mut() {
+                RouteEntry::Detour(d) => d.held.push(sig),
+                RouteEntry::Via {
+                    node: n, epoch: ep, ..
+                } => {
+                    let mut sig = sig;
+                    sig.to_epoch = *ep;
+                    self.relay_push(n, NodeEvent::Signal(sig)).map_err(full)?;
+                }
+            },
+            Entry::Vacant(v) => {
+                let mut sig = sig;
+                sig.to_epoch = epoch;
+                self.relay_push(&node, NodeEvent::Signal(sig))
+                    .map_err(full)?;
+                v.insert(RouteEntry::Via {
+                    node,
+                    epoch,
+                    used: self.relay.clock.load(Ordering::Relaxed),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues an event for `to`'s node; starts its outbox task if needed.
+    pub(crate) fn relay_push(&self, to: &NodeId, event: NodeEvent) -> Result<(), OutboxFull> {
+        let mut event = Some(event);
+        // At most two rounds: a closed outbox is replaced once.
+        for _ in 0..2 {
+            let ob = self
+                .relay
+                .outboxes
+                .entry(to.clone())
+                .or_insert_with(|| self.start_outbox(to))
+                .clone();
+            let mut q = ob.q.lock();
+            if q.closed {
+                drop(q);
+                self.relay
+                    .outboxes
+                    .remove_if(to, |_, o| Arc::ptr_eq(o, &ob));
+                continue;
+            }
+            if q.events.len() >= self.relay.outbox_max {
+                metrics::counter!(m::RELAY_OUTBOX_FULL).increment(1);
+                return Err(OutboxFull);
+            }
+            let was_empty = q.events.is_empty();
+            q.events.push_back(event.take().expect("pushed once"));
+            drop(q);
+            if was_empty {
+                ob.ready.notify_one();
+            }
+            return Ok(());
+        }
+        // Not reached in practice: a fresh outbox is never closed.
+        Err(OutboxFull)
+    }
+
+    fn start_outbox(&self, to: &NodeId) -> Arc<Outbox> {
+        let ob = Arc::new(Outbox {
+            node: to.clone(),
+            q: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+        });
+        tokio::spawn(run_outbox(self.weak(), ob.clone()));
+        ob
+    }
+
+    /// Publishes one batch to `to`. When nobody received it, answers its
+    /// signals with `cluster-unavailable`, forgets the routes through `to`,
+    /// and returns its answers to other nodes' signals (`delivered`,
+    /// `bounced`, `flushed`), which the outbox sends again: the other node's
+    /// subscriber is probably reconnecting, and its peers are owed them.
+    /// With `give_up`, they are dropped instead (and the drains whose `flush`
+    /// the batch carried finish without it).
+    async fn publish_batch(
+        &self,
+        to: &NodeId,
+        events: Vec<NodeEvent>,
+        give_up: bool,
+    ) -> Vec<NodeEvent> {
+        let mut senders: Vec<(PeerId, u64, PeerId, Option<Value>)> = Vec::new();
+        for e in &events {
+            if let NodeEvent::Signal(s) = e {
+                senders.push((s.from.clone(), s.from_epoch, s.to.clone(), s.id.clone()));
+            }
+        }
+        metrics::histogram!(m::RELAY_BATCH_EVENTS).record(events.len() as f64);
+        let env = self.envelope(NodeEvent::Batch { events });
+        let received = matches!(self.publish_env(to, &env).await, Ok(n) if n > 0);
+        if received {
+            return Vec::new();
+        }
+        let NodeEvent::Batch { events } = env.event else {
+            unreachable!("built above")
+        };
+        let mut again = Vec::new();
+        for e in events {
+            match e {
+                NodeEvent::Signal(_) => {}
+                NodeEvent::Flush { peer_id } if give_up => self.relay_flushed(to, peer_id),
+                e if give_up => {
+                    metrics::counter!(m::RELAY_ANSWERS_DROPPED, "kind" => e.kind_name())
+                        .increment(1);
+                }
+                e => again.push(e),
+            }
+        }
+        self.relay.forget_node(to);
+        // Nothing of the batch was delivered. Say why: the target is gone
+        // (its node died and was cleaned up), or its node is unreachable.
+        let mut gone: HashMap<PeerId, bool> = HashMap::new();
+        for (from, epoch, target, id) in senders {
+            let Some(h) = self.hub.get(&from).filter(|h| h.epoch == epoch) else {
+                continue;
+            };
+            let is_gone = match gone.get(&target) {
+                Some(g) => *g,
+                None => {
+                    let g = matches!(self.store().locate_peer(&target).await, Ok(None));
+                    gone.insert(target.clone(), g);
+                    g
+                }
+            };
+            let e = if is_gone {
+                peer_not_found(&target)
+            } else {
+                ClientError::new(
+                    ErrorCode::ClusterUnavailable,
+                    format!(
+                        "the node holding peer `{target}` is not reachable right now; try again"
+                    ),
+                )
+            };
+            send_error(&h, id, e);
+        }
+        again
+    }
+
+    /// A signal from another node: deliver it to the local peer, or bounce it.
+    pub(crate) fn relay_receive(&self, origin: &NodeId, s: RemoteSignal) {
+        let target = if self.relay.is_bouncing(origin, &s.to) {
+            None
+        } else {
+            self.hub.get(&s.to)
+        };
+        let Some(h) = target else {
+            metrics::counter!(m::RELAY_BOUNCES, "side" => "sent").increment(1);
+            self.relay.start_bouncing(origin, &s.to);
+            let _ = self.relay_push(origin, NodeEvent::Bounced(s));
+            return;
+        };
+        let RemoteSignal {
+            from,
+            from_epoch,
+            kind,
+            data,
+            id,
+            ..
+        } = s;
+        let ack_to = id.map(|id| (from.clone(), id));
+        h.push(Arc::new(ServerMsg::Signal { from, kind, data }), None);
+        if let Some((to, id)) = ack_to {
+            let _ = self.relay_push(
+                origin,
+                NodeEvent::Delivered {
+                    to,
+                    to_epoch: from_epoch,
+                    id,
+                },
+            );
+        }
+    }
+
+    /// `flush` from another node: everything it sent before has been bounced.
+    pub(crate) fn relay_flush(&self, origin: &NodeId, peer: PeerId) {
+        self.relay.stop_bouncing(origin, &peer);
+        if self
+            .relay_push(
+                origin,
+                NodeEvent::Flushed {
+                    peer_id: peer.clone(),
+                },
+            )
+            .is_err()
+        {
+            debug!(peer = %peer, "outbox full: `flushed` not sent; the drain will time out");
+        }
+    }
+
+    /// One of our signals came back from `bouncer`: start a drain (or add to one).
+    pub(crate) fn relay_bounced(&self, bouncer: &NodeId, s: RemoteSignal) {
+        metrics::counter!(m::RELAY_BOUNCES, "side" => "received").increment(1);
+        let peer = s.to.clone();
+        let mut flush = false;
+        match self.relay.routes.entry(peer.clone()) {
+            Entry::Occupied(mut e) => match e.get_mut() {
+                RouteEntry::Detour(d) => d.bounced.push(s),
+                RouteEntry::Via { .. } => {
+                    e.insert(self.new_detour(bouncer, s));
+                    flush = true;
+                }
+            },
+            Entry::Vacant(v) => {
+                v.insert(self.new_detour(bouncer, s));
+                flush = true;
+            }
+        }
+        // Queued outside the route lock; nothing is sent to this peer
+        // through `bouncer` while the detour stands, so order is the same.
+        if flush
+            && self
+                .relay_push(
+                    bouncer,
+                    NodeEvent::Flush {
+                        peer_id: peer.clone(),
+                    },
+                )
+                .is_err()
+        {
+            // Cannot ask for the drain; finish it now (what is still in
+            // flight will come back as a bounce and start another).
+            self.relay_flushed(bouncer, peer);
+        }
+    }
+
+    fn new_detour(&self, via: &NodeId, first: RemoteSignal) -> RouteEntry {
+        self.relay.detours.fetch_add(1, Ordering::AcqRel);
+        RouteEntry::Detour(Box::new(Detour {
+            id: self.relay.next_detour.fetch_add(1, Ordering::Relaxed),
+            via: via.clone(),
+            since: Instant::now(),
+            bounced: vec![first],
+            held: Vec::new(),
+        }))
+    }
+
+    /// `flushed` from `via`: the drain of `peer` can finish.
+    pub(crate) fn relay_flushed(&self, via: &NodeId, peer: PeerId) {
+        let detour = match self.relay.routes.get(&peer).as_deref() {
+            Some(RouteEntry::Detour(d)) if &d.via == via => d.id,
+            _ => return,
+        };
+        let _ = self.relay.releases.send(Release { peer, detour });
+    }
+
+    /// Finishes a drain: looks the peer up and sends what was bounced, then
+    /// what was held, in order.
+    async fn release(&self, r: Release) {
+        let loc = match self.store().locate_peer(&r.peer).await {
+            Ok(loc) => loc.map(|l| (l.node, l.epoch)),
+            Err(e) => {
+                debug!(error = %e, "directory lookup to finish a drain failed");
+                None
+            }
+        };
+        let mut entry = match self.relay.routes.entry(r.peer.clone()) {
+            Entry::Occupied(e) if matches!(e.get(), RouteEntry::Detour(d) if d.id == r.detour) => e,
+            _ => return,
+        };
+        let RouteEntry::Detour(d) = std::mem::replace(
+            entry.get_mut(),
+            RouteEntry::Via {
+                node: self.id.clone(),
+                epoch: 0,
+                used: 0,
+            },
+        ) else {
+            unreachable!("matched above")
+        };
+        self.relay.detours.fetch_sub(1, Ordering::AcqRel);
+        let d = *d;
+        let signals = d
+            .bounced
+            .into_iter()
+            .map(|mut s| {
+                s.hops = s.hops.saturating_add(1);
+                s
+            })
+            .chain(d.held);
+        let local = self.hub.get(&r.peer);
+        match loc {
+            Some((node, epoch)) if node != self.id && local.is_none() => {
+                *entry.get_mut() = RouteEntry::Via {
+                    node: node.clone(),
+                    epoch,
+                    used: self.relay.clock.load(Ordering::Relaxed),
+                };
+                for mut s in signals {
+                    if s.hops > MAX_HOPS {
+                        self.answer(&s, peer_not_found(&s.to));
+                        continue;
+                    }
+                    s.to_epoch = epoch;
+                    let to = s.to.clone();
+                    let reply = (s.from.clone(), s.from_epoch, s.id.clone());
+                    if self.relay_push(&node, NodeEvent::Signal(s)).is_err() {
+                        if let Some(h) = self.hub.get(&reply.0).filter(|h| h.epoch == reply.1) {
+                            send_error(&h, reply.2, congested(&to));
+                        }
+                    }
+                }
+            }
+            _ => {
+                // Local now, or gone. The route is removed only after these
+                // are queued, so a new signal cannot overtake them.
+                for s in signals {
+                    match &local {
+                        Some(h) => {
+                            let ack = s.id.map(|id| ServerMsg::Ack { id });
+                            let sender = self.hub.get(&s.from).filter(|h| h.epoch == s.from_epoch);
+                            h.push(
+                                Arc::new(ServerMsg::Signal {
+                                    from: s.from,
+                                    kind: s.kind,
+                                    data: s.data,
+                                }),
+                                None,
+                            );
+                            if let (Some(ack), Some(sender)) = (ack, sender) {
+                                sender.send(ack);
+                            }
+                        }
+                        None => self.answer(&s, peer_not_found(&s.to)),
+                    }
+                }
+                entry.remove();
+            }
+        }
+    }
+
+    fn answer(&self, s: &RemoteSignal, e: ClientError) {
+        if let Some(h) = self.hub.get(&s.from).filter(|h| h.epoch == s.from_epoch) {
+            send_error(&h, s.id.clone(), e);
+        }
+    }
+
+    /// `delivered` from another node: the ack of a signal we relayed.
+    pub(crate) fn relay_delivered(&self, to: &PeerId, to_epoch: u64, id: Value) {
+        if let Some(h) = self.hub.get(to).filter(|h| h.epoch == to_epoch) {
+            h.send(ServerMsg::Ack { id });
+        }
+    }
+
+    /// Periodic upkeep (every heartbeat): advances the route clock, drops
+    /// idle routes, and finishes drains whose `flushed` never came.
+    pub(crate) fn relay_sweep(&self) {
+        let now_s = self.relay.started.elapsed().as_secs() as u32;
+        self.relay.clock.store(now_s, Ordering::Relaxed);
+        if now_s.wrapping_sub(self.relay.last_sweep.load(Ordering::Relaxed)) >= 10 {
+            self.relay.last_sweep.store(now_s, Ordering::Relaxed);
+            self.relay_sweep_routes();
+        }
+        if self.relay.detours.load(Ordering::Acquire) > 0 {
+            let stuck: Vec<Release> = self
+                .relay
+                .routes
+                .iter()
+                .filter_map(|e| match e.value() {
+                    RouteEntry::Detour(d) if d.since.elapsed() > DETOUR_MAX => Some(Release {
+                        peer: e.key().clone(),
+                        detour: d.id,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            for r in stuck {
+                debug!(peer = %r.peer, "drain timed out; releasing held signals");
+                let _ = self.relay.releases.send(r);
+            }
+        }
+    }
+
+    fn relay_sweep_routes(&self) {
+        let now = self.relay.clock.load(Ordering::Relaxed);
+        let idle = self.relay.route_idle_s;
+        self.relay.routes.retain(|_, r| match r {
+            RouteEntry::Via { used, .. } => now.wrapping_sub(*used) < idle,
+            RouteEntry::Detour(_) => true,
+        });
+    }
+}
+
+/// The error for a signal that found its node's outbox full.
+pub(crate) fn congested(to: &PeerId) -> ClientError {
+    ClientError::new(
+        ErrorCode::ClusterUnavailable,
+        format!("the link to the node holding peer `{to}` is congested; try again"),
+    )
+}
+
+/// The error for a signal whose target is connected nowhere.
+pub(crate) fn peer_not_found(to: &PeerId) -> ClientError {
+    ClientError::new(
+        ErrorCode::PeerNotFound,
+        format!("peer `{to}` is not connected"),
+    )
+}
+
+async fn run_outbox(node: Weak<Node>, ob: Arc<Outbox>) {
+    // Set while publishes to this node fail: answers are retried until
+    // `ANSWER_RETRY` has passed, with a pause between attempts.
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let batch: Vec<NodeEvent> = {
+            let mut q = ob.q.lock();
+            let n = q.events.len().min(MAX_BATCH);
+            q.events.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            if tokio::time::timeout(OUTBOX_IDLE, ob.ready.notified())
+                .await
+                .is_ok()
+            {
+                continue;
+            }
+            let mut q = ob.q.lock();
+            if !q.events.is_empty() {
+                continue;
+            }
+            q.closed = true;
+            drop(q);
+            if let Some(node) = node.upgrade() {
+                node.relay
+                    .outboxes
+                    .remove_if(&ob.node, |_, o| Arc::ptr_eq(o, &ob));
+            }
+            return;
+        }
+        let Some(n) = node.upgrade() else { return };
+        let give_up = failing_since.is_some_and(|t| t.elapsed() > ANSWER_RETRY);
+        let again = n.publish_batch(&ob.node, batch, give_up).await;
+        drop(n);
+        if again.is_empty() {
+            failing_since = None;
+            continue;
+        }
+        failing_since.get_or_insert_with(Instant::now);
+        {
+            let mut q = ob.q.lock();
+            for e in again.into_iter().rev() {
+                q.events.push_front(e);
+            }
+        }
+        tokio::time::sleep(ANSWER_RETRY_PAUSE).await;
+    }
+}
+
+/// Finishes drains one at a time, in the order their `flushed` arrived.
+pub(crate) async fn run_releases(node: Weak<Node>, mut rx: mpsc::UnboundedReceiver<Release>) {
+    while let Some(r) = rx.recv().await {
+        let Some(n) = node.upgrade() else { return };
+        n.release(r).await;
+    }
+}
