@@ -571,6 +571,48 @@ mod tests {
     }
 
     #[test]
+    fn queue_takes_in_batches_and_gives_its_memory_back() {
+        let (h, mut rx) = ConnHandle::new(1, 100, CancellationToken::new());
+        for i in 0..10 {
+            assert!(h.send(ServerMsg::Pong { id: Some(i.into()) }));
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut got = Vec::new();
+        assert_eq!(rx.poll_take(&mut cx, 4, |o| got.push(o), || false), 4);
+        assert_eq!(rx.poll_take(&mut cx, 64, |o| got.push(o), || false), 6);
+        assert_eq!(got.len(), 10);
+        assert_eq!(rx.poll_take(&mut cx, 64, |o| got.push(o), || false), 0);
+        let q = h.ctl.queue.lock();
+        assert_eq!(q.items.capacity(), 0, "an empty queue holds no memory");
+        assert!(q.waker.is_some(), "an empty queue remembers who to wake");
+    }
+
+    #[test]
+    fn a_queue_without_its_connection_refuses_quietly() {
+        let (h, rx) = ConnHandle::new(1, 1, CancellationToken::new());
+        drop(rx);
+        assert!(!h.send(ServerMsg::Pong { id: None }));
+        assert!(!h.send(ServerMsg::Pong { id: None }));
+        assert!(
+            !h.is_closing(),
+            "not a slow consumer: the connection is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_the_waiting_connection() {
+        let (h, mut rx) = ConnHandle::new(1, 8, CancellationToken::new());
+        let waiting = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        h.send(ServerMsg::Pong { id: Some(7.into()) });
+        let out = waiting.await.unwrap();
+        assert_eq!(
+            serde_json::to_string(&*out.msg).unwrap(),
+            r#"{"type":"pong","id":7}"#
+        );
+    }
+
+    #[test]
     fn stale_epoch_does_not_remove_newer_connection() {
         let hub = Hub::default();
         let p = PeerId::from_trusted("p");
