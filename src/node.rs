@@ -36,7 +36,7 @@ use crate::store::redis::RedisStore;
 use crate::store::{Dialect, PeerLocation, Reaped, Store, StoreError};
 use crate::types::{new_peer_id, NodeId, PeerId, RoomName};
 
-/// The state of one connection past `hello`, owned by its reader task.
+/// The state of one connection past `hello`, owned by its connection task.
 #[derive(Debug)]
 pub struct Session {
     /// The peer id (requested, from the token, or assigned).
