@@ -231,7 +231,12 @@ impl Node {
         let to = sig.to.clone();
         let full = |_| congested(&to);
         if self.relay.route_max == 0 || self.relay.routes.len() >= self.relay.route_max {
-            self.relay_sweep_routes();
+            // A full cache is swept at most once per second of the route
+            // clock, not on every miss.
+            let now = self.relay.clock.load(Ordering::Relaxed);
+            if self.relay.last_sweep.swap(now, Ordering::Relaxed) != now {
+                self.relay_sweep_routes();
+            }
             if self.relay.route_max == 0 || self.relay.routes.len() >= self.relay.route_max {
                 // No room to remember it: send it uncached.
                 let mut sig = sig;
@@ -323,12 +328,6 @@ impl Node {
         events: Vec<NodeEvent>,
         give_up: bool,
     ) -> Vec<NodeEvent> {
-        let mut senders: Vec<(PeerId, u64, PeerId, Option<Value>)> = Vec::new();
-        for e in &events {
-            if let NodeEvent::Signal(s) = e {
-                senders.push((s.from.clone(), s.from_epoch, s.to.clone(), s.id.clone()));
-            }
-        }
         metrics::histogram!(m::RELAY_BATCH_EVENTS).record(events.len() as f64);
         let env = self.envelope(NodeEvent::Batch { events });
         let received = matches!(self.publish_env(to, &env).await, Ok(n) if n > 0);
@@ -339,9 +338,10 @@ impl Node {
             unreachable!("built above")
         };
         let mut again = Vec::new();
+        let mut failed = Vec::new();
         for e in events {
             match e {
-                NodeEvent::Signal(_) => {}
+                NodeEvent::Signal(s) => failed.push(s),
                 NodeEvent::Flush { peer_id } if give_up => self.relay_flushed(to, peer_id),
                 e if give_up => {
                     metrics::counter!(m::RELAY_ANSWERS_DROPPED, "kind" => e.kind_name())
@@ -354,8 +354,15 @@ impl Node {
         // Nothing of the batch was delivered. Say why: the target is gone
         // (its node died and was cleaned up), or its node is unreachable.
         let mut gone: HashMap<PeerId, bool> = HashMap::new();
-        for (from, epoch, target, id) in senders {
-            let Some(h) = self.hub.get(&from).filter(|h| h.epoch == epoch) else {
+        for RemoteSignal {
+            from,
+            from_epoch,
+            to: target,
+            id,
+            ..
+        } in failed
+        {
+            let Some(h) = self.hub.get(&from).filter(|h| h.epoch == from_epoch) else {
                 continue;
             };
             let is_gone = match gone.get(&target) {
