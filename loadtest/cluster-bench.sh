@@ -9,7 +9,7 @@
 #   SWITCHBOARD, LOADGEN   prebuilt binaries (default: cargo build --release)
 #   REDIS_SERVER           redis-server binary (default: redis-server on PATH)
 #   SB_CB_ONLY             space-separated subset of:
-#                            relay-sat relay-10k relay-20k relay-30k idle
+#                            relay-sat relay-10k relay-20k relay-30k relay-30k-b4 idle
 #                                                   (each as `single` and `cluster`)
 #                            pairing stun                         (three nodes / one node;
 #                                                                 pairing also at 5,000 pair/s)
@@ -71,12 +71,13 @@ first="${SB_CB_FIRST_RUN:-1}"
 for i in $(seq "$first" $((first + runs - 1))); do
   for s in $only; do
     case "$s" in
-      relay-sat | relay-10k | relay-20k | relay-30k | idle)
+      relay-sat | relay-10k | relay-20k | relay-30k | relay-30k-b4 | idle)
         case "$s" in
           relay-sat) args=(relay --pairs 1000 --rate 0 --window 64 --secs 8) ;;
           relay-10k) args=(relay --pairs 1000 --rate 10000 --secs 8) ;;
           relay-20k) args=(relay --pairs 1000 --rate 20000 --secs 8) ;;
           relay-30k) args=(relay --pairs 1000 --rate 30000 --secs 8) ;;
+          relay-30k-b4) args=(relay --pairs 1000 --rate 30000 --burst 4 --secs 8) ;;
           idle) args=(idle --conns 10000 --room-size 10 --source-ips "$src" --hold-secs 3) ;;
         esac
         measure "$s-single" "$i" 1 0 0 -- "${args[@]}"
@@ -112,9 +113,10 @@ def get(d, path):
     return d
 relay = [("delivered_per_sec", "delivered/s"), ("latency.p50_us", "p50 µs"), ("latency.p99_us", "p99 µs"),
          ("lost", "lost"), ("duplicated", "duplicated"), ("reordered", "reordered"),
-         ("cpu.server_cpu_pct", "nodes CPU %"), ("cpu.others_cpu_pct", "others CPU %")]
+         ("cpu.server_cpu_pct", "nodes CPU %"), ("cpu.loadgen_cpu_pct", "loadgen CPU %"),
+         ("cpu.machine_cpu_pct", "machine CPU %"), ("cpu.others_cpu_pct", "others CPU %")]
 fields = {}
-for s in ["relay-sat", "relay-10k", "relay-20k", "relay-30k"]:
+for s in ["relay-sat", "relay-10k", "relay-20k", "relay-30k", "relay-30k-b4"]:
     for m in ["single", "cluster"]:
         fields[f"{s}-{m}"] = relay
 for m in ["single", "cluster"]:
