@@ -108,7 +108,7 @@ print("| scenario | metric | median | min | max | quiet runs / runs |")
 print("|---|---|---|---|---|---|")
 for name, fs in fields.items():
     runs = []
-    for p in sorted(glob.glob(os.path.join(out, f"{name}-*.json"))):
+    for p in sorted(glob.glob(os.path.join(out, f"{name}-[0-9]*.json"))):
         try:
             runs.append(json.load(open(p)))
         except (ValueError, OSError):

@@ -55,18 +55,7 @@ if [ "$conns" -gt "$max_conns" ]; then
   exit 2
 fi
 
-gens=()
-stop_gens() {
-  local p
-  for p in "${gens[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${gens[@]}"; do wait "$p" 2>/dev/null || true; done
-  gens=()
-}
-cleanup() {
-  stop_gens
-  sb_stop_all
-}
-trap cleanup EXIT
+trap sb_stop_all EXIT
 
 sb_machine_info >>"$out/machine.txt"
 
@@ -77,33 +66,14 @@ for run in $(seq 1 "$runs"); do
     continue
   fi
   sleep 2
-  IFS=, read -r -a urls <<<"$SB_URLS"
   rss0=()
   for p in "${SB_NODE_PIDS[@]}"; do rss0+=("$(sb_rss_kib "$p")"); done
   echo "cluster-idle: run $run: $nodes nodes ($SB_URLS), $conns connections each" >&2
 
-  gens=()
   t0=$SECONDS
-  for k in $(seq 0 $((nodes - 1))); do
-    "$LOADGEN" idle --url "${urls[$k]}" --conns "$conns" --room-size "$room_size" \
-      --source-ips "127.0.$((10 + k)).1-127.0.$((10 + k)).40" --server-pid "${SB_NODE_PIDS[$k]}" \
-      --hold-secs "$hold" --settle-ms 2000 \
-      >"$out/gen-$run-$((k + 1)).json" 2>"$out/gen-$run-$((k + 1)).log" &
-    gens+=($!)
-  done
-
-  # Wait (bounded) until every generator holds its sockets (or has exited).
-  deadline=$((SECONDS + 300))
-  while [ "$SECONDS" -lt "$deadline" ]; do
-    ready=0
-    for k in $(seq 1 "$nodes"); do
-      if grep -q '^idle: holding' "$out/gen-$run-$k.log" 2>/dev/null || ! kill -0 "${gens[$((k - 1))]}" 2>/dev/null; then
-        ready=$((ready + 1))
-      fi
-    done
-    [ "$ready" -eq "$nodes" ] && break
-    sleep 0.5
-  done
+  sb_start_idle_gens "$out/gen-$run" 10 "$conns" --room-size "$room_size" --server-pid "{pid}" \
+    --hold-secs "$hold" --settle-ms 2000
+  sb_wait_idle_gens "$out/gen-$run" 300 || echo "cluster-idle: not every generator holds its sockets" >&2
   setup_secs=$((SECONDS - t0))
   sleep 2 # let the last joins settle
   rss1=()
@@ -123,8 +93,7 @@ for run in $(seq 1 "$runs"); do
   redis_mem="$(redis-cli -p "$base" info memory | sed -nE 's/^used_memory:([0-9]+).*/\1/p' | tr -d '\r')"
   held_at=$((SECONDS - t0))
 
-  for p in "${gens[@]}"; do wait "$p" 2>/dev/null || true; done
-  gens=()
+  sb_wait_gens
   sb_stop_all
 
   python3 - "$out" "$run" "$nodes" "$conns" "$setup_secs" "$held_at" "$hold" "$api_members" "$redis_peers" \

@@ -15,7 +15,18 @@
 #                                SB_PORTS (arrays), SB_PREFIX; on failure (Redis or a node
 #                                does not come up: e.g. a port taken by someone else) stops
 #                                what it started and returns 1
-#   sb_stop_all                  stop the nodes and Redis started by sb_start_nodes
+#   sb_start_idle_gens PREFIX SRC CONNS [LOADGEN IDLE ARGS...]
+#                                one `loadgen idle` per node of the last sb_start_nodes:
+#                                generator k (1..N) holds CONNS sockets on node k from
+#                                source addresses 127.0.(SRC+k-1).1-40, output in
+#                                PREFIX-k.json and PREFIX-k.log; an argument `{pid}`
+#                                stands for node k's pid; pids in SB_GEN_PIDS
+#   sb_wait_idle_gens PREFIX MAXWAIT
+#                                wait (at most MAXWAIT s) until every generator holds its
+#                                sockets or has exited; returns 1 unless all hold
+#   sb_wait_gens, sb_stop_gens   wait for the generators to exit / stop them (SIGTERM)
+#   sb_stop_all                  stop the generators, then the nodes and Redis started
+#                                by sb_start_nodes
 #   sb_wait_quiet LIMIT MAXWAIT  wait (at most MAXWAIT s) until the machine uses less than
 #                                LIMIT % of one core over 2 s
 #   sb_rss_kib PID, sb_cpu_ticks PID   VmRSS (KiB), utime+stime (ticks of 1/100 s)
@@ -33,6 +44,7 @@ SB_PIDS=""
 SB_PREFIX=""
 SB_REDIS_PID=""
 SB_REDIS_PORT=""
+SB_GEN_PIDS=()
 
 sb_build() {
   if [ -z "${SWITCHBOARD:-}" ] || [ -z "${LOADGEN:-}" ]; then
@@ -124,8 +136,58 @@ sb_start_nodes() {
   done
 }
 
+sb_start_idle_gens() {
+  local prefix="$1" src="$2" conns="$3" k a
+  shift 3
+  local -a urls args
+  IFS=, read -r -a urls <<<"$SB_URLS"
+  for k in $(seq 0 $((${#urls[@]} - 1))); do
+    args=()
+    for a in "$@"; do
+      if [ "$a" = "{pid}" ]; then args+=("${SB_NODE_PIDS[$k]}"); else args+=("$a"); fi
+    done
+    "$LOADGEN" idle --url "${urls[$k]}" --conns "$conns" \
+      --source-ips "127.0.$((src + k)).1-127.0.$((src + k)).40" "${args[@]}" \
+      >"$prefix-$((k + 1)).json" 2>"$prefix-$((k + 1)).log" &
+    SB_GEN_PIDS+=($!)
+  done
+}
+
+sb_wait_idle_gens() {
+  local prefix="$1" deadline=$((SECONDS + $2)) n="${#SB_GEN_PIDS[@]}" k done holding
+  while :; do
+    done=0
+    holding=0
+    for k in $(seq 1 "$n"); do
+      if grep -q '^idle: holding' "$prefix-$k.log" 2>/dev/null; then
+        holding=$((holding + 1))
+        done=$((done + 1))
+      elif ! kill -0 "${SB_GEN_PIDS[$((k - 1))]}" 2>/dev/null; then
+        done=$((done + 1))
+      fi
+    done
+    [ "$done" -eq "$n" ] && break
+    [ "$SECONDS" -lt "$deadline" ] || break
+    sleep 0.5
+  done
+  [ "$holding" -eq "$n" ]
+}
+
+sb_wait_gens() {
+  local p
+  for p in "${SB_GEN_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  SB_GEN_PIDS=()
+}
+
+sb_stop_gens() {
+  local p
+  for p in "${SB_GEN_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sb_wait_gens
+}
+
 sb_stop_all() {
   local p
+  sb_stop_gens
   for p in "${SB_NODE_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${SB_NODE_PIDS[@]}"; do
     for _ in $(seq 1 100); do

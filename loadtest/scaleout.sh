@@ -14,7 +14,11 @@
 #   n3-1k    three nodes through one Redis, 1,000 peers
 #   n2-38k   two nodes through one Redis, 38,000 peers (19,000 per node)
 #   n3-57k   three nodes through one Redis, 57,000 peers (19,000 per node)
-# (default: all but n2-38k). Of the peers, 2 x SB_SO_PAIRS relay signals at
+#   n2-1k-lo two nodes, 1,000 peers, at 2/3 of SB_SO_RATE: the rate per node of n3-1k
+#   n3-1k-hi three nodes, 1,000 peers, at 3/2 of SB_SO_RATE: the rate per node of n2-1k
+# (default: all but n2-38k, n2-1k-lo and n3-1k-hi). The last two tell a cost
+# that grows with the number of nodes from one that grows as each node's share
+# of a fixed total rate shrinks (fewer signals per publish and per wake-up). Of the peers, 2 x SB_SO_PAIRS relay signals at
 # SB_SO_RATE in total (with several nodes, A of pair i on node i and B on node
 # i + 1, so every signal crosses nodes); the others are idle (hello + one join,
 # rooms of 10), held by one `loadgen idle` process per node (at most ~19,000
@@ -63,50 +67,23 @@ mkdir -p "$out"
 sb_build
 sb_raise_nofile
 
-gens=()
-stop_gens() {
-  local p
-  for p in "${gens[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${gens[@]}"; do wait "$p" 2>/dev/null || true; done
-  gens=()
-}
-cleanup() {
-  stop_gens
-  sb_stop_all
-}
-trap cleanup EXIT
+trap sb_stop_all EXIT
 
-# measure NAME RUN NODES REDIS PEERS
+# measure NAME RUN NODES REDIS PEERS [RATE]
 measure() {
-  local name="$1" run="$2" n="$3" redis="$4" peers="$5" k idle per ready deadline
+  local name="$1" run="$2" n="$3" redis="$4" peers="$5" rate="${6:-$rate}" k idle per
   sb_wait_quiet 15 "${SB_SO_QUIET_WAIT:-60}"
   if ! sb_start_nodes "$name-$run" "$n" "$base" "$redis" 0 "$out"; then
     echo "scaleout: run $run $name skipped: the nodes did not start" >&2
     return 0
   fi
-  local -a urls
-  IFS=, read -r -a urls <<<"$SB_URLS"
   idle=$((peers - 2 * pairs))
   per=$(((idle + n - 1) / n))
-  echo "scaleout: run $run $name: $n node(s), $peers peers ($idle idle, $((2 * pairs)) relaying)" >&2
-  gens=()
+  echo "scaleout: run $run $name: $n node(s), $peers peers ($idle idle, $((2 * pairs)) relaying), $rate signals/s" >&2
   if [ "$per" -gt 0 ]; then
-    for k in $(seq 0 $((n - 1))); do
-      "$LOADGEN" idle --url "${urls[$k]}" --conns "$per" --room-size 10 \
-        --source-ips "127.0.$((20 + k)).1-127.0.$((20 + k)).40" --hold-secs 900 --settle-ms 0 \
-        >"$out/$name-$run-idle-$((k + 1)).json" 2>"$out/$name-$run-idle-$((k + 1)).log" &
-      gens+=($!)
-    done
-    deadline=$((SECONDS + 300))
-    while [ "$SECONDS" -lt "$deadline" ]; do
-      ready=0
-      for k in $(seq 1 "$n"); do
-        grep -q '^idle: holding' "$out/$name-$run-idle-$k.log" 2>/dev/null && ready=$((ready + 1))
-      done
-      [ "$ready" -eq "$n" ] && break
-      sleep 0.5
-    done
-    [ "$ready" -eq "$n" ] || echo "scaleout: idle peers not all connected; measuring anyway" >&2
+    sb_start_idle_gens "$out/$name-$run-idle" 20 "$per" --room-size 10 --hold-secs 900 --settle-ms 0
+    sb_wait_idle_gens "$out/$name-$run-idle" 300 ||
+      echo "scaleout: idle peers not all connected; measuring anyway" >&2
   fi
   sleep 2
   local pids="$SB_PIDS"
@@ -119,7 +96,6 @@ measure() {
     echo "node $k sockets: $(find "/proc/${SB_NODE_PIDS[$((k - 1))]}/fd" -lname 'socket:*' 2>/dev/null | wc -l)" \
       >>"$out/$name-$run.log"
   done
-  stop_gens
   sb_stop_all
   sleep 2
 }
@@ -137,6 +113,8 @@ for run in $(seq "$first" $((first + runs - 1))); do
       n3-1k) measure "$c" "$run" 3 1 1000 ;;
       n2-38k) measure "$c" "$run" 2 1 38000 ;;
       n3-57k) measure "$c" "$run" 3 1 57000 ;;
+      n2-1k-lo) measure "$c" "$run" 2 1 1000 $((rate * 2 / 3)) ;;
+      n3-1k-hi) measure "$c" "$run" 3 1 1000 $((rate * 3 / 2)) ;;
       *) echo "scaleout: unknown condition $c" >&2; exit 2 ;;
     esac
   done
@@ -146,7 +124,7 @@ cat "$out/machine.txt"
 python3 - "$out" "$only" <<'PY'
 import glob, json, os, statistics, sys
 out, only = sys.argv[1], sys.argv[2].split()
-NODES = {"n1-1k": 1, "n1-19k": 1, "n2-1k": 2, "n3-1k": 3, "n2-38k": 2, "n3-57k": 3}
+NODES = {"n1-1k": 1, "n1-19k": 1, "n2-1k": 2, "n3-1k": 3, "n2-38k": 2, "n3-57k": 3, "n2-1k-lo": 2, "n3-1k-hi": 3}
 
 def split(window, n):
     """CPU seconds of the nodes and of Redis over a window."""
@@ -202,7 +180,8 @@ for name in only:
 print()
 print("| ratio (medians of nodes µs/signal) | gross | net of idle | within 15 % (gross / net) |")
 print("|---|---|---|---|")
-for a, b in [("n1-19k", "n1-1k"), ("n3-1k", "n2-1k"), ("n2-38k", "n2-1k"), ("n3-57k", "n3-1k"), ("n3-57k", "n2-1k")]:
+for a, b in [("n1-19k", "n1-1k"), ("n3-1k", "n2-1k"), ("n2-38k", "n2-1k"), ("n3-57k", "n3-1k"), ("n3-57k", "n2-1k"),
+             ("n3-1k-hi", "n2-1k"), ("n3-1k", "n2-1k-lo"), ("n2-1k-lo", "n2-1k")]:
     if a in med and b in med:
         g = med[a]["us"] / med[b]["us"]
         n = med[a]["net_us"] / med[b]["net_us"] if med[a]["net_us"] and med[b]["net_us"] else None
