@@ -70,8 +70,12 @@ impl IntoResponse for ApiError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(status))
-        .route("/ws", get(ws_upgrade))
-        .route("/ws/register/{worker_id}", get(legacy_upgrade))
+        // GET: the HTTP/1.1 upgrade; CONNECT: WebSocket over HTTP/2 (RFC 8441).
+        .route("/ws", get(ws_upgrade).connect(ws_upgrade))
+        .route(
+            "/ws/register/{worker_id}",
+            get(legacy_upgrade).connect(legacy_upgrade),
+        )
         .route("/debug/list_workers", get(debug_list_workers))
         .route("/api/workers", get(list_workers))
         .route("/api/connect", post(connect_workers))

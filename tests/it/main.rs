@@ -16,6 +16,7 @@ mod bad_input;
 mod codecs;
 mod config;
 mod http;
+mod http2;
 mod limits;
 mod protocol;
 mod rendezvous;
