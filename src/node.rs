@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::error::{ClientError, ErrorCode};
 use crate::hub::{CloseReason, ConnHandle, Hub};
 use crate::metrics as m;
+use crate::payload::Opaque;
 use crate::protocol::{Command, LeaveReason, Member, NameLimits, PairLostReason, ServerMsg};
 use crate::relay::{peer_not_found, Relay, Sent};
 use crate::rendezvous::{RdvConn, Rendezvous};
@@ -639,7 +640,7 @@ impl Node {
         id: Option<Value>,
         to: PeerId,
         kind: crate::types::SignalKind,
-        data: Value,
+        data: Opaque,
         received: Instant,
     ) -> Result<Option<ServerMsg>, ClientError> {
         if let Some(h) = self.hub.get(&to) {
@@ -682,7 +683,7 @@ impl Node {
         &self,
         s: &Session,
         room: RoomName,
-        data: Value,
+        data: Opaque,
         received: Instant,
     ) -> Result<(), ClientError> {
         if !s.rooms.contains(&room) {

@@ -1,5 +1,5 @@
-//! Deserialization of opaque payloads (`meta`, `data`) into JSON values from
-//! either codec.
+//! Opaque payloads (`meta`, `data`): lenient deserialization into JSON values
+//! from either codec, and [`Opaque`], the pass-through form of `data`.
 //!
 //! `serde_json::Value` refuses what MessagePack can carry but JSON cannot: a
 //! binary blob (`bin`) and map keys that are not strings. Rather than failing
@@ -10,9 +10,12 @@
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 /// A JSON value deserialized leniently from JSON or MessagePack.
+#[derive(Debug, Default)]
 pub struct Payload(pub Value);
 
 struct PayloadVisitor;
@@ -88,4 +91,127 @@ impl<'de> Deserialize<'de> for Payload {
 pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     let Payload(v) = Payload::deserialize(d)?;
     Ok(Some(v))
+}
+
+/// The opaque payload of a `signal` or `broadcast` (`data`), carried without
+/// being looked into.
+///
+/// From a JSON client it stays the JSON text the client sent: checked to be
+/// valid JSON while the frame is decoded, but never built into a tree, and
+/// written to JSON recipients as is, so relaying a signal costs one copy of
+/// its payload instead of a parse, a tree of allocations and a re-escape of
+/// every string (an SDP is kilobytes of them). Only a MessagePack recipient
+/// needs it as a value, and gets it parsed then. From a MessagePack client it
+/// is a [`Value`] (read leniently, see [`Payload`]).
+#[derive(Debug, Clone)]
+pub enum Opaque {
+    /// JSON text as received.
+    Json(Box<RawValue>),
+    /// A value.
+    Value(Value),
+}
+
+impl Opaque {
+    /// JSON `null`.
+    pub const NULL: Opaque = Opaque::Value(Value::Null);
+
+    /// The payload as a value (parses JSON text).
+    pub fn to_value(&self) -> Value {
+        match self {
+            // Valid JSON by construction: `RawValue` only holds checked text.
+            Opaque::Json(r) => serde_json::from_str(r.get()).unwrap_or(Value::Null),
+            Opaque::Value(v) => v.clone(),
+        }
+    }
+}
+
+impl From<Value> for Opaque {
+    fn from(v: Value) -> Self {
+        Opaque::Value(v)
+    }
+}
+
+impl From<Box<RawValue>> for Opaque {
+    fn from(r: Box<RawValue>) -> Self {
+        Opaque::Json(r)
+    }
+}
+
+impl From<Payload> for Opaque {
+    fn from(Payload(v): Payload) -> Self {
+        Opaque::Value(v)
+    }
+}
+
+impl PartialEq for Opaque {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Opaque::Json(a), Opaque::Json(b)) if a.get() == b.get() => true,
+            _ => self.to_value() == other.to_value(),
+        }
+    }
+}
+
+impl PartialEq<Value> for Opaque {
+    fn eq(&self, other: &Value) -> bool {
+        self.to_value() == *other
+    }
+}
+
+/// To clients: JSON text goes out as is to a JSON (human-readable) encoder,
+/// and as the value it stands for to MessagePack. Valid JSON text that has no
+/// value form (a number beyond the range of a double, an unpaired surrogate
+/// escape: JSON allows both, a JSON recipient gets them unchanged) reaches a
+/// MessagePack recipient as a string holding the JSON text.
+impl Serialize for Opaque {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Opaque::Value(v) => v.serialize(s),
+            Opaque::Json(r) if s.is_human_readable() => r.serialize(s),
+            Opaque::Json(r) => match serde_json::from_str::<Value>(r.get()) {
+                Ok(v) => v.serialize(s),
+                Err(_) => s.serialize_str(r.get()),
+            },
+        }
+    }
+}
+
+/// Between nodes (`#[serde(with = "crate::payload::wire")]`): JSON text stays
+/// text, so a signal relayed across nodes is not parsed on either side.
+pub mod wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+    use serde_json::Value;
+
+    use super::Opaque;
+
+    #[derive(Serialize)]
+    enum WireRef<'a> {
+        J(&'a str),
+        V(&'a Value),
+    }
+
+    #[derive(Deserialize)]
+    enum Wire {
+        J(String),
+        V(Value),
+    }
+
+    /// Serializes an [`Opaque`] for the bus.
+    pub fn serialize<S: Serializer>(o: &Opaque, s: S) -> Result<S::Ok, S::Error> {
+        match o {
+            Opaque::Json(r) => WireRef::J(r.get()).serialize(s),
+            Opaque::Value(v) => WireRef::V(v).serialize(s),
+        }
+    }
+
+    /// Deserializes an [`Opaque`] from the bus.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Opaque, D::Error> {
+        match Wire::deserialize(d)? {
+            Wire::J(s) => RawValue::from_string(s)
+                .map(Opaque::Json)
+                .map_err(serde::de::Error::custom),
+            Wire::V(v) => Ok(Opaque::Value(v)),
+        }
+    }
 }

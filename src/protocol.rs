@@ -14,7 +14,10 @@
 //! JSON value tree in either case.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
+
+use crate::payload::{Opaque, Payload};
 
 use crate::error::{ClientError, ErrorCode};
 use std::net::{IpAddr, SocketAddr};
@@ -84,8 +87,10 @@ fn json_len(v: &Value) -> usize {
 }
 
 /// Every field any client message may carry; `validate` decides which are needed.
-#[derive(Debug, Default, Deserialize)]
-pub struct RawClientMsg {
+/// `D` is how `data` is read: the JSON text itself from JSON
+/// (`Box<RawValue>`), a value from MessagePack ([`Payload`]).
+#[derive(Debug, Deserialize)]
+pub struct RawClientMsg<D = Payload> {
     /// The message type.
     #[serde(rename = "type")]
     pub ty: Option<String>,
@@ -105,8 +110,8 @@ pub struct RawClientMsg {
     /// `signal`: the kind (`offer`, `answer`, `candidate`, ...).
     pub kind: Option<String>,
     /// `signal`, `broadcast`: opaque payload.
-    #[serde(default, deserialize_with = "crate::payload::opt")]
-    pub data: Option<Value>,
+    #[serde(default)]
+    pub data: Option<D>,
     /// `pair`: the pool to queue in (`default` when absent).
     pub pool: Option<String>,
     /// `endpoint`: the public IP the worker reports for itself.
@@ -150,14 +155,14 @@ pub enum Command {
         /// The kind of signal.
         kind: SignalKind,
         /// The opaque payload.
-        data: Value,
+        data: Opaque,
     },
     /// Send a payload to every other member of a room.
     Broadcast {
         /// The room.
         room: RoomName,
         /// The opaque payload.
-        data: Value,
+        data: Opaque,
     },
     /// Application-level ping; answered with `pong`.
     Ping,
@@ -242,7 +247,7 @@ fn valid_id(id: Option<Value>) -> Result<Option<Value>, ClientError> {
     }
 }
 
-impl RawClientMsg {
+impl<D: Into<Opaque>> RawClientMsg<D> {
     /// Checks the fields the message's `type` needs and builds the command.
     pub fn validate(self, lim: NameLimits) -> Result<Inbound, DecodeError> {
         let id = match valid_id(self.id) {
@@ -293,11 +298,11 @@ impl RawClientMsg {
                     to: peer(required(self.to, ty, "to")?, "to")?,
                     kind: SignalKind::parse(&required(self.kind, ty, "kind")?, lim.max_kind_bytes)
                         .map_err(|e| name_err(ErrorCode::InvalidKind, "kind", e))?,
-                    data: self.data.unwrap_or(Value::Null),
+                    data: self.data.map_or(Opaque::NULL, Into::into),
                 },
                 "broadcast" => Command::Broadcast {
                     room: room(self.room)?,
-                    data: self.data.unwrap_or(Value::Null),
+                    data: self.data.map_or(Opaque::NULL, Into::into),
                 },
                 "ping" => Command::Ping,
                 "pair" => Command::Pair {
@@ -359,14 +364,15 @@ impl RawClientMsg {
 
 /// Decodes one frame (JSON text or MessagePack binary) into a command.
 pub fn decode(frame: &[u8], codec: Codec, lim: NameLimits) -> Result<Inbound, DecodeError> {
-    let raw: Result<RawClientMsg, ()> = match codec {
-        Codec::Json => serde_json::from_slice(frame).map_err(|_| ()),
-        Codec::MsgPack => rmp_serde::from_slice(frame).map_err(|_| ()),
+    let raw = match codec {
+        Codec::Json => serde_json::from_slice::<RawClientMsg<Box<RawValue>>>(frame)
+            .map(|raw| raw.validate(lim))
+            .ok(),
+        Codec::MsgPack => rmp_serde::from_slice::<RawClientMsg<Payload>>(frame)
+            .map(|raw| raw.validate(lim))
+            .ok(),
     };
-    match raw {
-        Ok(raw) => raw.validate(lim),
-        Err(()) => Err(classify_failure(frame, codec)),
-    }
+    raw.unwrap_or_else(|| Err(classify_failure(frame, codec)))
 }
 
 /// Slow path: tells a malformed frame from a well-formed one with bad fields.
@@ -554,7 +560,7 @@ pub enum ServerMsg {
         /// The kind of signal.
         kind: SignalKind,
         /// The opaque payload.
-        data: Value,
+        data: Opaque,
     },
     /// A room broadcast from another member.
     Message {
@@ -563,7 +569,7 @@ pub enum ServerMsg {
         /// The sender, stamped by the server.
         from: PeerId,
         /// The opaque payload.
-        data: Value,
+        data: Opaque,
     },
     /// Answer to `ping`.
     Pong {
@@ -798,6 +804,89 @@ mod tests {
     }
 
     #[test]
+    fn json_data_passes_through_as_sent() {
+        // Whitespace, escapes, key order and number spelling are kept: the
+        // payload is not rebuilt, it is the client's own text.
+        let frame = br#"{"type":"signal","to":"b","kind":"offer","data": {"z":1, "a":"v=0\r\n\u00e9", "n":1.50}}"#;
+        let cmd = decode(frame, Codec::Json, LIM).unwrap().cmd;
+        let Command::Signal { data, .. } = cmd else {
+            panic!("expected a signal, got {cmd:?}")
+        };
+        assert!(
+            matches!(data, Opaque::Json(_)),
+            "JSON data kept as text: {data:?}"
+        );
+        let out = ServerMsg::Signal {
+            from: PeerId::from_trusted("a"),
+            kind: SignalKind::from_trusted("offer"),
+            data,
+        };
+        let Encoded::Text(text) = encode(&out, Codec::Json) else {
+            panic!("JSON encodes to text")
+        };
+        assert_eq!(
+            text,
+            r#"{"type":"signal","from":"a","kind":"offer","data":{"z":1, "a":"v=0\r\n\u00e9", "n":1.50}}"#
+        );
+        // A MessagePack recipient gets the value it stands for.
+        let Encoded::Binary(b) = encode(&out, Codec::MsgPack) else {
+            panic!("MessagePack encodes to binary")
+        };
+        let v: Value = rmp_serde::from_slice(&b).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"signal","from":"a","kind":"offer","data":{"z":1,"a":"v=0\r\né","n":1.5}})
+        );
+    }
+
+    #[test]
+    fn json_data_without_a_value_form_reaches_msgpack_as_text() {
+        for data in [r#"{"n":1e400}"#, r#""\ud800""#] {
+            let frame = format!(r#"{{"type":"signal","to":"b","kind":"k","data":{data}}}"#);
+            let Command::Signal { data: d, .. } =
+                decode(frame.as_bytes(), Codec::Json, LIM).unwrap().cmd
+            else {
+                panic!("expected a signal")
+            };
+            let out = ServerMsg::Signal {
+                from: PeerId::from_trusted("a"),
+                kind: SignalKind::from_trusted("k"),
+                data: d,
+            };
+            let Encoded::Text(text) = encode(&out, Codec::Json) else {
+                panic!("text")
+            };
+            assert!(text.ends_with(&format!(r#""data":{data}}}"#)), "{text}");
+            let Encoded::Binary(b) = encode(&out, Codec::MsgPack) else {
+                panic!("binary")
+            };
+            let v: Value = rmp_serde::from_slice(&b).unwrap();
+            assert_eq!(v["data"], json!(data), "{v}");
+        }
+    }
+
+    #[test]
+    fn invalid_json_data_is_malformed_not_passed_on() {
+        let e = decode(
+            br#"{"type":"signal","to":"b","kind":"offer","data":{"a":}}"#,
+            Codec::Json,
+            LIM,
+        )
+        .unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::Malformed);
+        // Absent and null data are both null.
+        for frame in [
+            &br#"{"type":"signal","to":"b","kind":"offer"}"#[..],
+            br#"{"type":"signal","to":"b","kind":"offer","data":null}"#,
+        ] {
+            match decode(frame, Codec::Json, LIM).unwrap().cmd {
+                Command::Signal { data, .. } => assert_eq!(data, Value::Null),
+                other => panic!("expected a signal, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn msgpack_round_trips_and_ignores_from() {
         let frame = rmp_serde::to_vec_named(
             &json!({"type":"signal","to":"b","kind":"offer","data":{"sdp":"v=0"},"from":"spoof"}),
@@ -809,7 +898,7 @@ mod tests {
             Command::Signal {
                 to: PeerId::from_trusted("b"),
                 kind: SignalKind::from_trusted("offer"),
-                data: json!({"sdp":"v=0"})
+                data: json!({"sdp":"v=0"}).into()
             }
         );
         let out = ServerMsg::Pong { id: Some(json!(2)) };

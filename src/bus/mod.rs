@@ -19,11 +19,15 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::payload::Opaque;
 use crate::protocol::{LeaveReason, Member, PairLostReason, PairedNote};
 use crate::types::{NodeId, PeerId, RoomName, SignalKind};
 
-/// Version of the inter-node envelope; receivers drop other versions.
-pub const ENVELOPE_VERSION: u8 = 1;
+/// Version of the inter-node envelope; receivers drop other versions (and
+/// count them in `switchboard_bus_decode_errors_total`). 2: relay batches,
+/// acknowledgements and bounces between nodes, and `data` as JSON text or a
+/// value (`crate::payload::wire`).
+pub const ENVELOPE_VERSION: u8 = 2;
 
 /// An event between nodes, in a versioned envelope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,7 +83,8 @@ pub enum NodeEvent {
         /// Sender.
         from: PeerId,
         /// Payload.
-        data: Value,
+        #[serde(with = "crate::payload::wire")]
+        data: Opaque,
     },
     /// A peer joined a room.
     PeerJoined {
@@ -176,7 +181,8 @@ pub struct RemoteSignal {
     /// Kind.
     pub kind: SignalKind,
     /// Payload.
-    pub data: Value,
+    #[serde(with = "crate::payload::wire")]
+    pub data: Opaque,
     /// The `id` of the sender's `signal`, when it asked for an `ack`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Value>,
@@ -220,4 +226,63 @@ pub trait Bus: Send + Sync + 'static {
     }
     /// A short name for logs (`local`, `redis`).
     fn name(&self) -> &'static str;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn signal_data_crosses_the_bus_as_json_text_or_as_a_value() {
+        let raw = serde_json::value::RawValue::from_string(r#"{"sdp": "v=0\r\n"}"#.into()).unwrap();
+        let sig = |data: Opaque| RemoteSignal {
+            from: PeerId::from_trusted("a"),
+            from_epoch: 1,
+            to: PeerId::from_trusted("b"),
+            to_epoch: 2,
+            kind: SignalKind::from_trusted("offer"),
+            data,
+            id: Some(json!("s1")),
+            hops: 0,
+        };
+        let env = Envelope {
+            v: ENVELOPE_VERSION,
+            origin: NodeId::from_trusted("n1"),
+            seq: 7,
+            event: NodeEvent::Batch {
+                events: vec![
+                    NodeEvent::Signal(sig(Opaque::Json(raw.clone()))),
+                    NodeEvent::Signal(sig(Opaque::Value(json!({"bin": [1, 2]})))),
+                    NodeEvent::Message {
+                        room: RoomName::from_trusted("r"),
+                        from: PeerId::from_trusted("a"),
+                        data: Opaque::Json(raw),
+                    },
+                ],
+            },
+        };
+        let bytes = rmp_serde::to_vec_named(&env).unwrap();
+        let back: Envelope = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, env);
+        let NodeEvent::Batch { events } = back.event else {
+            panic!("a batch")
+        };
+        // JSON text stays text, byte for byte; a value stays a value.
+        match &events[0] {
+            NodeEvent::Signal(s) => match &s.data {
+                Opaque::Json(r) => assert_eq!(r.get(), r#"{"sdp": "v=0\r\n"}"#),
+                other => panic!("expected JSON text, got {other:?}"),
+            },
+            other => panic!("expected a signal, got {other:?}"),
+        }
+        match &events[1] {
+            NodeEvent::Signal(s) => assert!(matches!(s.data, Opaque::Value(_))),
+            other => panic!("expected a signal, got {other:?}"),
+        }
+        match &events[2] {
+            NodeEvent::Message { data, .. } => assert!(matches!(data, Opaque::Json(_))),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
 }

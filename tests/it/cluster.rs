@@ -42,6 +42,43 @@ async fn signal(c: &mut Client, id: u64, to: &str, data: Value) -> Value {
     }
 }
 
+/// A JSON payload is relayed as the sender wrote it (spacing, key order,
+/// escapes, number spelling), on one node and across nodes; a MessagePack
+/// recipient gets the value it stands for.
+#[tokio::test]
+async fn json_data_arrives_as_sent_across_nodes() {
+    let redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("xraw"), 2, &[]).await;
+    let (mut alice, _) = hello(&nodes[0], "alice").await;
+    let (mut near, _) = hello(&nodes[0], "near").await;
+    let (mut far, _) = hello(&nodes[1], "far").await;
+    let mut packed =
+        Client::connect_with_protocol(&nodes[1].ws_url(), "switchboard.v1.msgpack").await;
+    packed
+        .send_msgpack(json!({"type": "hello", "peer_id": "packed"}))
+        .await;
+    assert_eq!(packed.recv_type("welcome").await["peer_id"], "packed");
+
+    let data = r#"{ "z": 1,"a" : "v=0\r\na=x\u00e9", "n": 1.50, "list": [ true ,null ] }"#;
+    for (to, id) in [("near", 1), ("far", 2), ("packed", 3)] {
+        alice
+            .send_raw_text(&format!(
+                r#"{{"type":"signal","id":{id},"to":"{to}","kind":"offer","data":{data}}}"#
+            ))
+            .await;
+        assert_eq!(alice.recv().await, json!({"type": "ack", "id": id}));
+    }
+    let want = format!(r#"{{"type":"signal","from":"alice","kind":"offer","data":{data}}}"#);
+    assert_eq!(near.recv_text().await, want, "same node");
+    assert_eq!(far.recv_text().await, want, "across nodes");
+    let got = packed.recv_frame().await;
+    assert!(got.binary, "MessagePack client gets binary frames");
+    assert_eq!(
+        got.msg["data"],
+        json!({"z": 1, "a": "v=0\r\na=x\u{e9}", "n": 1.5, "list": [true, null]})
+    );
+}
+
 #[tokio::test]
 async fn signal_crosses_nodes_exactly_once_and_in_order() {
     let redis = RedisServer::start();

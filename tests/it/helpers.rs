@@ -730,6 +730,14 @@ impl Client {
         }
     }
 
+    /// The next text frame as sent by the server (not re-serialized).
+    pub async fn recv_text(&mut self) -> String {
+        match self.next_raw(self.timeout).await {
+            Some(Ok(Message::Text(t))) => t.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
     /// The next data message, decoded.
     pub async fn recv(&mut self) -> Value {
         self.recv_frame().await.msg
