@@ -86,6 +86,65 @@ pub const RELAY_OUTBOX_FULL: &str = "switchboard_relay_outbox_full_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+thread_local! {
+    /// Per-thread handles of the per-message metrics, by (name, label value).
+    static HOT: std::cell::RefCell<Vec<(&'static str, &'static str, Hot)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+enum Hot {
+    Counter(metrics::Counter),
+    Histogram(metrics::Histogram),
+}
+
+impl Hot {
+    fn apply(&self, n: u64, v: f64) {
+        match self {
+            Hot::Counter(c) => c.increment(n),
+            Hot::Histogram(h) => h.record(v),
+        }
+    }
+}
+
+/// Applies `n` (a counter) or `v` (a histogram) to the handle for (`name`,
+/// `value`), made by `make` on first use in this thread. Only once our
+/// recorder is installed: before that the macros hand out no-op handles,
+/// which must not be kept.
+fn hot(name: &'static str, value: &'static str, make: impl FnOnce() -> Hot, n: u64, v: f64) {
+    if HANDLE.get().is_none() {
+        return make().apply(n, v);
+    }
+    HOT.with(|c| {
+        let mut c = c.borrow_mut();
+        // Pointer equality: the values are literals, and a literal seen at
+        // two addresses only costs a second entry for the same metric.
+        match c
+            .iter()
+            .find(|(nm, val, _)| std::ptr::eq(*nm, name) && std::ptr::eq(*val, value))
+        {
+            Some((_, _, h)) => h.apply(n, v),
+            None => {
+                let h = make();
+                h.apply(n, v);
+                c.push((name, value, h));
+            }
+        }
+    })
+}
+
+/// `counter!(name, label => value).increment(n)` for the per-message counters,
+/// without the recorder's key hashing and registry lookup on every call (the
+/// label values are static: message types, event kinds).
+pub fn count(name: &'static str, label: &'static str, value: &'static str, n: u64) {
+    let make = || Hot::Counter(metrics::counter!(name, label => value));
+    hot(name, value, make, n, 0.0);
+}
+
+/// `histogram!(name).record(v)` for a per-message histogram without labels.
+pub fn record(name: &'static str, v: f64) {
+    hot(name, "", || Hot::Histogram(metrics::histogram!(name)), 0, v);
+}
+
 /// Installs the global recorder once (later calls return the same handle) and
 /// starts its upkeep, without which histogram memory grows without bound.
 pub fn install() -> PrometheusHandle {

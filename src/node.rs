@@ -733,7 +733,7 @@ impl Node {
     }
 
     fn handle_event(&self, origin: &NodeId, event: NodeEvent) {
-        metrics::counter!(m::BUS_RECEIVED, "kind" => event.kind_name()).increment(1);
+        m::count(m::BUS_RECEIVED, "kind", event.kind_name(), 1);
         match event {
             NodeEvent::Batch { events } => {
                 for e in events {

@@ -185,12 +185,12 @@ impl Dialect for Native {
         let inbound = match decode(bytes, frame_codec, node.name_limits) {
             Ok(i) => i,
             Err(e) => {
-                metrics::counter!(m::MESSAGES_IN, "type" => "invalid").increment(1);
+                m::count(m::MESSAGES_IN, "type", "invalid", 1);
                 send_error(handle, e.id, e.error);
                 return Flow::Continue;
             }
         };
-        metrics::counter!(m::MESSAGES_IN, "type" => inbound.cmd.type_name()).increment(1);
+        m::count(m::MESSAGES_IN, "type", inbound.cmd.type_name(), 1);
         match (session, inbound.cmd) {
             (Some(s), cmd) => {
                 node.dispatch(s, inbound.id, cmd, received).await;
@@ -423,8 +423,7 @@ fn poll_socket<E: Encoder>(
                 WRITE_BATCH,
                 |out| {
                     if let Some(frame) = enc.encode(&out.msg) {
-                        metrics::counter!(m::MESSAGES_OUT, "type" => out.msg.type_name())
-                            .increment(1);
+                        m::count(m::MESSAGES_OUT, "type", out.msg.type_name(), 1);
                         if let Some(t) = out.received {
                             sent_at[relayed] = Some(t);
                             relayed += 1;
@@ -443,7 +442,7 @@ fn poll_socket<E: Encoder>(
             break;
         }
         for t in sent_at.iter().take(relayed).flatten() {
-            metrics::histogram!(m::RELAY_LATENCY).record(t.elapsed().as_secs_f64());
+            m::record(m::RELAY_LATENCY, t.elapsed().as_secs_f64());
         }
     }
     ws.poll_read(cx)

@@ -161,7 +161,7 @@ impl Dialect for LegacyWorker {
             }
         };
         let ty = msg.get("type").and_then(Value::as_str);
-        metrics::counter!(m::MESSAGES_IN, "type" => type_label(ty)).increment(1);
+        m::count(m::MESSAGES_IN, "type", type_label(ty), 1);
         match ty {
             Some("register_public_ip") => {
                 let ip = msg

@@ -57,6 +57,34 @@ async fn metrics_expose_connections_and_messages() {
     assert!(!text.contains("\"m\""), "a peer id leaked into a label");
 }
 
+/// Per-message metrics count every message, whichever of the node's threads
+/// handled it (their handles are cached per thread).
+#[tokio::test]
+async fn per_message_metrics_count_every_signal() {
+    let node = TestNode::spawn(&[]);
+    let mut a = node.peer("a").await;
+    let mut b = node.peer("b").await;
+    for i in 0..300 {
+        a.send_json(json!({"type": "signal", "to": "b", "kind": "candidate", "data": i}))
+            .await;
+    }
+    for i in 0..300 {
+        assert_eq!(b.recv_type("signal").await["data"], i);
+    }
+    assert_eq!(
+        metric(&node, r#"switchboard_messages_in_total{type="signal"}"#).await,
+        300.0
+    );
+    assert_eq!(
+        metric(&node, r#"switchboard_messages_out_total{type="signal"}"#).await,
+        300.0
+    );
+    assert_eq!(
+        metric(&node, "switchboard_relay_latency_seconds_count").await,
+        300.0
+    );
+}
+
 #[tokio::test]
 async fn rooms_api_lists_rooms_and_members() {
     let node = TestNode::spawn(&[]);
