@@ -14,6 +14,8 @@
 //! JSON value tree in either case.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -88,32 +90,38 @@ fn json_len(v: &Value) -> usize {
 
 /// Every field any client message may carry; `validate` decides which are needed.
 /// `D` is how `data` is read: the JSON text itself from JSON
-/// (`Box<RawValue>`), a value from MessagePack ([`Payload`]).
+/// (`Box<RawValue>`), a value from MessagePack ([`Payload`]). Names borrow
+/// from the frame when they can (no escapes), as they are parsed again anyway.
 #[derive(Debug, Deserialize)]
-pub struct RawClientMsg<D = Payload> {
+pub struct RawClientMsg<'a, D = Payload> {
     /// The message type.
-    #[serde(rename = "type")]
-    pub ty: Option<String>,
+    #[serde(rename = "type", borrow)]
+    pub ty: Option<Cow<'a, str>>,
     /// Correlation id, echoed in the answer.
     pub id: Option<Value>,
     /// `hello`: requested peer id.
-    pub peer_id: Option<String>,
+    #[serde(borrow)]
+    pub peer_id: Option<Cow<'a, str>>,
     /// `hello`, `join`: opaque metadata.
     #[serde(default, deserialize_with = "crate::payload::opt")]
     pub meta: Option<Value>,
     /// `hello`: a JWT.
     pub token: Option<String>,
     /// `join`, `leave`, `broadcast`: the room.
-    pub room: Option<String>,
+    #[serde(borrow)]
+    pub room: Option<Cow<'a, str>>,
     /// `signal`: the target peer.
-    pub to: Option<String>,
+    #[serde(borrow)]
+    pub to: Option<Cow<'a, str>>,
     /// `signal`: the kind (`offer`, `answer`, `candidate`, ...).
-    pub kind: Option<String>,
+    #[serde(borrow)]
+    pub kind: Option<Cow<'a, str>>,
     /// `signal`, `broadcast`: opaque payload.
     #[serde(default)]
     pub data: Option<D>,
     /// `pair`: the pool to queue in (`default` when absent).
-    pub pool: Option<String>,
+    #[serde(borrow)]
+    pub pool: Option<Cow<'a, str>>,
     /// `endpoint`: the public IP the worker reports for itself.
     pub public_ip: Option<String>,
     /// `endpoint`: the public UDP endpoint (`ip:port`) the worker reports.
@@ -247,7 +255,7 @@ fn valid_id(id: Option<Value>) -> Result<Option<Value>, ClientError> {
     }
 }
 
-impl<D: Into<Opaque>> RawClientMsg<D> {
+impl<D: Into<Opaque>> RawClientMsg<'_, D> {
     /// Checks the fields the message's `type` needs and builds the command.
     pub fn validate(self, lim: NameLimits) -> Result<Inbound, DecodeError> {
         let id = match valid_id(self.id) {
@@ -259,7 +267,7 @@ impl<D: Into<Opaque>> RawClientMsg<D> {
                 .ty
                 .as_deref()
                 .ok_or_else(|| ClientError::new(ErrorCode::UnknownType, "message has no `type`"))?;
-            let peer = |s: String, field: &str| {
+            let peer = |s: Cow<'_, str>, field: &str| {
                 PeerId::parse(&s, lim.max_name_bytes)
                     .map_err(|e| name_err(ErrorCode::InvalidPeerId, field, e))
             };
@@ -276,7 +284,7 @@ impl<D: Into<Opaque>> RawClientMsg<D> {
                 }
                 Ok(m)
             };
-            let room = |s: Option<String>| {
+            let room = |s: Option<Cow<'_, str>>| {
                 let s = required(s, ty, "room")?;
                 RoomName::parse(&s, lim.max_name_bytes)
                     .map_err(|e| name_err(ErrorCode::InvalidRoom, "room", e))
@@ -364,15 +372,23 @@ impl<D: Into<Opaque>> RawClientMsg<D> {
 
 /// Decodes one frame (JSON text or MessagePack binary) into a command.
 pub fn decode(frame: &[u8], codec: Codec, lim: NameLimits) -> Result<Inbound, DecodeError> {
-    let raw = match codec {
-        Codec::Json => serde_json::from_slice::<RawClientMsg<Box<RawValue>>>(frame)
-            .map(|raw| raw.validate(lim))
-            .ok(),
+    match codec {
+        Codec::Json => match std::str::from_utf8(frame) {
+            Ok(text) => decode_text(text, lim),
+            Err(_) => Err(classify_failure(frame, codec)),
+        },
         Codec::MsgPack => rmp_serde::from_slice::<RawClientMsg<Payload>>(frame)
             .map(|raw| raw.validate(lim))
-            .ok(),
-    };
-    raw.unwrap_or_else(|| Err(classify_failure(frame, codec)))
+            .unwrap_or_else(|_| Err(classify_failure(frame, codec))),
+    }
+}
+
+/// Decodes a JSON text frame, whose UTF-8 the WebSocket layer has checked
+/// (parsing from `str` does not check it again).
+pub fn decode_text(frame: &str, lim: NameLimits) -> Result<Inbound, DecodeError> {
+    serde_json::from_str::<RawClientMsg<Box<RawValue>>>(frame)
+        .map(|raw| raw.validate(lim))
+        .unwrap_or_else(|_| Err(classify_failure(frame.as_bytes(), Codec::Json)))
 }
 
 /// Slow path: tells a malformed frame from a well-formed one with bad fields.
@@ -863,6 +879,32 @@ mod tests {
             let v: Value = rmp_serde::from_slice(&b).unwrap();
             assert_eq!(v["data"], json!(data), "{v}");
         }
+    }
+
+    #[test]
+    fn escaped_names_decode_like_plain_ones() {
+        // Names borrow from the frame unless they hold escapes.
+        let frame = r#"{"type":"sig\u006eal","to":"\u0062","kind":"of\u0066er","data":1}"#;
+        assert_eq!(
+            decode_text(frame, LIM).unwrap().cmd,
+            Command::Signal {
+                to: PeerId::from_trusted("b"),
+                kind: SignalKind::from_trusted("offer"),
+                data: json!(1).into()
+            }
+        );
+        let frame = r#"{"type":"join","room":"r\u00e9"}"#;
+        assert!(
+            matches!(decode_text(frame, LIM).unwrap().cmd, Command::Join { room, .. } if room.as_str() == "r\u{e9}")
+        );
+        // Invalid UTF-8 given as bytes is malformed.
+        assert_eq!(
+            decode(b"{\"type\":\"p\xffng\"}", Codec::Json, LIM)
+                .unwrap_err()
+                .error
+                .code,
+            ErrorCode::Malformed
+        );
     }
 
     #[test]

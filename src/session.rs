@@ -35,7 +35,7 @@ use crate::error::{ClientError, ErrorCode};
 use crate::hub::{CloseReason, ConnHandle, OutboundRx};
 use crate::metrics as m;
 use crate::node::{send_error, Node, Session};
-use crate::protocol::{decode, encode, Codec, Command, Encoded, ServerMsg};
+use crate::protocol::{decode, decode_text, encode, Codec, Command, Encoded, ServerMsg};
 use crate::ws::{CloseFrame, Data, Event, ReadEnd, WebSocket};
 
 /// What the door learned about a connection before the upgrade.
@@ -171,9 +171,9 @@ impl Dialect for Native {
         frame: Data<'_>,
         received: Instant,
     ) -> Flow {
-        let (bytes, frame_codec) = match frame {
-            Data::Text(t) => (t.as_bytes(), Codec::Json),
-            Data::Binary(b) => (b, Codec::MsgPack),
+        let frame_codec = match frame {
+            Data::Text(_) => Codec::Json,
+            Data::Binary(_) => Codec::MsgPack,
         };
         // Without a subprotocol, the first data frame fixes the answer encoding.
         let _ = self.codec.compare_exchange(
@@ -182,7 +182,11 @@ impl Dialect for Native {
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
-        let inbound = match decode(bytes, frame_codec, node.name_limits) {
+        let decoded = match frame {
+            Data::Text(t) => decode_text(t, node.name_limits),
+            Data::Binary(b) => decode(b, Codec::MsgPack, node.name_limits),
+        };
+        let inbound = match decoded {
             Ok(i) => i,
             Err(e) => {
                 m::count(m::MESSAGES_IN, "type", "invalid", 1);
