@@ -42,9 +42,11 @@ pub struct Envelope {
     pub event: NodeEvent,
 }
 
-/// What one node tells another.
+/// What one node tells another. Externally tagged (`{"signal": {...}}`):
+/// an internally tagged enum would make serde buffer every event (and every
+/// event of a batch) into an intermediate tree before decoding it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub enum NodeEvent {
     /// A direct signal for a peer connected to the receiving node.
     Signal(RemoteSignal),
