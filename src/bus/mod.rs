@@ -25,8 +25,8 @@ use crate::types::{NodeId, PeerId, RoomName, SignalKind};
 
 /// Version of the inter-node envelope; receivers drop other versions (and
 /// count them in `switchboard_bus_decode_errors_total`). 2: relay batches,
-/// acknowledgements and bounces between nodes, and `data` as JSON text or a
-/// value (`crate::payload::wire`).
+/// acknowledgements and bounces between nodes, `data` as JSON text or a
+/// value (`crate::payload::wire`), externally tagged events.
 pub const ENVELOPE_VERSION: u8 = 2;
 
 /// An event between nodes, in a versioned envelope.
