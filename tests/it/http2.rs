@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::ext::Protocol;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,8 +22,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 type H2Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Opens an HTTP/2 connection with prior knowledge and sends the extended
-/// CONNECT for `/ws`; returns the response status and, on 2xx, the socket.
-async fn h2_connect(node: &TestNode, protocol: Option<&str>) -> (StatusCode, Option<H2Ws>) {
+/// CONNECT for `/ws`; returns the response status and, on 2xx, the socket,
+/// else the JSON body.
+async fn h2_connect(node: &TestNode, protocol: Option<&str>) -> (StatusCode, Result<H2Ws, Value>) {
     let tcp = TcpStream::connect(node.addr()).await.expect("tcp connect");
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -56,7 +57,15 @@ async fn h2_connect(node: &TestNode, protocol: Option<&str>) -> (StatusCode, Opt
     };
     let status = res.status();
     if !status.is_success() {
-        return (status, None);
+        let body = tokio::time::timeout(TIMEOUT, res.into_body().collect())
+            .await
+            .expect("body in time")
+            .expect("body")
+            .to_bytes();
+        return (
+            status,
+            Err(serde_json::from_slice(&body).unwrap_or(Value::Null)),
+        );
     }
     if let Some(p) = protocol {
         assert_eq!(
@@ -72,7 +81,7 @@ async fn h2_connect(node: &TestNode, protocol: Option<&str>) -> (StatusCode, Opt
         .expect("upgrade in time")
         .expect("upgraded stream");
     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
-    (status, Some(ws))
+    (status, Ok(ws))
 }
 
 fn clone_request(req: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
@@ -163,4 +172,16 @@ async fn websocket_over_http2_negotiates_a_subprotocol() {
     let mut a = ws.expect("socket");
     send(&mut a, json!({"type": "hello", "peer_id": "p"})).await;
     assert_eq!(recv(&mut a).await["type"], "welcome");
+}
+
+#[tokio::test]
+async fn http2_websocket_is_refused_like_http1_when_the_node_is_full() {
+    let node = TestNode::spawn(&[("SWITCHBOARD_SERVER__MAX_CONNECTIONS", "1")]);
+    let _held = node.peer("first").await;
+    let (status, ws) = h2_connect(&node, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let Err(body) = ws else {
+        panic!("expected a refusal")
+    };
+    assert_eq!(body["error"]["code"], "too-many-connections", "{body}");
 }
