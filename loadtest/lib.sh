@@ -27,6 +27,8 @@
 #   sb_wait_gens, sb_stop_gens   wait for the generators to exit / stop them (SIGTERM)
 #   sb_stop_all                  stop the generators, then the nodes and Redis started
 #                                by sb_start_nodes
+#   sb_reap PID [TENTHS]         wait (at most TENTHS x 0.1 s, default 100) for PID to
+#                                exit after a SIGTERM, then SIGKILL it and reap it
 #   sb_wait_quiet LIMIT MAXWAIT  wait (at most MAXWAIT s) until the machine uses less than
 #                                LIMIT % of one core over 2 s
 #   sb_rss_kib PID, sb_cpu_ticks PID   VmRSS (KiB), utime+stime (ticks of 1/100 s)
@@ -185,18 +187,21 @@ sb_stop_gens() {
   sb_wait_gens
 }
 
+sb_reap() {
+  local p="$1" n="${2:-100}"
+  for _ in $(seq 1 "$n"); do
+    kill -0 "$p" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+}
+
 sb_stop_all() {
   local p
   sb_stop_gens
   for p in "${SB_NODE_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${SB_NODE_PIDS[@]}"; do
-    for _ in $(seq 1 100); do
-      kill -0 "$p" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
+  for p in "${SB_NODE_PIDS[@]}"; do sb_reap "$p"; done
   SB_NODE_PIDS=()
   if [ -n "$SB_REDIS_PID" ]; then
     kill -TERM "$SB_REDIS_PID" 2>/dev/null || true

@@ -34,6 +34,10 @@ bindir="${CARGO_TARGET_DIR:-$root/target}/$profile"
 
 log() { printf '%s\n' "$*" >&2; }
 
+# For sb_reap. It resets SB_URLS, which was read into $urls above.
+# shellcheck source=loadtest/lib.sh
+. "$here/lib.sh"
+
 build() {
   local flags=(--bins --quiet)
   [ "$profile" = "release" ] && flags+=(--release)
@@ -48,12 +52,7 @@ node_log=""
 stop_node() {
   if [ -n "$node_pid" ]; then
     kill -TERM "$node_pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$node_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$node_pid" 2>/dev/null || true
-    wait "$node_pid" 2>/dev/null || true
+    sb_reap "$node_pid" 50
     node_pid=""
   fi
   [ -n "$node_log" ] && rm -f "$node_log"
