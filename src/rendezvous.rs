@@ -633,11 +633,12 @@ impl Node {
                 self.rdv_deliver(&c.peer, c.epoch, msg);
             }
         }
+        // Liveness is asked of the connection map now, not of the snapshot
+        // above: a worker that connected meanwhile has a record already, and
+        // one whose first write is still on its way has no `worker` flag yet;
+        // neither may lose its record.
         for (peer, epoch) in self.store().node_workers(&self.id).await? {
-            let current = live
-                .iter()
-                .any(|c| c.peer == peer && c.epoch == epoch && c.worker.load(Ordering::Acquire));
-            if !current {
+            if !self.rdv_is_current(&peer, epoch) {
                 if let Some(lost) = self.store().remove_worker(&peer, epoch).await? {
                     self.notify_lost(lost, PairLostReason::Disconnected).await;
                 }
@@ -647,9 +648,34 @@ impl Node {
             .iter()
             .filter(|c| c.dialect == Dialect::Legacy || c.worker.load(Ordering::Acquire));
         for c in workers {
-            self.ensure_worker(c, &EndpointUpdate::default())
-                .await
-                .map_err(|e| crate::store::StoreError::Unavailable(e.message))?;
+            self.rewrite_worker(c).await?;
+        }
+        Ok(())
+    }
+
+    /// True while `epoch` is the live connection of `peer` on this node.
+    fn rdv_is_current(&self, peer: &PeerId, epoch: u64) -> bool {
+        self.rdv.conns.get(peer).is_some_and(|c| c.epoch == epoch)
+    }
+
+    /// Writes a live connection's worker record again (reconcile). A
+    /// connection that closes meanwhile must not be left with a record: its
+    /// disconnect leaves the connection map before it removes the record, so
+    /// asking again after the write catches every interleaving.
+    async fn rewrite_worker(&self, c: &RdvConn) -> Result<(), crate::store::StoreError> {
+        if !self.rdv_is_current(&c.peer, c.epoch) {
+            return Ok(());
+        }
+        self.ensure_worker(c, &EndpointUpdate::default())
+            .await
+            .map_err(|e| crate::store::StoreError::Unavailable(e.message))?;
+        if !self.rdv_is_current(&c.peer, c.epoch) {
+            if c.worker.swap(false, Ordering::AcqRel) {
+                metrics::gauge!(m::WORKERS, "pool" => *c.pool_label.lock()).decrement(1.0);
+            }
+            if let Some(lost) = self.store().remove_worker(&c.peer, c.epoch).await? {
+                self.notify_lost(lost, PairLostReason::Disconnected).await;
+            }
         }
         Ok(())
     }
@@ -668,5 +694,38 @@ mod tests {
         assert_eq!(parse_username("short:node"), None);
         assert_eq!(parse_username(&format!("{t}:")), None);
         assert_eq!(parse_username(&t), None);
+    }
+
+    /// Reconcile (after an outage, and once at start) decides which worker
+    /// records of this node are stale by asking the live connection map, so
+    /// a record whose connection is still setting itself up survives, and
+    /// one whose connection is gone does not.
+    #[tokio::test]
+    async fn reconcile_keeps_records_of_live_connections_only() {
+        let node = Node::embedded(crate::config::Config::default()).unwrap();
+        let peer = PeerId::from_trusted("w1");
+        let observed = "127.0.0.1:5000".parse().unwrap();
+        let (c, _) = node.rdv_register(&peer, 7, Dialect::Native, observed);
+        // The record is written; the connection's `worker` flag is not set
+        // yet (its `ensure_worker` has not resumed).
+        let ep = EndpointUpdate {
+            public_ip: Some("203.0.113.7".into()),
+            udp: None,
+        };
+        node.store()
+            .upsert_worker(&node.worker_conn(&c), &ep)
+            .await
+            .unwrap();
+        node.rdv_reconcile().await.unwrap();
+        let kept = node.store().get_worker(&peer).await.unwrap();
+        assert_eq!(
+            kept.map(|w| (w.epoch, w.public_ip)),
+            Some((7, Some("203.0.113.7".into())))
+        );
+
+        // Gone from the map (its disconnect has begun): the record goes.
+        node.rdv.conns.remove(&peer);
+        node.rdv_reconcile().await.unwrap();
+        assert!(node.store().get_worker(&peer).await.unwrap().is_none());
     }
 }
