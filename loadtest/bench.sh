@@ -12,7 +12,10 @@
 #   SB_BENCH_ONLY          space-separated subset of: idle relay-sat relay-20k relay-50k
 #                          relay-50k-b4 connect (relay-50k-b4: 50,000/s in bursts of 4
 #                          back-to-back signals per sender, like an answer and its
-#                          trickled candidates; not in the default set)
+#                          trickled candidates; not in the default set) connect-hold
+#                          (19,000 connections kept open until all are made, then
+#                          closed outside the measured window: a reconnect storm;
+#                          `connect` closes each before the next: churn)
 #   SB_BENCH_FIRST_RUN     number of the first run (default 1): to add runs to an OUTDIR
 #   SB_BENCH_QUIET_PCT     before each measurement, wait (at most SB_BENCH_QUIET_WAIT s,
 #                          default 600) until the machine uses less than this percentage
@@ -78,6 +81,7 @@ for i in $(seq "$first" $((first + runs - 1))); do
       relay-50k) measure relay-50k "$i" relay --pairs 1000 --rate 50000 --secs 10 ;;
       relay-50k-b4) measure relay-50k-b4 "$i" relay --pairs 1000 --rate 50000 --burst 4 --secs 10 ;;
       connect) measure connect "$i" connect --conns 20000 --concurrency 64 --source-ips "$src" ;;
+      connect-hold) measure connect-hold "$i" connect --conns 19000 --concurrency 64 --hold --source-ips "$src" ;;
       *) echo "bench: unknown scenario $s" >&2; exit 2 ;;
     esac
   done
@@ -93,7 +97,8 @@ fields = {
     "relay-20k": [("delivered_per_sec", "delivered/s"), ("latency.p50_us", "p50 µs"), ("latency.p99_us", "p99 µs"), ("latency.max_us", "max µs"), ("lost", "lost"), ("cpu.server_cpu_pct", "server CPU %")],
     "relay-50k": [("delivered_per_sec", "delivered/s"), ("latency.p50_us", "p50 µs"), ("latency.p99_us", "p99 µs"), ("latency.max_us", "max µs"), ("lost", "lost"), ("cpu.server_cpu_pct", "server CPU %"), ("cpu.loadgen_cpu_pct", "loadgen CPU %"), ("cpu.machine_cpu_pct", "machine CPU %")],
     "relay-50k-b4": [("delivered_per_sec", "delivered/s"), ("latency.p50_us", "p50 µs"), ("latency.p99_us", "p99 µs"), ("latency.max_us", "max µs"), ("lost", "lost"), ("cpu.server_cpu_pct", "server CPU %"), ("cpu.loadgen_cpu_pct", "loadgen CPU %"), ("cpu.machine_cpu_pct", "machine CPU %")],
-    "connect": [("connects_per_sec", "connects/s"), ("hello_latency.p99_us", "p99 µs"), ("failed", "failed"), ("cpu.server_cpu_pct", "server CPU %")],
+    "connect": [("connects_per_sec", "connects/s"), ("hello_latency.p99_us", "p99 µs"), ("failed", "failed"), ("cpu.server_cpu_pct", "server CPU %"), ("cpu.loadgen_cpu_pct", "loadgen CPU %"), ("cpu.machine_cpu_pct", "machine CPU %")],
+    "connect-hold": [("connects_per_sec", "connects/s"), ("hello_latency.p99_us", "p99 µs"), ("failed", "failed"), ("unclean_closes", "unclean closes"), ("cpu.server_cpu_pct", "server CPU %"), ("cpu.loadgen_cpu_pct", "loadgen CPU %"), ("cpu.machine_cpu_pct", "machine CPU %")],
 }
 def get(d, path):
     for k in path.split("."):

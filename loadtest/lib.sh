@@ -34,7 +34,9 @@
 #   sb_rss_kib PID, sb_cpu_ticks PID   VmRSS (KiB), utime+stime (ticks of 1/100 s)
 #   sb_machine_info              date, commit, nproc, memory, kernel, CPU, limits
 #
-# Environment: SWITCHBOARD, LOADGEN, REDIS_SERVER (default redis-server on PATH).
+# Environment: SWITCHBOARD, LOADGEN, REDIS_SERVER (default redis-server on PATH);
+# SB_NODE_WORKERS: when set, each node runs this many tokio worker threads
+# (TOKIO_WORKER_THREADS for the nodes only; default: one per CPU).
 # Loopback only; every wait is bounded.
 
 sb_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -103,6 +105,9 @@ sb_start_nodes() {
       cd "$sb_root"
       export SWITCHBOARD_SERVER__LISTEN="127.0.0.1:$port" SWITCHBOARD_LOG__LEVEL=warn \
         SWITCHBOARD_SERVER__NODE_ID="bench-$i" SWITCHBOARD_SHUTDOWN__GRACE_PERIOD_MS=200
+      if [ -n "${SB_NODE_WORKERS:-}" ]; then
+        export TOKIO_WORKER_THREADS="$SB_NODE_WORKERS"
+      fi
       if [ "$redis" = 1 ]; then
         export SWITCHBOARD_CLUSTER__REDIS_URL="redis://127.0.0.1:$base" \
           SWITCHBOARD_CLUSTER__KEY_PREFIX="$SB_PREFIX"
@@ -242,4 +247,5 @@ sb_machine_info() {
   grep -m1 'model name' /proc/cpuinfo || true
   echo "open files: soft $(ulimit -Sn), hard $(ulimit -Hn)"
   if command -v "$SB_REDIS_BIN" >/dev/null 2>&1; then echo "redis: $("$SB_REDIS_BIN" --version)"; fi
+  echo "node worker threads: ${SB_NODE_WORKERS:-one per CPU}"
 }

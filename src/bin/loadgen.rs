@@ -181,6 +181,12 @@ struct ConnectArgs {
     /// Stop starting new connections after this many seconds.
     #[arg(long, default_value_t = 60)]
     max_secs: u64,
+    /// Keep every connection open until all are made, then close them all
+    /// (outside the measured window): the shape of clients reconnecting after
+    /// a restart. Without it each worker closes a connection (close handshake)
+    /// before making the next: the shape of churn.
+    #[arg(long)]
+    hold: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -1390,10 +1396,28 @@ fn cpu_per_signal(cpu: &Value, baseline: Option<&Value>, delivered: u64) -> Valu
 // ---------------------------------------------------------------------------
 // connect
 
+/// Closes with a close handshake and waits for the server's end of it, at
+/// most 2 s; true when it ended cleanly.
+async fn close_clean(mut ws: Ws) -> bool {
+    timeout(Duration::from_secs(2), async {
+        ws.close(None).await.is_ok()
+            && loop {
+                match ws.next().await {
+                    Some(Ok(_)) => continue,
+                    None => break true,
+                    Some(Err(WsError::ConnectionClosed)) => break true,
+                    Some(Err(_)) => break false,
+                }
+            }
+    })
+    .await
+    .unwrap_or(false)
+}
+
 async fn connect(a: ConnectArgs) -> Result<(Value, bool)> {
     let c = &a.common;
     let workers = c.concurrency.clamp(1, a.conns.max(1));
-    check_sockets(workers)?;
+    check_sockets(if a.hold { a.conns } else { workers })?;
     let dialer = Arc::new(Dialer::new(c, 4096).await?);
     let run = run_id();
     let next = Arc::new(AtomicUsize::new(0));
@@ -1420,32 +1444,23 @@ async fn connect(a: ConnectArgs) -> Result<(Value, bool)> {
             failures.clone(),
             run.clone(),
         );
+        let hold = a.hold;
         tasks.spawn(async move {
             let mut hist = new_hist();
+            let mut held = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= a.conns || Instant::now() >= give_up {
-                    return hist;
+                    return (hist, held);
                 }
                 let t0 = Instant::now();
                 match dialer.hello(i, &format!("lg{run}-c{i}")).await {
-                    Ok(mut ws) => {
+                    Ok(ws) => {
                         hist.saturating_record(micros(t0.elapsed()));
                         ok_count.fetch_add(1, Ordering::Relaxed);
-                        let clean = timeout(Duration::from_secs(2), async {
-                            ws.close(None).await.is_ok()
-                                && loop {
-                                    match ws.next().await {
-                                        Some(Ok(_)) => continue,
-                                        None => break true,
-                                        Some(Err(WsError::ConnectionClosed)) => break true,
-                                        Some(Err(_)) => break false,
-                                    }
-                                }
-                        })
-                        .await
-                        .unwrap_or(false);
-                        if !clean {
+                        if hold {
+                            held.push(ws);
+                        } else if !close_clean(ws).await {
                             unclean.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -1456,13 +1471,17 @@ async fn connect(a: ConnectArgs) -> Result<(Value, bool)> {
         });
     }
     let mut hist = new_hist();
+    let mut held = Vec::new();
     let mut last_print = Instant::now();
     let hard_end = TokioInstant::now() + Duration::from_secs(a.max_secs + 30);
     loop {
         tokio::select! {
             j = tasks.join_next() => match j {
                 None => break,
-                Some(Ok(h)) => hist.add(&h).expect("histograms share bounds"),
+                Some(Ok((h, ws))) => {
+                    hist.add(&h).expect("histograms share bounds");
+                    held.extend(ws);
+                }
                 Some(Err(_)) => failures.add("worker-panicked"),
             },
             _ = sleep(Duration::from_millis(200)) => {
@@ -1484,6 +1503,14 @@ async fn connect(a: ConnectArgs) -> Result<(Value, bool)> {
         }
     }
     let cpu = cpu.finish(&c.server_pid);
+    // Held connections close now, outside the measured window, all at once
+    // (each close is bounded by close_clean's 2 s).
+    let closing: Vec<_> = held.into_iter().map(close_clean).collect();
+    let clean = futures_util::future::join_all(closing).await;
+    unclean.fetch_add(
+        clean.iter().filter(|ok| !**ok).count() as u64,
+        Ordering::Relaxed,
+    );
     let secs = last_done_us.load(Ordering::Relaxed) as f64 / 1e6;
     let n_ok = ok_count.load(Ordering::Relaxed);
     let failed = failures.total();
@@ -1496,6 +1523,7 @@ async fn connect(a: ConnectArgs) -> Result<(Value, bool)> {
             "msgpack": c.msgpack,
             "conns": a.conns,
             "concurrency": workers,
+            "hold": a.hold,
             "succeeded": n_ok,
             "failed": failed,
             "failures": failures.json(),
