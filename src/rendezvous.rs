@@ -365,13 +365,26 @@ impl Node {
         self.set_pool_label(&s.rdv, &pool);
         let pairing_id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
-        let outcome = self
+        // Once the store has queued this worker, another node may match it
+        // and its `paired` may arrive here (through the bus, on another Redis
+        // connection) before the store's answer: hold what arrives until
+        // the `ack` is queued.
+        if id.is_some() {
+            s.handle.close_gate();
+        }
+        let outcome = match self
             .store()
             .enqueue_or_match(&s.peer, s.epoch, &pool, &meta, now, &pairing_id)
             .await
-            .map_err(pair_err)?;
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                s.handle.open_gate(None, None);
+                return Err(pair_err(e));
+            }
+        };
         if let Some(id) = id {
-            s.handle.send(ServerMsg::Ack { id });
+            s.handle.open_gate(Some(ServerMsg::Ack { id }), None);
         }
         match outcome {
             Enqueued::Queued => Ok(()),
