@@ -169,6 +169,12 @@ struct RelayArgs {
     /// `cpu_per_signal.net_us` subtracts that idle cost. 0: no baseline.
     #[arg(long, default_value_t = 0)]
     baseline_secs: u64,
+    /// Read buffer per socket, in bytes (0: 16 KiB when saturating, 2 KiB at a
+    /// fixed rate). tungstenite zeroes the whole buffer before every read, so
+    /// at a fixed rate, where each read finds one or a few frames, a large
+    /// buffer costs the generator more than the frames do.
+    #[arg(long, default_value_t = 0)]
+    read_buffer: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -1148,7 +1154,12 @@ async fn relay(a: RelayArgs) -> Result<(Value, bool)> {
     if a.pairs == 0 {
         bail!("--pairs must be at least 1");
     }
-    let dialer = Arc::new(Dialer::new(c, 16 * 1024).await?);
+    let read_buf = match (a.read_buffer, a.rate) {
+        (0, 0) => 16 * 1024,
+        (0, _) => 2 * 1024,
+        (n, _) => n,
+    };
+    let dialer = Arc::new(Dialer::new(c, read_buf).await?);
     let n_targets = dialer.targets.len();
     let run = run_id();
     let clock = Instant::now();
@@ -1345,6 +1356,7 @@ async fn relay(a: RelayArgs) -> Result<(Value, bool)> {
             "msgpack": c.msgpack,
             "pairs": a.pairs,
             "pairs_running": n_pairs,
+            "read_buffer": read_buf,
             "target_rate": a.rate,
             "burst": burst,
             "flush_each": a.flush_each,
