@@ -10,12 +10,13 @@
 #                          honouring CARGO_TARGET_DIR)
 #   SB_BENCH_PORT          port of the node under test (default 18080)
 #   SB_BENCH_ONLY          space-separated subset of: idle relay-sat relay-20k relay-50k
-#                          relay-50k-b4 connect (relay-50k-b4: 50,000/s in bursts of 4
-#                          back-to-back signals per sender, like an answer and its
-#                          trickled candidates; not in the default set) connect-hold
-#                          (19,000 connections kept open until all are made, then
-#                          closed outside the measured window: a reconnect storm;
-#                          `connect` closes each before the next: churn)
+#                          relay-50k-b4 connect connect-hold. relay-50k-b4: 50,000/s in
+#                          bursts of 4 back-to-back signals per sender, like an answer
+#                          and its trickled candidates. connect closes each connection
+#                          before making the next (churn); connect-hold keeps 19,000
+#                          open until all are made and closes them outside the measured
+#                          window (a reconnect storm). relay-50k-b4 and connect-hold are
+#                          not in the default set.
 #   SB_BENCH_FIRST_RUN     number of the first run (default 1): to add runs to an OUTDIR
 #   SB_BENCH_QUIET_PCT     before each measurement, wait (at most SB_BENCH_QUIET_WAIT s,
 #                          default 600) until the machine uses less than this percentage
