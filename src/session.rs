@@ -171,21 +171,18 @@ impl Dialect for Native {
         frame: Data<'_>,
         received: Instant,
     ) -> Flow {
-        let frame_codec = match frame {
-            Data::Text(_) => Codec::Json,
-            Data::Binary(_) => Codec::MsgPack,
+        let (frame_codec, decoded) = match frame {
+            Data::Text(t) => (Codec::Json, decode_text(t, node.name_limits)),
+            Data::Binary(b) => (Codec::MsgPack, decode(b, Codec::MsgPack, node.name_limits)),
         };
-        // Without a subprotocol, the first data frame fixes the answer encoding.
+        // Without a subprotocol, the first data frame fixes the answer
+        // encoding (before any error about this frame is encoded).
         let _ = self.codec.compare_exchange(
             CODEC_UNSET,
             codec_code(frame_codec),
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
-        let decoded = match frame {
-            Data::Text(t) => decode_text(t, node.name_limits),
-            Data::Binary(b) => decode(b, Codec::MsgPack, node.name_limits),
-        };
         let inbound = match decoded {
             Ok(i) => i,
             Err(e) => {
