@@ -80,7 +80,7 @@ sb_start_redis() {
       sleep 0.1
     done
     kill -TERM "$SB_REDIS_PID" 2>/dev/null || true
-    wait "$SB_REDIS_PID" 2>/dev/null || true
+    sb_reap "$SB_REDIS_PID"
     SB_REDIS_PID=""
     echo "lib: redis-server did not start on $port (attempt $attempt, see $log)" >&2
     sleep 2
@@ -210,7 +210,7 @@ sb_stop_all() {
   SB_NODE_PIDS=()
   if [ -n "$SB_REDIS_PID" ]; then
     kill -TERM "$SB_REDIS_PID" 2>/dev/null || true
-    wait "$SB_REDIS_PID" 2>/dev/null || true
+    sb_reap "$SB_REDIS_PID"
     SB_REDIS_PID=""
   fi
   return 0

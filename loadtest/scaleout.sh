@@ -18,9 +18,10 @@
 #   n3-1k-hi three nodes, 1,000 peers, at 3/2 of SB_SO_RATE: the rate per node of n2-1k
 # (default: all but n2-38k, n2-1k-lo and n3-1k-hi). The last two tell a cost
 # that grows with the number of nodes from one that grows as each node's share
-# of a fixed total rate shrinks (fewer signals per publish and per wake-up). Of the peers, 2 x SB_SO_PAIRS relay signals at
-# SB_SO_RATE in total (with several nodes, A of pair i on node i and B on node
-# i + 1, so every signal crosses nodes); the others are idle (hello + one join,
+# of a fixed total rate shrinks (fewer signals per publish and per wake-up).
+# Of the peers, 2 x SB_SO_PAIRS relay signals at SB_SO_RATE in total (with
+# several nodes, A of pair i on node i and B on node i + 1, so every signal
+# crosses nodes); the others are idle (hello + one join,
 # rooms of 10), held by one `loadgen idle` process per node (at most ~19,000
 # sockets a process: the open-files limit is 20,000) from source range
 # 127.0.(20+k).1-40.
