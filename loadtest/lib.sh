@@ -37,6 +37,9 @@
 # Environment: SWITCHBOARD, LOADGEN, REDIS_SERVER (default redis-server on PATH);
 # SB_NODE_WORKERS: when set, each node runs this many tokio worker threads
 # (TOKIO_WORKER_THREADS for the nodes only; default: one per CPU).
+# SB_NODE_CPUS: when set, the nodes run on these CPUs only (a `taskset -c`
+# list, e.g. 0); run the script itself under `taskset -c 1` to put Redis and
+# the generators on the other CPU.
 # Loopback only; every wait is bounded.
 
 sb_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -117,6 +120,9 @@ sb_start_nodes() {
           SWITCHBOARD_STUN__LISTEN_V6=""
       else
         export SWITCHBOARD_STUN__ENABLED=false
+      fi
+      if [ -n "${SB_NODE_CPUS:-}" ]; then
+        exec taskset -c "$SB_NODE_CPUS" "$SWITCHBOARD"
       fi
       exec "$SWITCHBOARD"
     ) >"$out/node-$name-$i.log" 2>&1 &
@@ -248,4 +254,5 @@ sb_machine_info() {
   echo "open files: soft $(ulimit -Sn), hard $(ulimit -Hn)"
   if command -v "$SB_REDIS_BIN" >/dev/null 2>&1; then echo "redis: $("$SB_REDIS_BIN" --version)"; fi
   echo "node worker threads: ${SB_NODE_WORKERS:-one per CPU}"
+  echo "node CPUs: ${SB_NODE_CPUS:-all}; this script's CPUs: $(taskset -pc $$ | sed 's/.*: //')"
 }

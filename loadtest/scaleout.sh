@@ -46,6 +46,12 @@
 # few seconds, so the pings come in bursts; a window of one whole interval holds
 # exactly one ping per connection wherever it starts.
 #   SB_SO_PORT      Redis on this port, nodes on the next ones (default 18380)
+#   SB_SO_PERF=1    also count, with `perf stat` on the nodes during the relay
+#                   window (from 3 s after the baseline to 2 s before the end),
+#                   context switches, CPU migrations and the system calls that
+#                   wait or wake (epoll_wait, futex) or move bytes (recvfrom,
+#                   sendto, writev, write); the table gives them per signal
+#   SB_SO_RATE=0    saturates (no fixed rate): the cost of a signal with no idle time
 #   SB_SO_QUIET_WAIT  wait at most this long for a quiet machine per measurement (default 60)
 #   SB_SO_FIRST_RUN number of the first run (default 1): to add runs to an OUTDIR
 #
@@ -69,6 +75,14 @@ sb_build
 sb_raise_nofile
 
 trap sb_stop_all EXIT
+perf_events="context-switches,cpu-migrations"
+for s in epoll_wait futex recvfrom sendto writev write; do
+  perf_events="$perf_events,syscalls:sys_enter_$s"
+done
+if [ "${SB_SO_PERF:-0}" = 1 ] && ! perf stat -e "$perf_events" -- true >/dev/null 2>&1; then
+  echo "scaleout: SB_SO_PERF=1 needs perf with syscall tracepoints (run as root); going on without" >&2
+  SB_SO_PERF=0
+fi
 
 # measure NAME RUN NODES REDIS PEERS [RATE]
 measure() {
@@ -87,11 +101,20 @@ measure() {
       echo "scaleout: idle peers not all connected; measuring anyway" >&2
   fi
   sleep 2
-  local pids="$SB_PIDS"
+  local pids="$SB_PIDS" perf_pid=""
   [ "$redis" = 1 ] && pids="$pids,$SB_REDIS_PID"
+  if [ "${SB_SO_PERF:-0}" = 1 ] && [ "$secs" -gt 5 ]; then
+    (
+      sleep $((baseline + 3))
+      perf stat -x, -o "$out/$name-$run.perf" -p "$SB_PIDS" -e "$perf_events" -- sleep $((secs - 5)) &&
+        echo "# window $((secs - 5)) s" >>"$out/$name-$run.perf"
+    ) >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   "$LOADGEN" relay --urls "$SB_URLS" --pairs "$pairs" --rate "$rate" --secs "$secs" \
     --baseline-secs "$baseline" --server-pid "$pids" \
     >"$out/$name-$run.json" 2>"$out/$name-$run.log" || true
+  [ -z "$perf_pid" ] || wait "$perf_pid" || true
   # Idle peers still connected at the end (their sockets are the node's files).
   for k in $(seq 1 "$n"); do
     echo "node $k sockets: $(find "/proc/${SB_NODE_PIDS[$((k - 1))]}/fd" -lname 'socket:*' 2>/dev/null | wc -l)" \
@@ -123,7 +146,7 @@ done
 
 cat "$out/machine.txt"
 python3 - "$out" "$only" <<'PY'
-import glob, json, os, statistics, sys
+import glob, json, os, re, statistics, sys
 out, only = sys.argv[1], sys.argv[2].split()
 NODES = {"n1-1k": 1, "n1-19k": 1, "n2-1k": 2, "n3-1k": 3, "n2-38k": 2, "n3-57k": 3, "n2-1k-lo": 2, "n3-1k-hi": 3}
 
@@ -136,7 +159,24 @@ def split(window, n):
         return sum(by[:n]), by[n]
     return window.get("server_cpu_secs"), None
 
-def row(r, n):
+def per_signal_counts(path, rate):
+    """perf stat counts over the relay window, per delivered signal."""
+    p = path[:-len(".json")] + ".perf"
+    if not rate or not os.path.exists(p):
+        return None
+    counts, secs = {}, None
+    for line in open(p):
+        f = line.strip().split(",")
+        if len(f) < 3 or not f[0].replace(".", "").isdigit():
+            continue
+        counts[f[2].replace("syscalls:sys_enter_", "")] = float(f[0])
+    m = re.search(r"^# window ([0-9.]+) s", open(p).read(), re.M)
+    secs = float(m.group(1)) if m else None
+    if not secs:
+        return None
+    return {k: v / (rate * secs) for k, v in counts.items()}
+
+def row(r, n, path):
     c = r.get("cpu_per_signal") or {}
     d = c.get("delivered")
     if not d:
@@ -147,6 +187,7 @@ def row(r, n):
     bw = (r.get("baseline_cpu") or {}).get("window_secs")
     us = lambda s: s * 1e6 / d
     res = {"us": us(nodes), "redis_us": us(redis) if redis is not None else None,
+           "perf": per_signal_counts(path, r.get("delivered_per_sec")),
            "net_us": us(nodes - bn / bw * w) if bn is not None and bw else None,
            "idle_pct": bn / bw * 100 if bn is not None and bw else None,
            "delivered_per_sec": r.get("delivered_per_sec"), "p50": r["latency"].get("p50_us"),
@@ -154,13 +195,14 @@ def row(r, n):
     return res
 
 med = {}
+perf_rows = []
 print("| condition | nodes µs/signal | net of idle | idle CPU % | Redis µs/signal | delivered/s | p50 µs | p99 µs | lost | others CPU % | runs |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for name in only:
     rows = []
     for p in sorted(glob.glob(os.path.join(out, f"{name}-[0-9]*.json"))):
         try:
-            x = row(json.load(open(p)), NODES[name])
+            x = row(json.load(open(p)), NODES[name], p)
         except (OSError, ValueError, KeyError, TypeError):
             x = None
         if x:
@@ -175,9 +217,19 @@ for name in only:
         if not v:
             return "-"
         return f"{f.format(statistics.median(v))} ({f.format(min(v))}–{f.format(max(v))})"
-    med[name] = {k: m(k) for k in rows[0]}
+    med[name] = {k: m(k) for k in rows[0] if k != "perf"}
+    perf = [x["perf"] for x in rows if x["perf"]]
+    if perf:
+        perf_rows.append((name, len(perf), {k: statistics.median(c[k] for c in perf if k in c) for k in perf[0]}))
     print(f"| {name} | {mr('us')} | {mr('net_us')} | {mr('idle_pct')} | {mr('redis_us')} | {mr('delivered_per_sec', '{:,.0f}')} | "
           f"{mr('p50', '{:,.0f}')} | {mr('p99', '{:,.0f}')} | {sum(x['lost'] or 0 for x in rows)} | {mr('others')} | {len(rows)} |")
+if perf_rows:
+    keys = list(perf_rows[0][2])
+    print()
+    print("| condition (nodes, per signal, perf stat) | " + " | ".join(keys) + " | runs |")
+    print("|---|" + "---|" * (len(keys) + 1))
+    for name, k, c in perf_rows:
+        print(f"| {name} | " + " | ".join(f"{c.get(key, float('nan')):.2f}" for key in keys) + f" | {k} |")
 print()
 print("| ratio (medians of nodes µs/signal) | gross | net of idle | within 15 % (gross / net) |")
 print("|---|---|---|---|")
