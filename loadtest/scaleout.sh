@@ -160,11 +160,11 @@ def split(window, n):
     return window.get("server_cpu_secs"), None
 
 def per_signal_counts(path, rate):
-    """perf stat counts over the relay window, per delivered signal."""
+    """perf stat counts over the relay window, per signal at the run's mean delivery rate."""
     p = path[:-len(".json")] + ".perf"
     if not rate or not os.path.exists(p):
         return None
-    counts, secs = {}, None
+    counts = {}
     for line in open(p):
         f = line.strip().split(",")
         if len(f) < 3 or not f[0].replace(".", "").isdigit():
