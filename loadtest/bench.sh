@@ -18,6 +18,14 @@
 #                          window (a reconnect storm). relay-50k-b4 and connect-hold are
 #                          not in the default set.
 #   SB_BENCH_FIRST_RUN     number of the first run (default 1): to add runs to an OUTDIR
+#
+# For the relay scenarios the table also gives, from the node's
+# switchboard_relay_latency_seconds histogram (read from /metrics after the
+# run), the share of relayed signals that spent more than 250 µs and more than
+# 1 ms between being read and being written by the node, and, from the node's
+# /proc/PID/task/*/schedstat over the whole loadgen run, how long its threads
+# were runnable but waiting for a CPU (% of one core, and the mean wait each
+# time a thread was given a CPU): time the machine, not the node, adds.
 #   SB_BENCH_QUIET_PCT     before each measurement, wait (at most SB_BENCH_QUIET_WAIT s,
 #                          default 600) until the machine uses less than this percentage
 #                          of one core (default 15); runs during which other processes
@@ -64,8 +72,16 @@ measure() {
   start_node "$name-$i"
   sleep 1
   echo "bench: run $i $name" >&2
+  local s0 t0
+  s0=$(sb_schedstat "$spid")
+  t0=$(date +%s.%N)
   # Exit status 3 (completed, with failures) is recorded, not fatal.
   "$LOADGEN" "$@" --url "$url" --server-pid "$spid" >"$out/$name-$i.json" 2>"$out/$name-$i.log" || true
+  echo "$s0 $(sb_schedstat "$spid") $t0 $(date +%s.%N)" >"$out/$name-$i.sched"
+  # The node's own read-to-write time of every relayed signal (a histogram):
+  # how much of the latency the generator saw was spent inside the node.
+  curl -fsS -m 5 "http://127.0.0.1:$port/metrics" 2>/dev/null |
+    grep '^switchboard_relay_latency_seconds' >"$out/$name-$i.metrics" || true
   stop_node
   sleep 2 # let TIME_WAIT and the allocator settle between runs
 }
@@ -101,6 +117,34 @@ fields = {
     "connect": [("connects_per_sec", "connects/s"), ("hello_latency.p99_us", "p99 µs"), ("failed", "failed"), ("cpu.server_cpu_pct", "server CPU %"), ("cpu.loadgen_cpu_pct", "loadgen CPU %"), ("cpu.machine_cpu_pct", "machine CPU %")],
     "connect-hold": [("connects_per_sec", "connects/s"), ("hello_latency.p99_us", "p99 µs"), ("failed", "failed"), ("unclean_closes", "unclean closes"), ("cpu.server_cpu_pct", "server CPU %"), ("cpu.loadgen_cpu_pct", "loadgen CPU %"), ("cpu.machine_cpu_pct", "machine CPU %")],
 }
+def node_share(path):
+    """From the node's read-to-write histogram: % of relayed signals over 250 µs and over 1 ms."""
+    b, n = {}, None
+    try:
+        for line in open(path):
+            if line.startswith("switchboard_relay_latency_seconds_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                b[le] = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("switchboard_relay_latency_seconds_count"):
+                n = float(line.rsplit(" ", 1)[1])
+    except OSError:
+        return None
+    if not n or "0.00025" not in b or "0.001" not in b:
+        return None
+    return {"over_250us_pct": round(100 * (1 - b["0.00025"] / n), 4), "over_1ms_pct": round(100 * (1 - b["0.001"] / n), 4)}
+def node_sched(path):
+    """Run-queue wait of the node's threads over the loadgen run."""
+    try:
+        r0, w0, n0, r1, w1, n1, t0, t1 = map(float, open(path).read().split())
+    except (OSError, ValueError):
+        return None
+    if t1 <= t0 or n1 <= n0:
+        return None
+    return {"runq_wait_pct": round((w1 - w0) / 1e7 / (t1 - t0), 1),
+            "runq_wait_per_slice_us": round((w1 - w0) / (n1 - n0) / 1e3, 1)}
+RELAY = {"relay-sat", "relay-20k", "relay-50k", "relay-50k-b4"}
+NODE_FIELDS = [("node.over_250us_pct", "node read→write > 250 µs, % of signals"), ("node.over_1ms_pct", "node read→write > 1 ms, % of signals"),
+               ("sched.runq_wait_pct", "node threads waiting for a CPU, % of a core"), ("sched.runq_wait_per_slice_us", "node's mean wait for a CPU, µs")]
 def get(d, path):
     for k in path.split("."):
         d = d.get(k) if isinstance(d, dict) else None
@@ -116,14 +160,17 @@ for name, fs in fields.items():
     runs = []
     for p in sorted(glob.glob(os.path.join(out, f"{name}-[0-9]*.json"))):
         try:
-            runs.append(json.load(open(p)))
+            r = json.load(open(p))
         except (ValueError, OSError):
-            pass
+            continue
+        r["node"] = node_share(p[:-len(".json")] + ".metrics")
+        r["sched"] = node_sched(p[:-len(".json")] + ".sched")
+        runs.append(r)
     if not runs:
         continue
     quiet = [r for r in runs if (others(r) or 0) <= NOISY]
     used = quiet if len(quiet) >= 3 else runs
-    fs = fs + [("others_cpu", "other processes' CPU %")]
+    fs = fs + (NODE_FIELDS if name in RELAY else []) + [("others_cpu", "other processes' CPU %")]
     for path, label in fs:
         if path == "others_cpu":
             vals = [others(r) or 0 for r in used]

@@ -32,6 +32,8 @@
 #   sb_wait_quiet LIMIT MAXWAIT  wait (at most MAXWAIT s) until the machine uses less than
 #                                LIMIT % of one core over 2 s
 #   sb_rss_kib PID, sb_cpu_ticks PID   VmRSS (KiB), utime+stime (ticks of 1/100 s)
+#   sb_schedstat PID             over all threads of PID: ns on a CPU, ns runnable but
+#                                waiting for a CPU (run queue), timeslices
 #   sb_machine_info              date, commit, nproc, memory, kernel, CPU, limits
 #
 # Environment: SWITCHBOARD, LOADGEN, REDIS_SERVER (default redis-server on PATH);
@@ -243,6 +245,11 @@ sb_wait_quiet() {
 sb_rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null; }
 # utime + stime in ticks (fields 14 and 15; the command name may hold spaces).
 sb_cpu_ticks() { sed -E 's/.*\) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'; }
+
+sb_schedstat() {
+  cat /proc/"$1"/task/*/schedstat 2>/dev/null |
+    awk '{r += $1; w += $2; n += $3} END {printf "%.0f %.0f %.0f\n", r, w, n}'
+}
 
 sb_machine_info() {
   echo "date: $(date -u +%FT%TZ)"
