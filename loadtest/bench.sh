@@ -25,7 +25,8 @@
 # 1 ms between being read and being written by the node, and, from the node's
 # /proc/PID/task/*/schedstat over the whole loadgen run, how long its threads
 # were runnable but waiting for a CPU (% of one core, and the mean wait each
-# time a thread was given a CPU): time the machine, not the node, adds.
+# time a thread was given a CPU): time the machine, not the node, adds. The
+# connect scenarios report the second as well.
 #   SB_BENCH_QUIET_PCT     before each measurement, wait (at most SB_BENCH_QUIET_WAIT s,
 #                          default 600) until the machine uses less than this percentage
 #                          of one core (default 15); runs during which other processes
@@ -143,8 +144,8 @@ def node_sched(path):
     return {"runq_wait_pct": round((w1 - w0) / 1e7 / (t1 - t0), 1),
             "runq_wait_per_slice_us": round((w1 - w0) / (n1 - n0) / 1e3, 1)}
 RELAY = {"relay-sat", "relay-20k", "relay-50k", "relay-50k-b4"}
-NODE_FIELDS = [("node.over_250us_pct", "node read→write > 250 µs, % of signals"), ("node.over_1ms_pct", "node read→write > 1 ms, % of signals"),
-               ("sched.runq_wait_pct", "node threads waiting for a CPU, % of a core"), ("sched.runq_wait_per_slice_us", "node's mean wait for a CPU, µs")]
+SCHED_FIELDS = [("sched.runq_wait_pct", "node threads waiting for a CPU, % of a core"), ("sched.runq_wait_per_slice_us", "node's mean wait for a CPU, µs")]
+NODE_FIELDS = [("node.over_250us_pct", "node read→write > 250 µs, % of signals"), ("node.over_1ms_pct", "node read→write > 1 ms, % of signals")] + SCHED_FIELDS
 def get(d, path):
     for k in path.split("."):
         d = d.get(k) if isinstance(d, dict) else None
@@ -170,7 +171,8 @@ for name, fs in fields.items():
         continue
     quiet = [r for r in runs if (others(r) or 0) <= NOISY]
     used = quiet if len(quiet) >= 3 else runs
-    fs = fs + (NODE_FIELDS if name in RELAY else []) + [("others_cpu", "other processes' CPU %")]
+    extra = NODE_FIELDS if name in RELAY else SCHED_FIELDS if name.startswith("connect") else []
+    fs = fs + extra + [("others_cpu", "other processes' CPU %")]
     for path, label in fs:
         if path == "others_cpu":
             vals = [others(r) or 0 for r in used]
