@@ -247,7 +247,7 @@ sb_rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null; }
 sb_cpu_ticks() { sed -E 's/.*\) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'; }
 
 sb_schedstat() {
-  cat /proc/"$1"/task/*/schedstat 2>/dev/null |
+  { cat /proc/"$1"/task/*/schedstat 2>/dev/null || true; } |
     awk '{r += $1; w += $2; n += $3} END {printf "%.0f %.0f %.0f\n", r, w, n}'
 }
 
