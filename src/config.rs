@@ -97,7 +97,13 @@ pub struct ServerConfig {
     pub node_id: String,
     /// Most concurrent WebSocket connections; more are refused with HTTP 503.
     pub max_connections: usize,
+    /// Tokio worker threads; 0 means one per CPU this process may use (or
+    /// `TOKIO_WORKER_THREADS` when that is set).
+    pub worker_threads: usize,
 }
+
+/// Most worker threads `server.worker_threads` accepts.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -105,6 +111,7 @@ impl Default for ServerConfig {
             listen: "0.0.0.0:8080".into(),
             node_id: String::new(),
             max_connections: 50_000,
+            worker_threads: 0,
         }
     }
 }
@@ -380,6 +387,12 @@ impl Config {
             errs.push(format!(
                 "server.listen: `{}` is not an `ip:port` address",
                 self.server.listen
+            ));
+        }
+        if self.server.worker_threads > MAX_WORKER_THREADS {
+            errs.push(format!(
+                "server.worker_threads: {} is more than {MAX_WORKER_THREADS} (0: one per CPU)",
+                self.server.worker_threads
             ));
         }
         let positive: [(&str, u64); 19] = [

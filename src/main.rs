@@ -59,10 +59,12 @@ fn main() -> ExitCode {
         println!("{effective}");
         return ExitCode::SUCCESS;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if cfg.server.worker_threads > 0 {
+        rt.worker_threads(cfg.server.worker_threads);
+    }
+    let rt = rt.build().expect("tokio runtime");
     rt.block_on(async move {
         init_tracing(&cfg);
         let node = match Node::build(cfg).await {
@@ -101,9 +103,11 @@ fn main() -> ExitCode {
         };
         // The recorder first: the STUN responder counts from its first datagram.
         let handle = switchboard::metrics::install();
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        metrics::gauge!(switchboard::metrics::WORKER_THREADS).set(workers as f64);
         node.start_stun(stun);
         let addr = listener.local_addr().expect("bound address");
-        tracing::info!("listening on {addr}");
+        tracing::info!(worker_threads = workers, "listening on {addr}");
         match switchboard::run(listener, node, handle, shutdown).await {
             Ok(()) => {
                 tracing::info!("stopped");

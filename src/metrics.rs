@@ -29,6 +29,8 @@ pub const QUEUE_OVERFLOWS: &str = "switchboard_queue_overflows_total";
 pub const ROOMS: &str = "switchboard_rooms";
 /// Gauge: peers registered (past `hello`) on this node.
 pub const PEERS: &str = "switchboard_peers";
+/// Gauge: the node's tokio worker threads (`server.worker_threads`, resolved).
+pub const WORKER_THREADS: &str = "switchboard_worker_threads";
 /// Histogram: seconds from reading a signal or broadcast to writing it to the target socket.
 pub const RELAY_LATENCY: &str = "switchboard_relay_latency_seconds";
 /// Counter: events published on the bus, by `kind` and `outcome`.
@@ -199,6 +201,10 @@ fn describe() {
     );
     describe_gauge!(ROOMS, "Rooms with at least one member on this node");
     describe_gauge!(PEERS, "Peers past hello on this node");
+    describe_gauge!(
+        WORKER_THREADS,
+        "Tokio worker threads of this node (server.worker_threads; 0 there: one per CPU)"
+    );
     describe_histogram!(
         RELAY_LATENCY,
         Unit::Seconds,

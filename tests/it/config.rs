@@ -74,11 +74,13 @@ fn semantic_config_errors_exit_2() {
             ("SWITCHBOARD_LIMITS__OUTBOUND_QUEUE", "0"),
             ("SWITCHBOARD_LIMITS__HEARTBEAT_INTERVAL_MS", "5000"),
             ("SWITCHBOARD_LIMITS__HEARTBEAT_TIMEOUT_MS", "1000"),
+            ("SWITCHBOARD_SERVER__WORKER_THREADS", "5000"),
         ],
         CLI_TIMEOUT,
     );
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(stderr.contains("server.worker_threads"), "{stderr}");
     assert!(stderr.contains("limits.outbound_queue"), "{stderr}");
     assert!(stderr.contains("limits.heartbeat_timeout_ms"), "{stderr}");
 }
@@ -159,4 +161,35 @@ async fn config_file_is_layered_under_the_environment() {
         w["heartbeat_ms"], 2345,
         "the environment overrides the file"
     );
+}
+
+/// The node's `switchboard_worker_threads` gauge, from `/metrics`.
+async fn worker_threads_of(node: &TestNode) -> f64 {
+    let body = reqwest::get(node.http("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    body.lines()
+        .find_map(|l| l.strip_prefix("switchboard_worker_threads "))
+        .unwrap_or_else(|| panic!("no switchboard_worker_threads in:\n{body}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test]
+async fn worker_threads_setting_sizes_the_runtime() {
+    for n in ["1", "3"] {
+        let node = TestNode::spawn(&[("SWITCHBOARD_SERVER__WORKER_THREADS", n)]);
+        assert_eq!(worker_threads_of(&node).await, n.parse::<f64>().unwrap());
+        // The node works on one thread as on several.
+        let mut c = node.client().await;
+        let w = c.hello("p").await;
+        assert_eq!(w["type"], "welcome");
+    }
+    // 0 (the default): one per CPU this process may use, or TOKIO_WORKER_THREADS.
+    let node = TestNode::spawn(&[("TOKIO_WORKER_THREADS", "2")]);
+    assert_eq!(worker_threads_of(&node).await, 2.0);
 }
