@@ -74,6 +74,18 @@ pub struct RdvConn {
     pairing: Mutex<Option<String>>,
 }
 
+impl RdvConn {
+    /// Clears the worker flag and takes the connection out of the workers
+    /// gauge; true when it was a worker.
+    fn clear_worker(&self) -> bool {
+        let was = self.worker.swap(false, Ordering::AcqRel);
+        if was {
+            metrics::gauge!(m::WORKERS, "pool" => *self.pool_label.lock()).decrement(1.0);
+        }
+        was
+    }
+}
+
 /// Node-local rendezvous state: connections by peer and by STUN token.
 #[derive(Debug)]
 pub struct Rendezvous {
@@ -552,10 +564,9 @@ impl Node {
         self.rdv
             .conns
             .remove_if(&s.peer, |_, cur| cur.epoch == c.epoch);
-        if !c.worker.swap(false, Ordering::AcqRel) {
+        if !c.clear_worker() {
             return;
         }
-        metrics::gauge!(m::WORKERS, "pool" => *c.pool_label.lock()).decrement(1.0);
         match self.store().remove_worker(&s.peer, s.epoch).await {
             Ok(Some(lost)) => self.notify_lost(lost, why.leave.into()).await,
             Ok(None) => {}
@@ -683,9 +694,7 @@ impl Node {
             .await
             .map_err(|e| crate::store::StoreError::Unavailable(e.message))?;
         if !self.rdv_is_current(&c.peer, c.epoch) {
-            if c.worker.swap(false, Ordering::AcqRel) {
-                metrics::gauge!(m::WORKERS, "pool" => *c.pool_label.lock()).decrement(1.0);
-            }
+            c.clear_worker();
             if let Some(lost) = self.store().remove_worker(&c.peer, c.epoch).await? {
                 self.notify_lost(lost, PairLostReason::Disconnected).await;
             }
