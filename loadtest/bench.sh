@@ -18,6 +18,11 @@
 #                          window (a reconnect storm). relay-50k-b4 and connect-hold are
 #                          not in the default set.
 #   SB_BENCH_FIRST_RUN     number of the first run (default 1): to add runs to an OUTDIR
+#   SB_BENCH_QUIET_PCT     before each measurement, wait (at most SB_BENCH_QUIET_WAIT s,
+#                          default 600) until the machine uses less than this percentage
+#                          of one core (default 15); runs during which other processes
+#                          used more than SB_BENCH_NOISY_PCT (default 25) are left out
+#                          of the statistics when at least 3 quiet runs remain
 #
 # For the relay scenarios the table also gives, from the node's
 # switchboard_relay_latency_seconds histogram (read from /metrics after the
@@ -27,11 +32,6 @@
 # were runnable but waiting for a CPU (% of one core, and the mean wait each
 # time a thread was given a CPU): time the machine, not the node, adds. The
 # connect scenarios report the second as well.
-#   SB_BENCH_QUIET_PCT     before each measurement, wait (at most SB_BENCH_QUIET_WAIT s,
-#                          default 600) until the machine uses less than this percentage
-#                          of one core (default 15); runs during which other processes
-#                          used more than SB_BENCH_NOISY_PCT (default 25) are left out
-#                          of the statistics when at least 3 quiet runs remain
 #
 # Loopback only; every step is bounded in count and time.
 set -euo pipefail
