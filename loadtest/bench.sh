@@ -6,8 +6,9 @@
 # Usage: loadtest/bench.sh [RUNS] [OUTDIR]      (defaults: 3, /tmp/sb-bench-DATE)
 #
 # Environment:
-#   SWITCHBOARD, LOADGEN   prebuilt binaries (default: cargo build --release,
-#                          honouring CARGO_TARGET_DIR)
+#   SWITCHBOARD, LOADGEN   prebuilt binaries (default: cargo build --release
+#                          -p switchboard -p switchboard-loadgen, honouring
+#                          CARGO_TARGET_DIR; see sb_build in lib.sh)
 #   SB_BENCH_PORT          port of the node under test (default 18080)
 #   SB_BENCH_ONLY          space-separated subset of: idle relay-sat relay-20k relay-50k
 #                          relay-50k-b4 connect connect-hold. relay-50k-b4: 50,000/s in

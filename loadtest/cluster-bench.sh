@@ -6,7 +6,8 @@
 # Usage: loadtest/cluster-bench.sh [RUNS] [OUTDIR]    (defaults: 3, /tmp/sb-cluster-DATE)
 #
 # Environment:
-#   SWITCHBOARD, LOADGEN   prebuilt binaries (default: cargo build --release)
+#   SWITCHBOARD, LOADGEN   prebuilt binaries (default: cargo build --release
+#                          -p switchboard -p switchboard-loadgen; see lib.sh)
 #   REDIS_SERVER           redis-server binary (default: redis-server on PATH)
 #   SB_CB_ONLY             space-separated subset of:
 #                            relay-sat relay-10k relay-20k relay-30k relay-30k-b4 idle

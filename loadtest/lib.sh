@@ -3,7 +3,9 @@
 # variables named SB_* below.
 #
 #   sb_build                     SWITCHBOARD and LOADGEN: prebuilt when set, else
-#                                `cargo build --release` (honouring CARGO_TARGET_DIR)
+#                                `cargo build --release -p switchboard -p switchboard-loadgen`
+#                                (the node and the workspace member loadgen/; both land
+#                                in target/release/, honouring CARGO_TARGET_DIR)
 #   sb_raise_nofile              raise the soft open-files limit to the hard one
 #   sb_start_nodes NAME N BASE REDIS STUN OUTDIR
 #                                start N fresh release nodes on 127.0.0.1:BASE+1..BASE+N
@@ -57,7 +59,7 @@ SB_GEN_PIDS=()
 
 sb_build() {
   if [ -z "${SWITCHBOARD:-}" ] || [ -z "${LOADGEN:-}" ]; then
-    (cd "$sb_root" && cargo build --release --quiet --bin switchboard --bin loadgen)
+    (cd "$sb_root" && cargo build --release --quiet -p switchboard -p switchboard-loadgen)
     local bin="${CARGO_TARGET_DIR:-$sb_root/target}/release"
     SWITCHBOARD="${SWITCHBOARD:-$bin/switchboard}"
     LOADGEN="${LOADGEN:-$bin/loadgen}"

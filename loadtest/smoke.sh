@@ -7,7 +7,8 @@
 #   The target is the argument, else $SB_URLS, else $SB_URL. Give several
 #   comma-separated URLs only for nodes of one cluster: pairs of peers are then
 #   split across nodes. With no target at all (as CI calls it), the script
-#   builds the binaries (`cargo build --bins`, debug unless
+#   builds the binaries (`cargo build -p switchboard -p switchboard-loadgen
+#   --bins`: the node and the workspace member loadgen/, debug unless
 #   SMOKE_PROFILE=release), starts its own node on a free loopback port, and
 #   stops it at the end.
 #
@@ -39,7 +40,7 @@ log() { printf '%s\n' "$*" >&2; }
 . "$here/lib.sh"
 
 build() {
-  local flags=(--bins --quiet)
+  local flags=(-p switchboard -p switchboard-loadgen --bins --quiet)
   [ "$profile" = "release" ] && flags+=(--release)
   log "smoke: cargo build ${flags[*]}"
   (cd "$root" && cargo build "${flags[@]}") || { log "smoke: build failed"; exit 2; }

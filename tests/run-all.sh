@@ -31,11 +31,13 @@ fi
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
-log "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+# --workspace: the broker (the root package, the default member) and the load
+# generator (loadgen/).
+log "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
-log "cargo test"
-cargo test --all-targets
+log "cargo test --workspace"
+cargo test --workspace --all-targets
 
 if [ -x loadtest/smoke.sh ] || [ -f loadtest/smoke.sh ]; then
   log "load-test smoke (k6 scripts and the Rust load generator, seconds each)"
