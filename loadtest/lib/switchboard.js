@@ -7,7 +7,7 @@
 //
 // k6 has no sub-millisecond clock in scripts (no performance.now()), so
 // latencies measured here have 1 ms resolution; the Rust generator
-// (`cargo run --release --bin loadgen`) measures in microseconds.
+// (`cargo run --release -p switchboard-loadgen`) measures in microseconds.
 
 import { WebSocket } from 'k6/experimental/websockets';
 
