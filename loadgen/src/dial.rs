@@ -279,3 +279,46 @@ pub fn check_sockets(n: usize) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_addresses_are_a_range_or_a_list() {
+        let range = parse_sources("127.0.0.2-127.0.0.4").unwrap();
+        let want: Vec<IpAddr> = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(range, want);
+        let list = parse_sources("127.0.0.5, ::1").unwrap();
+        assert_eq!(
+            list,
+            [
+                "127.0.0.5".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert!(parse_sources("127.0.0.4-127.0.0.2").is_err(), "downwards");
+        assert!(
+            parse_sources("127.0.0.1-127.1.0.1").is_err(),
+            "65,537 addresses"
+        );
+        assert!(parse_sources("localhost").is_err());
+    }
+
+    #[test]
+    fn error_kinds_name_the_step() {
+        use std::io::{Error, ErrorKind};
+        assert_eq!(
+            io_kind("connect", &Error::from(ErrorKind::ConnectionRefused)),
+            "connect-refused"
+        );
+        assert_eq!(
+            io_kind("socket", &Error::from_raw_os_error(24)),
+            "socket-too-many-open-files"
+        );
+        assert_eq!(ws_kind("read", &WsError::ConnectionClosed), "read-closed");
+    }
+}

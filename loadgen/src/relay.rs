@@ -553,3 +553,21 @@ fn cpu_per_signal(cpu: &Value, baseline: Option<&Value>, delivered: u64) -> Valu
         "net_us": idle_rate.map(|r| per((secs - r * window).max(0.0))),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_signal_subtracts_the_idle_rate() {
+        let cpu = json!({"server_cpu_secs": 1.0, "window_secs": 10.0});
+        let baseline = json!({"server_cpu_secs": 0.25, "window_secs": 5.0});
+        let v = cpu_per_signal(&cpu, Some(&baseline), 1000);
+        assert_eq!(v["us"], json!(1000.0));
+        assert_eq!(v["idle_cpu_pct"], json!(5.0));
+        assert_eq!(v["net_us"], json!(500.0));
+        assert_eq!(cpu_per_signal(&cpu, None, 1000)["net_us"], Value::Null);
+        assert_eq!(cpu_per_signal(&cpu, None, 0), Value::Null);
+        assert_eq!(cpu_per_signal(&json!({}), None, 1000), Value::Null);
+    }
+}

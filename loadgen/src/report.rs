@@ -55,3 +55,27 @@ impl Failures {
 pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_and_failures_as_json() {
+        assert_eq!(hist_json(&new_hist()), json!({"count": 0}));
+        let mut h = new_hist();
+        for v in [100, 200, 300] {
+            h.record(v).unwrap();
+        }
+        let j = hist_json(&h);
+        assert_eq!(j["count"], json!(3));
+        assert_eq!(j["max_us"], json!(300));
+        let f = Failures::default();
+        f.add("refused");
+        f.add("refused");
+        f.add(String::from("timeout"));
+        assert_eq!(f.total(), 3);
+        assert_eq!(f.json(), json!({"refused": 2, "timeout": 1}));
+        assert_eq!(round2(1.23456), 1.23);
+    }
+}

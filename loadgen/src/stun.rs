@@ -166,3 +166,19 @@ pub async fn stun(a: StunArgs) -> Result<(Value, bool)> {
         ok,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_success_response_gives_back_the_send_time() {
+        let mut b = stun_request(123_456, 7);
+        assert_eq!(stun_response_ts(&b), None, "a request is not a response");
+        b[0..2].copy_from_slice(&0x0101u16.to_be_bytes());
+        assert_eq!(stun_response_ts(&b), Some(123_456));
+        assert_eq!(stun_response_ts(&b[..19]), None, "too short");
+        b[4] ^= 1;
+        assert_eq!(stun_response_ts(&b), None, "no magic cookie");
+    }
+}

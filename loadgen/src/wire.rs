@@ -99,3 +99,34 @@ pub fn decode(m: &Message) -> Option<Result<Incoming, String>> {
 pub fn run_id() -> String {
     format!("{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_in_both_codecs() {
+        for msgpack in [false, true] {
+            let m = encode(
+                msgpack,
+                &SignalOut {
+                    ty: "signal",
+                    to: "b",
+                    kind: "candidate",
+                    data: SignalData {
+                        seq: 3,
+                        ts: 42,
+                        pad: "xx",
+                    },
+                },
+            );
+            assert_eq!(matches!(m, Message::Binary(_)), msgpack);
+            let inc = decode(&m).expect("a data frame").expect("decodes");
+            assert_eq!(inc.ty, "signal");
+            let d = inc.data.expect("data");
+            assert_eq!((d.seq, d.ts), (3, 42));
+        }
+        assert!(decode(&Message::Ping(Vec::new().into())).is_none());
+        assert!(decode(&Message::Text("{".into())).unwrap().is_err());
+    }
+}
