@@ -38,49 +38,50 @@ return old
 });
 
 /// KEYS: peer key, node peers set, node secrets hash. ARGV: "<epoch> <node>",
-/// peer, prefix, node, secret hash (hex), "1" when a token for the id was
-/// verified, the presented secret's hash (hex, or ""), epoch, secrets TTL (ms).
+/// peer, prefix, secret hash (hex), proof: "token" (a token for the id was
+/// verified), the presented secret's hash (hex), or "" (none).
 /// Registers the peer unless a live connection on another, alive node holds
-/// it and the claim proves nothing for that connection: then returns
-/// {0, current entry} and writes nothing. Else {1, previous entry or false}.
+/// it and the proof is not for that connection: then returns {0, current
+/// entry} and writes nothing. Else {1, previous entry or false}.
 /// A node's secrets are a hash `{prefix}:node:{node}:secrets` (peer ->
-/// "<epoch> <hash>") that expires with the node (see `keep_secrets`).
+/// "<epoch> <node> <hash>", the entry it belongs to and its hash) that
+/// expires with the node: `keep_secrets` gives it its lifetime every
+/// heartbeat (not this script: one command less per `hello`). Few arguments
+/// on purpose: each one costs Redis about as much as a command.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
 local cur = redis.call('GET', KEYS[1])
-local owner = false
-local sp = false
+local other = false
 if cur then
-  sp = string.find(cur, ' ', 1, true)
-  if sp then owner = string.sub(cur, sp + 1) end
-end
-if owner and owner ~= ARGV[4] and ARGV[6] ~= '1'
-   and redis.call('EXISTS', ARGV[3] .. ':node:' .. owner .. ':alive') == 1 then
-  local held = redis.call('HGET', ARGV[3] .. ':node:' .. owner .. ':secrets', ARGV[2])
-  if ARGV[7] == '' or held ~= string.sub(cur, 1, sp - 1) .. ' ' .. ARGV[7] then
-    return {0, cur}
+  local sp = string.find(cur, ' ', 1, true)
+  local owner = sp and string.sub(cur, sp + 1)
+  local me = string.sub(ARGV[1], string.find(ARGV[1], ' ', 1, true) + 1)
+  if owner and owner ~= me then
+    other = ARGV[3] .. ':node:' .. owner .. ':secrets'
+    if ARGV[5] ~= 'token'
+       and redis.call('EXISTS', ARGV[3] .. ':node:' .. owner .. ':alive') == 1
+       and (ARGV[5] == '' or redis.call('HGET', other, ARGV[2]) ~= cur .. ' ' .. ARGV[5]) then
+      return {0, cur}
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[8] .. ' ' .. ARGV[5])
-redis.call('PEXPIRE', KEYS[3], ARGV[9])
-if owner and owner ~= ARGV[4] then
-  redis.call('HDEL', ARGV[3] .. ':node:' .. owner .. ':secrets', ARGV[2])
-end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[1] .. ' ' .. ARGV[4])
+if other then redis.call('HDEL', other, ARGV[2]) end
 return {1, cur or false}
 "#,
     )
 });
 
-/// KEYS: peer key, node secrets hash. ARGV: "<epoch> <node>", peer, "<epoch> <hash>", TTL (ms).
+/// KEYS: peer key, node secrets hash. ARGV: "<epoch> <node>", peer, secret hash (hex), TTL (ms).
 /// Writes a connection's secret hash again if the entry is still that connection.
 static RESTORE_SECRET: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1] .. ' ' .. ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
 "#,
@@ -518,7 +519,7 @@ fn unavailable(e: Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// The hash of node `n`'s connection secrets (peer -> "<epoch> <sha256 hex>").
+/// The hash of node `n`'s connection secrets (peer -> "<epoch> <node> <sha256 hex>").
 fn node_secrets(prefix: &str, n: &NodeId) -> String {
     format!("{prefix}:node:{n}:secrets")
 }
@@ -611,12 +612,12 @@ impl Store for RedisStore {
                     loc_value(&loc),
                     peer.to_string(),
                     k.prefix().to_string(),
-                    loc.node.to_string(),
                     secret_hex(&claim.secret),
-                    if claim.token_for_id { "1" } else { "0" }.to_string(),
-                    claim.presented.as_ref().map(secret_hex).unwrap_or_default(),
-                    loc.epoch.to_string(),
-                    self.secrets_ttl_ms().to_string(),
+                    match (&claim.presented, claim.token_for_id) {
+                        (_, true) => "token".to_string(),
+                        (Some(p), false) => secret_hex(p),
+                        (None, false) => String::new(),
+                    },
                 ],
             )
             .await
@@ -650,7 +651,7 @@ impl Store for RedisStore {
                 vec![
                     loc_value(loc),
                     peer.to_string(),
-                    format!("{} {}", loc.epoch, secret_hex(secret)),
+                    secret_hex(secret),
                     self.secrets_ttl_ms().to_string(),
                 ],
             )
