@@ -302,6 +302,45 @@ async fn takeover_across_nodes_needs_the_secret_until_the_owners_node_dies() {
     }
 }
 
+/// Redis restarting empty loses the directory and the secrets with it; the
+/// node holding the peer writes both again when it re-registers, so the id
+/// is protected again and the holder's secret still works.
+#[tokio::test]
+async fn secrets_are_written_again_after_redis_restarts_empty() {
+    let mut redis = RedisServer::start();
+    let prefix = unique_prefix("secretsback");
+    let nodes = spawn_cluster(&redis, &prefix, 2, &[]).await;
+    let (mut owner, w) = hello(&nodes[0], "alice").await;
+    let secret = secret_of(&w);
+    let key = format!("{prefix}:node:node-1:secrets");
+    assert!(redis.command(&["HGET", &key, "alice"]).starts_with('$'));
+
+    redis.stop();
+    redis.restart();
+    // Bounded poll on the store itself (nothing tells a client when its
+    // node has re-registered): the restored entry names this connection.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = redis.command(&["HGET", &key, "alice"]);
+        if !v.starts_with("$-1") {
+            assert!(v.contains("node-1"), "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "secret not written again: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut thief = nodes[1].client().await;
+    expect_taken(&mut thief, json!({"peer_id": "alice"})).await;
+    let mut again = nodes[1].client().await;
+    again
+        .hello_with(json!({"type": "hello", "peer_id": "alice", "reconnect_secret": secret}))
+        .await;
+    let ((code, reason), _) = owner
+        .expect_close_after(&["peer-joined", "peer-left"])
+        .await;
+    assert_eq!((code, reason.as_str()), (4002, "replaced"));
+}
+
 /// The legacy worker door: a worker id connected elsewhere is refused before
 /// the upgrade (409 `peer-id-taken`), through either door, until that
 /// connection ends; the older service's worker simply retries. With a token
@@ -733,6 +772,8 @@ async fn a_forged_stun_username_naming_no_live_node_publishes_nothing() {
             .unwrap_or(0)
     };
     let before = publishes();
+    // Readiness needed a pub/sub probe, so the count is parsed and non-zero.
+    assert!(before > 0, "no PUBLISH in INFO commandstats yet");
     let forged = 400u64;
     let mut buf = [0u8; 1500];
     for i in 0..forged {
