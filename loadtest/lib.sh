@@ -120,8 +120,9 @@ sb_start_nodes() {
           SWITCHBOARD_CLUSTER__KEY_PREFIX="$SB_PREFIX"
       fi
       if [ "$stun" = 1 ]; then
+        # One load generator address: no per-source limit (stun.rate_per_ip).
         export SWITCHBOARD_STUN__ENABLED=true SWITCHBOARD_STUN__LISTEN="127.0.0.1:$((base + 10 + i))" \
-          SWITCHBOARD_STUN__LISTEN_V6=""
+          SWITCHBOARD_STUN__LISTEN_V6="" SWITCHBOARD_STUN__RATE_PER_IP=0
       else
         export SWITCHBOARD_STUN__ENABLED=false
       fi

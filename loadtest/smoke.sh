@@ -70,9 +70,11 @@ if [ -z "$urls" ]; then
   node_log="$(mktemp)"
   # Port 0: the node picks a free port and logs "listening on ADDR" (and its
   # STUN port: "STUN responder listening addr=Some(ADDR)"). It reads
-  # config/default.toml from its working directory.
+  # config/default.toml from its working directory. The loadgen `stun` step
+  # sends from one address: no per-source STUN limit (stun.rate_per_ip = 0).
   (cd "$root" && SWITCHBOARD_SERVER__LISTEN=127.0.0.1:0 SWITCHBOARD_LOG__LEVEL=info \
     SWITCHBOARD_STUN__LISTEN=127.0.0.1:0 SWITCHBOARD_STUN__LISTEN_V6="" \
+    SWITCHBOARD_STUN__RATE_PER_IP=0 \
     SWITCHBOARD_SHUTDOWN__GRACE_PERIOD_MS=500 exec "$node") >"$node_log" 2>&1 &
   node_pid=$!
   addr=""

@@ -3,7 +3,13 @@
 //! Keys come from `auth.jwt`: an HS256 secret and/or PEM public keys (RSA,
 //! EC P-256/P-384, Ed25519). A token is checked against the keys whose family
 //! matches its header's `alg`; its `sub` must be the peer id. With no key
-//! configured there is no [`Authenticator`] and the node runs open.
+//! configured there is no [`Authenticator`]: peers without a token are then
+//! admitted only as `auth.anonymous` allows (by default, only while the node
+//! listens on loopback; see [`crate::config::Config::anonymous_mode`]).
+//!
+//! A verified token for a peer id is also what lets a connection take that id
+//! over from a live one; without auth, the holder's `reconnect_secret` is
+//! (see `Node::register`).
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;

@@ -108,7 +108,9 @@ pub const MAX_WORKER_THREADS: usize = 1024;
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:8080".into(),
+            // Loopback: binding every interface is a decision taken together
+            // with `auth.jwt` or `auth.anonymous = "allow"` (see `AuthConfig`).
+            listen: "127.0.0.1:8080".into(),
             node_id: String::new(),
             max_connections: 50_000,
             worker_threads: 0,
@@ -184,6 +186,35 @@ impl Default for ShutdownConfig {
 pub struct AuthConfig {
     /// JWT verification of `hello` tokens.
     pub jwt: JwtConfig,
+    /// Who may connect without a token while no `auth.jwt` key is configured
+    /// (with a key, every peer needs a token and this is not consulted).
+    pub anonymous: AnonymousPolicy,
+}
+
+/// `auth.anonymous`: peers without a token when no JWT key is configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnonymousPolicy {
+    /// Accepted only while `server.listen` is a loopback address: a node
+    /// reachable only from its own host (or through a local proxy that
+    /// authenticates) can run open; one bound to a network cannot by accident.
+    #[default]
+    Loopback,
+    /// Always accepted: the operator decided the network in front is trusted.
+    Allow,
+    /// Never accepted: every `hello` (and legacy worker) is refused without a key.
+    Deny,
+}
+
+impl AnonymousPolicy {
+    /// The config value, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Loopback => "loopback",
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
 }
 
 /// `[auth.jwt]`: with no key configured the node runs open (and warns).
@@ -224,6 +255,35 @@ pub struct HttpConfig {
     /// `X-Forwarded-For` headers name the client. From any other peer those
     /// headers are ignored: anyone can send them.
     pub trusted_proxies: Vec<String>,
+    /// The one forwarding header the trusted proxies set. Only it is read:
+    /// a proxy appends to (or overwrites) its own header, and passes any
+    /// other one from the client through untouched, so believing a second
+    /// header would let the client pick its own address.
+    pub client_ip_header: ClientIpHeader,
+}
+
+/// `http.client_ip_header`: which forwarding header names the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: client, proxy1, ...` (nginx `$proxy_add_x_forwarded_for`).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for=proxy1`.
+    Forwarded,
+    /// `X-Real-IP: client` (nginx `$remote_addr`, set rather than appended).
+    XRealIp,
+}
+
+impl ClientIpHeader {
+    /// The header's name (lowercase, as `http` spells it).
+    pub fn header_name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+            Self::XRealIp => "x-real-ip",
+        }
+    }
 }
 
 impl HttpConfig {
@@ -254,6 +314,14 @@ pub struct StunConfig {
     pub listen: String,
     /// A second, IPv6-only UDP address (`[::]:3478`); empty: none.
     pub listen_v6: String,
+    /// Binding requests answered per second per source (an IPv4 address, or
+    /// an IPv6 /64: one subscriber's prefix). Above it datagrams are dropped
+    /// without an answer, which bounds both what a forged source can make the
+    /// node send to a victim and what one source costs the node. 0: no limit.
+    pub rate_per_ip: u32,
+    /// Requests a source may send at once above `rate_per_ip` (ICE agents
+    /// send a handful together; many hosts behind one NAT share an address).
+    pub burst: u32,
 }
 
 impl Default for StunConfig {
@@ -262,6 +330,8 @@ impl Default for StunConfig {
             enabled: true,
             listen: "0.0.0.0:3478".into(),
             listen_v6: "[::]:3478".into(),
+            rate_per_ip: 50,
+            burst: 200,
         }
     }
 }
@@ -380,6 +450,27 @@ impl Config {
             .expect("server.listen was validated at load")
     }
 
+    /// Whether peers without a token are accepted, and why (see
+    /// [`AnonymousPolicy`]). With a JWT key configured nobody is anonymous.
+    pub fn anonymous_mode(&self) -> AnonymousMode {
+        let has_key =
+            !self.auth.jwt.hs256_secret.is_empty() || !self.auth.jwt.public_keys.is_empty();
+        if has_key {
+            return AnonymousMode::TokenRequired;
+        }
+        let loopback = self
+            .server
+            .listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().to_canonical().is_loopback());
+        match self.auth.anonymous {
+            AnonymousPolicy::Allow => AnonymousMode::Allowed,
+            AnonymousPolicy::Loopback if loopback => AnonymousMode::LoopbackOnly,
+            AnonymousPolicy::Loopback => AnonymousMode::RefusedNotLoopback,
+            AnonymousPolicy::Deny => AnonymousMode::Refused,
+        }
+    }
+
     /// Semantic checks serde cannot express; one message per bad key.
     pub fn validate(&self) -> Vec<String> {
         let mut errs = Vec::new();
@@ -483,6 +574,12 @@ impl Config {
                 ));
             }
         }
+        if self.stun.enabled && self.stun.rate_per_ip > 0 && self.stun.burst == 0 {
+            errs.push(
+                "stun.burst: must be greater than 0 while stun.rate_per_ip is set (0 there disables the limit)"
+                    .into(),
+            );
+        }
         if self.stun.enabled {
             if self.stun.listen.parse::<SocketAddr>().is_err() {
                 errs.push(format!(
@@ -503,6 +600,28 @@ impl Config {
             }
         }
         errs
+    }
+}
+
+/// What [`Config::anonymous_mode`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnonymousMode {
+    /// A JWT key is configured: every peer needs a token.
+    TokenRequired,
+    /// `auth.anonymous = "allow"`.
+    Allowed,
+    /// `auth.anonymous = "loopback"` and `server.listen` is a loopback address.
+    LoopbackOnly,
+    /// `auth.anonymous = "loopback"`, but `server.listen` is not loopback.
+    RefusedNotLoopback,
+    /// `auth.anonymous = "deny"`.
+    Refused,
+}
+
+impl AnonymousMode {
+    /// True when a peer without a token is accepted.
+    pub fn allows_anonymous(self) -> bool {
+        matches!(self, Self::Allowed | Self::LoopbackOnly)
     }
 }
 
@@ -717,6 +836,40 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("server.listen"), "{text}");
         assert!(text.contains("limits.outbound_queue"), "{text}");
+    }
+
+    #[test]
+    fn anonymous_peers_depend_on_key_policy_and_listen_address() {
+        use AnonymousMode::*;
+        let mode = |toml: &str| from_toml_str(toml).unwrap().anonymous_mode();
+        assert_eq!(mode(""), LoopbackOnly);
+        assert_eq!(mode("[server]\nlisten = \"[::1]:80\"\n"), LoopbackOnly);
+        assert_eq!(mode("[server]\nlisten = \"127.9.9.9:80\"\n"), LoopbackOnly);
+        assert_eq!(
+            mode("[server]\nlisten = \"0.0.0.0:80\"\n"),
+            RefusedNotLoopback
+        );
+        assert_eq!(mode("[server]\nlisten = \"[::]:80\"\n"), RefusedNotLoopback);
+        assert_eq!(
+            mode("[server]\nlisten = \"0.0.0.0:80\"\n[auth]\nanonymous = \"allow\"\n"),
+            Allowed
+        );
+        assert_eq!(mode("[auth]\nanonymous = \"deny\"\n"), Refused);
+        assert_eq!(
+            mode("[server]\nlisten = \"0.0.0.0:80\"\n[auth.jwt]\nhs256_secret = \"k\"\n"),
+            TokenRequired
+        );
+        assert!(!Refused.allows_anonymous() && !TokenRequired.allows_anonymous());
+        let err = from_toml_str("[auth]\nanonymous = \"sometimes\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("auth.anonymous"), "{err}");
+        let err = from_toml_str("[http]\nclient_ip_header = \"via\"\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("http.client_ip_header"),
+            "{err}"
+        );
+        let err = from_toml_str("[stun]\nburst = 0\n").unwrap_err();
+        assert!(err.to_string().starts_with("stun.burst"), "{err}");
+        assert!(from_toml_str("[stun]\nrate_per_ip = 0\nburst = 0\n").is_ok());
     }
 
     #[test]

@@ -56,6 +56,12 @@ pub enum ErrorCode {
     WorkerNotFound,
     /// `POST /api/connect` names the same worker twice.
     SameWorker,
+    /// `hello` (or a legacy worker) claims a peer id that a live connection
+    /// holds, without its `reconnect_secret` or a token for the id.
+    PeerIdTaken,
+    /// An operator endpoint was asked from where it does not answer without
+    /// `http.admin_token` (not plain loopback).
+    Forbidden,
     /// Something failed inside the server; details are in its log.
     Internal,
 }
@@ -86,6 +92,8 @@ impl ErrorCode {
             Self::InvalidPool => "invalid-pool",
             Self::WorkerNotFound => "worker-not-found",
             Self::SameWorker => "same-worker",
+            Self::PeerIdTaken => "peer-id-taken",
+            Self::Forbidden => "forbidden",
             Self::Internal => "internal",
         }
     }
@@ -128,6 +136,9 @@ pub mod close {
     pub const HELLO_TIMEOUT: u16 = 4003;
     /// Nothing (not even a pong) arrived within `limits.heartbeat_timeout_ms`.
     pub const HEARTBEAT_TIMEOUT: u16 = 4004;
+    /// A legacy worker's id is held by a live connection (the check before
+    /// the upgrade passed, but another connection won the id meanwhile).
+    pub const PEER_ID_TAKEN: u16 = 4009;
     /// The older rendezvous service's close when a worker id connects again
     /// (its code was a plain 1000); sent to legacy workers instead of [`REPLACED`].
     pub const LEGACY_REPLACED_REASON: &str = "New connection from same worker ID";

@@ -5,15 +5,20 @@
 //! built in one place ([`ApiError`]).
 //!
 //! The client's address is the socket's peer, unless that peer is a trusted
-//! proxy (`http.trusted_proxies`): then it is read from `Forwarded` or
-//! `X-Forwarded-For` ([`client_addr`]).
+//! proxy (`http.trusted_proxies`): then it is read from the one forwarding
+//! header the operator named (`http.client_ip_header`; [`client_addr`]).
+//!
+//! The operator endpoints (rooms, workers, pairing, the legacy listing) sit
+//! behind one guard ([`admin_guard`]): `http.admin_token` when configured,
+//! else plain loopback only.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +26,7 @@ use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
+use crate::config::ClientIpHeader;
 use crate::dialect::legacy_worker::LegacyWorker;
 use crate::error::ErrorCode;
 use crate::metrics as m;
@@ -68,6 +74,20 @@ impl IntoResponse for ApiError {
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
+    // What an operator reads or does: peers' addresses and endpoints, room
+    // members, pairing two workers. `/metrics` stays open: Prometheus scrapes
+    // it without credentials, and it holds counts with bounded labels, never
+    // a peer id or an address.
+    let admin = Router::new()
+        .route("/debug/list_workers", get(debug_list_workers))
+        .route("/api/workers", get(list_workers))
+        .route("/api/connect", post(connect_workers))
+        .route("/api/rooms", get(list_rooms))
+        .route("/api/rooms/{room}", get(get_room))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin_guard,
+        ));
     Router::new()
         .route("/", get(status))
         // GET: the HTTP/1.1 upgrade; CONNECT: WebSocket over HTTP/2 (RFC 8441).
@@ -76,14 +96,10 @@ pub fn router(state: AppState) -> Router {
             "/ws/register/{worker_id}",
             get(legacy_upgrade).connect(legacy_upgrade),
         )
-        .route("/debug/list_workers", get(debug_list_workers))
-        .route("/api/workers", get(list_workers))
-        .route("/api/connect", post(connect_workers))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/api/rooms", get(list_rooms))
-        .route("/api/rooms/{room}", get(get_room))
+        .merge(admin)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint")
         })
@@ -91,38 +107,45 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The client's address: the socket's peer, or, when that peer is a trusted
-/// proxy, the rightmost address in `Forwarded` (else `X-Forwarded-For`) that
-/// is not itself a trusted proxy (the leftmost when all are). The port is the
+/// proxy, the rightmost address in the forwarding header `which` that is not
+/// itself a trusted proxy (the leftmost when all are). The port is the
 /// header's when it gives one, else 0. An unparsable hop stops the walk: the
 /// peer itself is then the best known address.
-pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> SocketAddr {
+///
+/// Only `which` is read. A proxy appends to (or sets) its own header and
+/// passes the others through as the client sent them, so if a second header
+/// were believed, a client could name its own address in it.
+pub fn client_addr(
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    which: ClientIpHeader,
+) -> SocketAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(&ip.to_canonical()));
     if trusted.is_empty() || !is_trusted(peer.ip()) {
         return peer;
     }
     let mut chain: Vec<Option<SocketAddr>> = Vec::new();
-    let forwarded: Vec<&str> = headers
-        .get_all(header::FORWARDED)
+    let lines = headers
+        .get_all(which.header_name())
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if !forwarded.is_empty() {
-        for elem in forwarded.iter().flat_map(|v| v.split(',')) {
-            let for_ = elem.split(';').find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
-            });
-            if let Some(v) = for_ {
-                chain.push(parse_hop(v.trim_matches('"')));
+        .filter_map(|v| v.to_str().ok());
+    match which {
+        ClientIpHeader::Forwarded => {
+            for elem in lines.flat_map(|v| v.split(',')) {
+                let for_ = elem.split(';').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+                });
+                if let Some(v) = for_ {
+                    chain.push(parse_hop(v.trim_matches('"')));
+                }
             }
         }
-    } else {
-        for v in headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            chain.extend(v.split(',').map(|h| parse_hop(h.trim())));
+        ClientIpHeader::XForwardedFor | ClientIpHeader::XRealIp => {
+            for v in lines {
+                chain.extend(v.split(',').map(|h| parse_hop(h.trim())));
+            }
         }
     }
     for hop in chain.iter().rev() {
@@ -173,7 +196,12 @@ async fn ws_upgrade(
     ws: WsUpgrade,
 ) -> Result<Response, ApiError> {
     let node = st.node;
-    let addr = client_addr(addr, &headers, &node.trusted_proxies);
+    let addr = client_addr(
+        addr,
+        &headers,
+        &node.trusted_proxies,
+        node.cfg.http.client_ip_header,
+    );
     let permit = admit(&node)?;
     let token = node.tracker.token();
     let protocol = ws.select_protocol(&[SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]);
@@ -189,7 +217,11 @@ async fn ws_upgrade(
 
 /// `GET /ws/register/{worker_id}`: a worker of the older rendezvous service.
 /// With auth configured it must present a token for its worker id
-/// (`Authorization: Bearer`, or `?token=`).
+/// (`Authorization: Bearer`, or `?token=`); without, it is admitted as
+/// `auth.anonymous` allows (else 401). A worker id a live connection holds
+/// is refused with 409 `peer-id-taken` unless a token for it was given: the
+/// older service's worker retries after any failure, so it gets in once the
+/// previous connection is gone.
 async fn legacy_upgrade(
     State(st): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -206,35 +238,56 @@ async fn legacy_upgrade(
             format!("worker id {e}"),
         )
     })?;
-    if node.auth_enabled() {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_string);
-        let from_query = query.as_deref().and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("token="))
-                .map(str::to_string)
-        });
-        node.verify_token(bearer.or(from_query).as_deref(), &worker)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorCode::Unauthorized.as_str(),
-                    e.to_string(),
-                )
-            })?;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let from_query = query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(str::to_string)
+    });
+    let token_for_id = node
+        .admit_without_hello(bearer.or(from_query).as_deref(), &worker)
+        .map_err(|message| {
+            metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "unauthorized").increment(1);
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized.as_str(),
+                message,
+            )
+        })?;
+    if !token_for_id && node.peer_id_held(&worker).await {
+        metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "peer-id-taken").increment(1);
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::PeerIdTaken.as_str(),
+            format!(
+                "worker id `{worker}` is connected; retry once that connection has ended, \
+                 or present a token for the id to replace it"
+            ),
+        ));
     }
-    let addr = client_addr(addr, &headers, &node.trusted_proxies);
+    let addr = client_addr(
+        addr,
+        &headers,
+        &node.trusted_proxies,
+        node.cfg.http.client_ip_header,
+    );
     let permit = admit(&node)?;
     let token = node.tracker.token();
     let info = ConnInfo {
         observed: addr,
         codec: Some(Codec::Json),
     };
+    let dialect = if token_for_id {
+        LegacyWorker::with_token(worker)
+    } else {
+        LegacyWorker::new(worker)
+    };
     Ok(ws.on_upgrade(None, move |socket| {
-        session::run(node, socket, info, LegacyWorker::new(worker), permit, token)
+        session::run(node, socket, info, dialect, permit, token)
     }))
 }
 
@@ -273,10 +326,42 @@ async fn metrics_text(State(st): State<AppState>) -> impl IntoResponse {
     )
 }
 
-fn check_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Forwarding headers: a request carrying one came through a proxy (or says
+/// it did), so its TCP peer being loopback says nothing about its client.
+const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
+/// The guard of every operator endpoint. With `http.admin_token` set, the
+/// request needs `Authorization: Bearer <token>` (else 401), from anywhere.
+/// Without one it is served only to plain loopback: the TCP peer is a
+/// loopback address and the request carries no forwarding header, since a
+/// proxy on the same host (config/nginx.conf) connects from loopback on
+/// behalf of anyone; everything else gets 403 `forbidden`.
+pub async fn admin_guard(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match check_admin(&st, peer, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn check_admin(st: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = &st.node.cfg.http.admin_token;
     if token.is_empty() {
-        return Ok(());
+        let forwarded = FORWARDING_HEADERS.iter().any(|h| headers.contains_key(*h));
+        if peer.ip().to_canonical().is_loopback() && !forwarded {
+            return Ok(());
+        }
+        metrics::counter!(m::ADMIN_REFUSED, "reason" => "forbidden").increment(1);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden.as_str(),
+            "operator endpoints answer only local requests without a forwarding header \
+             while http.admin_token is not set; set it and send `Authorization: Bearer <token>`",
+        ));
     }
     let given = headers
         .get(header::AUTHORIZATION)
@@ -285,9 +370,10 @@ fn check_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
         Ok(())
     } else {
+        metrics::counter!(m::ADMIN_REFUSED, "reason" => "unauthorized").increment(1);
         Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized.as_str(),
             "a valid admin bearer token is required",
         ))
     }
@@ -320,22 +406,14 @@ fn worker_view(w: &WorkerRecord) -> Value {
 }
 
 /// `GET /api/workers`: every worker in the cluster.
-async fn list_workers(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    check_admin(&st, &headers)?;
+async fn list_workers(State(st): State<AppState>) -> Result<Response, ApiError> {
     let workers = st.node.store().list_workers().await.map_err(unavailable)?;
     let list: Vec<Value> = workers.iter().map(worker_view).collect();
     Ok(Json(json!({"count": list.len(), "workers": list})).into_response())
 }
 
 /// `GET /debug/list_workers`: the older rendezvous service's listing, cluster-wide.
-async fn debug_list_workers(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    check_admin(&st, &headers)?;
+async fn debug_list_workers(State(st): State<AppState>) -> Result<Response, ApiError> {
     let workers = st.node.store().list_workers().await.map_err(unavailable)?;
     let mut map = serde_json::Map::new();
     for w in &workers {
@@ -355,12 +433,7 @@ async fn debug_list_workers(
 
 /// `POST /api/connect {worker_a_id, worker_b_id}`: pairs two workers wherever
 /// they are connected; `worker_a_id` is the initiator.
-async fn connect_workers(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    check_admin(&st, &headers)?;
+async fn connect_workers(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let bad = |msg: &str| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -429,18 +502,15 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-async fn list_rooms(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    check_admin(&st, &headers)?;
+async fn list_rooms(State(st): State<AppState>) -> Result<Response, ApiError> {
     let rooms = st.node.store().list_rooms().await.map_err(unavailable)?;
     Ok(Json(json!({"rooms": rooms})).into_response())
 }
 
 async fn get_room(
     State(st): State<AppState>,
-    headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
-    check_admin(&st, &headers)?;
     let room = RoomName::parse(&room, st.node.cfg.limits.max_name_bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -478,14 +548,18 @@ mod tests {
 
     #[test]
     fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+        use ClientIpHeader::*;
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let proxy: SocketAddr = "10.1.2.3:5555".parse().unwrap();
         let stranger: SocketAddr = "192.0.2.1:5555".parse().unwrap();
         let xff = headers(&[("x-forwarded-for", "203.0.113.1, 198.51.100.2, 10.9.9.9")]);
-        assert_eq!(client_addr(stranger, &xff, &trusted), stranger);
-        assert_eq!(client_addr(proxy, &xff, &[]), proxy);
         assert_eq!(
-            client_addr(proxy, &xff, &trusted),
+            client_addr(stranger, &xff, &trusted, XForwardedFor),
+            stranger
+        );
+        assert_eq!(client_addr(proxy, &xff, &[], XForwardedFor), proxy);
+        assert_eq!(
+            client_addr(proxy, &xff, &trusted, XForwardedFor),
             "198.51.100.2:0".parse().unwrap()
         );
         // Several header lines form one list; all trusted: the leftmost.
@@ -494,10 +568,10 @@ mod tests {
             ("x-forwarded-for", "10.0.0.2"),
         ]);
         assert_eq!(
-            client_addr(proxy, &all, &trusted),
+            client_addr(proxy, &all, &trusted, XForwardedFor),
             "10.0.0.1:0".parse().unwrap()
         );
-        // Forwarded wins over X-Forwarded-For and may carry a port.
+        // `Forwarded`, when it is the configured header, may carry a port.
         let fwd = headers(&[
             (
                 "forwarded",
@@ -506,13 +580,54 @@ mod tests {
             ("x-forwarded-for", "203.0.113.1"),
         ]);
         assert_eq!(
-            client_addr(proxy, &fwd, &trusted),
+            client_addr(proxy, &fwd, &trusted, Forwarded),
             "[2001:db8::1]:4711".parse().unwrap()
         );
         // An unparsable hop stops the walk at the proxy itself.
         let junk = headers(&[("forwarded", "for=unknown")]);
-        assert_eq!(client_addr(proxy, &junk, &trusted), proxy);
+        assert_eq!(client_addr(proxy, &junk, &trusted, Forwarded), proxy);
         // No header: the proxy.
-        assert_eq!(client_addr(proxy, &HeaderMap::new(), &trusted), proxy);
+        assert_eq!(
+            client_addr(proxy, &HeaderMap::new(), &trusted, XForwardedFor),
+            proxy
+        );
+        // X-Real-IP: the one address the proxy set.
+        let real = headers(&[("x-real-ip", "198.51.100.9")]);
+        assert_eq!(
+            client_addr(proxy, &real, &trusted, XRealIp),
+            "198.51.100.9:0".parse().unwrap()
+        );
+    }
+
+    /// The proxy appends the address it saw to X-Forwarded-For and passes a
+    /// client's own `Forwarded` through untouched: that header must not win.
+    #[test]
+    fn only_the_configured_header_is_read() {
+        use ClientIpHeader::*;
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let sent = headers(&[
+            ("forwarded", "for=192.0.2.66"),
+            ("x-real-ip", "192.0.2.67"),
+            ("x-forwarded-for", "198.51.100.2"),
+        ]);
+        assert_eq!(
+            client_addr(proxy, &sent, &trusted, XForwardedFor),
+            "198.51.100.2:0".parse().unwrap()
+        );
+        // The configured header missing: the proxy, never another header.
+        let only_forwarded = headers(&[("forwarded", "for=192.0.2.66")]);
+        assert_eq!(
+            client_addr(proxy, &only_forwarded, &trusted, XForwardedFor),
+            proxy
+        );
+        assert_eq!(
+            client_addr(proxy, &sent, &trusted, XRealIp),
+            "192.0.2.67:0".parse().unwrap()
+        );
+        assert_eq!(
+            client_addr(proxy, &sent, &trusted, Forwarded),
+            "192.0.2.66:0".parse().unwrap()
+        );
     }
 }

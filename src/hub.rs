@@ -69,6 +69,12 @@ impl CloseReason {
         reason: "unauthorized",
         leave: LeaveReason::Disconnected,
     };
+    /// A legacy worker whose id a live connection holds (see `Node::register`).
+    pub const PEER_ID_TAKEN: Self = Self {
+        code: close::PEER_ID_TAKEN,
+        reason: "peer-id-taken",
+        leave: LeaveReason::Disconnected,
+    };
     /// A message over the size limit.
     pub const TOO_BIG: Self = Self {
         code: close::TOO_BIG,
@@ -351,6 +357,13 @@ impl ConnHandle {
         }
     }
 
+    /// Lets pushes through again and returns what the gate held, undelivered
+    /// (a `hello` that was refused after the peer id was claimed locally:
+    /// what reached the connection meanwhile was meant for the id's owner).
+    pub fn open_gate_taking_held(&self) -> Vec<Outbound> {
+        self.ctl.queue.lock().held.take().unwrap_or_default()
+    }
+
     /// Asks the connection to close; the first reason given wins.
     pub fn close(&self, why: CloseReason) {
         let _ = self.ctl.reason.set(why);
@@ -387,6 +400,35 @@ impl Hub {
             metrics::gauge!(m::PEERS).increment(1.0);
         }
         old
+    }
+
+    /// Registers `handle` for `peer` only if the current connection is still
+    /// the one the caller checked (`expected`: its epoch, or `None` for no
+    /// connection). `Ok` carries the connection it replaced; `Err` the one
+    /// found instead, and nothing changed.
+    pub fn register_if(
+        &self,
+        peer: PeerId,
+        handle: ConnHandle,
+        expected: Option<u64>,
+    ) -> Result<Option<ConnHandle>, Option<ConnHandle>> {
+        use dashmap::mapref::entry::Entry;
+        match self.peers.entry(peer) {
+            Entry::Occupied(mut e) => {
+                if Some(e.get().epoch) != expected {
+                    return Err(Some(e.get().clone()));
+                }
+                Ok(Some(e.insert(handle)))
+            }
+            Entry::Vacant(v) => {
+                if expected.is_some() {
+                    return Err(None);
+                }
+                v.insert(handle);
+                metrics::gauge!(m::PEERS).increment(1.0);
+                Ok(None)
+            }
+        }
     }
 
     /// Removes `peer` if its current connection is `epoch`.

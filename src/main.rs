@@ -39,6 +39,34 @@ fn init_tracing(cfg: &Config) {
     }
 }
 
+/// Says at start who may connect without a token, and warns where that is
+/// everyone or no one.
+fn log_admission(node: &Node) {
+    use switchboard::config::AnonymousMode as M;
+    let listen = &node.cfg.server.listen;
+    match node.anonymous_mode() {
+        M::TokenRequired => tracing::info!("auth: every peer needs a token (auth.jwt)"),
+        M::LoopbackOnly => tracing::info!(
+            %listen,
+            "auth: anonymous peers allowed because listening on loopback (no auth.jwt key; auth.anonymous = \"loopback\")"
+        ),
+        M::Allowed => tracing::warn!(
+            %listen,
+            "auth: anonymous peers allowed by auth.anonymous=allow (no auth.jwt key): any client may take any peer id that is free"
+        ),
+        M::RefusedNotLoopback => tracing::warn!(
+            %listen,
+            "auth: anonymous peers refused: every peer needs a token, and no auth.jwt key is configured, so every hello will be refused (not listening on loopback; set auth.jwt, or auth.anonymous = \"allow\" on a trusted network)"
+        ),
+        M::Refused => tracing::warn!(
+            "auth: anonymous peers refused by auth.anonymous=deny: every peer needs a token, and no auth.jwt key is configured, so every hello will be refused"
+        ),
+    }
+    if node.cfg.http.admin_token.is_empty() {
+        tracing::info!("admin endpoints answer plain loopback requests only (no http.admin_token)");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cfg = match config::load(&Sources {
@@ -79,9 +107,7 @@ fn main() -> ExitCode {
         };
         let (bus, store) = node.backend_names();
         tracing::info!(node = %node.id, bus, store, config = %effective, "starting switchboard {}", env!("CARGO_PKG_VERSION"));
-        if !node.auth_enabled() {
-            tracing::warn!("no auth.jwt key configured: any client may connect as any peer id");
-        }
+        log_admission(&node);
         // Before binding: a SIGTERM once the port is open must drain, not kill.
         let shutdown = switchboard::shutdown_signal();
         let listener = match switchboard::bind_listener(node.cfg.listen_addr()) {

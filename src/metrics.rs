@@ -86,6 +86,22 @@ pub const RELAY_ANSWERS_DROPPED: &str = "switchboard_relay_answers_dropped_total
 /// Counter: signals refused because the outbox to their target's node was full.
 pub const RELAY_OUTBOX_FULL: &str = "switchboard_relay_outbox_full_total";
 
+/// Counter: datagrams on the STUN port dropped unanswered because their
+/// source (IPv4 address, IPv6 /64) was over `stun.rate_per_ip` / `stun.burst`.
+pub const STUN_RATE_LIMITED: &str = "switchboard_stun_rate_limited_total";
+/// Gauge: sources the STUN rate limiter keeps a state for (bounded: idle
+/// ones are forgotten every second).
+pub const STUN_RATE_SOURCES: &str = "switchboard_stun_rate_limit_sources";
+/// Counter: STUN observations not forwarded because their USERNAME names a
+/// node whose heartbeat is not alive (forged, or long gone).
+pub const STUN_UNKNOWN_NODE: &str = "switchboard_stun_unknown_node_total";
+/// Counter: operator endpoints refused, by `reason` (`forbidden`: no admin
+/// token configured and not plain loopback; `unauthorized`: wrong or missing token).
+pub const ADMIN_REFUSED: &str = "switchboard_admin_refused_total";
+/// Counter: messages that reached a connection during a `hello` that was then
+/// refused (`peer-id-taken`) and could not be passed on to the id's holder.
+pub const HELD_FOR_REFUSED_DROPPED: &str = "switchboard_refused_hello_dropped_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 thread_local! {
@@ -279,5 +295,25 @@ fn describe() {
     describe_counter!(
         RELAY_OUTBOX_FULL,
         "Signals refused because the outbox to their node was full"
+    );
+    describe_counter!(
+        STUN_RATE_LIMITED,
+        "STUN datagrams dropped unanswered: their source was over the rate limit"
+    );
+    describe_gauge!(
+        STUN_RATE_SOURCES,
+        "Sources the STUN rate limiter currently keeps a state for"
+    );
+    describe_counter!(
+        STUN_UNKNOWN_NODE,
+        "STUN observations not forwarded: the USERNAME names no live node"
+    );
+    describe_counter!(
+        ADMIN_REFUSED,
+        "Operator endpoint requests refused, by reason"
+    );
+    describe_counter!(
+        HELD_FOR_REFUSED_DROPPED,
+        "Messages for a refused hello's peer id that could not be passed on to its holder"
     );
 }

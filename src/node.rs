@@ -24,7 +24,7 @@ use crate::bus::local::{LocalBus, LocalNet};
 use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, Envelope, NodeEvent, RemoteSignal, ENVELOPE_VERSION};
 use crate::cluster::Redis;
-use crate::config::Config;
+use crate::config::{AnonymousMode, Config};
 use crate::error::{ClientError, ErrorCode};
 use crate::hub::{CloseReason, ConnHandle, Hub};
 use crate::metrics as m;
@@ -34,7 +34,7 @@ use crate::relay::{peer_not_found, Relay, Sent};
 use crate::rendezvous::{RdvConn, Rendezvous};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{Dialect, PeerLocation, Reaped, Store, StoreError};
+use crate::store::{Claim, Claimed, Dialect, PeerLocation, Reaped, SecretHash, Store, StoreError};
 use crate::types::{new_peer_id, NodeId, PeerId, RoomName};
 
 /// The state of one connection past `hello`, owned by its connection task.
@@ -63,6 +63,27 @@ pub struct HelloRefused {
     pub close: Option<CloseReason>,
 }
 
+/// A peer id claim refused: a live connection holds the id (see [`Node::register`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerIdTaken;
+
+/// What a peer without a token hears when this node admits none.
+const ANONYMOUS_REFUSED: &str = "a token is required: this node accepts no anonymous peers \
+     (its operator has set no auth.jwt key and auth.anonymous does not allow them here)";
+
+/// A fresh `reconnect_secret` (128 random bits, hex) and its SHA-256.
+fn new_reconnect_secret() -> (String, SecretHash) {
+    let secret = crate::rendezvous::random_token();
+    let hash = hash_secret(&secret);
+    (secret, hash)
+}
+
+/// SHA-256 of a `reconnect_secret` as given (the server keeps only this).
+fn hash_secret(secret: &str) -> SecretHash {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).into()
+}
+
 /// One Switchboard node.
 pub struct Node {
     /// This node's id on the bus.
@@ -74,6 +95,12 @@ pub struct Node {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     auth: Option<Authenticator>,
+    /// Whether peers without a token are admitted, decided once at start.
+    anonymous: AnonymousMode,
+    /// Nodes whose heartbeat was alive at the last refresh (see
+    /// [`Self::refresh_live_nodes`]): a STUN observation naming another node
+    /// is published only to one of these.
+    live_nodes: parking_lot::RwLock<HashSet<NodeId>>,
     draining: AtomicBool,
     /// Cancelled at the end of a drain: every connection's token is a child of it.
     pub close_all: CancellationToken,
@@ -141,6 +168,8 @@ impl Node {
             store,
             bus,
             auth,
+            anonymous: cfg.anonymous_mode(),
+            live_nodes: parking_lot::RwLock::new(HashSet::new()),
             draining: AtomicBool::new(false),
             close_all: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -164,6 +193,7 @@ impl Node {
             release_rx,
         ));
         tokio::spawn(maintenance(Arc::downgrade(&node)));
+        tokio::spawn(keep_views(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -186,12 +216,23 @@ impl Node {
         self.auth.is_some()
     }
 
-    /// Checks a token for a connection that has no `hello` (the legacy worker
-    /// door): with auth configured, it must be valid and name `peer`.
-    pub fn verify_token(&self, token: Option<&str>, peer: &PeerId) -> Result<(), AuthError> {
-        match &self.auth {
-            None => Ok(()),
-            Some(auth) => auth.verify(token, Some(peer.as_str())).map(|_| ()),
+    /// True when `node` is this node, or had a live heartbeat at the last
+    /// refresh of the live-node view.
+    pub fn node_is_alive(&self, node: &NodeId) -> bool {
+        *node == self.id || self.live_nodes.read().contains(node)
+    }
+
+    /// Refreshes the view of live nodes from the store and keeps this
+    /// node's reconnect-secret hashes alive. Runs every
+    /// `cluster.heartbeat_ms` in its own task ([`keep_views`]); a failed call
+    /// keeps the previous view.
+    pub async fn refresh_live_nodes(&self) {
+        match self.store.live_nodes().await {
+            Ok(live) => *self.live_nodes.write() = live.into_iter().collect(),
+            Err(e) => debug!(error = %e, "listing live nodes failed"),
+        }
+        if let Err(e) = self.store.keep_secrets(&self.id).await {
+            debug!(error = %e, "refreshing the secrets' lifetime failed");
         }
     }
 
@@ -288,8 +329,10 @@ impl Node {
         r.map_err(cluster_err)
     }
 
-    /// Handles `hello`: authenticates, registers the peer (replacing an older
-    /// connection of the same id, on any node) and sends `welcome`.
+    /// Handles `hello`: authenticates (or admits an anonymous peer as
+    /// `auth.anonymous` allows), claims the peer id (see [`Self::register`])
+    /// and sends `welcome` with a fresh `reconnect_secret`.
+    #[allow(clippy::too_many_arguments)] // the fields of `hello`, as decoded
     pub async fn hello(
         &self,
         handle: &ConnHandle,
@@ -298,6 +341,7 @@ impl Node {
         peer_id: Option<PeerId>,
         meta: Value,
         token: Option<String>,
+        reconnect_secret: Option<String>,
     ) -> Result<Session, HelloRefused> {
         if self.is_draining() {
             return Err(HelloRefused {
@@ -308,56 +352,139 @@ impl Node {
                 close: Some(CloseReason::DRAINING),
             });
         }
+        let refuse = |message: String| HelloRefused {
+            error: ClientError::new(ErrorCode::Unauthorized, message),
+            close: Some(CloseReason::UNAUTHORIZED),
+        };
         let mut peer_id = peer_id;
-        if let Some(auth) = &self.auth {
-            let refuse = |e: AuthError| HelloRefused {
-                error: ClientError::new(ErrorCode::Unauthorized, e.to_string()),
-                close: Some(CloseReason::UNAUTHORIZED),
-            };
+        let token_for_id = if let Some(auth) = &self.auth {
             let claims = auth
                 .verify(token.as_deref(), peer_id.as_ref().map(|p| p.as_str()))
-                .map_err(refuse)?;
+                .map_err(|e| refuse(e.to_string()))?;
             if peer_id.is_none() {
                 peer_id = Some(
-                    PeerId::parse(&claims.sub, self.cfg.limits.max_name_bytes)
-                        .map_err(|_| refuse(AuthError::Invalid("`sub` is not a valid peer id")))?,
+                    PeerId::parse(&claims.sub, self.cfg.limits.max_name_bytes).map_err(|_| {
+                        refuse(AuthError::Invalid("`sub` is not a valid peer id").to_string())
+                    })?,
                 );
             }
-        }
+            true
+        } else if self.anonymous.allows_anonymous() {
+            false
+        } else {
+            return Err(refuse(ANONYMOUS_REFUSED.into()));
+        };
         let peer = peer_id.unwrap_or_else(new_peer_id);
-        let (rdv, stun_username) =
-            self.rdv_register(&peer, handle.epoch, Dialect::Native, observed);
+        let (secret, secret_hash) = new_reconnect_secret();
+        let claim = Claim {
+            token_for_id,
+            presented: reconnect_secret.as_deref().map(hash_secret),
+            secret: secret_hash,
+        };
         // `welcome` goes out only once the peer is reachable cluster-wide (so a
         // signal sent to it right after cannot miss), and before anything that
         // reached it meanwhile.
+        handle.close_gate();
+        let Ok((session, stun_username)) = self
+            .register(peer.clone(), handle, meta, Dialect::Native, observed, claim)
+            .await
+        else {
+            // The socket stays open: the client may say `hello` with another id.
+            return Err(HelloRefused {
+                error: ClientError::new(
+                    ErrorCode::PeerIdTaken,
+                    format!(
+                        "peer id `{peer}` is held by a live connection; give its \
+                         `reconnect_secret` (or a token for the id) to take it over, or use another id"
+                    ),
+                ),
+                close: None,
+            });
+        };
         let welcome = ServerMsg::Welcome {
             id,
-            peer_id: peer.clone(),
+            peer_id: session.peer.clone(),
             node: self.id.to_string(),
             observed_addr: observed.to_string(),
             heartbeat_ms: self.cfg.limits.heartbeat_interval_ms,
             stun_username,
+            reconnect_secret: secret,
         };
-        handle.close_gate();
-        let session = self.register(peer, handle, meta, rdv).await;
         handle.open_gate(Some(welcome), None);
         Ok(session)
     }
 
+    /// How this node treats peers without a token (from `auth.anonymous`,
+    /// `auth.jwt` and `server.listen`).
+    pub fn anonymous_mode(&self) -> AnonymousMode {
+        self.anonymous
+    }
+
+    /// Admits a connection that has no `hello` (the legacy worker door):
+    /// `Ok(true)` when a token for `peer` was verified (it may take the id
+    /// over), `Ok(false)` for an anonymous peer the node accepts, else the
+    /// reason for the client.
+    pub fn admit_without_hello(&self, token: Option<&str>, peer: &PeerId) -> Result<bool, String> {
+        match &self.auth {
+            Some(auth) => auth
+                .verify(token, Some(peer.as_str()))
+                .map(|_| true)
+                .map_err(|e| e.to_string()),
+            None if self.anonymous.allows_anonymous() => Ok(false),
+            None => Err(ANONYMOUS_REFUSED.into()),
+        }
+    }
+
+    /// True when a live connection holds `peer`, here or on a live node (the
+    /// legacy door's check before its upgrade; [`Self::register`] decides
+    /// again, atomically). A store that cannot be asked counts as "no".
+    pub async fn peer_id_held(&self, peer: &PeerId) -> bool {
+        if self.hub.get(peer).is_some_and(|h| !h.is_closing()) {
+            return true;
+        }
+        if !self.bus.is_connected() {
+            return false;
+        }
+        match self.store.locate_peer(peer).await {
+            Ok(Some(loc)) => loc.node != self.id && self.node_is_alive(&loc.node),
+            _ => false,
+        }
+    }
+
     /// Connects a worker of the older rendezvous service (no `hello`: the
-    /// worker id comes from the URL): registers it like a peer and creates
-    /// its worker record.
+    /// worker id comes from the URL): claims the id like a `hello` without a
+    /// reconnect secret (`token_for_id`: the door verified a token for it)
+    /// and creates its worker record.
     pub async fn register_legacy(
         &self,
         handle: &ConnHandle,
         observed: SocketAddr,
         worker: PeerId,
+        token_for_id: bool,
     ) -> Result<Session, CloseReason> {
         if self.is_draining() {
             return Err(CloseReason::DRAINING);
         }
-        let (rdv, _) = self.rdv_register(&worker, handle.epoch, Dialect::Legacy, observed);
-        let session = self.register(worker, handle, Value::Null, rdv).await;
+        let claim = Claim {
+            token_for_id,
+            presented: None,
+            secret: new_reconnect_secret().1,
+        };
+        handle.close_gate();
+        let registered = self
+            .register(
+                worker,
+                handle,
+                Value::Null,
+                Dialect::Legacy,
+                observed,
+                claim,
+            )
+            .await;
+        let Ok((session, _)) = registered else {
+            return Err(CloseReason::PEER_ID_TAKEN);
+        };
+        handle.open_gate(None, None);
         if let Err(e) = self
             .ensure_worker(&session.rdv, &crate::store::EndpointUpdate::default())
             .await
@@ -368,51 +495,161 @@ impl Node {
         Ok(session)
     }
 
-    /// Makes `peer` reachable on this node and in the directory (newest
-    /// connection wins, here and on other nodes).
+    /// Makes `peer` reachable on this node and in the directory, if `claim`
+    /// may take the id; returns the session and its STUN username.
+    ///
+    /// A peer id held by a live connection (here, or on a node whose
+    /// heartbeat is alive) is taken over only by a claim that proves itself:
+    /// a verified token for the id, or the holder's reconnect secret; else
+    /// `Err(PeerIdTaken)` and nothing of the holder changes. The hub is
+    /// checked and updated first, then the store, atomically (a reconcile
+    /// relies on the hub never lagging the store: see `reregister`); when the
+    /// store refuses, the hub is put back and whatever reached this
+    /// connection meanwhile goes on to the holder. While the cluster backend
+    /// is unreachable only the hub decides; re-registration later keeps the
+    /// store's owner (the local connection is then closed as replaced).
+    /// The caller closes the gate before and opens it after success.
     async fn register(
         &self,
         peer: PeerId,
         handle: &ConnHandle,
         meta: Value,
-        rdv: Arc<RdvConn>,
-    ) -> Session {
-        if let Some(old) = self.hub.register(peer.clone(), handle.clone()) {
-            debug!(peer = %peer, "newer connection replaces a local one");
-            old.close(CloseReason::REPLACED);
-        }
-        let session = Session {
-            peer: peer.clone(),
-            epoch: handle.epoch,
-            handle: handle.clone(),
-            meta,
-            rooms: HashSet::new(),
-            rdv,
+        dialect: Dialect,
+        observed: SocketAddr,
+        claim: Claim,
+    ) -> Result<(Session, Option<String>), PeerIdTaken> {
+        let replaced = match self.claim_local(&peer, handle, &claim) {
+            Ok(r) => r,
+            Err(e) => {
+                self.pass_on_held(handle, &peer, None);
+                return Err(e);
+            }
         };
+        let secret = claim.secret;
         if !self.bus.is_connected() {
             // Served locally now, registered cluster-wide once the bus is back.
             self.dirty.store(true, Ordering::Release);
-            return session;
-        }
-        let loc = PeerLocation {
-            node: self.id.clone(),
-            epoch: handle.epoch,
-        };
-        match self.store.register_peer(&peer, loc).await {
-            Ok(Some(prev)) if prev.node != self.id => {
-                let kick = NodeEvent::Kick {
-                    peer_id: peer.clone(),
-                    epoch: prev.epoch,
-                };
-                let _ = self.publish_node(&prev.node, kick).await;
+        } else {
+            let loc = PeerLocation {
+                node: self.id.clone(),
+                epoch: handle.epoch,
+            };
+            match self.store.claim_peer(&peer, loc, &claim).await {
+                Ok(Claimed::Registered(Some(prev))) if prev.node != self.id => {
+                    let kick = NodeEvent::Kick {
+                        peer_id: peer.clone(),
+                        epoch: prev.epoch,
+                    };
+                    let _ = self.publish_node(&prev.node, kick).await;
+                }
+                Ok(Claimed::Registered(_)) => {}
+                Ok(Claimed::Taken(owner)) => {
+                    debug!(peer = %peer, node = %owner.node, "peer id held on another node; hello refused");
+                    let restored = match &replaced {
+                        Some(old) => self
+                            .hub
+                            .register_if(peer.clone(), old.clone(), Some(handle.epoch))
+                            .is_ok(),
+                        None => self.hub.unregister(&peer, handle.epoch),
+                    };
+                    if !restored {
+                        debug!(peer = %peer, "hub entry changed while the store refused the claim");
+                    }
+                    self.pass_on_held(handle, &peer, Some(&owner));
+                    return Err(PeerIdTaken);
+                }
+                Err(e) => {
+                    warn!(peer = %peer, error = %e, "peer directory unavailable; peer served locally only");
+                    self.dirty.store(true, Ordering::Release);
+                }
             }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(peer = %peer, error = %e, "peer directory unavailable; peer served locally only");
-                self.dirty.store(true, Ordering::Release);
+        }
+        if let Some(old) = replaced {
+            debug!(peer = %peer, "a proven reconnect replaces a local connection");
+            old.close(CloseReason::REPLACED);
+        }
+        let (rdv, stun_username) =
+            self.rdv_register(&peer, handle.epoch, dialect, observed, secret);
+        Ok((
+            Session {
+                peer,
+                epoch: handle.epoch,
+                handle: handle.clone(),
+                meta,
+                rooms: HashSet::new(),
+                rdv,
+            },
+            stun_username,
+        ))
+    }
+
+    /// Takes `peer` in this node's hub for `handle` if `claim` may: the id is
+    /// free here, its connection is closing, or the claim proves itself for
+    /// that connection. Returns the connection it displaced (still open: it
+    /// is closed once the store agrees).
+    fn claim_local(
+        &self,
+        peer: &PeerId,
+        handle: &ConnHandle,
+        claim: &Claim,
+    ) -> Result<Option<ConnHandle>, PeerIdTaken> {
+        // Bounded: each retry means another connection changed the entry in
+        // between, which only a racing `hello` for the same id does.
+        for _ in 0..3 {
+            let cur = self.hub.get(peer);
+            if let Some(c) = &cur {
+                let proven = claim.token_for_id
+                    || c.is_closing()
+                    || claim
+                        .presented
+                        .is_some_and(|p| self.rdv_secret_is(peer, c.epoch, &p));
+                if !proven {
+                    return Err(PeerIdTaken);
+                }
+            }
+            let expected = cur.as_ref().map(|c| c.epoch);
+            if let Ok(old) = self.hub.register_if(peer.clone(), handle.clone(), expected) {
+                return Ok(old);
             }
         }
-        session
+        Err(PeerIdTaken)
+    }
+
+    /// After a refused claim: what reached `handle` while it held the id
+    /// goes on to the holder (a local connection, or as relayed signals to
+    /// `owner`'s node); anything else is dropped and counted.
+    fn pass_on_held(&self, handle: &ConnHandle, peer: &PeerId, owner: Option<&PeerLocation>) {
+        let held = handle.open_gate_taking_held();
+        if held.is_empty() {
+            return;
+        }
+        let local = self.hub.get(peer);
+        for out in held {
+            if let Some(h) = &local {
+                h.push(out.msg, out.received);
+                continue;
+            }
+            let sent = match (&*out.msg, owner) {
+                (ServerMsg::Signal { from, kind, data }, Some(loc)) if loc.node != self.id => {
+                    let sig = RemoteSignal {
+                        from: from.clone(),
+                        from_epoch: self.hub.get(from).map_or(0, |h| h.epoch),
+                        to: peer.clone(),
+                        to_epoch: loc.epoch,
+                        kind: kind.clone(),
+                        data: data.clone(),
+                        // Already acked to its sender when it was queued here.
+                        id: None,
+                        hops: 0,
+                    };
+                    self.relay_send_to(sig, loc.node.clone(), loc.epoch).is_ok()
+                }
+                _ => false,
+            };
+            if !sent {
+                metrics::counter!(m::HELD_FOR_REFUSED_DROPPED).increment(1);
+            }
+        }
     }
 
     /// Runs one command of a session past `hello`.
@@ -988,6 +1225,22 @@ async fn maintenance(node: std::sync::Weak<Node>) {
             }
             Err(e) => debug!(error = %e, "listing nodes failed"),
         }
+    }
+}
+
+/// Every `cluster.heartbeat_ms`: [`Node::refresh_live_nodes`]. Its own task
+/// rather than a step of `maintenance`, so a slow reaping never delays it.
+async fn keep_views(node: std::sync::Weak<Node>) {
+    let period = match node.upgrade() {
+        Some(n) => Duration::from_millis(n.cfg.cluster.heartbeat_ms),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        node.refresh_live_nodes().await;
     }
 }
 

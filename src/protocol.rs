@@ -130,6 +130,9 @@ pub struct RawClientMsg<'a, D = Payload> {
     /// client can never choose it.
     #[serde(default, rename = "from")]
     pub _from: serde::de::IgnoredAny,
+    /// `hello`: the `reconnect_secret` of the connection this one replaces
+    /// (last, so the positional order of the fields above stays as it was).
+    pub reconnect_secret: Option<String>,
 }
 
 /// A validated client command.
@@ -143,6 +146,10 @@ pub enum Command {
         meta: Value,
         /// A JWT, required when `auth.jwt` is configured.
         token: Option<String>,
+        /// The previous connection's `welcome.reconnect_secret`: proves that
+        /// this client may take over the peer id while that one is still
+        /// connected.
+        reconnect_secret: Option<String>,
     },
     /// Join a room.
     Join {
@@ -294,6 +301,7 @@ impl<D: Into<Opaque>> RawClientMsg<'_, D> {
                     peer_id: self.peer_id.map(|p| peer(p, "peer_id")).transpose()?,
                     meta: meta(self.meta)?,
                     token: self.token,
+                    reconnect_secret: self.reconnect_secret,
                 },
                 "join" => Command::Join {
                     room: room(self.room)?,
@@ -540,6 +548,9 @@ pub enum ServerMsg {
         /// as `endpoint`. Absent when the STUN responder is disabled.
         #[serde(skip_serializing_if = "Option::is_none")]
         stun_username: Option<String>,
+        /// Give this back as `hello.reconnect_secret` to take the peer id
+        /// over while this connection still holds it (a reconnect).
+        reconnect_secret: String,
     },
     /// Answer to `join`: the other members at the time of joining.
     Joined {

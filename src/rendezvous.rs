@@ -38,7 +38,8 @@ use crate::metrics as m;
 use crate::node::{Node, Session};
 use crate::protocol::{PairLostReason, PairPeer, PairedNote, Role, ServerMsg};
 use crate::store::{
-    Dialect, EndpointUpdate, Enqueued, LostPairing, PairError, Unpaired, WorkerConn, WorkerRecord,
+    Dialect, EndpointUpdate, Enqueued, LostPairing, PairError, PeerLocation, SecretHash, Unpaired,
+    WorkerConn, WorkerRecord,
 };
 use crate::stun::Observation;
 use crate::types::{PeerId, PoolName};
@@ -63,6 +64,9 @@ pub struct RdvConn {
     pub dialect: Dialect,
     /// The TCP address the broker saw (after trusted-proxy headers).
     pub observed: SocketAddr,
+    /// SHA-256 of the connection's `reconnect_secret`: a `hello` on this node
+    /// that gives the secret may take the peer id over (see `Node::register`).
+    pub(crate) secret: SecretHash,
     /// Set once this connection has a worker record (so disconnect removes it
     /// and the gauge counts it once).
     worker: AtomicBool,
@@ -169,8 +173,9 @@ fn now_ms() -> u64 {
 }
 
 /// 128 random bits as 32 lowercase hex digits: unguessable, so a STUN
-/// request can only be tied to a connection by whoever was told the username.
-fn random_token() -> String {
+/// request can only be tied to a connection by whoever was told the username
+/// (and a reconnect secret proves only that its holder was told it).
+pub(crate) fn random_token() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; 16] = rand::random();
     let mut s = String::with_capacity(32);
@@ -277,15 +282,18 @@ fn bind_udp(sock: socket2::Socket, addr: SocketAddr, v6only: bool) -> std::io::R
 }
 
 impl Node {
-    /// Serves STUN on `sockets` until the node closes every connection.
+    /// Serves STUN on `sockets` until the node closes every connection, each
+    /// source limited to `stun.rate_per_ip` (one limit across the sockets).
     pub fn start_stun(self: &Arc<Self>, sockets: Vec<Arc<UdpSocket>>) {
+        let limit = crate::stun::SourceLimit::new(self.cfg.stun.rate_per_ip, self.cfg.stun.burst)
+            .map(Arc::new);
         for socket in sockets {
             if let Ok(addr) = socket.local_addr() {
                 info!("STUN responder bound to udp {addr}");
             }
             let observer = self.rdv.observer();
             let stop = self.close_all.clone();
-            tokio::spawn(crate::stun::serve(socket, observer, stop));
+            tokio::spawn(crate::stun::serve(socket, observer, limit.clone(), stop));
         }
     }
 
@@ -296,6 +304,7 @@ impl Node {
         epoch: u64,
         dialect: Dialect,
         observed: SocketAddr,
+        secret: SecretHash,
     ) -> (Arc<RdvConn>, Option<String>) {
         let conn = Arc::new(RdvConn {
             peer: peer.clone(),
@@ -303,6 +312,7 @@ impl Node {
             token: random_token(),
             dialect,
             observed,
+            secret,
             worker: AtomicBool::new(false),
             pool_label: Mutex::new("none"),
             pairing: Mutex::new(None),
@@ -317,6 +327,15 @@ impl Node {
             .enabled
             .then(|| format!("{}:{}", conn.token, self.id));
         (conn, username)
+    }
+
+    /// True when connection `epoch` of `peer` is on this node and its
+    /// reconnect secret hashes to `presented`.
+    pub(crate) fn rdv_secret_is(&self, peer: &PeerId, epoch: u64, presented: &SecretHash) -> bool {
+        self.rdv
+            .conns
+            .get(peer)
+            .is_some_and(|c| c.epoch == epoch && c.secret == *presented)
     }
 
     fn worker_conn(&self, c: &RdvConn) -> WorkerConn {
@@ -579,6 +598,9 @@ impl Node {
 
     /// A STUN observation answered on this node: handle it here, or forward
     /// it to the node that owns the username.
+    /// The username names its node, so a sender could make every datagram
+    /// cost a publish on a channel of its choosing: only a node whose
+    /// heartbeat is alive gets one; other names are dropped and counted.
     async fn stun_observed(&self, obs: Observation) {
         let Some((token, node)) = parse_username(&obs.username) else {
             debug!("STUN username is not one of ours");
@@ -588,11 +610,16 @@ impl Node {
             self.observed_here(token, obs.addr).await;
             return;
         }
+        let node = crate::types::NodeId::from_trusted(node);
+        if !self.node_is_alive(&node) {
+            metrics::counter!(m::STUN_UNKNOWN_NODE).increment(1);
+            debug!("STUN username names no live node");
+            return;
+        }
         let event = NodeEvent::Observed {
             token: token.to_string(),
             udp: obs.addr.to_string(),
         };
-        let node = crate::types::NodeId::from_trusted(node);
         if let Ok(0) = self.publish_node(&node, event).await {
             debug!(node = %node, "STUN username names a node that is not listening");
         }
@@ -641,6 +668,18 @@ impl Node {
     /// (partners told); live workers are written again.
     pub(crate) async fn rdv_reconcile(&self) -> Result<(), crate::store::StoreError> {
         let live: Vec<Arc<RdvConn>> = self.rdv.conns.iter().map(|e| e.value().clone()).collect();
+        // Reconnect secrets live next to the directory entries: a Redis that
+        // lost the entries lost them too (without them a reconnect is refused
+        // until the old connection is gone, never let through).
+        for c in &live {
+            let loc = PeerLocation {
+                node: self.id.clone(),
+                epoch: c.epoch,
+            };
+            self.store()
+                .restore_secret(&c.peer, &loc, &c.secret)
+                .await?;
+        }
         for c in &live {
             let Some(pid) = c.pairing.lock().clone() else {
                 continue;
@@ -727,7 +766,7 @@ mod tests {
         let node = Node::embedded(crate::config::Config::default()).unwrap();
         let peer = PeerId::from_trusted("w1");
         let observed = "127.0.0.1:5000".parse().unwrap();
-        let (c, _) = node.rdv_register(&peer, 7, Dialect::Native, observed);
+        let (c, _) = node.rdv_register(&peer, 7, Dialect::Native, observed, [0; 32]);
         // The record is written; the connection's `worker` flag is not set
         // yet (its `ensure_worker` has not resumed).
         let ep = EndpointUpdate {

@@ -203,13 +203,21 @@ impl Dialect for Native {
                     peer_id,
                     meta,
                     token,
+                    reconnect_secret,
                 },
             ) => {
                 let hello_id = inbound.id.clone();
                 // Boxed: taken once per connection, and large.
-                match Box::pin(node.hello(handle, info.observed, inbound.id, peer_id, meta, token))
-                    .await
-                {
+                let hello = node.hello(
+                    handle,
+                    info.observed,
+                    inbound.id,
+                    peer_id,
+                    meta,
+                    token,
+                    reconnect_secret,
+                );
+                match Box::pin(hello).await {
                     Ok(s) => {
                         tracing::Span::current().record("peer", tracing::field::display(&s.peer));
                         debug!("hello");

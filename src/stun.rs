@@ -58,6 +58,20 @@
 //! That is the unavoidable minimum for a Binding response, and far below the
 //! factors that make DNS or NTP attractive reflectors.
 //!
+//! # Rate per source
+//!
+//! With a [`SourceLimit`] (`stun.rate_per_ip` per second after a burst of
+//! `stun.burst`; the node always sets one unless the rate is 0), each source
+//! gets at most `burst + rate x seconds` answers; datagrams above that are
+//! dropped before they are parsed, unanswered, and counted in
+//! [`crate::metrics::STUN_RATE_LIMITED`]. A source is an IPv4 address or an
+//! IPv6 /64 (one subscriber's prefix: a host picks any address in it). That
+//! bounds what a forged source address can aim at one victim, and what one
+//! sender costs the node, while other sources are answered as before. The
+//! limiter keeps a small state per source it saw; sources idle long enough
+//! to be back at a full burst are forgotten every second, so its size follows
+//! the recent number of sources, not every address ever seen.
+//!
 //! # Trust
 //!
 //! The observed address is the datagram's source. An off-path attacker can forge
@@ -370,6 +384,81 @@ pub struct Observation {
     pub addr: SocketAddr,
 }
 
+/// A per-source limit on answered requests (GCRA, from `governor`), shared
+/// by every STUN socket of a node.
+pub struct SourceLimit {
+    limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
+    /// When idle sources are next forgotten (see [`SourceLimit::sweep_if_due`]).
+    next_sweep: parking_lot::Mutex<std::time::Instant>,
+}
+
+impl std::fmt::Debug for SourceLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceLimit")
+            .field("sources", &self.limiter.len())
+            .finish()
+    }
+}
+
+/// How often sources that are back at a full burst are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+impl SourceLimit {
+    /// `rate` answers per second per source after a burst of `burst`; `None`
+    /// when `rate` is 0 (no limit). A `burst` of 0 counts as 1.
+    pub fn new(rate: u32, burst: u32) -> Option<Self> {
+        let rate = std::num::NonZeroU32::new(rate)?;
+        let burst = std::num::NonZeroU32::new(burst.max(1)).expect("at least 1");
+        let quota = governor::Quota::per_second(rate).allow_burst(burst);
+        Some(Self {
+            limiter: governor::RateLimiter::dashmap(quota),
+            next_sweep: parking_lot::Mutex::new(std::time::Instant::now() + SWEEP_EVERY),
+        })
+    }
+
+    /// The key of a source: an IPv4 address (IPv4-mapped folded), or the /64
+    /// of an IPv6 one.
+    pub fn source_key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    IpAddr::V6(prefix.into())
+                }
+            },
+            v4 => v4,
+        }
+    }
+
+    /// Takes one answer from `ip`'s allowance; false when it has none left.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        self.limiter.check_key(&Self::source_key(ip)).is_ok()
+    }
+
+    /// Sources with a state now.
+    pub fn sources(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// Forgets the sources that are back at a full burst (their state is
+    /// the same as none) and gives the memory back, at most once per
+    /// second. Keyed limiters keep every key forever otherwise.
+    pub fn sweep_if_due(&self) {
+        let now = std::time::Instant::now();
+        {
+            let mut next = self.next_sweep.lock();
+            if now < *next {
+                return;
+            }
+            *next = now + SWEEP_EVERY;
+        }
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+        metrics::gauge!(m::STUN_RATE_SOURCES).set(self.limiter.len() as f64);
+    }
+}
+
 /// Running totals of one server, readable without a metrics recorder (tests,
 /// or a caller that wants them in its own status output). The same events also
 /// go to the global `metrics` recorder.
@@ -378,6 +467,7 @@ pub struct StunCounters {
     answered: AtomicU64,
     malformed: AtomicU64,
     observations: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 impl StunCounters {
@@ -392,6 +482,10 @@ impl StunCounters {
     /// Observations handed to the observer.
     pub fn observations(&self) -> u64 {
         self.observations.load(Ordering::Relaxed)
+    }
+    /// Datagrams dropped unanswered by the per-source limit.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
     }
 }
 
@@ -409,6 +503,8 @@ pub struct StunServer {
     observer: Observer,
     /// Totals readable by the caller; see [`StunServer::counters`].
     counters: Arc<StunCounters>,
+    /// The per-source limit, when one is set ([`StunServer::with_limit`]).
+    limit: Option<Arc<SourceLimit>>,
 }
 
 impl std::fmt::Debug for StunServer {
@@ -430,7 +526,15 @@ impl StunServer {
             socket,
             observer: Box::new(observer),
             counters: Arc::default(),
+            limit: None,
         }
+    }
+
+    /// Answers each source at most as `limit` allows (shared between the
+    /// servers of one node, so a source counts once across its sockets).
+    pub fn with_limit(mut self, limit: Option<Arc<SourceLimit>>) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// The address the socket is bound to.
@@ -466,6 +570,14 @@ impl StunServer {
                     }
                 }
             };
+            if let Some(limit) = &self.limit {
+                limit.sweep_if_due();
+                if !limit.allow(from.ip()) {
+                    self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(m::STUN_RATE_LIMITED).increment(1);
+                    continue;
+                }
+            }
             let packet = &buf[..len.min(buf.len())];
             let request = match answer(packet, from, &mut out) {
                 Ok(request) => request,
@@ -506,9 +618,13 @@ impl StunServer {
 pub async fn serve(
     socket: Arc<UdpSocket>,
     observer: impl Fn(Observation) + Send + Sync + 'static,
+    limit: Option<Arc<SourceLimit>>,
     shutdown: CancellationToken,
 ) {
-    StunServer::new(socket, observer).run(shutdown).await;
+    StunServer::new(socket, observer)
+        .with_limit(limit)
+        .run(shutdown)
+        .await;
 }
 
 #[cfg(test)]
@@ -561,6 +677,30 @@ mod tests {
              00060009 6576746a 3a683676 59202020
              00080014 9aeaa70c bfd8cb56 781ef2b5 b2d3f249 c1b571a2
              80280004 e57a3bcf")
+    }
+
+    #[test]
+    fn source_limit_keys_and_allowance() {
+        let k = |s: &str| SourceLimit::source_key(s.parse().unwrap()).to_string();
+        assert_eq!(k("192.0.2.1"), "192.0.2.1");
+        assert_eq!(k("::ffff:192.0.2.1"), "192.0.2.1");
+        // One IPv6 /64 is one source: a host picks any address in it.
+        assert_eq!(k("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(k("2001:db8:1:2::1"), "2001:db8:1:2::");
+        assert!(SourceLimit::new(0, 10).is_none(), "rate 0: no limit");
+        let limit = SourceLimit::new(1, 3).unwrap();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        // The burst, then nothing (at 1/s, the next one is a second away).
+        assert!((0..3).all(|_| limit.allow(a)));
+        assert!(!limit.allow(a));
+        // Another source has its own allowance.
+        assert!(limit.allow(b));
+        assert_eq!(limit.sources(), 2);
+        // An IPv6 /64 shares one allowance across its addresses.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!((0..3).all(|i| limit.allow(v6(&format!("2001:db8::{i}")))));
+        assert!(!limit.allow(v6("2001:db8::ffff")));
     }
 
     #[test]
@@ -1258,7 +1398,7 @@ mod tests {
         async fn serve_stops_on_shutdown() {
             let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
             let shutdown = CancellationToken::new();
-            let task = tokio::spawn(serve(socket, |_| {}, shutdown.clone()));
+            let task = tokio::spawn(serve(socket, |_| {}, None, shutdown.clone()));
             shutdown.cancel();
             tokio::time::timeout(Duration::from_secs(5), task)
                 .await

@@ -5,8 +5,10 @@
 //! registers the worker like a native `hello` would (hub, peer directory) and
 //! creates its worker record (dialect `legacy`); the worker id from the path
 //! is its peer id, so a legacy worker can be paired with a native one, is
-//! listed by `GET /api/workers`, and a second connection with the same id,
-//! through either door and on any node, replaces it.
+//! listed by `GET /api/workers`. A second connection with the same id,
+//! through either door and on any node, replaces it only with a token for the
+//! id; without one it is refused while the first is connected (HTTP 409
+//! `peer-id-taken` before the upgrade, or close 4009 if it lost a race).
 //!
 //! Messages in (JSON text frames; anything else is logged and ignored without
 //! closing, as the older service did):
@@ -44,12 +46,26 @@ use crate::ws::{CloseFrame, Data};
 pub struct LegacyWorker {
     /// The worker id from the path, already validated as a peer id.
     worker: PeerId,
+    /// The door verified a token for this id: the connection may take the
+    /// id over from a live one (without it, a held id is refused).
+    token_for_id: bool,
 }
 
 impl LegacyWorker {
-    /// A connection for `worker`.
+    /// A connection for `worker` without a token.
     pub fn new(worker: PeerId) -> Self {
-        Self { worker }
+        Self {
+            worker,
+            token_for_id: false,
+        }
+    }
+
+    /// A connection for `worker` that presented a valid token for it.
+    pub fn with_token(worker: PeerId) -> Self {
+        Self {
+            worker,
+            token_for_id: true,
+        }
     }
 }
 
@@ -127,7 +143,12 @@ impl Dialect for LegacyWorker {
         info: &ConnInfo,
     ) -> Result<Option<Session>, CloseReason> {
         let s = node
-            .register_legacy(handle, info.observed, self.worker.clone())
+            .register_legacy(
+                handle,
+                info.observed,
+                self.worker.clone(),
+                self.token_for_id,
+            )
             .await?;
         info!(worker = %s.peer, "legacy worker connected");
         Ok(Some(s))

@@ -9,8 +9,9 @@ use serde_json::Value;
 use std::time::Duration;
 
 use super::{
-    EndpointUpdate, Enqueued, LostPairing, PairError, PeerLocation, Reaped, RoomSummary, Store,
-    StoreError, Unpaired, Which, WorkerConn, WorkerRecord, WorkerState,
+    Claim, Claimed, EndpointUpdate, Enqueued, LostPairing, PairError, PeerLocation, Reaped,
+    RoomSummary, SecretHash, Store, StoreError, Unpaired, Which, WorkerConn, WorkerRecord,
+    WorkerState,
 };
 use crate::protocol::Member;
 use crate::types::{NodeId, PeerId, PoolName, RoomName};
@@ -24,6 +25,9 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     peers: HashMap<PeerId, PeerLocation>,
+    /// peer -> (epoch, secret hash) of the connection that claimed it, so a
+    /// reconnect can prove it is that client (see [`Store::claim_peer`]).
+    secrets: HashMap<PeerId, (u64, SecretHash)>,
     /// room -> peer -> (epoch, meta); ordered so listings are stable.
     rooms: HashMap<RoomName, BTreeMap<PeerId, (u64, Value)>>,
     /// Worker records; ordered so listings are stable.
@@ -68,10 +72,39 @@ impl Store for MemoryStore {
         Ok(self.inner.lock().peers.insert(peer.clone(), loc))
     }
 
+    async fn claim_peer(
+        &self,
+        peer: &PeerId,
+        loc: PeerLocation,
+        claim: &Claim,
+    ) -> Result<Claimed, StoreError> {
+        let mut inner = self.inner.lock();
+        if let Some(cur) = inner.peers.get(peer) {
+            // One process: every node sharing this store is alive. An entry
+            // of the caller's own node was checked against its hub already.
+            let proven = claim.token_for_id
+                || cur.node == loc.node
+                || claim.presented.is_some_and(|p| {
+                    inner
+                        .secrets
+                        .get(peer)
+                        .is_some_and(|(e, h)| *e == cur.epoch && *h == p)
+                });
+            if !proven {
+                return Ok(Claimed::Taken(cur.clone()));
+            }
+        }
+        inner
+            .secrets
+            .insert(peer.clone(), (loc.epoch, claim.secret));
+        Ok(Claimed::Registered(inner.peers.insert(peer.clone(), loc)))
+    }
+
     async fn unregister_peer(&self, peer: &PeerId, epoch: u64) -> Result<bool, StoreError> {
         let mut inner = self.inner.lock();
         if inner.peers.get(peer).is_some_and(|l| l.epoch == epoch) {
             inner.peers.remove(peer);
+            inner.secrets.remove(peer);
             return Ok(true);
         }
         Ok(false)
@@ -437,6 +470,71 @@ mod tests {
         assert_eq!(s.register_peer(&p, loc(2)).await.unwrap(), Some(loc(1)));
         assert!(!s.unregister_peer(&p, 1).await.unwrap());
         assert!(s.unregister_peer(&p, 2).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_held_peer_id_is_taken_only_with_proof() {
+        let s = MemoryStore::default();
+        let p = PeerId::from_trusted("p");
+        let at = |n: &str, e| PeerLocation {
+            node: NodeId::from_trusted(n),
+            epoch: e,
+        };
+        let claim = |presented: Option<SecretHash>, secret: u8, token_for_id| Claim {
+            token_for_id,
+            presented,
+            secret: [secret; 32],
+        };
+        assert_eq!(
+            s.claim_peer(&p, at("a", 1), &claim(None, 1, false))
+                .await
+                .unwrap(),
+            Claimed::Registered(None)
+        );
+        // Another node, no proof or the wrong secret: refused, nothing changes.
+        for c in [claim(None, 2, false), claim(Some([9; 32]), 2, false)] {
+            assert_eq!(
+                s.claim_peer(&p, at("b", 2), &c).await.unwrap(),
+                Claimed::Taken(at("a", 1))
+            );
+        }
+        assert_eq!(s.locate_peer(&p).await.unwrap(), Some(at("a", 1)));
+        // The owner's secret takes it over, and the new secret replaces the old.
+        assert_eq!(
+            s.claim_peer(&p, at("b", 3), &claim(Some([1; 32]), 3, false))
+                .await
+                .unwrap(),
+            Claimed::Registered(Some(at("a", 1)))
+        );
+        assert_eq!(
+            s.claim_peer(&p, at("a", 4), &claim(Some([1; 32]), 4, false))
+                .await
+                .unwrap(),
+            Claimed::Taken(at("b", 3))
+        );
+        // A token for the id takes it over without a secret.
+        assert_eq!(
+            s.claim_peer(&p, at("a", 5), &claim(None, 5, true))
+                .await
+                .unwrap(),
+            Claimed::Registered(Some(at("b", 3)))
+        );
+        // The owner's own node decides by its hub: the store lets it through.
+        assert_eq!(
+            s.claim_peer(&p, at("a", 6), &claim(None, 6, false))
+                .await
+                .unwrap(),
+            Claimed::Registered(Some(at("a", 5)))
+        );
+        // Once unregistered the id is free again, and the secret is gone with it.
+        assert!(s.unregister_peer(&p, 6).await.unwrap());
+        assert!(s.inner.lock().secrets.is_empty());
+        assert_eq!(
+            s.claim_peer(&p, at("b", 7), &claim(None, 7, false))
+                .await
+                .unwrap(),
+            Claimed::Registered(None)
+        );
     }
 
     fn conn(p: &str, epoch: u64) -> WorkerConn {

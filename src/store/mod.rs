@@ -8,6 +8,11 @@
 //! - each operation is atomic: concurrent callers on any node see it whole;
 //! - `register_peer` returns the registration it replaced, so exactly one
 //!   caller learns of each replaced connection (newest wins);
+//! - `claim_peer` registers only a connection that may take the id: the id is
+//!   free, its owner's node is dead, the owner is on the calling node (which
+//!   checked its own hub first), or the claim proves itself (a token for the
+//!   id, or the owner's reconnect secret). The check and the write are one
+//!   atomic step, so two nodes can never both take a held id;
 //! - operations keyed by a connection epoch (`unregister_peer`, `leave_room`)
 //!   do nothing when a newer connection of the peer owns the entry, so a late
 //!   cleanup never removes a newer connection;
@@ -39,6 +44,43 @@ pub struct PeerLocation {
     pub node: NodeId,
     /// The connection's epoch.
     pub epoch: u64,
+}
+
+/// SHA-256 of a connection's `reconnect_secret` (the secret itself is never stored).
+pub type SecretHash = [u8; 32];
+
+/// What a connection presents when it registers a peer id (see [`Store::claim_peer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Auth verified a token whose `sub` is this id: it may replace any
+    /// owner (with auth on, newest connection wins as before).
+    pub token_for_id: bool,
+    /// SHA-256 of the `reconnect_secret` the client gave, if any: it may
+    /// replace the owner whose secret this is.
+    pub presented: Option<SecretHash>,
+    /// SHA-256 of the new connection's own secret, recorded with its entry.
+    pub secret: SecretHash,
+}
+
+/// What [`Store::claim_peer`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// Registered; carries the registration it replaced, if any.
+    Registered(Option<PeerLocation>),
+    /// Refused: this live connection holds the id and the claim proves
+    /// nothing for it. Nothing was written.
+    Taken(PeerLocation),
+}
+
+/// Lower-case hex of a secret hash (how the Redis store keeps it).
+pub fn secret_hex(h: &SecretHash) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(64);
+    for b in h {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    s
 }
 
 /// A room and its size, for listings.
@@ -305,12 +347,42 @@ pub enum StoreError {
 /// The store seam; see the module docs for the guarantees.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Records `peer` at `loc`; returns the registration it replaced.
+    /// Records `peer` at `loc` unconditionally; returns the registration it
+    /// replaced. (`hello` uses [`Store::claim_peer`], which checks ownership.)
     async fn register_peer(
         &self,
         peer: &PeerId,
         loc: PeerLocation,
     ) -> Result<Option<PeerLocation>, StoreError>;
+    /// Records `peer` at `loc` if `claim` may take it (see the module docs),
+    /// with the claim's secret hash; `Taken` changes nothing.
+    async fn claim_peer(
+        &self,
+        peer: &PeerId,
+        loc: PeerLocation,
+        claim: &Claim,
+    ) -> Result<Claimed, StoreError>;
+    /// Records the secret hash of connection `loc` of `peer` again, if the
+    /// directory entry is still that connection (after Redis lost it).
+    async fn restore_secret(
+        &self,
+        _peer: &PeerId,
+        _loc: &PeerLocation,
+        _secret: &SecretHash,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Keeps node `me`'s secret hashes alive a while longer (call it every
+    /// heartbeat): they expire with a dead node rather than waiting for its
+    /// reaper.
+    async fn keep_secrets(&self, _me: &NodeId) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Nodes whose heartbeat is alive now. Backends with one node in one
+    /// process return nothing (every id they know is the caller's).
+    async fn live_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Removes `peer` if its registration is connection `epoch`.
     async fn unregister_peer(&self, peer: &PeerId, epoch: u64) -> Result<bool, StoreError>;
     /// Where `peer` is connected, if anywhere.

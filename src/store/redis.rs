@@ -16,8 +16,9 @@ use fred::types::{Expiration, SetOptions};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Dialect, EndpointUpdate, Enqueued, LostPairing, OwnEntries, PairError, PeerLocation, Reaped,
-    RoomSummary, Store, StoreError, Unpaired, Which, WorkerConn, WorkerRecord, WorkerState,
+    secret_hex, Claim, Claimed, Dialect, EndpointUpdate, Enqueued, LostPairing, OwnEntries,
+    PairError, PeerLocation, Reaped, RoomSummary, SecretHash, Store, StoreError, Unpaired, Which,
+    WorkerConn, WorkerRecord, WorkerState,
 };
 use crate::cluster::Redis;
 use crate::protocol::Member;
@@ -32,6 +33,72 @@ local old = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 return old
+"#,
+    )
+});
+
+/// KEYS: peer key, node peers set, node secrets hash. ARGV: "<epoch> <node>",
+/// peer, prefix, secret hash (hex), proof: "token" (a token for the id was
+/// verified), the presented secret's hash (hex), or "" (none).
+/// Registers the peer unless a live connection on another, alive node holds
+/// it and the proof is not for that connection: then returns {0, current
+/// entry} and writes nothing. Else {1, previous entry or false}.
+/// A node's secrets are a hash `{prefix}:node:{node}:secrets` (peer ->
+/// "<epoch> <node> <hash>", the entry it belongs to and its hash) that
+/// expires with the node: `keep_secrets` gives it its lifetime every
+/// heartbeat (not this script: one command less per `hello`). Few arguments
+/// on purpose: each one costs Redis about as much as a command.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local cur = redis.call('GET', KEYS[1])
+local other = false
+if cur then
+  local sp = string.find(cur, ' ', 1, true)
+  local owner = sp and string.sub(cur, sp + 1)
+  local me = string.sub(ARGV[1], string.find(ARGV[1], ' ', 1, true) + 1)
+  if owner and owner ~= me then
+    other = ARGV[3] .. ':node:' .. owner .. ':secrets'
+    if ARGV[5] ~= 'token'
+       and redis.call('EXISTS', ARGV[3] .. ':node:' .. owner .. ':alive') == 1
+       and (ARGV[5] == '' or redis.call('HGET', other, ARGV[2]) ~= cur .. ' ' .. ARGV[5]) then
+      return {0, cur}
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[1] .. ' ' .. ARGV[4])
+if other then redis.call('HDEL', other, ARGV[2]) end
+return {1, cur or false}
+"#,
+    )
+});
+
+/// KEYS: peer key, node secrets hash. ARGV: "<epoch> <node>", peer, secret hash (hex), TTL (ms).
+/// Writes a connection's secret hash again if the entry is still that connection.
+static RESTORE_SECRET: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1] .. ' ' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"#,
+    )
+});
+
+/// KEYS: nodes set. ARGV: prefix. The nodes whose heartbeat key exists.
+static LIVE_NODES: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local live = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. ':node:' .. n .. ':alive') == 1 then
+    table.insert(live, n)
+  end
+end
+return live
 "#,
     )
 });
@@ -53,13 +120,14 @@ return false
     )
 });
 
-/// KEYS: peer key, node peers set. ARGV: "<epoch> <node>", peer.
+/// KEYS: peer key, node peers set, node secrets hash. ARGV: "<epoch> <node>", peer.
 static UNREGISTER: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
 redis.call('SREM', KEYS[2], ARGV[2])
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[3], ARGV[2])
   return 1
 end
 return 0
@@ -451,6 +519,11 @@ fn unavailable(e: Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// The hash of node `n`'s connection secrets (peer -> "<epoch> <node> <sha256 hex>").
+fn node_secrets(prefix: &str, n: &NodeId) -> String {
+    format!("{prefix}:node:{n}:secrets")
+}
+
 fn loc_value(loc: &PeerLocation) -> String {
     format!("{} {}", loc.epoch, loc.node)
 }
@@ -492,6 +565,13 @@ impl RedisStore {
     pub fn new(r: Arc<Redis>, me: NodeId) -> Self {
         Self { r, me }
     }
+
+    /// How long a node's secret hashes outlive its last `keep_secrets`: two
+    /// node lifetimes, so they never lapse while the node lives, and go
+    /// soon after it dies (its entries are reaped by then).
+    fn secrets_ttl_ms(&self) -> u64 {
+        2 * self.r.cfg.node_ttl_ms
+    }
 }
 
 #[async_trait]
@@ -513,6 +593,99 @@ impl Store for RedisStore {
         Ok(old.as_deref().and_then(parse_loc))
     }
 
+    async fn claim_peer(
+        &self,
+        peer: &PeerId,
+        loc: PeerLocation,
+        claim: &Claim,
+    ) -> Result<Claimed, StoreError> {
+        let k = &self.r.keys;
+        let out: Vec<Value> = CLAIM
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![
+                    k.peer(peer),
+                    k.node_peers(&loc.node),
+                    node_secrets(k.prefix(), &loc.node),
+                ],
+                vec![
+                    loc_value(&loc),
+                    peer.to_string(),
+                    k.prefix().to_string(),
+                    secret_hex(&claim.secret),
+                    match (&claim.presented, claim.token_for_id) {
+                        (_, true) => "token".to_string(),
+                        (Some(p), false) => secret_hex(p),
+                        (None, false) => String::new(),
+                    },
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut out = out.into_iter();
+        let done = out.next().and_then(|v| v.as_i64());
+        let entry = out
+            .next()
+            .and_then(|v| v.as_string())
+            .and_then(|v| parse_loc(&v));
+        match (done, entry) {
+            (Some(1), prev) => Ok(Claimed::Registered(prev)),
+            (Some(0), Some(cur)) => Ok(Claimed::Taken(cur)),
+            _ => Err(StoreError::Unavailable(
+                "unexpected reply to the claim script".into(),
+            )),
+        }
+    }
+
+    async fn restore_secret(
+        &self,
+        peer: &PeerId,
+        loc: &PeerLocation,
+        secret: &SecretHash,
+    ) -> Result<(), StoreError> {
+        let k = &self.r.keys;
+        let _: i64 = RESTORE_SECRET
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![k.peer(peer), node_secrets(k.prefix(), &loc.node)],
+                vec![
+                    loc_value(loc),
+                    peer.to_string(),
+                    secret_hex(secret),
+                    self.secrets_ttl_ms().to_string(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn keep_secrets(&self, me: &NodeId) -> Result<(), StoreError> {
+        let _: i64 = self
+            .r
+            .client()
+            .pexpire(
+                node_secrets(self.r.keys.prefix(), me),
+                self.secrets_ttl_ms() as i64,
+                None,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
+        let live: Vec<String> = LIVE_NODES
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![self.r.keys.nodes()],
+                vec![self.r.keys.prefix().to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(live.into_iter().map(NodeId::from_trusted).collect())
+    }
+
     async fn unregister_peer(&self, peer: &PeerId, epoch: u64) -> Result<bool, StoreError> {
         // The node is part of the value: only this node's registration of that epoch goes.
         let loc = PeerLocation {
@@ -523,7 +696,11 @@ impl Store for RedisStore {
         let n: i64 = UNREGISTER
             .evalsha_with_reload(
                 self.r.client(),
-                vec![k.peer(peer), k.node_peers(&loc.node)],
+                vec![
+                    k.peer(peer),
+                    k.node_peers(&loc.node),
+                    node_secrets(k.prefix(), &loc.node),
+                ],
                 vec![loc_value(&loc), peer.to_string()],
             )
             .await

@@ -15,6 +15,17 @@ async fn hello(node: &TestNode, peer: &str) -> (Client, Value) {
     (c, welcome)
 }
 
+/// `hello` as `peer` again, giving the `reconnect_secret` of its last `welcome`.
+async fn reconnect(node: &TestNode, peer: &str, last: &Value) -> (Client, Value) {
+    let mut c = Client::connect(&node.ws_url()).await;
+    let welcome = c
+        .hello_with(
+            json!({"type": "hello", "peer_id": peer, "reconnect_secret": last["reconnect_secret"]}),
+        )
+        .await;
+    (c, welcome)
+}
+
 /// The next message of type `ty`, skipping presence (re-registration after an
 /// outage may announce members again).
 async fn next_of(c: &mut Client, ty: &str) -> Value {
@@ -157,7 +168,7 @@ async fn moved_peer_gets_signals_in_order_through_a_stale_route() {
     let redis = RedisServer::start();
     let nodes = spawn_cluster(&redis, &unique_prefix("moved"), 3, &[]).await;
     let (mut alice, _) = hello(&nodes[0], "alice").await;
-    let (mut bob, _) = hello(&nodes[1], "bob").await;
+    let (mut bob, w) = hello(&nodes[1], "bob").await;
     // Node 0 caches bob's route (node 1).
     assert_eq!(
         signal(&mut alice, 1, "bob", json!(null)).await["type"],
@@ -165,11 +176,13 @@ async fn moved_peer_gets_signals_in_order_through_a_stale_route() {
     );
     bob.recv_type("signal").await;
 
-    // Bob moves to node 2; node 0's route now names the wrong node.
+    // Bob moves to node 2; node 0's route now names the wrong node. (Bob
+    // reconnects as a client should, with its reconnect secret: node 1 may
+    // not have removed its directory entry yet.)
     bob.send(Message::Close(None)).await;
     drop(bob);
     wait_no_peers(&nodes[1]).await;
-    let (mut bob, _) = hello(&nodes[2], "bob").await;
+    let (mut bob, w) = reconnect(&nodes[2], "bob", &w).await;
 
     // A burst sent at once: the first signals bounce off node 1, later ones
     // are held while node 1 drains; all arrive once, in order, then the ack.
@@ -197,7 +210,7 @@ async fn moved_peer_gets_signals_in_order_through_a_stale_route() {
     bob.send(Message::Close(None)).await;
     drop(bob);
     wait_no_peers(&nodes[2]).await;
-    let (mut bob, _) = hello(&nodes[0], "bob").await;
+    let (mut bob, _) = reconnect(&nodes[0], "bob", &w).await;
     for i in 0..100u64 {
         alice
             .send_json(
@@ -326,11 +339,17 @@ async fn duplicate_peer_id_on_two_nodes_keeps_the_newest() {
     let nodes = spawn_cluster(&redis, &unique_prefix("dup"), 2, &[]).await;
     let (mut watcher, _) = hello(&nodes[1], "watcher").await;
     watcher.join("r").await;
-    let (mut old, _) = hello(&nodes[0], "alice").await;
+    let (mut old, w) = hello(&nodes[0], "alice").await;
     old.join("r").await;
     assert_eq!(watcher.recv_type("peer-joined").await["peer_id"], "alice");
 
-    let (mut new, _) = hello(&nodes[1], "alice").await;
+    // A reconnect on the other node, proving itself with the old connection's
+    // secret (without it the id is refused: tests/it/sec_auth.rs).
+    let mut new = Client::connect(&nodes[1].ws_url()).await;
+    new.hello_with(
+        json!({"type": "hello", "peer_id": "alice", "reconnect_secret": w["reconnect_secret"]}),
+    )
+    .await;
     let (code, reason) = old.expect_close().await;
     assert_eq!((code, reason.as_str()), (4002, "replaced"));
     let left = watcher.recv_type("peer-left").await;

@@ -138,7 +138,10 @@ fn check_config_prints_effective_json_with_secrets_redacted() {
     let out = run_cli(&["--check-config"], &[], CLI_TIMEOUT);
     let cfg: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(cfg["auth"]["jwt"]["hs256_secret"], "");
-    assert_eq!(cfg["server"]["listen"], "0.0.0.0:8080");
+    // Loopback unless the operator decides otherwise, anonymous peers only there.
+    assert_eq!(cfg["server"]["listen"], "127.0.0.1:8080");
+    assert_eq!(cfg["auth"]["anonymous"], "loopback");
+    assert_eq!(cfg["http"]["client_ip_header"], "x-forwarded-for");
 }
 
 #[tokio::test]

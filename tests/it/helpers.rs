@@ -274,6 +274,13 @@ impl TestNode {
                 );
             }
         };
+        // A node bound to every interface (`0.0.0.0:0`, to test what that
+        // changes) is still reached over loopback only.
+        let addr = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
         assert!(addr.ip().is_loopback(), "node bound {addr}, not loopback");
         TestNode {
             child,

@@ -728,12 +728,35 @@ async fn legacy_protocol(node: &TestNode) {
         (json!("legacy"), json!("paired"), json!("default"))
     );
 
-    // Same worker id again: the older socket closes with 1000 and the old text.
-    let mut w1b = legacy(node, "w1").await;
+    // Same worker id again while w1 is connected: refused before the upgrade
+    // (409 peer-id-taken), as the older service's worker retries anyway; once
+    // w1 has left, the retry gets in. (With a token for the id the newer one
+    // replaces the older instead, closing it with 1000 and the old text:
+    // tests/it/sec_auth.rs.)
+    let upgrade = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let (s, refused) = node.get_with("/ws/register/w1", &upgrade).await;
     assert_eq!(
-        w1.expect_close().await,
-        (1000, "New connection from same worker ID".to_string())
+        (s, refused["error"]["code"].clone()),
+        (409, json!("peer-id-taken"))
     );
+    w1.close().await;
+    let url = format!("ws://{}/ws/register/w1", node.addr());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut w1b = loop {
+        match Client::try_connect(&url, None).await {
+            Ok(c) => break c,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "w1 still refused after it left: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     w1b.send_json(json!({"type": "echo_request", "payload": "again"}))
         .await;
     assert_eq!(w1b.recv().await["original_payload"], "again");
@@ -747,9 +770,8 @@ async fn legacy_protocol(node: &TestNode) {
         list["workers"]["w1"]["http_reported_public_ip"],
         Value::Null
     );
-    // w2's partner was replaced: it is free again (legacy has no pair-lost
-    // message, so nothing tells the test when; the old socket's clean-up runs
-    // after its close frame is written). Bounded poll.
+    // w2's partner left: it is free again (legacy has no pair-lost message,
+    // so nothing tells the test when). Bounded poll.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let state = workers(node).await["w2"]["state"].clone();
@@ -758,7 +780,7 @@ async fn legacy_protocol(node: &TestNode) {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "w2 stayed {state} after its partner was replaced"
+            "w2 stayed {state} after its partner left"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -814,8 +836,13 @@ async fn forwarded_for_is_honoured_only_from_trusted_proxies() {
     )
     .await;
     assert_eq!(w["observed_addr"], "198.51.100.7:0");
+    // `Forwarded` is read only where it is the configured header.
+    let forwarded = TestNode::spawn(&[
+        ("SWITCHBOARD_HTTP__TRUSTED_PROXIES", r#"["127.0.0.0/8"]"#),
+        ("SWITCHBOARD_HTTP__CLIENT_IP_HEADER", "forwarded"),
+    ]);
     let w = welcome_with_headers(
-        &trusting.ws_url(),
+        &forwarded.ws_url(),
         &[("forwarded", r#"for="[2001:db8::7]:4711";proto=http"#)],
     )
     .await;

@@ -131,20 +131,25 @@ async fn abrupt_disconnect_sends_peer_left_disconnected() {
     );
 }
 
-/// A peer id connected twice: the newer connection wins, the older one is
-/// closed with 4002 "replaced", its rooms see it leave with reason "replaced",
-/// and the newer connection can rejoin and be reached.
+/// A peer id connected twice: a reconnect proving itself (the older
+/// connection's `reconnect_secret`) wins, the older one is closed with 4002
+/// "replaced", its rooms see it leave with reason "replaced", and the newer
+/// connection can rejoin and be reached. (Without the secret it is refused:
+/// tests/it/sec_auth.rs.)
 #[tokio::test]
 async fn duplicate_peer_id_replaces_older_connection() {
     let node = TestNode::spawn(&[]);
     let mut obs = node.peer("observer").await;
-    let mut old = node.peer("dup").await;
+    let mut old = node.client().await;
+    let secret = old.hello("dup").await["reconnect_secret"].clone();
     obs.join("r").await;
     old.join("r").await;
     obs.recv_type("peer-joined").await;
 
     let mut new = node.client().await;
-    let w = new.hello("dup").await;
+    let w = new
+        .hello_with(json!({"type": "hello", "peer_id": "dup", "reconnect_secret": secret}))
+        .await;
     assert_eq!(w["peer_id"], "dup");
 
     assert_eq!(old.expect_close().await, (4002, "replaced".to_string()));
@@ -188,12 +193,15 @@ async fn duplicate_peer_id_replaces_older_connection() {
 async fn duplicate_peer_id_rejoining_at_once_stays_consistent() {
     let node = TestNode::spawn(&[]);
     let mut obs = node.peer("observer").await;
-    let mut old = node.peer("dup").await;
+    let mut old = node.client().await;
+    let secret = old.hello("dup").await["reconnect_secret"].clone();
     obs.join("r").await;
     old.join("r").await;
     obs.recv_type("peer-joined").await;
 
-    let mut new = node.peer("dup").await;
+    let mut new = node.client().await;
+    new.hello_with(json!({"type": "hello", "peer_id": "dup", "reconnect_secret": secret}))
+        .await;
     new.join("r").await;
     assert_eq!(old.expect_close().await, (4002, "replaced".to_string()));
 
