@@ -22,7 +22,9 @@ use tracing::{debug, info, warn};
 use crate::auth::{AuthError, Authenticator};
 use crate::bus::local::{LocalBus, LocalNet};
 use crate::bus::redis::RedisBus;
-use crate::bus::{Bus, Envelope, NodeEvent, RemoteSignal, ENVELOPE_VERSION};
+use crate::bus::{
+    Bus, Envelope, NodeEvent, RemoteSignal, Undecodable, WarnEvery, ENVELOPE_VERSION,
+};
 use crate::cluster::Redis;
 use crate::config::Config;
 use crate::error::{ClientError, ErrorCode};
@@ -104,6 +106,9 @@ impl std::fmt::Debug for Node {
             .finish_non_exhaustive()
     }
 }
+
+/// Events from other nodes that did not decode: at most one line per 10 s.
+static UNDECODABLE_WARN: WarnEvery = WarnEvery::new(10_000);
 
 fn cluster_err<E: std::fmt::Display>(e: E) -> ClientError {
     warn!(error = %e, "cluster backend call failed");
@@ -726,10 +731,51 @@ impl Node {
 
     /// Handles one event from another node.
     pub fn handle_remote(&self, env: Envelope) {
-        if env.v != ENVELOPE_VERSION || env.origin == self.id {
+        if env.v != ENVELOPE_VERSION {
+            crate::bus::version_mismatch(env.v, Some(&env.origin));
+            return;
+        }
+        if env.origin == self.id {
             return;
         }
         self.handle_event(&env.origin, env.event);
+    }
+
+    /// An event from `origin` that did not decode: counted and logged (at
+    /// most a line per 10 s), and when it was a signal whose sender could be
+    /// read, the sender is told rather than left waiting for an `ack`.
+    fn bus_undecodable(&self, origin: &NodeId, u: Undecodable) {
+        metrics::counter!(m::BUS_DECODE_ERRORS).increment(1);
+        if let Some(held) = UNDECODABLE_WARN.allow() {
+            warn!(
+                origin = %origin,
+                kind = u.kind,
+                error = %u.error,
+                sender_told = u.sender.is_some(),
+                held_back = held,
+                "an event from another node did not decode; dropped"
+            );
+        }
+        let Some(s) = u.sender else { return };
+        match u.kind {
+            // Our peer's signal came back and could not be read: tell it here.
+            "bounced" => {
+                if let Some(h) = self.hub.get(&s.from).filter(|h| h.epoch == s.from_epoch) {
+                    send_error(&h, s.id, undeliverable(s.to.as_ref()));
+                }
+            }
+            _ => {
+                let answer = NodeEvent::Undeliverable {
+                    to: s.from,
+                    to_epoch: s.from_epoch,
+                    id: s.id,
+                    target: s.to,
+                };
+                if self.relay_push(origin, answer).is_err() {
+                    debug!(origin = %origin, "outbox full: `undeliverable` not sent");
+                }
+            }
+        }
     }
 
     fn handle_event(&self, origin: &NodeId, event: NodeEvent) {
@@ -748,6 +794,17 @@ impl Node {
             NodeEvent::Flush { peer_id } => self.relay_flush(origin, peer_id),
             NodeEvent::Flushed { peer_id } => self.relay_flushed(origin, peer_id),
             NodeEvent::Delivered { to, to_epoch, id } => self.relay_delivered(&to, to_epoch, id),
+            NodeEvent::Undeliverable {
+                to,
+                to_epoch,
+                id,
+                target,
+            } => {
+                if let Some(h) = self.hub.get(&to).filter(|h| h.epoch == to_epoch) {
+                    send_error(&h, id, undeliverable(target.as_ref()));
+                }
+            }
+            NodeEvent::Undecodable(u) => self.bus_undecodable(origin, *u),
             NodeEvent::Message { room, from, data } => {
                 let msg = Arc::new(ServerMsg::Message {
                     room: room.clone(),
@@ -936,6 +993,15 @@ impl Node {
                 .await;
         }
     }
+}
+
+/// The error for a signal its target's node could not decode.
+fn undeliverable(target: Option<&PeerId>) -> ClientError {
+    let to = target.map_or_else(String::new, |t| format!(" holding peer `{t}`"));
+    ClientError::new(
+        ErrorCode::InvalidMessage,
+        format!("the node{to} could not read this signal; it was not delivered"),
+    )
 }
 
 fn unavailable_now() -> ClientError {
