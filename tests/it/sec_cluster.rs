@@ -409,6 +409,24 @@ async fn undecodable_signals_in_a_batch() {
         metric(&nodes[1], "switchboard_bus_decode_errors_total").await,
         2.0
     );
+
+    // An envelope of version 2 (a node of the previous release): dropped,
+    // but counted and named in the log, not mistaken for garbage.
+    let v2 = rmp_serde::to_vec_named(&json!({
+        "v": 2, "origin": "old-node", "seq": 1,
+        "event": {"flush": {"peer_id": "bob"}}
+    }))
+    .unwrap();
+    let reply = redis.command_bytes(&[b"PUBLISH", channel.as_bytes(), &v2]);
+    assert_eq!(redis_int(&reply), 1);
+    let line = nodes[1]
+        .wait_log_async("another envelope version", Duration::from_secs(10))
+        .await;
+    assert!(line.contains("old-node"), "{line}");
+    assert_eq!(
+        metric(&nodes[1], "switchboard_bus_version_mismatch_total").await,
+        1.0
+    );
 }
 
 /// Member values left in Redis by a release before envelope v3 (JSON
