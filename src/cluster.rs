@@ -63,7 +63,7 @@ impl Keys {
     pub fn rooms(&self) -> String {
         format!("{}:rooms", self.prefix)
     }
-    /// Hash peer -> `{"e": epoch, "n": node, "m": meta}`: a room's members.
+    /// Hash peer -> `"<epoch> <node>\n<meta JSON>"`: a room's members (see `store::redis`).
     pub fn room_members(&self, r: &RoomName) -> String {
         format!("{}:room:{r}:members", self.prefix)
     }

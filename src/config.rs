@@ -480,6 +480,10 @@ impl Config {
                 self.server.listen
             ));
         }
+        if self.server.node_id.chars().any(char::is_control) {
+            // It ends a field in the store's member values (`store::redis`).
+            errs.push("server.node_id: must not contain control characters".into());
+        }
         if self.server.worker_threads > MAX_WORKER_THREADS {
             errs.push(format!(
                 "server.worker_threads: {} is more than {MAX_WORKER_THREADS} (0: one per CPU)",
@@ -870,6 +874,13 @@ mod tests {
         let err = from_toml_str("[stun]\nburst = 0\n").unwrap_err();
         assert!(err.to_string().starts_with("stun.burst"), "{err}");
         assert!(from_toml_str("[stun]\nrate_per_ip = 0\nburst = 0\n").is_ok());
+    }
+
+    #[test]
+    fn node_ids_with_control_characters_are_refused() {
+        let err = from_toml_str("[server]\nnode_id = \"a\\nb\"\n").unwrap_err();
+        assert!(err.to_string().contains("server.node_id"), "{err}");
+        assert!(from_toml_str("[server]\nnode_id = \"node 1\"\n").is_ok());
     }
 
     #[test]

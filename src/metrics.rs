@@ -40,8 +40,18 @@ pub const BUS_RECEIVED: &str = "switchboard_bus_received_total";
 
 /// Counter: pub/sub events lost because the node's receiver lagged.
 pub const BUS_LAGGED: &str = "switchboard_bus_lagged_total";
-/// Counter: pub/sub payloads that were not a valid envelope.
+/// Counter: pub/sub payloads that were not a valid envelope, and events
+/// inside valid ones that did not decode (each costs only itself).
 pub const BUS_DECODE_ERRORS: &str = "switchboard_bus_decode_errors_total";
+/// Counter: envelopes of another envelope version dropped (a mixed-version cluster).
+pub const BUS_VERSION_MISMATCH: &str = "switchboard_bus_version_mismatch_total";
+/// Counter: cleanup steps that failed (each retried or skipped, see `node`),
+/// by `op` (`leave`, `unregister`, `announce`, `reregister`,
+/// `reregister-peer`, `restore-member`, `reap`, `list-nodes`).
+pub const CLEANUP_FAILURES: &str = "switchboard_cleanup_failures_total";
+/// Counter: `peer-left` announcements dropped unpublished because too many
+/// were waiting for the bus.
+pub const ANNOUNCEMENTS_DROPPED: &str = "switchboard_announcements_dropped_total";
 /// Counter: times the bus stopped delivering (readiness lost).
 pub const BUS_OUTAGES: &str = "switchboard_bus_outages_total";
 /// Counter: reconnections to Redis, by `conn` (`subscriber`, `pool`).
@@ -237,7 +247,19 @@ fn describe() {
     );
     describe_counter!(
         BUS_DECODE_ERRORS,
-        "Pub/sub payloads that were not a valid envelope"
+        "Pub/sub payloads that were not a valid envelope, and events in them that did not decode"
+    );
+    describe_counter!(
+        BUS_VERSION_MISMATCH,
+        "Envelopes of another envelope version dropped (mixed-version cluster)"
+    );
+    describe_counter!(
+        CLEANUP_FAILURES,
+        "Cleanup steps that failed (retried or skipped), by op"
+    );
+    describe_counter!(
+        ANNOUNCEMENTS_DROPPED,
+        "peer-left announcements dropped because too many waited for the bus"
     );
     describe_counter!(BUS_OUTAGES, "Times the bus stopped delivering");
     describe_counter!(BUS_RECONNECTS, "Reconnections to Redis, by connection kind");

@@ -7,12 +7,13 @@
 //! nodes subscribed to the room. Events from other nodes arrive in
 //! [`Node::handle_remote`].
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +23,9 @@ use tracing::{debug, info, warn};
 use crate::auth::{AuthError, Authenticator};
 use crate::bus::local::{LocalBus, LocalNet};
 use crate::bus::redis::RedisBus;
-use crate::bus::{Bus, Envelope, NodeEvent, RemoteSignal, ENVELOPE_VERSION};
+use crate::bus::{
+    Bus, Envelope, NodeEvent, RemoteSignal, Undecodable, WarnEvery, ENVELOPE_VERSION,
+};
 use crate::cluster::Redis;
 use crate::config::{AnonymousMode, Config};
 use crate::error::{ClientError, ErrorCode};
@@ -113,6 +116,13 @@ pub struct Node {
     /// Set when local state could not be written to the store (outage): the
     /// maintenance loop registers everything again once the bus is back.
     dirty: AtomicBool,
+    /// `peer-left` announcements still owed to other nodes: their publish
+    /// failed after the store removed the membership, or the store call
+    /// itself failed (it may still have run: a timed-out command is not
+    /// withdrawn). Re-registration cannot find those again; the maintenance
+    /// loop publishes them after a clean pass, unless the membership is
+    /// still (or again) in the store. Bounded by [`MAX_PENDING_LEFT`].
+    pending_left: Mutex<VecDeque<PendingLeft>>,
     /// Name limits for the protocol decoder.
     pub name_limits: NameLimits,
     /// Parsed `http.trusted_proxies`.
@@ -129,6 +139,45 @@ impl std::fmt::Debug for Node {
         f.debug_struct("Node")
             .field("id", &self.id)
             .finish_non_exhaustive()
+    }
+}
+
+/// A `peer-left` still owed to other nodes (see `Node::pending_left`).
+#[derive(Debug)]
+struct PendingLeft {
+    room: RoomName,
+    peer: PeerId,
+    reason: LeaveReason,
+}
+
+/// Most `peer-left` announcements kept for a retry; older ones are dropped
+/// (counted in `switchboard_announcements_dropped_total`) past that.
+const MAX_PENDING_LEFT: usize = 65_536;
+
+/// The `op` labels of `switchboard_cleanup_failures_total`.
+const CLEANUP_OPS: [&str; 8] = [
+    "leave",
+    "unregister",
+    "announce",
+    "reregister",
+    "reregister-peer",
+    "restore-member",
+    "reap",
+    "list-nodes",
+];
+/// Cleanup failures are logged at most once per 10 s for each op (all are counted).
+static CLEANUP_WARN: [WarnEvery; CLEANUP_OPS.len()] =
+    [const { WarnEvery::new(10_000) }; CLEANUP_OPS.len()];
+/// Events from other nodes that did not decode: at most one line per 10 s.
+static UNDECODABLE_WARN: WarnEvery = WarnEvery::new(10_000);
+
+/// Counts a failed cleanup step (`op`: a bounded label) and logs it at warn,
+/// at most once per 10 s.
+fn cleanup_failed(op: &'static str, what: &dyn std::fmt::Display, error: &dyn std::fmt::Display) {
+    metrics::counter!(m::CLEANUP_FAILURES, "op" => op).increment(1);
+    let i = CLEANUP_OPS.iter().position(|o| *o == op).unwrap_or(0);
+    if let Some(held) = CLEANUP_WARN[i].allow() {
+        warn!(op, what = %what, error = %error, held_back = held, "cleanup step failed");
     }
 }
 
@@ -177,6 +226,7 @@ impl Node {
             next_epoch: AtomicU64::new(rand::random::<u64>() >> 1),
             seq: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
+            pending_left: Mutex::new(VecDeque::new()),
             name_limits: NameLimits {
                 max_name_bytes: cfg.limits.max_name_bytes,
                 max_kind_bytes: cfg.limits.max_kind_bytes,
@@ -846,26 +896,102 @@ impl Node {
         }
         let removed = match self.store.leave_room(room, peer, epoch).await {
             Ok(r) => r,
-            Err(e) => {
+            Err(e) if e.is_transient() => {
                 // The peer has left as far as this node is concerned; the shared
-                // view is reconciled when the store is back (re-registration).
-                warn!(room = %room, error = %e, "store unavailable during leave; will reconcile");
+                // view is reconciled when the store is back: re-registration
+                // removes the membership if it is still there, and the
+                // announcement is owed if the call ran after all.
+                cleanup_failed("leave", room, &e);
                 self.dirty.store(true, Ordering::Release);
+                self.owe_left(room, peer, reason);
+                return Ok(());
+            }
+            Err(e) => {
+                // Refused: retrying would fail the same way. Counted and
+                // logged; the entry goes when this node's entries are reaped.
+                cleanup_failed("leave", room, &e);
                 return Ok(());
             }
         };
         if removed {
-            self.publish_room(
-                room,
-                NodeEvent::PeerLeft {
-                    room: room.clone(),
-                    peer_id: peer.clone(),
-                    reason,
-                },
-            )
-            .await?;
+            self.announce_left(room, peer, reason).await?;
         }
         Ok(())
+    }
+
+    /// Publishes a `peer-left` for a membership the store has just removed;
+    /// when that fails, the announcement is kept and published again by the
+    /// maintenance loop (nothing else would tell other nodes).
+    async fn announce_left(
+        &self,
+        room: &RoomName,
+        peer: &PeerId,
+        reason: LeaveReason,
+    ) -> Result<(), ClientError> {
+        let event = NodeEvent::PeerLeft {
+            room: room.clone(),
+            peer_id: peer.clone(),
+            reason,
+        };
+        let r = self.publish_room(room, event).await;
+        if let Err(e) = &r {
+            cleanup_failed("announce", room, &e.message);
+            self.owe_left(room, peer, reason);
+        }
+        r
+    }
+
+    /// Remembers a `peer-left` owed to other nodes (see `pending_left`).
+    fn owe_left(&self, room: &RoomName, peer: &PeerId, reason: LeaveReason) {
+        let mut q = self.pending_left.lock();
+        if q.len() >= MAX_PENDING_LEFT {
+            q.pop_front();
+            metrics::counter!(m::ANNOUNCEMENTS_DROPPED).increment(1);
+        }
+        q.push_back(PendingLeft {
+            room: room.clone(),
+            peer: peer.clone(),
+            reason,
+        });
+    }
+
+    /// Publishes the `peer-left` announcements still owed, in order, until
+    /// one fails again. Called only after a clean re-registration pass (or
+    /// when none was needed), which has removed, and announced, every
+    /// membership of this node the hub no longer holds: one still in the
+    /// store now belongs to a newer connection (the peer joined again), and
+    /// its announcement is dropped, since it would contradict that
+    /// connection's `peer-joined`.
+    async fn flush_pending_left(&self) {
+        // Bounded: at most what was queued when this started.
+        let n = self.pending_left.lock().len();
+        for _ in 0..n {
+            let Some(p) = self.pending_left.lock().pop_front() else {
+                return;
+            };
+            let back = match self.store.room_members(&p.room).await {
+                Ok(members) => members
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|m| m.peer_id == p.peer),
+                Err(_) => {
+                    self.pending_left.lock().push_front(p);
+                    return;
+                }
+            };
+            if back {
+                continue;
+            }
+            let event = NodeEvent::PeerLeft {
+                room: p.room.clone(),
+                peer_id: p.peer.clone(),
+                reason: p.reason,
+            };
+            if self.publish_room(&p.room, event).await.is_err() {
+                self.pending_left.lock().push_front(p);
+                return;
+            }
+        }
     }
 
     /// Routes a direct signal: a local peer's queue, or the outbox of the one
@@ -950,23 +1076,68 @@ impl Node {
     /// Cleans up after a connection: leaves its rooms, removes it from the directory.
     pub async fn disconnect(&self, s: &Session, why: CloseReason) {
         for room in &s.rooms {
-            if let Err(e) = self.leave_room(&s.peer, s.epoch, room, why.leave).await {
-                debug!(room = %room, error = %e.message, "leave during disconnect failed");
-            }
+            // A failure is counted, logged and retried by `leave_room` itself
+            // (re-registration, or the pending `peer-left` announcements).
+            let _ = self.leave_room(&s.peer, s.epoch, room, why.leave).await;
         }
         self.rdv_disconnect(s, why).await;
         self.hub.unregister(&s.peer, s.epoch);
         if let Err(e) = self.store.unregister_peer(&s.peer, s.epoch).await {
-            warn!(peer = %s.peer, error = %e, "could not remove peer from the directory");
+            cleanup_failed("unregister", &s.peer, &e);
+            if e.is_transient() {
+                // Re-registration removes directory entries the hub no longer holds.
+                self.mark_dirty();
+            }
         }
     }
 
     /// Handles one event from another node.
     pub fn handle_remote(&self, env: Envelope) {
-        if env.v != ENVELOPE_VERSION || env.origin == self.id {
+        if env.v != ENVELOPE_VERSION {
+            crate::bus::version_mismatch(env.v, Some(&env.origin));
+            return;
+        }
+        if env.origin == self.id {
             return;
         }
         self.handle_event(&env.origin, env.event);
+    }
+
+    /// An event from `origin` that did not decode: counted and logged (at
+    /// most a line per 10 s), and when it was a signal whose sender could be
+    /// read, the sender is told rather than left waiting for an `ack`.
+    fn bus_undecodable(&self, origin: &NodeId, u: Undecodable) {
+        metrics::counter!(m::BUS_DECODE_ERRORS).increment(1);
+        if let Some(held) = UNDECODABLE_WARN.allow() {
+            warn!(
+                origin = %origin,
+                kind = u.kind,
+                error = %u.error,
+                sender_told = u.sender.is_some(),
+                held_back = held,
+                "an event from another node did not decode; dropped"
+            );
+        }
+        let Some(s) = u.sender else { return };
+        match u.kind {
+            // Our peer's signal came back and could not be read: tell it here.
+            "bounced" => {
+                if let Some(h) = self.hub.get(&s.from).filter(|h| h.epoch == s.from_epoch) {
+                    send_error(&h, s.id, undeliverable(s.to.as_ref()));
+                }
+            }
+            _ => {
+                let answer = NodeEvent::Undeliverable {
+                    to: s.from,
+                    to_epoch: s.from_epoch,
+                    id: s.id,
+                    target: s.to,
+                };
+                if self.relay_push(origin, answer).is_err() {
+                    debug!(origin = %origin, "outbox full: `undeliverable` not sent");
+                }
+            }
+        }
     }
 
     fn handle_event(&self, origin: &NodeId, event: NodeEvent) {
@@ -985,6 +1156,17 @@ impl Node {
             NodeEvent::Flush { peer_id } => self.relay_flush(origin, peer_id),
             NodeEvent::Flushed { peer_id } => self.relay_flushed(origin, peer_id),
             NodeEvent::Delivered { to, to_epoch, id } => self.relay_delivered(&to, to_epoch, id),
+            NodeEvent::Undeliverable {
+                to,
+                to_epoch,
+                id,
+                target,
+            } => {
+                if let Some(h) = self.hub.get(&to).filter(|h| h.epoch == to_epoch) {
+                    send_error(&h, id, undeliverable(target.as_ref()));
+                }
+            }
+            NodeEvent::Undecodable(u) => self.bus_undecodable(origin, *u),
             NodeEvent::Message { room, from, data } => {
                 let msg = Arc::new(ServerMsg::Message {
                     room: room.clone(),
@@ -1086,6 +1268,10 @@ impl Node {
     /// is never a moment when a live peer looks absent); then the entries the
     /// store still has for this node but the node no longer holds are removed.
     /// Other nodes hear `peer-joined` / `peer-left` for the difference.
+    ///
+    /// A step the store refuses (an error reply, not an outage) is counted,
+    /// logged and skipped, so one bad entry cannot make every re-registration
+    /// fail; an outage fails the whole pass, which is tried again later.
     async fn reregister(&self) -> Result<(), StoreError> {
         metrics::counter!(m::REREGISTRATIONS).increment(1);
         let peers = self.hub.peers();
@@ -1094,7 +1280,8 @@ impl Node {
                 node: self.id.clone(),
                 epoch: h.epoch,
             };
-            if let Some(other) = self.store.reregister_peer(peer, loc).await? {
+            let r = self.store.reregister_peer(peer, loc).await;
+            if let Some(Some(other)) = skip_refused("reregister-peer", peer, r)? {
                 info!(peer = %peer, node = %other.node, "a newer connection took this peer id during the outage");
                 h.close(CloseReason::REPLACED);
             }
@@ -1108,7 +1295,8 @@ impl Node {
                 peer_id: peer.clone(),
                 meta: meta.clone(),
             };
-            if self.store.restore_member(room, &member, *epoch).await? {
+            let r = self.store.restore_member(room, &member, *epoch).await;
+            if skip_refused("restore-member", room, r)? == Some(true) {
                 let event = NodeEvent::PeerJoined {
                     room: room.clone(),
                     member,
@@ -1122,19 +1310,24 @@ impl Node {
         let own = self.store.own_entries(&self.id).await?;
         for (peer, epoch) in &own.peers {
             if self.hub.get(peer).is_none_or(|h| h.epoch != *epoch) {
-                self.store.unregister_peer(peer, *epoch).await?;
+                let r = self.store.unregister_peer(peer, *epoch).await;
+                skip_refused("unregister", peer, r)?;
             }
         }
         for (room, peer, epoch) in &own.memberships {
-            if !self.hub.is_member(room, peer, *epoch)
-                && self.store.leave_room(room, peer, *epoch).await?
-            {
-                let event = NodeEvent::PeerLeft {
-                    room: room.clone(),
-                    peer_id: peer.clone(),
-                    reason: LeaveReason::Disconnected,
-                };
-                let _ = self.publish_room(room, event).await;
+            if self.hub.is_member(room, peer, *epoch) {
+                continue;
+            }
+            let r = self.store.leave_room(room, peer, *epoch).await;
+            if skip_refused("leave", room, r)? == Some(true) {
+                // Announced here, so not again from `pending_left`; a failed
+                // publish is owed again.
+                self.pending_left
+                    .lock()
+                    .retain(|p| !(p.room == *room && p.peer == *peer));
+                let _ = self
+                    .announce_left(room, peer, LeaveReason::Disconnected)
+                    .await;
             }
         }
         self.rdv_reconcile().await?;
@@ -1161,18 +1354,22 @@ impl Node {
                 reason: LeaveReason::Timeout,
             });
             self.hub.room_fanout(room.as_str(), None, &note, None);
+            // The store no longer has these: a failed publish is kept and
+            // published again by the maintenance loop.
             let _ = self
-                .publish_room(
-                    &room,
-                    NodeEvent::PeerLeft {
-                        room: room.clone(),
-                        peer_id,
-                        reason: LeaveReason::Timeout,
-                    },
-                )
+                .announce_left(&room, &peer_id, LeaveReason::Timeout)
                 .await;
         }
     }
+}
+
+/// The error for a signal its target's node could not decode.
+fn undeliverable(target: Option<&PeerId>) -> ClientError {
+    let to = target.map_or_else(String::new, |t| format!(" holding peer `{t}`"));
+    ClientError::new(
+        ErrorCode::InvalidMessage,
+        format!("the node{to} could not read this signal; it was not delivered"),
+    )
 }
 
 fn unavailable_now() -> ClientError {
@@ -1182,8 +1379,34 @@ fn unavailable_now() -> ClientError {
     )
 }
 
+/// Sorts the result of one re-registration step: an outage is returned (the
+/// whole pass is retried later); a refusal is counted, logged and skipped
+/// (`Ok(None)`), since retrying would fail the same way.
+fn skip_refused<T>(
+    op: &'static str,
+    what: &dyn std::fmt::Display,
+    r: Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_transient() => Err(e),
+        Err(e) => {
+            cleanup_failed(op, what, &e);
+            Ok(None)
+        }
+    }
+}
+
+/// Re-registrations that fail in a row wait 1, 2, 4, ... heartbeats before
+/// the next attempt, at most this many.
+const REREGISTER_MAX_BACKOFF: u32 = 64;
+
 /// Keeps this node's heartbeat fresh, cleans up after dead nodes, and
 /// registers local state again after an outage.
+///
+/// Every failed cleanup is counted in `switchboard_cleanup_failures_total`
+/// (by `op`) and logged at warn, at most a line per 10 s: a failure that
+/// repeats every heartbeat is visible without flooding the log.
 async fn maintenance(node: std::sync::Weak<Node>) {
     let (period, ttl) = match node.upgrade() {
         Some(n) => (
@@ -1194,6 +1417,9 @@ async fn maintenance(node: std::sync::Weak<Node>) {
     };
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Re-registrations failed in a row, and heartbeats to wait before the next.
+    let mut failed_passes: u32 = 0;
+    let mut wait: u32 = 0;
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
@@ -1207,10 +1433,28 @@ async fn maintenance(node: std::sync::Weak<Node>) {
                 continue;
             }
         }
-        if node.bus.is_ready() && node.dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = node.reregister().await {
-                warn!(error = %e, "re-registration failed; will retry");
-                node.dirty.store(true, Ordering::Release);
+        if node.bus.is_ready() {
+            if wait > 0 {
+                wait -= 1;
+            } else if node.dirty.swap(false, Ordering::AcqRel) {
+                match node.reregister().await {
+                    Ok(()) => failed_passes = 0,
+                    Err(e) => {
+                        // An outage is retried at the next heartbeat; a
+                        // refusal (which every step but the listing skips)
+                        // after 1, 2, 4, ... heartbeats.
+                        if !e.is_transient() {
+                            failed_passes = failed_passes.saturating_add(1);
+                            wait = (1u32 << (failed_passes - 1).min(6)).min(REREGISTER_MAX_BACKOFF)
+                                - 1;
+                        }
+                        cleanup_failed("reregister", &"local state", &e);
+                        node.dirty.store(true, Ordering::Release);
+                    }
+                }
+            }
+            if !node.dirty.load(Ordering::Acquire) {
+                node.flush_pending_left().await;
             }
         }
         match node.store.dead_nodes().await {
@@ -1219,11 +1463,13 @@ async fn maintenance(node: std::sync::Weak<Node>) {
                     match node.store.reap_node(&d, &node.id).await {
                         Ok(Some(reaped)) => node.announce_reaped(&d, reaped).await,
                         Ok(None) => {}
-                        Err(e) => debug!(node = %d, error = %e, "reaping failed"),
+                        // Retried: at the next heartbeat after an outage (the
+                        // claim is given up), a minute later after a refusal.
+                        Err(e) => cleanup_failed("reap", &d, &e),
                     }
                 }
             }
-            Err(e) => debug!(error = %e, "listing nodes failed"),
+            Err(e) => cleanup_failed("list-nodes", &"dead nodes", &e),
         }
     }
 }

@@ -11,26 +11,55 @@
 //!   and receivers drop their own);
 //! - `publish_*` returns an error rather than silently dropping when the
 //!   backend cannot accept the event.
+//!
+//! On the wire (Redis) an [`Envelope`] is MessagePack in two layers (see
+//! [`Envelope::encode`]): a header that always decodes (version, origin,
+//! sequence number) around the event as a byte string of its own, and inside a
+//! batch every event again as its own byte string. Each event is decoded on
+//! its own, so an event that cannot be decoded (hostile nesting, a bug, a
+//! newer peer) costs only itself: it becomes [`NodeEvent::Undecodable`], is
+//! counted and logged, and when it was a signal whose sender can still be
+//! read, the sender is told (`undeliverable`, an `error` at its node).
 
 pub mod local;
 pub mod redis;
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::de::{Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
+use crate::metrics as m;
 use crate::payload::Opaque;
 use crate::protocol::{LeaveReason, Member, PairLostReason, PairedNote};
 use crate::types::{NodeId, PeerId, RoomName, SignalKind};
 
-/// Version of the inter-node envelope; receivers drop other versions (and
-/// count them in `switchboard_bus_decode_errors_total`). 2: relay batches,
-/// acknowledgements and bounces between nodes, `data` as JSON text or a
-/// value (`crate::payload::wire`), externally tagged events.
-pub const ENVELOPE_VERSION: u8 = 2;
+/// Version of the inter-node envelope; receivers drop other versions (counted
+/// in `switchboard_bus_version_mismatch_total`, logged at warn once per
+/// version). 2: relay batches, acknowledgements and bounces between nodes,
+/// `data` as JSON text or a value (`crate::payload::wire`), externally tagged
+/// events. 3: every event travels as a MessagePack byte string of its own, in
+/// the envelope and in a batch, and is decoded on its own (one undecodable
+/// event no longer fails its whole batch); `undeliverable` answers a signal
+/// the receiving node could not decode. Nodes of versions 2 and 3 do not
+/// understand each other: upgrade every node of a cluster together (or run
+/// the new version under its own `cluster.key_prefix` and move clients over).
+pub const ENVELOPE_VERSION: u8 = 3;
+
+/// Deepest nesting (maps and arrays) a receiver accepts in one event. Above
+/// rmp-serde's default of 1,024, which is what the client door applies to a
+/// whole frame: an event adds a level or two of its own around `data` or
+/// `meta`, and whatever one node accepted from a client must decode on
+/// another. The recursion this allows is what the door already allows.
+pub const EVENT_MAX_DEPTH: usize = 1_024 + 16;
 
 /// An event between nodes, in a versioned envelope.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     /// [`ENVELOPE_VERSION`].
     pub v: u8,
@@ -62,6 +91,20 @@ pub enum NodeEvent {
         /// The `id` of the sender's `signal`.
         id: Value,
     },
+    /// A signal from the receiving node could not be decoded here: tell its
+    /// sender (an `error`), instead of letting the signal vanish.
+    Undeliverable {
+        /// The sender, on the receiving node.
+        to: PeerId,
+        /// The sender's connection.
+        to_epoch: u64,
+        /// The `id` of the sender's `signal`, when it had one that could be read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
+        /// The signal's target, when it could be read (for the message).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<PeerId>,
+    },
     /// The sender's node stops sending signals for this peer through the
     /// receiving node: stop bouncing them, and answer `flushed`.
     Flush {
@@ -73,9 +116,11 @@ pub enum NodeEvent {
         /// The peer.
         peer_id: PeerId,
     },
-    /// Several events for the receiving node, in order (one publish).
+    /// Several events for the receiving node, in order (one publish). On the
+    /// wire each event is a byte string of its own, decoded on its own.
     Batch {
         /// The events.
+        #[serde(serialize_with = "ser_events", deserialize_with = "de_events")]
         events: Vec<NodeEvent>,
     },
     /// A room broadcast for the receiving node's local members.
@@ -145,6 +190,9 @@ pub enum NodeEvent {
         /// The request's source (`ip:port`): the connection's public UDP endpoint.
         udp: String,
     },
+    /// Never sent: what the receiver makes of an event it could not decode.
+    #[serde(skip)]
+    Undecodable(Box<Undecodable>),
 }
 
 impl NodeEvent {
@@ -154,6 +202,7 @@ impl NodeEvent {
             Self::Signal(_) => "signal",
             Self::Bounced(_) => "bounced",
             Self::Delivered { .. } => "delivered",
+            Self::Undeliverable { .. } => "undeliverable",
             Self::Batch { .. } => "batch",
             Self::Flush { .. } => "flush",
             Self::Flushed { .. } => "flushed",
@@ -165,6 +214,7 @@ impl NodeEvent {
             Self::Paired { .. } => "paired",
             Self::PairLost { .. } => "pair-lost",
             Self::Observed { .. } => "observed",
+            Self::Undecodable(_) => "undecodable",
         }
     }
 }
@@ -195,6 +245,499 @@ pub struct RemoteSignal {
 
 fn is_zero(n: &u8) -> bool {
     *n == 0
+}
+
+/// An event that did not decode, and what could still be read of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undecodable {
+    /// The event's tag when it is one this node knows (a [`NodeEvent::kind_name`]), else `unknown`.
+    pub kind: &'static str,
+    /// Why it did not decode (for the log).
+    pub error: String,
+    /// The sender of a `signal` or `bounced` event, when its header could be read.
+    pub sender: Option<SignalSender>,
+}
+
+/// The header of a signal that did not decode: enough to answer its sender.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalSender {
+    /// The sender.
+    pub from: PeerId,
+    /// The sender's connection.
+    pub from_epoch: u64,
+    /// The target, if it could be read.
+    pub to: Option<PeerId>,
+    /// The `id` of the sender's `signal`, if it had one that could be read.
+    pub id: Option<Value>,
+}
+
+/// Why a bus payload is not an envelope this node can use.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// An envelope of another version (a node of another release).
+    #[error("envelope version {version}, this node speaks {ENVELOPE_VERSION}")]
+    Version {
+        /// The version it carries.
+        version: u8,
+        /// Its origin, when it could be read.
+        origin: Option<NodeId>,
+    },
+    /// Not an envelope at all.
+    #[error("not an envelope: {0}")]
+    Malformed(String),
+}
+
+/// The envelope's outer layer: always shallow, so it always decodes.
+#[derive(Deserialize)]
+struct WireEnvelope<'a> {
+    v: u8,
+    origin: NodeId,
+    seq: u64,
+    #[serde(borrow)]
+    event: &'a [u8],
+}
+
+/// Enough of any envelope (of any version) to say which version it is.
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: u8,
+    #[serde(default)]
+    origin: Option<NodeId>,
+}
+
+impl Envelope {
+    /// Encodes for the bus, as a MessagePack map
+    /// `{"v": 3, "origin": str, "seq": uint, "event": bin}`, where the bin
+    /// holds the event (externally tagged, structs as maps), except that a
+    /// batch is `{"batch": {"events": [bin, ...]}}` with one bin per event.
+    /// Events are written in place (the byte string's length is patched
+    /// afterwards), so the layering costs five bytes per event, not a copy.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(256);
+        buf.push(0x84);
+        put_str(&mut buf, "v");
+        put_uint(&mut buf, self.v.into());
+        put_str(&mut buf, "origin");
+        put_str(&mut buf, self.origin.as_str());
+        put_str(&mut buf, "seq");
+        put_uint(&mut buf, self.seq);
+        put_str(&mut buf, "event");
+        put_bin(&mut buf, |b| encode_event(b, &self.event));
+        buf
+    }
+
+    /// Decodes what [`Envelope::encode`] wrote. Fails only when the outer
+    /// layer is unreadable or of another version; an event inside that does
+    /// not decode becomes [`NodeEvent::Undecodable`] and costs only itself.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        match rmp_serde::from_slice::<WireEnvelope<'_>>(bytes) {
+            Ok(w) if w.v == ENVELOPE_VERSION => Ok(Envelope {
+                v: w.v,
+                origin: w.origin,
+                seq: w.seq,
+                event: decode_event(w.event),
+            }),
+            Ok(w) => Err(DecodeError::Version {
+                version: w.v,
+                origin: Some(w.origin),
+            }),
+            Err(e) => match rmp_serde::from_slice::<VersionProbe>(bytes) {
+                Ok(p) if p.v != ENVELOPE_VERSION => Err(DecodeError::Version {
+                    version: p.v,
+                    origin: p.origin,
+                }),
+                _ => Err(DecodeError::Malformed(e.to_string())),
+            },
+        }
+    }
+}
+
+/// Decodes one event of an envelope or a batch, with its own depth budget.
+/// A batch inside a batch is not something a node sends, and is not decoded
+/// (each level would start a fresh depth budget on the same stack).
+fn decode_event(bytes: &[u8]) -> NodeEvent {
+    thread_local! {
+        static LEVEL: Cell<u8> = const { Cell::new(0) };
+    }
+    struct Restore(u8);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LEVEL.set(self.0);
+        }
+    }
+    let level = LEVEL.get();
+    if level >= 2 {
+        return NodeEvent::Undecodable(Box::new(Undecodable::read(
+            bytes,
+            "an event nested in a batch inside a batch".into(),
+        )));
+    }
+    LEVEL.set(level + 1);
+    let _restore = Restore(level);
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(EVENT_MAX_DEPTH);
+    match NodeEvent::deserialize(&mut de) {
+        Ok(e) => e,
+        Err(e) => NodeEvent::Undecodable(Box::new(Undecodable::read(bytes, e.to_string()))),
+    }
+}
+
+fn encode_event(buf: &mut Vec<u8>, event: &NodeEvent) {
+    match event {
+        NodeEvent::Batch { events } => {
+            buf.push(0x81);
+            put_str(buf, "batch");
+            buf.push(0x81);
+            put_str(buf, "events");
+            let sendable = |e: &&NodeEvent| !matches!(e, NodeEvent::Undecodable(_));
+            put_array_len(buf, events.iter().filter(sendable).count());
+            for e in events.iter().filter(sendable) {
+                put_bin(buf, |b| encode_event(b, e));
+            }
+        }
+        // Never queued for another node; an empty batch keeps the framing whole.
+        NodeEvent::Undecodable(_) => encode_event(buf, &NodeEvent::Batch { events: Vec::new() }),
+        e => rmp_serde::encode::write_named(buf, e).expect("a bus event encodes"),
+    }
+}
+
+/// A `bin 32` whose content `f` writes in place; the length is patched after.
+fn put_bin(buf: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) {
+    buf.push(0xc6);
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    f(buf);
+    let len = u32::try_from(buf.len() - at - 4).expect("an event is smaller than 4 GiB");
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    rmp_serde::encode::write(buf, s).expect("writing to a Vec");
+}
+
+fn put_uint(buf: &mut Vec<u8>, n: u64) {
+    rmp_serde::encode::write(buf, &n).expect("writing to a Vec");
+}
+
+fn put_array_len(buf: &mut Vec<u8>, n: usize) {
+    match n {
+        0..=15 => buf.push(0x90 | n as u8),
+        16..=0xffff => {
+            buf.push(0xdc);
+            buf.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        _ => {
+            buf.push(0xdd);
+            buf.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+}
+
+/// One event of a batch, decoded from its own byte string.
+struct EventBytes(NodeEvent);
+
+impl<'de> Deserialize<'de> for EventBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = EventBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an encoded event (bin)")
+            }
+            fn visit_bytes<E>(self, b: &[u8]) -> Result<EventBytes, E> {
+                Ok(EventBytes(decode_event(b)))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+fn de_events<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeEvent>, D::Error> {
+    let events = Vec::<EventBytes>::deserialize(d)?;
+    Ok(events.into_iter().map(|e| e.0).collect())
+}
+
+/// The serde form of a batch's events (the bus itself uses [`Envelope::encode`],
+/// which writes the same bytes without the copies).
+fn ser_events<S: Serializer>(events: &[NodeEvent], s: S) -> Result<S::Ok, S::Error> {
+    struct Bin(Vec<u8>);
+    impl Serialize for Bin {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+    s.collect_seq(
+        events
+            .iter()
+            .filter(|e| !matches!(e, NodeEvent::Undecodable(_)))
+            .map(|e| {
+                let mut b = Vec::new();
+                encode_event(&mut b, e);
+                Bin(b)
+            }),
+    )
+}
+
+impl Undecodable {
+    /// Reads what it can of an event that did not decode: its tag and, for
+    /// a signal (or a bounced one), its sender. Without recursion, so no
+    /// nesting depth can stop it; a part that cannot be read is left out.
+    fn read(bytes: &[u8], error: String) -> Undecodable {
+        let mut u = Undecodable {
+            kind: "unknown",
+            error,
+            sender: None,
+        };
+        let mut rd = peek::Rd(bytes);
+        let Some(tag) = rd.map_len().filter(|n| *n == 1).and_then(|_| rd.str()) else {
+            return u;
+        };
+        u.kind = kind_of_tag(tag);
+        if matches!(u.kind, "signal" | "bounced") {
+            u.sender = read_sender(&mut rd);
+        }
+        u
+    }
+}
+
+fn kind_of_tag(tag: &str) -> &'static str {
+    const KINDS: [&str; 15] = [
+        "signal",
+        "bounced",
+        "delivered",
+        "undeliverable",
+        "batch",
+        "flush",
+        "flushed",
+        "message",
+        "peer-joined",
+        "peer-left",
+        "kick",
+        "probe",
+        "paired",
+        "pair-lost",
+        "observed",
+    ];
+    KINDS.into_iter().find(|k| *k == tag).unwrap_or("unknown")
+}
+
+fn read_sender(rd: &mut peek::Rd<'_>) -> Option<SignalSender> {
+    let n = rd.map_len()?;
+    let (mut from, mut from_epoch, mut to, mut id) = (None, None, None, None);
+    for _ in 0..n {
+        let (Some(key), Some(raw)) = (rd.str(), rd.skip()) else {
+            break;
+        };
+        let mut v = peek::Rd(raw);
+        match key {
+            "from" => from = v.str().map(PeerId::from_trusted),
+            "from_epoch" => from_epoch = v.uint(),
+            "to" => to = v.str().map(PeerId::from_trusted),
+            "id" => id = rmp_serde::from_slice::<Value>(raw).ok(),
+            _ => {}
+        }
+    }
+    Some(SignalSender {
+        from: from?,
+        from_epoch: from_epoch?,
+        to,
+        id,
+    })
+}
+
+/// Just enough MessagePack reading to name the sender of an event that did
+/// not decode, with no recursion.
+mod peek {
+    /// A reader over the remaining bytes.
+    pub(super) struct Rd<'a>(pub(super) &'a [u8]);
+
+    impl<'a> Rd<'a> {
+        fn byte(&mut self) -> Option<u8> {
+            let (&b, rest) = self.0.split_first()?;
+            self.0 = rest;
+            Some(b)
+        }
+
+        fn take(&mut self, n: u64) -> Option<&'a [u8]> {
+            let n = usize::try_from(n).ok()?;
+            if self.0.len() < n {
+                return None;
+            }
+            let (a, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Some(a)
+        }
+
+        fn be(&mut self, n: u64) -> Option<u64> {
+            Some(
+                self.take(n)?
+                    .iter()
+                    .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+            )
+        }
+
+        /// A map header's length.
+        pub(super) fn map_len(&mut self) -> Option<u64> {
+            match self.byte()? {
+                m @ 0x80..=0x8f => Some(u64::from(m & 0x0f)),
+                0xde => self.be(2),
+                0xdf => self.be(4),
+                _ => None,
+            }
+        }
+
+        /// A string.
+        pub(super) fn str(&mut self) -> Option<&'a str> {
+            let n = match self.byte()? {
+                m @ 0xa0..=0xbf => u64::from(m & 0x1f),
+                0xd9 => self.be(1)?,
+                0xda => self.be(2)?,
+                0xdb => self.be(4)?,
+                _ => return None,
+            };
+            std::str::from_utf8(self.take(n)?).ok()
+        }
+
+        /// An unsigned integer.
+        pub(super) fn uint(&mut self) -> Option<u64> {
+            match self.byte()? {
+                m @ 0x00..=0x7f => Some(u64::from(m)),
+                0xcc => self.be(1),
+                0xcd => self.be(2),
+                0xce => self.be(4),
+                0xcf => self.be(8),
+                _ => None,
+            }
+        }
+
+        /// Skips one value, however deeply nested (a count of the items still
+        /// owed, not recursion), and returns the bytes it spanned.
+        pub(super) fn skip(&mut self) -> Option<&'a [u8]> {
+            let start = self.0;
+            let mut owed: u64 = 1;
+            while owed > 0 {
+                owed -= 1;
+                let m = self.byte()?;
+                let len = match m {
+                    0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 0,
+                    0x80..=0x8f => {
+                        owed += 2 * u64::from(m & 0x0f);
+                        0
+                    }
+                    0x90..=0x9f => {
+                        owed += u64::from(m & 0x0f);
+                        0
+                    }
+                    0xa0..=0xbf => u64::from(m & 0x1f),
+                    0xc4 | 0xd9 => self.be(1)?,
+                    0xc5 | 0xda => self.be(2)?,
+                    0xc6 | 0xdb => self.be(4)?,
+                    0xc7 => self.be(1)? + 1,
+                    0xc8 => self.be(2)? + 1,
+                    0xc9 => self.be(4)? + 1,
+                    0xca => 4,
+                    0xcb => 8,
+                    0xcc | 0xd0 => 1,
+                    0xcd | 0xd1 => 2,
+                    0xce | 0xd2 => 4,
+                    0xcf | 0xd3 => 8,
+                    0xd4 => 2,
+                    0xd5 => 3,
+                    0xd6 => 5,
+                    0xd7 => 9,
+                    0xd8 => 17,
+                    0xdc => {
+                        owed += self.be(2)?;
+                        0
+                    }
+                    0xdd => {
+                        owed += self.be(4)?;
+                        0
+                    }
+                    0xde => {
+                        owed += 2 * self.be(2)?;
+                        0
+                    }
+                    0xdf => {
+                        owed += 2 * self.be(4)?;
+                        0
+                    }
+                    0xc1 => return None,
+                };
+                self.take(len)?;
+            }
+            Some(&start[..start.len() - self.0.len()])
+        }
+    }
+}
+
+/// Counts an envelope of another version and says so at warn once per version
+/// (a mixed-version cluster must be visible, not a silent loss).
+pub fn version_mismatch(version: u8, origin: Option<&NodeId>) {
+    metrics::counter!(m::BUS_VERSION_MISMATCH).increment(1);
+    static SEEN: [AtomicU64; 4] = [
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    ];
+    let bit = 1u64 << (version % 64);
+    if SEEN[usize::from(version / 64)].fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+        tracing::warn!(
+            version,
+            ours = ENVELOPE_VERSION,
+            origin = origin.map_or("?", |o| o.as_str()),
+            "dropping events from a node of another envelope version (a mixed-version cluster: \
+             upgrade every node); counted in switchboard_bus_version_mismatch_total"
+        );
+    }
+}
+
+/// Lets one log line through per period and counts the ones held back, so a
+/// flood of the same failure costs a line now and then, not a line each.
+#[derive(Debug)]
+pub(crate) struct WarnEvery {
+    period_ms: u64,
+    /// Milliseconds since [`clock_ms`]'s start when the next line may go out.
+    next_ms: AtomicU64,
+    held: AtomicU64,
+}
+
+impl WarnEvery {
+    /// At most one line per `period_ms`.
+    pub(crate) const fn new(period_ms: u64) -> Self {
+        Self {
+            period_ms,
+            next_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when this one may be logged.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = clock_ms();
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now + self.period_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// Why the bus could not take an event.
@@ -231,60 +774,4 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn signal_data_crosses_the_bus_as_json_text_or_as_a_value() {
-        let raw = serde_json::value::RawValue::from_string(r#"{"sdp": "v=0\r\n"}"#.into()).unwrap();
-        let sig = |data: Opaque| RemoteSignal {
-            from: PeerId::from_trusted("a"),
-            from_epoch: 1,
-            to: PeerId::from_trusted("b"),
-            to_epoch: 2,
-            kind: SignalKind::from_trusted("offer"),
-            data,
-            id: Some(json!("s1")),
-            hops: 0,
-        };
-        let env = Envelope {
-            v: ENVELOPE_VERSION,
-            origin: NodeId::from_trusted("n1"),
-            seq: 7,
-            event: NodeEvent::Batch {
-                events: vec![
-                    NodeEvent::Signal(sig(Opaque::Json(raw.clone()))),
-                    NodeEvent::Signal(sig(Opaque::Value(json!({"bin": [1, 2]})))),
-                    NodeEvent::Message {
-                        room: RoomName::from_trusted("r"),
-                        from: PeerId::from_trusted("a"),
-                        data: Opaque::Json(raw),
-                    },
-                ],
-            },
-        };
-        let bytes = rmp_serde::to_vec_named(&env).unwrap();
-        let back: Envelope = rmp_serde::from_slice(&bytes).unwrap();
-        assert_eq!(back, env);
-        let NodeEvent::Batch { events } = back.event else {
-            panic!("a batch")
-        };
-        // JSON text stays text, byte for byte; a value stays a value.
-        match &events[0] {
-            NodeEvent::Signal(s) => match &s.data {
-                Opaque::Json(r) => assert_eq!(r.get(), r#"{"sdp": "v=0\r\n"}"#),
-                other => panic!("expected JSON text, got {other:?}"),
-            },
-            other => panic!("expected a signal, got {other:?}"),
-        }
-        match &events[1] {
-            NodeEvent::Signal(s) => assert!(matches!(s.data, Opaque::Value(_))),
-            other => panic!("expected a signal, got {other:?}"),
-        }
-        match &events[2] {
-            NodeEvent::Message { data, .. } => assert!(matches!(data, Opaque::Json(_))),
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
-}
+mod tests;

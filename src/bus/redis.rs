@@ -27,7 +27,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{Bus, BusError, Envelope, NodeEvent, ENVELOPE_VERSION};
+use super::{Bus, BusError, DecodeError, Envelope, NodeEvent, WarnEvery, ENVELOPE_VERSION};
 use crate::cluster::Redis;
 use crate::metrics as m;
 use crate::types::{NodeId, RoomName};
@@ -85,7 +85,7 @@ impl RedisBus {
     }
 
     async fn publish(&self, channel: String, env: &Envelope) -> Result<usize, BusError> {
-        let bytes = rmp_serde::to_vec_named(env).expect("envelope serializes");
+        let bytes = env.encode();
         let n: i64 = self
             .r
             .client_for(&channel)
@@ -99,6 +99,9 @@ impl RedisBus {
         self.started.elapsed().as_millis() as u64 + 1
     }
 }
+
+/// Undecodable payloads are logged at most once per 10 s (and all counted).
+static MALFORMED_WARN: WarnEvery = WarnEvery::new(10_000);
 
 async fn reader(
     bus: std::sync::Weak<RedisBus>,
@@ -122,18 +125,20 @@ async fn reader(
         let Some(bytes) = msg.value.as_bytes() else {
             continue;
         };
-        let env: Envelope = match rmp_serde::from_slice(bytes) {
+        let env = match Envelope::decode(bytes) {
             Ok(env) => env,
+            Err(DecodeError::Version { version, origin }) => {
+                super::version_mismatch(version, origin.as_ref());
+                continue;
+            }
             Err(e) => {
                 metrics::counter!(m::BUS_DECODE_ERRORS).increment(1);
-                debug!(error = %e, channel = %msg.channel, "undecodable bus event");
+                if let Some(held) = MALFORMED_WARN.allow() {
+                    warn!(error = %e, channel = %msg.channel, held_back = held, "undecodable bus payload dropped");
+                }
                 continue;
             }
         };
-        if env.v != ENVELOPE_VERSION {
-            metrics::counter!(m::BUS_DECODE_ERRORS).increment(1);
-            continue;
-        }
         if let NodeEvent::Probe { nonce } = env.event {
             if env.origin == bus.me {
                 // Publish-to-delivery time of our own probe: the bus's latency.

@@ -339,9 +339,22 @@ pub enum StoreError {
     /// The room is full.
     #[error("room is full")]
     RoomFull,
-    /// The backend is unreachable.
+    /// The backend is unreachable (or too slow or busy to answer): trying
+    /// again later may work.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The backend refused the operation (an error reply to a script or a
+    /// command): trying again would fail the same way, so cleanups that meet
+    /// it count it, log it and move on instead of retrying forever.
+    #[error("store refused the operation: {0}")]
+    Rejected(String),
+}
+
+impl StoreError {
+    /// True when the same call may succeed later (the backend was unreachable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 /// The store seam; see the module docs for the guarantees.

@@ -1,10 +1,18 @@
 //! The Redis store: the peer directory, room membership and node heartbeats.
 //!
 //! Every operation that reads and writes is one Lua script, so it is atomic
-//! against every other node. Room members are a hash per room (peer -> JSON
-//! `{"e": epoch, "n": node, "m": meta}`, the epoch a string so Lua's doubles
-//! never round it); a second hash counts members per node, which tells a dead
-//! node's reaper where to look without scanning every room.
+//! against every other node. Room members are a hash per room (peer ->
+//! `"<epoch> <node>\n<meta JSON>"`, see `MEMBER_LUA`); a second hash counts
+//! members per node, which tells a dead node's reaper where to look without
+//! scanning every room.
+//!
+//! No script ever decodes what a client wrote: Lua reads the epoch and the
+//! node by position and keeps `meta` (and a worker's `m`) as an opaque
+//! string. Redis's Lua JSON decoder (cjson) fails on nesting deeper than
+//! 1,000; when member values were JSON it decoded, a `join` with a deeply
+//! nested `meta` made every script touching that room fail: the member could
+//! not leave, the node's re-registration failed forever, and its peers were
+//! never cleaned up after it died.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -13,13 +21,14 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions};
-use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use super::{
     secret_hex, Claim, Claimed, Dialect, EndpointUpdate, Enqueued, LostPairing, OwnEntries,
     PairError, PeerLocation, Reaped, RoomSummary, SecretHash, Store, StoreError, Unpaired, Which,
     WorkerConn, WorkerRecord, WorkerState,
 };
+use crate::bus::WarnEvery;
 use crate::cluster::Redis;
 use crate::protocol::Member;
 use crate::types::{NodeId, PeerId, PoolName, RoomName};
@@ -135,17 +144,48 @@ return 0
     )
 });
 
-/// KEYS: members, room nodes, rooms index, node rooms. ARGV: peer, member JSON,
-/// max, room, node, prefix. Returns {added (0/1), {peer, json, ...}} or {-1} when full.
+/// Shared Lua for the room scripts. A member value is `"<epoch> <node>\n<meta
+/// JSON>"` (the epoch a decimal string, so Lua's doubles never round it; node
+/// ids have no control characters, see `server.node_id`). Values written by
+/// releases before envelope v3 are JSON `{"e":"<epoch>","n":"<node>","m":<meta>}`
+/// in that fixed layout (serde's field order); they are read by position too,
+/// never with `cjson`. `member_conn` returns the epoch and the node, or
+/// nothing for a value in neither layout.
+const MEMBER_LUA: &str = r#"
+local function member_conn(v)
+  if string.sub(v, 1, 1) == '{' then
+    local e, p = string.match(v, '^{"e":"(%d+)","n":"()')
+    if not e then return nil end
+    local q = string.find(v, '","m":', p, true)
+    if not q then return nil end
+    local n = string.sub(v, p, q - 1)
+    if string.find(n, '\\', 1, true) then n = string.gsub(n, '\\(.)', '%1') end
+    return e, n
+  end
+  local sp = string.find(v, ' ', 1, true)
+  if not sp then return nil end
+  local nl = string.find(v, '\n', sp + 1, true)
+  if not nl then return nil end
+  return string.sub(v, 1, sp - 1), string.sub(v, sp + 1, nl - 1)
+end
+"#;
+
+fn member_script(body: &str) -> Script {
+    Script::from_lua(MEMBER_LUA.to_string() + body)
+}
+
+/// KEYS: members, room nodes, rooms index, node rooms. ARGV: peer, member
+/// value, max, room, node, prefix, epoch. Returns {added (0/1), {peer, value,
+/// ...}} or {-1} when full.
 static JOIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    member_script(
         r#"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {-1} end
 local all = redis.call('HGETALL', KEYS[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local oldnode = false
-if old then oldnode = cjson.decode(old)['n'] end
+local oldepoch, oldnode = nil, nil
+if old then oldepoch, oldnode = member_conn(old) end
 if oldnode ~= ARGV[5] then
   if oldnode then
     if redis.call('HINCRBY', KEYS[2], oldnode, -1) <= 0 then
@@ -158,7 +198,7 @@ end
 redis.call('SADD', KEYS[3], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[4])
 local added = 1
-if old and cjson.decode(old)['e'] == cjson.decode(ARGV[2])['e'] then added = 0 end
+if old and oldepoch == ARGV[7] then added = 0 end
 return {added, all}
 "#,
     )
@@ -166,16 +206,16 @@ return {added, all}
 
 /// KEYS: members, room nodes, rooms index. ARGV: peer, epoch, room, prefix.
 static LEAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    member_script(
         r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return 0 end
-local m = cjson.decode(v)
-if m['e'] ~= ARGV[2] then return 0 end
+local e, n = member_conn(v)
+if e ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
-if redis.call('HINCRBY', KEYS[2], m['n'], -1) <= 0 then
-  redis.call('HDEL', KEYS[2], m['n'])
-  redis.call('SREM', ARGV[4] .. ':node:' .. m['n'] .. ':rooms', ARGV[3])
+if redis.call('HINCRBY', KEYS[2], n, -1) <= 0 then
+  redis.call('HDEL', KEYS[2], n)
+  redis.call('SREM', ARGV[4] .. ':node:' .. n .. ':rooms', ARGV[3])
 end
 if redis.call('HLEN', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[1], KEYS[2])
@@ -190,7 +230,7 @@ return 1
 /// Lists (without changing anything) the node's directory entries and
 /// memberships: {{peer, epoch, ...}, {room, peer, epoch, ...}}.
 static OWN: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    member_script(
         r#"
 local peers = {}
 for _, p in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -207,11 +247,11 @@ local members = {}
 for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local all = redis.call('HGETALL', ARGV[2] .. ':room:' .. room .. ':members')
   for i = 1, #all, 2 do
-    local m = cjson.decode(all[i + 1])
-    if m['n'] == ARGV[1] then
+    local e, n = member_conn(all[i + 1])
+    if n == ARGV[1] then
       table.insert(members, room)
       table.insert(members, all[i])
-      table.insert(members, m['e'])
+      table.insert(members, e)
     end
   end
 end
@@ -226,7 +266,8 @@ return {peers, members}
 /// {room, peer, room, peer, ...}, {pairing, partner hash, ...}, workers removed}.
 static REAP: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
-        WORKER_LUA.to_string()
+        MEMBER_LUA.to_string()
+            + WORKER_LUA
             + r#"
 local left = {}
 for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -234,7 +275,8 @@ for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local nk = ARGV[2] .. ':room:' .. room .. ':nodes'
   local all = redis.call('HGETALL', mk)
   for i = 1, #all, 2 do
-    if cjson.decode(all[i + 1])['n'] == ARGV[1] then
+    local _, n = member_conn(all[i + 1])
+    if n == ARGV[1] then
       redis.call('HDEL', mk, all[i])
       table.insert(left, room)
       table.insert(left, all[i])
@@ -508,15 +550,62 @@ fn reply_code(out: &[Value]) -> Option<i64> {
     out.first().and_then(|v| v.as_i64())
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredMember {
-    e: String,
-    n: String,
-    m: serde_json::Value,
+/// A member value (see [`MEMBER_LUA`]).
+fn member_value(epoch: u64, node: &NodeId, meta: &serde_json::Value) -> String {
+    let meta = serde_json::to_string(meta).expect("a JSON value serializes");
+    let mut v = String::with_capacity(meta.len() + node.as_str().len() + 22);
+    v.push_str(&epoch.to_string());
+    v.push(' ');
+    v.push_str(node.as_str());
+    v.push('\n');
+    v.push_str(&meta);
+    v
 }
 
+/// The meta JSON text of a member value, in either layout of [`MEMBER_LUA`].
+fn member_meta(v: &str) -> Option<&str> {
+    if v.starts_with('{') {
+        // `{"e":"<epoch>","n":"<node>","m":<meta>}`: the node is JSON-escaped,
+        // so the first `","m":` ends it.
+        let at = v.find(r#"","m":"#)? + 6;
+        v.strip_suffix('}')?.get(at..)
+    } else {
+        v.split_once('\n').map(|(_, meta)| meta)
+    }
+}
+
+/// Member meta that would not parse is logged at most once per 10 s.
+static META_WARN: WarnEvery = WarnEvery::new(10_000);
+
+/// A failure of Redis itself (unreachable, slow, busy) is worth retrying;
+/// an error reply to a script or command (a script error, a key of the wrong
+/// type) would come back the same.
 fn unavailable(e: Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    let transient = matches!(
+        e.kind(),
+        ErrorKind::IO
+            | ErrorKind::Timeout
+            | ErrorKind::Canceled
+            | ErrorKind::Backpressure
+            | ErrorKind::Cluster
+            | ErrorKind::Routing
+            | ErrorKind::Sentinel
+    ) || [
+        "OOM",
+        "BUSY",
+        "LOADING",
+        "MASTERDOWN",
+        "READONLY",
+        "TRYAGAIN",
+        "NOREPLICAS",
+    ]
+    .iter()
+    .any(|p| e.details().starts_with(p));
+    if transient {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Rejected(e.to_string())
+    }
 }
 
 /// The hash of node `n`'s connection secrets (peer -> "<epoch> <node> <sha256 hex>").
@@ -536,11 +625,20 @@ fn parse_loc(v: &str) -> Option<PeerLocation> {
     })
 }
 
-fn member_from(peer: &str, json: &str) -> Option<Member> {
-    let m: StoredMember = serde_json::from_str(json).ok()?;
+/// A member from its hash entry. Meta that does not parse back (JSON nested
+/// deeper than serde_json's 128 levels: the door may have taken it from
+/// MessagePack) is listed as `null` rather than hiding the member.
+fn member_from(peer: &str, value: &str) -> Option<Member> {
+    let text = member_meta(value)?;
+    let meta = serde_json::from_str(text).unwrap_or_else(|e| {
+        if let Some(held) = META_WARN.allow() {
+            warn!(peer, error = %e, held_back = held, "stored member meta does not parse; listed as null");
+        }
+        serde_json::Value::Null
+    });
     Some(Member {
         peer_id: PeerId::from_trusted(peer),
-        meta: m.m,
+        meta,
     })
 }
 
@@ -727,12 +825,7 @@ impl Store for RedisStore {
     ) -> Result<Vec<Member>, StoreError> {
         let node = self.me.clone();
         let k = &self.r.keys;
-        let json = serde_json::to_string(&StoredMember {
-            e: epoch.to_string(),
-            n: node.to_string(),
-            m: member.meta.clone(),
-        })
-        .expect("member serializes");
+        let value = member_value(epoch, &node, &member.meta);
         let out: Vec<Value> = JOIN
             .evalsha_with_reload(
                 self.r.client(),
@@ -744,11 +837,12 @@ impl Store for RedisStore {
                 ],
                 vec![
                     member.peer_id.to_string(),
-                    json,
+                    value,
                     max_peers.min(i64::MAX as usize).to_string(),
                     room.to_string(),
                     node.to_string(),
                     k.prefix().to_string(),
+                    epoch.to_string(),
                 ],
             )
             .await
@@ -913,14 +1007,26 @@ impl Store for RedisStore {
         if claimed.is_none() {
             return Ok(None);
         }
-        let out: Vec<Value> = REAP
+        let out: Vec<Value> = match REAP
             .evalsha_with_reload(
                 c,
                 vec![k.node_rooms(dead), k.node_peers(dead), k.nodes(), k.rooms()],
                 vec![dead.to_string(), k.prefix().to_string()],
             )
             .await
-            .map_err(unavailable)?;
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let e = unavailable(e);
+                if e.is_transient() {
+                    // Give the claim up, so the next scan (of any node) tries
+                    // again at once rather than after the claim's minute. A
+                    // refusal keeps it: the next attempt is a minute away.
+                    let _: Result<i64, _> = c.del(k.node_reaper(dead)).await;
+                }
+                return Err(e);
+            }
+        };
         let mut it = out.into_iter();
         let peers = it.next().and_then(|v| v.as_i64()).unwrap_or(0) as usize;
         let flat: Vec<String> = match it.next() {
@@ -956,12 +1062,7 @@ impl Store for RedisStore {
         epoch: u64,
     ) -> Result<bool, StoreError> {
         let k = &self.r.keys;
-        let json = serde_json::to_string(&StoredMember {
-            e: epoch.to_string(),
-            n: self.me.to_string(),
-            m: member.meta.clone(),
-        })
-        .expect("member serializes");
+        let value = member_value(epoch, &self.me, &member.meta);
         let out: Vec<Value> = JOIN
             .evalsha_with_reload(
                 self.r.client(),
@@ -973,11 +1074,12 @@ impl Store for RedisStore {
                 ],
                 vec![
                     member.peer_id.to_string(),
-                    json,
+                    value,
                     i64::MAX.to_string(),
                     room.to_string(),
                     self.me.to_string(),
                     k.prefix().to_string(),
+                    epoch.to_string(),
                 ],
             )
             .await
@@ -1253,5 +1355,44 @@ impl Store for RedisStore {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn member_values_keep_meta_as_text_after_the_epoch_and_node() {
+        let meta = json!({"name": "a b\nc", "n": [1, {"x": null}]});
+        let v = member_value(42, &NodeId::from_trusted("node 1"), &meta);
+        assert_eq!(
+            v,
+            format!("42 node 1\n{}", serde_json::to_string(&meta).unwrap())
+        );
+        assert_eq!(member_from("p", &v).unwrap().meta, meta);
+    }
+
+    /// Values an older release wrote (`{"e","n","m"}` JSON, the node
+    /// escaped) are read by position too.
+    #[test]
+    fn legacy_member_values_are_read() {
+        let legacy = r#"{"e":"7","n":"we\"ird\\","m":{"k":"\",\"m\":"}}"#;
+        assert_eq!(member_meta(legacy), Some(r#"{"k":"\",\"m\":"}"#));
+        assert_eq!(
+            member_from("p", legacy).unwrap().meta,
+            json!({"k": "\",\"m\":"})
+        );
+        assert_eq!(member_meta("not a member"), None);
+    }
+
+    /// Meta that does not parse back (deeper than serde_json's 128 levels)
+    /// lists the member with `null`, rather than hiding it.
+    #[test]
+    fn unparsable_meta_lists_the_member_as_null() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let m = member_from("p", &format!("1 n\n{deep}")).unwrap();
+        assert_eq!((m.peer_id.as_str(), m.meta), ("p", serde_json::Value::Null));
     }
 }

@@ -91,6 +91,26 @@ impl RedisServer {
             .unwrap_or_else(|| panic!("redis command {args:?} failed"))
     }
 
+    /// Sends one command whose arguments may be any bytes (e.g. a MessagePack
+    /// payload to `PUBLISH`) and returns the raw reply.
+    pub fn command_bytes(&self, args: &[&[u8]]) -> String {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+            .expect("connect to redis-server");
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("set read timeout");
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+        s.write_all(&req).expect("send redis command");
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).expect("read redis reply");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
     fn try_command(&self, args: &[&str]) -> Option<String> {
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;

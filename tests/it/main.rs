@@ -10,6 +10,7 @@ mod helpers;
 // Multi-node tests against a real redis-server (their own fixtures in cluster_helpers).
 mod cluster;
 mod cluster_helpers;
+mod sec_cluster;
 
 mod auth;
 mod bad_input;
