@@ -2,6 +2,9 @@
 //!
 //! A tour of the crate, in the order a message flows:
 //!
+//! - [`server`]: the accept loop in front of it: deadlines, header size and
+//!   a bound on connections that are not WebSocket sessions, and the
+//!   open-file budget.
 //! - [`http`]: the HTTP door: `/ws` upgrades, probes, `/metrics`, the rooms API.
 //! - [`ws`]: the WebSocket upgrade and framing (RFC 6455, server side), with
 //!   no buffer held by an idle socket.
@@ -35,6 +38,7 @@ pub mod payload;
 pub mod protocol;
 pub mod relay;
 pub mod rendezvous;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod stun;
@@ -66,18 +70,8 @@ pub async fn run(
         metrics,
     });
     let stop_http = CancellationToken::new();
-    // TCP_NODELAY: a relayed signal is written at once, not held by Nagle's
-    // algorithm until the client's delayed ACK (tens of ms per stall).
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop_http.clone().cancelled_owned());
-    let server = tokio::spawn(async move { serve.await });
+    let limits = server::HttpLimits::new(&node.cfg.server, node.trusted_proxies.clone());
+    let server = tokio::spawn(server::serve(listener, app, limits, stop_http.clone()));
     shutdown.await;
     node.drain(Duration::from_millis(node.cfg.shutdown.grace_period_ms))
         .await;

@@ -86,6 +86,28 @@ pub const RELAY_ANSWERS_DROPPED: &str = "switchboard_relay_answers_dropped_total
 /// Counter: signals refused because the outbox to their target's node was full.
 pub const RELAY_OUTBOX_FULL: &str = "switchboard_relay_outbox_full_total";
 
+/// Counter: TCP connections closed at accept because the bound on connections
+/// that are not WebSocket sessions was reached, by `reason` (`pending_per_ip`,
+/// `pending_total`).
+pub const HTTP_REFUSED: &str = "switchboard_http_refused_total";
+/// Counter: HTTP connections the server closed, by `reason`
+/// (`header_timeout`: no complete request head in time; `header_too_large`:
+/// answered 431; `idle`: a keep-alive connection without requests).
+pub const HTTP_CLOSED: &str = "switchboard_http_closed_total";
+/// Gauge: connections that are not WebSocket sessions (handshakes in progress,
+/// plain HTTP), i.e. the slots of `server.max_pending` in use.
+pub const HTTP_PENDING: &str = "switchboard_http_pending";
+/// Gauge: `server.max_pending` (the bound in force).
+pub const HTTP_MAX_PENDING: &str = "switchboard_http_max_pending";
+/// Gauge: WebSocket connections allowed, after fitting `server.max_connections`
+/// under the open-file limit.
+pub const MAX_CONNECTIONS: &str = "switchboard_max_connections";
+/// Gauge: the process's open-file soft limit (RLIMIT_NOFILE) after the start
+/// raised it.
+pub const OPEN_FILES_LIMIT: &str = "switchboard_open_files_limit";
+/// Counter: failed `accept` calls, by `kind` (`emfile`, `enfile`, `other`).
+pub const ACCEPT_ERRORS: &str = "switchboard_accept_errors_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 thread_local! {
@@ -280,4 +302,26 @@ fn describe() {
         RELAY_OUTBOX_FULL,
         "Signals refused because the outbox to their node was full"
     );
+    describe_counter!(
+        HTTP_REFUSED,
+        "Connections closed at accept over the pending-connection bound, by reason"
+    );
+    describe_counter!(
+        HTTP_CLOSED,
+        "HTTP connections closed by the server, by reason"
+    );
+    describe_gauge!(
+        HTTP_PENDING,
+        "Connections that are not WebSocket sessions (handshakes, plain HTTP)"
+    );
+    describe_gauge!(
+        HTTP_MAX_PENDING,
+        "The bound on pending connections (server.max_pending)"
+    );
+    describe_gauge!(
+        MAX_CONNECTIONS,
+        "WebSocket connections allowed (server.max_connections fitted to the open-file limit)"
+    );
+    describe_gauge!(OPEN_FILES_LIMIT, "Open-file soft limit of the process");
+    describe_counter!(ACCEPT_ERRORS, "Failed accept calls, by kind");
 }
