@@ -142,7 +142,7 @@ impl Default for ServerConfig {
             worker_threads: 0,
             header_read_timeout_ms: 5_000,
             max_header_bytes: 16 * 1024,
-            max_pending: 1_024,
+            max_pending: 512,
             max_pending_per_ip: 64,
             reserved_fds: 128,
         }

@@ -68,8 +68,10 @@ async fn slowloris_sockets_are_closed_at_the_header_deadline() {
         let source = format!("127.0.1.{}", 1 + i % 20);
         let head = [h1, h2, b""][i % 3];
         set.spawn(async move {
-            let mut s = connect_from(&source, addr).await;
+            // Before the connect: the node's deadline runs from its accept,
+            // which is later, so `opened.elapsed()` cannot undercount.
             let opened = Instant::now();
+            let mut s = connect_from(&source, addr).await;
             let mut buf = [0u8; 1024];
             if head.is_empty() {
                 let (_, ended) = read_to_end_within(&mut s, Duration::from_secs(10)).await;
@@ -137,6 +139,8 @@ async fn slowloris_sockets_are_closed_at_the_header_deadline() {
 async fn an_idle_keep_alive_connection_is_closed() {
     let node = TestNode::spawn(&[("SWITCHBOARD_SERVER__HEADER_READ_TIMEOUT_MS", "1000")]);
     let mut s = TcpStream::connect(node.addr()).await.unwrap();
+    // Before the request: the node's idle time starts after its response.
+    let sent = Instant::now();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
@@ -150,13 +154,12 @@ async fn an_idle_keep_alive_connection_is_closed() {
         "{:?}",
         String::from_utf8_lossy(&buf[..n])
     );
-    let answered = Instant::now();
     let (_, ended) = read_to_end_within(&mut s, Duration::from_secs(5)).await;
     assert!(
         ended,
         "idle keep-alive connection still open 5 s after its response"
     );
-    let after = answered.elapsed();
+    let after = sent.elapsed();
     assert!(
         after >= Duration::from_millis(900),
         "closed too early: {after:?}"
@@ -340,7 +343,15 @@ async fn pending_connections_are_bounded_per_address_and_in_total() {
     // address free, a client upgrades, and its slot is free again for an idle
     // connection, so the address holds 4 idle + 1 WebSocket.
     assert_eq!(get_on(&mut b1, "/healthz").await, "HTTP/1.1 200 OK");
-    let ws = Client::connect(&node.ws_url()).await;
+    // (The last probe's slot comes back just after its close: bounded retry.)
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let ws = loop {
+        match Client::try_connect(&node.ws_url(), None).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "upgrade refused: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let mut s = connect_from("127.0.0.1", addr).await;
@@ -498,9 +509,9 @@ async fn http2_connections_idle_out_unless_they_carry_a_websocket() {
     let req = hyper::Request::get(format!("{uri}/healthz"))
         .body(Empty::new())
         .unwrap();
+    let idle_from = Instant::now();
     let res = send.send_request(req).await.expect("GET over h2");
     assert_eq!(res.status(), 200);
-    let idle_from = Instant::now();
 
     // Carrier: an extended CONNECT for /ws, kept open.
     let tcp = TcpStream::connect(node.addr()).await.unwrap();
@@ -560,4 +571,82 @@ async fn http2_connections_idle_out_unless_they_carry_a_websocket() {
         .expect("no error");
     let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
     assert_eq!(v["type"], "welcome", "{v}");
+}
+
+/// CPU time (user + system) of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name (which may contain spaces) start at ')'.
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// When `accept` fails for lack of file descriptors (a budget set too tight
+/// on purpose: 1 reserved descriptor under a limit of 64), the loop pauses
+/// instead of spinning, warns at most once a second, and takes clients again
+/// once descriptors are free.
+#[tokio::test]
+async fn accept_errors_back_off_without_spinning() {
+    let node = TestNode::spawn_with_open_files(
+        64,
+        &[
+            ("SWITCHBOARD_SERVER__MAX_PENDING", "8"),
+            ("SWITCHBOARD_SERVER__MAX_PENDING_PER_IP", "8"),
+            ("SWITCHBOARD_SERVER__RESERVED_FDS", "1"),
+        ],
+    );
+    // Fill descriptors with WebSockets until a handshake gets no answer.
+    let mut clients = Vec::new();
+    let mut exhausted = None;
+    for _ in 0..64 {
+        let attempt = Instant::now();
+        let c = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio_tungstenite::connect_async(node.ws_url()),
+        )
+        .await;
+        match c {
+            Ok(Ok((ws, _))) => clients.push(ws),
+            Ok(Err(e)) => panic!("handshake failed instead of waiting: {e}"),
+            Err(_) => {
+                exhausted = Some(attempt);
+                break;
+            }
+        }
+    }
+    let exhausted = exhausted.expect("64 descriptors were never exhausted");
+    // One client waits in the accept queue while the node is out of descriptors.
+    let mut waiting = TcpStream::connect(node.addr()).await.unwrap();
+    let pid = node.pid();
+    let t0 = cpu_ticks(pid);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - t0;
+    let secs = started.elapsed().as_secs_f64();
+    // A spinning loop would burn a whole core (~100 ticks a second).
+    assert!(
+        (used as f64) < 25.0 * secs,
+        "{used} ticks of CPU in {secs:.1} s while out of descriptors"
+    );
+    // Out of descriptors since (at the latest) the handshake that got no answer.
+    let out_for = exhausted.elapsed().as_secs_f64();
+    let warnings = node.log().matches("accept failed").count();
+    assert!(
+        warnings >= 1 && warnings as f64 <= out_for.ceil() + 1.0,
+        "{warnings} accept warnings in {out_for:.1} s"
+    );
+    // Descriptors come back when clients leave; the waiting client is served.
+    drop(clients);
+    let req = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    waiting.write_all(req).await.unwrap();
+    let (resp, _) = read_to_end_within(&mut waiting, Duration::from_secs(5)).await;
+    assert!(
+        resp.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
+    let errors = metric(&node, r#"switchboard_accept_errors_total{kind="emfile"}"#).await;
+    assert!(errors >= 5.0, "accept errors counted: {errors}");
 }
