@@ -105,6 +105,10 @@ pub struct ServerConfig {
     /// request): a client that sends nothing, or trickles its head, is closed
     /// after it. Also the idle bound of a plain-HTTP keep-alive connection.
     pub header_read_timeout_ms: u64,
+    /// Longest a plain HTTP request may take from its complete head to its
+    /// response, its body included: a body trickled in holds a connection
+    /// no longer than this.
+    pub request_timeout_ms: u64,
     /// Largest HTTP/1 request head (request line and headers), in bytes; a
     /// larger one is answered 431 and the connection closed. On HTTP/2 it is
     /// the advertised `SETTINGS_MAX_HEADER_LIST_SIZE`. Without it hyper
@@ -115,8 +119,10 @@ pub struct ServerConfig {
     /// a new connection is closed at once. Bounds the file descriptors
     /// besides `max_connections`.
     pub max_pending: usize,
-    /// The same bound per client address (trusted proxies excepted), so one
-    /// source cannot take every slot.
+    /// Most of those slots one client address may hold once half of
+    /// `max_pending` is taken (trusted proxies excepted), so one source cannot
+    /// crowd out the others; below that a burst from one address (a NAT, a
+    /// reconnect storm) is served.
     pub max_pending_per_ip: usize,
     /// File descriptors kept free of client sockets for everything else
     /// (Redis, STUN, the listener, logs): `max_connections` is lowered at
@@ -141,6 +147,7 @@ impl Default for ServerConfig {
             max_connections: 50_000,
             worker_threads: 0,
             header_read_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
             max_header_bytes: 16 * 1024,
             max_pending: 512,
             max_pending_per_ip: 64,
@@ -443,6 +450,7 @@ impl Config {
         }
         for (k, v) in [
             ("server.header_read_timeout_ms", srv.header_read_timeout_ms),
+            ("server.request_timeout_ms", srv.request_timeout_ms),
             ("server.max_pending", srv.max_pending as u64),
             ("server.max_pending_per_ip", srv.max_pending_per_ip as u64),
             ("server.reserved_fds", srv.reserved_fds as u64),

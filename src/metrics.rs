@@ -86,13 +86,17 @@ pub const RELAY_ANSWERS_DROPPED: &str = "switchboard_relay_answers_dropped_total
 /// Counter: signals refused because the outbox to their target's node was full.
 pub const RELAY_OUTBOX_FULL: &str = "switchboard_relay_outbox_full_total";
 
-/// Counter: TCP connections closed at accept because the bound on connections
-/// that are not WebSocket sessions was reached, by `reason` (`pending_per_ip`,
-/// `pending_total`).
+/// Counter: TCP connections closed at accept, by `reason` (`pending_per_ip`:
+/// the node was pressed for slots and the client's address held its share).
 pub const HTTP_REFUSED: &str = "switchboard_http_refused_total";
+/// Counter: times the accept loop paused because every slot for connections
+/// that are not WebSocket sessions was taken (new clients then wait in the
+/// kernel's accept queue).
+pub const HTTP_ACCEPT_PAUSED: &str = "switchboard_http_accept_paused_total";
 /// Counter: HTTP connections the server closed, by `reason`
 /// (`header_timeout`: no complete request head in time; `header_too_large`:
-/// answered 431; `idle`: a keep-alive connection without requests).
+/// answered 431; `idle`: a keep-alive connection without requests;
+/// `request_timeout`: no response within `server.request_timeout_ms`).
 pub const HTTP_CLOSED: &str = "switchboard_http_closed_total";
 /// Gauge: connections that are not WebSocket sessions (handshakes in progress,
 /// plain HTTP), i.e. the slots of `server.max_pending` in use.
@@ -304,7 +308,11 @@ fn describe() {
     );
     describe_counter!(
         HTTP_REFUSED,
-        "Connections closed at accept over the pending-connection bound, by reason"
+        "Connections closed at accept over the per-address bound, by reason"
+    );
+    describe_counter!(
+        HTTP_ACCEPT_PAUSED,
+        "Times accepting paused because every pending-connection slot was taken"
     );
     describe_counter!(
         HTTP_CLOSED,

@@ -12,18 +12,26 @@
 //!   from the accept until it is upgraded (HTTP/1.1: hyper hands the socket
 //!   over and the connection task ends) or closed: handshakes in progress,
 //!   probes, API calls, keep-alive and HTTP/2 connections. There are
-//!   `server.max_pending` slots, `server.max_pending_per_ip` per client
-//!   address (addresses in `http.trusted_proxies` are bound by the total
-//!   only: every client behind them shares their address). A connection over
-//!   either bound is closed at once, before anything is read. So the node's
-//!   sockets never exceed `max_connections + max_pending`.
+//!   `server.max_pending` slots; while all are taken the loop accepts
+//!   nothing, so new clients wait in the kernel's accept queue (holding no
+//!   descriptor of ours) and are served as slots come back, in arrival
+//!   order. Once three quarters are taken, an address that holds
+//!   `server.max_pending_per_ip` gets no more: its next connection is closed
+//!   at once, before anything is read. Below that mark a burst from one
+//!   address (a NAT, a proxy, clients reconnecting after a restart) is
+//!   served while there is room; above it no address can crowd out the
+//!   rest. Addresses in `http.trusted_proxies` are bound by the total only
+//!   (every client behind them shares their address). So the node's sockets
+//!   never exceed `max_connections + max_pending`.
 //! - **Time.** A connection must complete a request head within
 //!   `server.header_read_timeout_ms` of its accept, however it trickles
 //!   (hyper's own `header_read_timeout` starts only after the HTTP version is
 //!   detected, so the deadline is also kept here); after that, a connection
 //!   with no request in flight for the same time is shut down gracefully
 //!   (HTTP/1 keep-alive, HTTP/2 `GOAWAY`). An HTTP/2 connection that carries a
-//!   WebSocket stream is exempt: it lives as long as its streams.
+//!   WebSocket stream is exempt: it lives as long as its streams. A request
+//!   whose response is not produced within `server.request_timeout_ms` of its
+//!   head (a body trickled in) closes the connection.
 //! - **Size.** The HTTP/1 read buffer is `server.max_header_bytes` (hyper's
 //!   `max_buf_size`): a larger head is answered 431. HTTP/2 advertises it as
 //!   `SETTINGS_MAX_HEADER_LIST_SIZE`.
@@ -61,6 +69,7 @@ use hyper_util::server::conn::auto::Builder;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -82,6 +91,8 @@ const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 pub struct HttpLimits {
     /// Time to a complete request head, and the idle bound after a request.
     pub header_read_timeout: Duration,
+    /// Time from a request head to its response (a trickled body included).
+    pub request_timeout: Duration,
     /// Largest request head (HTTP/1 read buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
     /// Slots for connections that are not WebSocket sessions.
@@ -97,6 +108,7 @@ impl HttpLimits {
     pub fn new(cfg: &ServerConfig, trusted: Vec<IpNet>) -> Self {
         Self {
             header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+            request_timeout: Duration::from_millis(cfg.request_timeout_ms),
             max_header_bytes: cfg.max_header_bytes,
             max_pending: cfg.max_pending,
             max_pending_per_ip: cfg.max_pending_per_ip,
@@ -121,25 +133,14 @@ struct Slots {
     counts: Mutex<SlotCounts>,
     max_total: usize,
     max_per_ip: usize,
+    /// From this many slots taken on, `max_per_ip` applies (three quarters
+    /// of `max_total`).
+    pressed_at: usize,
     trusted: Vec<IpNet>,
+    /// Woken when a slot is given back while all were taken.
+    freed: Notify,
     /// `switchboard_http_pending`, kept so the hot path skips the registry.
     gauge: metrics::Gauge,
-}
-
-/// Why a connection got no slot: the `reason` label of `HTTP_REFUSED`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refused {
-    PerIp,
-    Total,
-}
-
-impl Refused {
-    fn as_str(self) -> &'static str {
-        match self {
-            Refused::PerIp => "pending_per_ip",
-            Refused::Total => "pending_total",
-        }
-    }
 }
 
 impl Slots {
@@ -148,29 +149,36 @@ impl Slots {
             counts: Mutex::new(SlotCounts::default()),
             max_total: limits.max_pending,
             max_per_ip: limits.max_pending_per_ip,
+            pressed_at: limits.max_pending - limits.max_pending / 4,
             trusted: limits.trusted.clone(),
+            freed: Notify::new(),
             gauge: metrics::gauge!(m::HTTP_PENDING),
         }
     }
 
-    fn try_take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
+    fn full(&self) -> bool {
+        self.counts.lock().total >= self.max_total
+    }
+
+    /// A slot for a connection from `ip`, or `None` when the node is pressed
+    /// and `ip` holds its share. The caller makes sure one is free.
+    fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
         let ip = ip.to_canonical();
         let per_ip = !self.trusted.iter().any(|n| n.contains(&ip));
         let mut c = self.counts.lock();
-        if c.total >= self.max_total {
-            return Err(Refused::Total);
-        }
+        debug_assert!(c.total < self.max_total);
         if per_ip {
+            let pressed = c.total >= self.pressed_at;
             let n = c.per_ip.entry(ip).or_insert(0);
-            if *n >= self.max_per_ip {
-                return Err(Refused::PerIp);
+            if pressed && *n >= self.max_per_ip {
+                return None;
             }
             *n += 1;
         }
         c.total += 1;
         self.gauge.set(c.total as f64);
         drop(c);
-        Ok(Slot {
+        Some(Slot {
             slots: self.clone(),
             ip: per_ip.then_some(ip),
         })
@@ -187,6 +195,10 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.slots.counts.lock();
+        if c.total == self.slots.max_total {
+            // The accept loop may be waiting for this one.
+            self.slots.freed.notify_one();
+        }
         c.total -= 1;
         if let Some(ip) = self.ip {
             if let std::collections::hash_map::Entry::Occupied(mut e) = c.per_ip.entry(ip) {
@@ -215,15 +227,30 @@ pub async fn serve(
 ) -> io::Result<()> {
     let slots = Arc::new(Slots::new(&limits));
     let builder = Arc::new(builder(&limits));
-    let timeout = limits.header_read_timeout;
+    let timeouts = Timeouts {
+        head: limits.header_read_timeout,
+        request: limits.request_timeout,
+    };
     let tracker = TaskTracker::new();
     let mut errors = AcceptErrors::default();
-    let refused_total = metrics::counter!(m::HTTP_REFUSED, "reason" => Refused::Total.as_str());
-    let refused_ip = metrics::counter!(m::HTTP_REFUSED, "reason" => Refused::PerIp.as_str());
-    loop {
+    let refused_ip = metrics::counter!(m::HTTP_REFUSED, "reason" => "pending_per_ip");
+    let paused = metrics::counter!(m::HTTP_ACCEPT_PAUSED);
+    'serve: loop {
+        // All slots taken: accept nothing until one is given back. Clients
+        // wait in the kernel's accept queue (no descriptor of ours) instead
+        // of being turned away: a burst is served late rather than refused.
+        if slots.full() {
+            paused.increment(1);
+            while slots.full() {
+                tokio::select! {
+                    _ = stop.cancelled() => break 'serve,
+                    _ = slots.freed.notified() => {}
+                }
+            }
+        }
         let accepted = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => break 'serve,
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -231,25 +258,19 @@ pub async fn serve(
             Err(e) => {
                 if errors.backoff(e) {
                     tokio::select! {
-                        _ = stop.cancelled() => break,
+                        _ = stop.cancelled() => break 'serve,
                         _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                     }
                 }
                 continue;
             }
         };
-        let slot = match slots.try_take(peer.ip()) {
-            Ok(s) => s,
-            Err(why) => {
-                match why {
-                    Refused::Total => refused_total.increment(1),
-                    Refused::PerIp => refused_ip.increment(1),
-                }
-                // Closed before anything is read: the client sees the end of
-                // the stream (or a reset, if it had already sent bytes).
-                drop(stream);
-                continue;
-            }
+        let Some(slot) = slots.try_take(peer.ip()) else {
+            refused_ip.increment(1);
+            // Closed before anything is read: the client sees the end of
+            // the stream (or a reset, if it had already sent bytes).
+            drop(stream);
+            continue;
         };
         // TCP_NODELAY: a relayed signal is written at once, not held by
         // Nagle's algorithm until the client's delayed ACK.
@@ -263,7 +284,7 @@ pub async fn serve(
             builder.clone(),
             stream,
             svc,
-            timeout,
+            timeouts,
             stop.clone(),
             slot,
         ));
@@ -337,6 +358,15 @@ impl AcceptErrors {
 // One connection
 // ---------------------------------------------------------------------------
 
+/// The two deadlines of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// To a complete request head; the idle bound.
+    head: Duration,
+    /// From a head to its response.
+    request: Duration,
+}
+
 /// What the connection task learns from its requests, to apply the deadlines.
 struct ConnState {
     /// When the connection was accepted.
@@ -347,6 +377,9 @@ struct ConnState {
     in_flight: AtomicU32,
     /// Milliseconds after `start` when the last response was produced.
     last_done_ms: AtomicU64,
+    /// Milliseconds after `start` of the last progress while requests are in
+    /// flight: the first of them starting, or any of them answered.
+    busy_since_ms: AtomicU64,
     /// An HTTP/2 connection that carries a WebSocket stream: never idle.
     carrier: AtomicBool,
 }
@@ -358,6 +391,9 @@ enum Verdict {
     Late,
     /// No request for the timeout: shut down gracefully.
     Idle,
+    /// Requests in flight and no response for the request timeout (a body
+    /// trickled in, a handler that hangs): close.
+    Stuck,
     /// Look again then.
     Until(Instant),
 }
@@ -369,11 +405,22 @@ impl ConnState {
             requests: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(0),
+            busy_since_ms: AtomicU64::new(0),
             carrier: AtomicBool::new(false),
         }
     }
 
-    fn verdict(&self, now: Instant, timeout: Duration) -> Verdict {
+    /// Milliseconds since `start`.
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: &AtomicU64) -> Instant {
+        self.start + Duration::from_millis(ms.load(Ordering::Acquire))
+    }
+
+    fn verdict(&self, now: Instant, t: Timeouts) -> Verdict {
+        let timeout = t.head;
         if self.requests.load(Ordering::Acquire) == 0 {
             let deadline = self.start + timeout;
             return if now >= deadline {
@@ -382,11 +429,18 @@ impl ConnState {
                 Verdict::Until(deadline)
             };
         }
-        if self.carrier.load(Ordering::Acquire) || self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.carrier.load(Ordering::Acquire) {
             return Verdict::Until(now + timeout);
         }
-        let idle_since =
-            self.start + Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            let deadline = self.at(&self.busy_since_ms) + t.request;
+            return if now >= deadline {
+                Verdict::Stuck
+            } else {
+                Verdict::Until(deadline)
+            };
+        }
+        let idle_since = self.at(&self.last_done_ms);
         if now >= idle_since + timeout {
             Verdict::Idle
         } else {
@@ -401,10 +455,11 @@ async fn connection(
     builder: Arc<Builder<TokioExecutor>>,
     stream: TcpStream,
     svc: ConnService,
-    timeout: Duration,
+    t: Timeouts,
     stop: CancellationToken,
     slot: Slot,
 ) {
+    let timeout = t.head;
     let state = svc.state.clone();
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc));
     let mut timer = pin!(tokio::time::sleep_until(state.start + timeout));
@@ -427,8 +482,9 @@ async fn connection(
             }
             _ = timer.as_mut() => {
                 let now = Instant::now();
-                match state.verdict(now, timeout) {
+                match state.verdict(now, t) {
                     Verdict::Late => break Some("header_timeout"),
+                    Verdict::Stuck => break Some("request_timeout"),
                     // A graceful shutdown that has not finished within
                     // another timeout (a peer that does not read): close.
                     Verdict::Idle if idle_shutdown => break None,
@@ -483,7 +539,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(ConnectInfo(self.peer));
         self.state.requests.fetch_add(1, Ordering::AcqRel);
-        self.state.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.state.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            let ms = self.state.now_ms();
+            self.state.busy_since_ms.store(ms, Ordering::Release);
+        }
         let connect = req.method() == Method::CONNECT;
         let mut router = self.router.clone();
         Tracked {
@@ -510,8 +569,9 @@ impl Tracked {
             if carrier {
                 state.carrier.store(true, Ordering::Release);
             }
-            let ms = state.start.elapsed().as_millis() as u64;
+            let ms = state.now_ms();
             state.last_done_ms.store(ms, Ordering::Release);
+            state.busy_since_ms.store(ms, Ordering::Release);
             state.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -545,6 +605,8 @@ impl Drop for Tracked {
 /// returns the soft limit in force (`u64::MAX` for unlimited). A failure to
 /// raise it is logged and the current limit returned.
 #[cfg(unix)]
+// `rlim_t` is u64 on Linux, not on every unix.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_open_files_limit() -> u64 {
     let as_u64 = |v: libc::rlim_t| {
         if v == libc::RLIM_INFINITY {
@@ -623,6 +685,7 @@ mod tests {
     fn limits(total: usize, per_ip: usize, trusted: &[&str]) -> HttpLimits {
         HttpLimits {
             header_read_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             max_pending: total,
             max_pending_per_ip: per_ip,
@@ -631,24 +694,25 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_bounded_per_address_and_in_total_and_given_back() {
-        let slots = Arc::new(Slots::new(&limits(3, 2, &["10.0.0.0/8"])));
+    fn slots_are_bounded_per_address_when_pressed_and_given_back() {
+        // 8 slots, pressed from 6 on, 2 per address then.
+        let slots = Arc::new(Slots::new(&limits(8, 2, &[])));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let a1 = slots.try_take(a).unwrap();
-        let _a2 = slots.try_take(a).unwrap();
-        assert_eq!(slots.try_take(a).err(), Some(Refused::PerIp));
+        // Not pressed: one address may take more than its share...
+        let mut held: Vec<Slot> = (0..6).map(|_| slots.try_take(a).unwrap()).collect();
+        // ...until three quarters are taken: then it gets no more.
+        assert!(slots.try_take(a).is_none());
         // An IPv4-mapped IPv6 address is the same client.
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(slots.try_take(mapped).err(), Some(Refused::PerIp));
-        let _b1 = slots.try_take(b).unwrap();
-        assert_eq!(slots.try_take(b).err(), Some(Refused::Total));
-        drop(a1);
-        let _a3 = slots.try_take(a).unwrap();
-        assert_eq!(slots.counts.lock().total, 3);
-        drop(_a3);
-        drop(_a2);
-        drop(_b1);
+        assert!(slots.try_take(mapped).is_none());
+        // Another address gets its share.
+        held.push(slots.try_take(b).unwrap());
+        held.push(slots.try_take(b).unwrap());
+        assert!(slots.full());
+        held.truncate(5);
+        assert!(!slots.full());
+        drop(held);
         let c = slots.counts.lock();
         assert_eq!(c.total, 0);
         assert!(
@@ -662,27 +726,39 @@ mod tests {
         let slots = Arc::new(Slots::new(&limits(3, 1, &["10.0.0.0/8"])));
         let proxy: IpAddr = "10.1.1.1".parse().unwrap();
         let held: Vec<Slot> = (0..3).map(|_| slots.try_take(proxy).unwrap()).collect();
-        assert_eq!(slots.try_take(proxy).err(), Some(Refused::Total));
+        assert!(slots.full());
         drop(held);
         assert!(slots.counts.lock().per_ip.is_empty());
     }
 
     #[test]
     fn the_deadline_runs_from_the_accept_then_from_the_last_response() {
-        let t = Duration::from_secs(5);
+        let t = Timeouts {
+            head: Duration::from_secs(5),
+            request: Duration::from_secs(30),
+        };
+        let five = t.head;
         let s = ConnState::new();
-        assert_eq!(s.verdict(s.start, t), Verdict::Until(s.start + t));
-        assert_eq!(s.verdict(s.start + t, t), Verdict::Late);
+        assert_eq!(s.verdict(s.start, t), Verdict::Until(s.start + five));
+        assert_eq!(s.verdict(s.start + five, t), Verdict::Late);
+        // A request in flight since 2 s: bound by the request timeout.
         s.requests.store(1, Ordering::Release);
         s.in_flight.store(1, Ordering::Release);
+        s.busy_since_ms.store(2_000, Ordering::Release);
         let later = s.start + Duration::from_secs(7);
-        assert_eq!(s.verdict(later, t), Verdict::Until(later + t));
+        let stuck_at = s.start + Duration::from_secs(32);
+        assert_eq!(s.verdict(later, t), Verdict::Until(stuck_at));
+        assert_eq!(s.verdict(stuck_at, t), Verdict::Stuck);
+        // Answered at 7 s: idle from then.
         s.in_flight.store(0, Ordering::Release);
         s.last_done_ms.store(7_000, Ordering::Release);
-        assert_eq!(s.verdict(later, t), Verdict::Until(later + t));
-        assert_eq!(s.verdict(later + t, t), Verdict::Idle);
+        assert_eq!(s.verdict(later, t), Verdict::Until(later + five));
+        assert_eq!(s.verdict(later + five, t), Verdict::Idle);
         s.carrier.store(true, Ordering::Release);
-        assert_eq!(s.verdict(later + t, t), Verdict::Until(later + t + t));
+        assert_eq!(
+            s.verdict(later + five, t),
+            Verdict::Until(later + five + five)
+        );
     }
 
     #[test]

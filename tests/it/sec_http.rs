@@ -290,107 +290,91 @@ async fn a_400_kb_head_is_answered_431() {
     );
 }
 
-/// The bound on connections that are not WebSocket sessions: per address and
-/// in total the next idle connection is closed at once; a finished request
-/// or a completed upgrade gives the slot back.
+/// Polls /metrics (bounded) until `query` equals `want`. A refused
+/// connection (the test's own address over its share) is retried too.
+async fn wait_metric_eq(node: &TestNode, query: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = crate::helpers::http_client()
+            .get(node.http("/metrics"))
+            .send()
+            .await;
+        let v = match got {
+            Ok(r) => crate::helpers::sum_samples(&r.text().await.unwrap_or_default(), query),
+            Err(_) => f64::NAN,
+        };
+        if v == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{query} is {v}, not {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The bound on connections that are not WebSocket sessions. Once three
+/// quarters of the slots are taken, an address holding its share gets its
+/// next connection closed at once; with every slot taken, new connections
+/// wait in the accept queue and are served as soon as a finished request
+/// gives a slot back; a completed WebSocket upgrade holds no slot.
 #[tokio::test]
 async fn pending_connections_are_bounded_per_address_and_in_total() {
     let node = TestNode::spawn(&[
         ("SWITCHBOARD_SERVER__HEADER_READ_TIMEOUT_MS", "20000"),
-        ("SWITCHBOARD_SERVER__MAX_PENDING", "6"),
-        ("SWITCHBOARD_SERVER__MAX_PENDING_PER_IP", "4"),
+        ("SWITCHBOARD_SERVER__MAX_PENDING", "8"),
+        ("SWITCHBOARD_SERVER__MAX_PENDING_PER_IP", "2"),
     ]);
     let addr = node.addr();
-    // Four idle connections from one address take its four slots...
+    // Below 6 of 8 slots one address may take more than its share (a burst
+    // from one NAT is served)...
     let mut a = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..6 {
         a.push(connect_from("127.0.0.1", addr).await);
     }
-    // ...so the fifth is closed at once (not after the 20 s timeout).
-    let mut fifth = connect_from("127.0.0.1", addr).await;
-    let (_, ended) = read_to_end_within(&mut fifth, Duration::from_secs(3)).await;
-    assert!(ended, "the connection over the per-address bound was kept");
-    // Another address has slots of its own, up to the total of six.
-    let mut b1 = connect_from("127.0.0.2", addr).await;
+    // ...from 6 on it gets nothing more: closed at once, not after 20 s.
+    let mut over = connect_from("127.0.0.1", addr).await;
+    let (_, ended) = read_to_end_within(&mut over, Duration::from_secs(3)).await;
+    assert!(ended, "the connection over the per-address share was kept");
+    // Another address still gets its share: the last two slots.
+    let _b1 = connect_from("127.0.0.2", addr).await;
     let _b2 = connect_from("127.0.0.2", addr).await;
+    // All 8 taken: a third address is not refused but waits, unanswered...
     let mut c = connect_from("127.0.0.3", addr).await;
-    let (_, ended) = read_to_end_within(&mut c, Duration::from_secs(3)).await;
-    assert!(ended, "the connection over the total bound was kept");
-
-    // A completed request (Connection: close) gives its slot back: the
-    // probe on one of the held connections answers, and a new connection
-    // from the full address is then served. (The slot is returned when the
-    // connection task ends, just after the client sees the close: a bounded
-    // retry covers that gap.)
-    assert_eq!(
-        get_on(&mut a.pop().unwrap(), "/healthz").await,
-        "HTTP/1.1 200 OK"
-    );
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let mut s = connect_from("127.0.0.1", addr).await;
-        let req = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
-        s.write_all(req).await.unwrap();
-        let (resp, _) = read_to_end_within(&mut s, Duration::from_secs(5)).await;
-        if resp.starts_with(b"HTTP/1.1 200") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the freed slot was not reused");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let req = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    c.write_all(req).await.unwrap();
+    let mut buf = [0u8; 256];
+    let waited = tokio::time::timeout(Duration::from_millis(500), c.read(&mut buf)).await;
+    if let Ok(r) = waited {
+        let got = r.map(|n| String::from_utf8_lossy(&buf[..n]).to_string());
+        panic!("a connection beyond the total was answered or closed: {got:?}");
     }
-
-    // A WebSocket holds a slot only until its upgrade: with one slot of the
-    // address free, a client upgrades, and its slot is free again for an idle
-    // connection, so the address holds 4 idle + 1 WebSocket.
-    assert_eq!(get_on(&mut b1, "/healthz").await, "HTTP/1.1 200 OK");
-    // (The last probe's slot comes back just after its close: bounded retry.)
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let ws = loop {
-        match Client::try_connect(&node.ws_url(), None).await {
-            Ok(c) => break c,
-            Err(e) => assert!(Instant::now() < deadline, "upgrade refused: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let mut s = connect_from("127.0.0.1", addr).await;
-        let (_, ended) = read_to_end_within(&mut s, Duration::from_millis(300)).await;
-        if !ended {
-            a.push(s);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the upgraded connection kept its slot"
-        );
-    }
-    assert_eq!(a.len(), 4);
-
-    drop(a);
-    drop(c);
-    drop(fifth);
-    let refused_ip = r#"switchboard_http_refused_total{reason="pending_per_ip"}"#;
-    let refused_total = r#"switchboard_http_refused_total{reason="pending_total"}"#;
-    // The idle sockets are closed by us; poll until /metrics gets a slot.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let text = loop {
-        match crate::helpers::http_client()
-            .get(node.http("/metrics"))
-            .send()
-            .await
-        {
-            Ok(r) => break r.text().await.unwrap(),
-            Err(e) => assert!(Instant::now() < deadline, "/metrics unreachable: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(crate::helpers::sum_samples(&text, refused_ip) >= 1.0);
-    assert!(crate::helpers::sum_samples(&text, refused_total) >= 1.0);
-    assert_eq!(
-        crate::helpers::sum_samples(&text, "switchboard_http_max_pending"),
-        6.0
+    // ...until a request completes and gives its slot back: then it is served.
+    assert_eq!(get_on(&mut a[0], "/healthz").await, "HTTP/1.1 200 OK");
+    let (resp, _) = read_to_end_within(&mut c, Duration::from_secs(5)).await;
+    assert!(
+        resp.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
     );
+
+    drop((a, _b1, _b2, c, over));
+    // Every slot comes back as the node sees the closes: only the /metrics
+    // request itself holds one.
+    wait_metric_eq(&node, "switchboard_http_pending", 1.0).await;
+    // A WebSocket holds a slot only until its upgrade.
+    let ws = node.peer("p").await;
+    wait_metric_eq(&node, "switchboard_http_pending", 1.0).await;
+    assert_eq!(metric(&node, "switchboard_connections").await, 1.0);
+
+    let text = node.get_text("/metrics").await.1;
+    let sum = |q| crate::helpers::sum_samples(&text, q);
+    // The one above, and any polls of /metrics refused while the node was
+    // still seeing the closes.
+    let refused = sum(r#"switchboard_http_refused_total{reason="pending_per_ip"}"#);
+    assert!(refused >= 1.0, "{refused}");
+    // Paused twice: when the last two slots went, and when the waiting
+    // connection took the slot the finished request gave back.
+    assert_eq!(sum("switchboard_http_accept_paused_total"), 2.0);
+    assert_eq!(sum("switchboard_http_max_pending"), 8.0);
     drop(ws);
 }
 
@@ -649,4 +633,53 @@ async fn accept_errors_back_off_without_spinning() {
     );
     let errors = metric(&node, r#"switchboard_accept_errors_total{kind="emfile"}"#).await;
     assert!(errors >= 5.0, "accept errors counted: {errors}");
+}
+
+/// A request whose head is complete but whose body trickles in (slow POST)
+/// is cut off at `server.request_timeout_ms`; a body over the API's limit is
+/// refused with 413 before any handler runs.
+#[tokio::test]
+async fn a_trickled_body_is_cut_off_and_a_large_body_refused() {
+    let node = TestNode::spawn(&[
+        ("SWITCHBOARD_SERVER__HEADER_READ_TIMEOUT_MS", "1000"),
+        ("SWITCHBOARD_SERVER__REQUEST_TIMEOUT_MS", "1500"),
+    ]);
+    let started = Instant::now();
+    let mut s = TcpStream::connect(node.addr()).await.unwrap();
+    s.write_all(b"POST /api/connect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let mut ended = None;
+    for _ in 0..20 {
+        if s.write_all(b" ").await.is_err() {
+            ended = Some(started.elapsed());
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                ended = Some(started.elapsed());
+                break;
+            }
+            Ok(Ok(n)) => panic!("answered: {:?}", String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    let ended = ended.expect("a body trickled for 10 s was still being read");
+    assert!(
+        ended >= Duration::from_millis(1400) && ended < Duration::from_secs(6),
+        "closed after {ended:?}"
+    );
+    let q = r#"switchboard_http_closed_total{reason="request_timeout"}"#;
+    wait_metric(&node, q, 1.0, Duration::from_secs(5)).await;
+
+    let body = vec![b' '; 100 * 1024];
+    let res = crate::helpers::http_client()
+        .post(node.http("/api/connect"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 413);
 }
