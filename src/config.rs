@@ -115,14 +115,15 @@ pub struct ServerConfig {
     /// buffers ~400 KB per connection.
     pub max_header_bytes: usize,
     /// Most connections that are not (yet) WebSocket sessions: handshakes
-    /// in progress and plain-HTTP (probes, API, HTTP/2) connections. Over it
-    /// a new connection is closed at once. Bounds the file descriptors
-    /// besides `max_connections`.
+    /// in progress and plain-HTTP (probes, API, HTTP/2) connections. While
+    /// all are taken nothing more is accepted (clients wait in the kernel's
+    /// accept queue). Bounds the file descriptors besides `max_connections`.
     pub max_pending: usize,
-    /// Most of those slots one client address may hold once half of
-    /// `max_pending` is taken (trusted proxies excepted), so one source cannot
-    /// crowd out the others; below that a burst from one address (a NAT, a
-    /// reconnect storm) is served.
+    /// Most of those slots one client address may hold once three quarters
+    /// of `max_pending` are taken (trusted proxies excepted): its next
+    /// connection is closed at once, so one source cannot crowd out the
+    /// others; below that a burst from one address (a NAT, a reconnect
+    /// storm) is served.
     pub max_pending_per_ip: usize,
     /// File descriptors kept free of client sockets for everything else
     /// (Redis, STUN, the listener, logs): `max_connections` is lowered at

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::helpers::{metric, open_files, rss_kib, wait_metric, Client, TestNode};
+use crate::helpers::{metric, open_files, rss_kib, wait_metric, TestNode};
 
 /// Connects from `source` (a loopback address) to `to`.
 async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
