@@ -31,7 +31,10 @@
 //!   (HTTP/1 keep-alive, HTTP/2 `GOAWAY`). An HTTP/2 connection that carries a
 //!   WebSocket stream is exempt: it lives as long as its streams. A request
 //!   whose response is not produced within `server.request_timeout_ms` of its
-//!   head (a body trickled in) closes the connection.
+//!   head (a body trickled in) closes the connection. A connection accepted
+//!   while three quarters of the slots are taken has 1 s for its first head
+//!   (`PRESSED_HEAD_TIMEOUT`): under a flood the slots turn over fast, and
+//!   real clients and probes waiting in the accept queue get in.
 //! - **Size.** The HTTP/1 read buffer is `server.max_header_bytes` (hyper's
 //!   `max_buf_size`): a larger head is answered 431. HTTP/2 advertises it as
 //!   `SETTINGS_MAX_HEADER_LIST_SIZE`.
@@ -82,6 +85,14 @@ use crate::metrics as m;
 /// listener that stays readable while the process is out of file
 /// descriptors, short enough to take the next client soon after one closes.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The head deadline of a connection accepted while three quarters of the
+/// slots are taken (when `header_read_timeout_ms` is longer). A client sends
+/// its request right after the TCP handshake, so half a round trip later it
+/// is there; an idle or trickling connection gives its slot back this soon,
+/// and a flood of them turns slots over fast enough for real clients (and
+/// probes) waiting in the accept queue.
+const PRESSED_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// At most one warning per this interval for failed accepts.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
@@ -167,8 +178,8 @@ impl Slots {
         let per_ip = !self.trusted.iter().any(|n| n.contains(&ip));
         let mut c = self.counts.lock();
         debug_assert!(c.total < self.max_total);
+        let pressed = c.total >= self.pressed_at;
         if per_ip {
-            let pressed = c.total >= self.pressed_at;
             let n = c.per_ip.entry(ip).or_insert(0);
             if pressed && *n >= self.max_per_ip {
                 return None;
@@ -181,6 +192,7 @@ impl Slots {
         Some(Slot {
             slots: self.clone(),
             ip: per_ip.then_some(ip),
+            pressed,
         })
     }
 }
@@ -190,6 +202,9 @@ struct Slot {
     slots: Arc<Slots>,
     /// The address it counts against; `None` for a trusted proxy.
     ip: Option<IpAddr>,
+    /// Taken while three quarters of the slots were in use: the connection
+    /// gets the short head deadline.
+    pressed: bool,
 }
 
 impl Drop for Slot {
@@ -278,7 +293,11 @@ pub async fn serve(
         let svc = ConnService {
             router: router.clone(),
             peer,
-            state: Arc::new(ConnState::new()),
+            state: Arc::new(ConnState::new(if slot.pressed {
+                timeouts.head.min(PRESSED_HEAD_TIMEOUT)
+            } else {
+                timeouts.head
+            })),
         };
         tracker.spawn(connection(
             builder.clone(),
@@ -371,6 +390,9 @@ struct Timeouts {
 struct ConnState {
     /// When the connection was accepted.
     start: Instant,
+    /// Time from `start` to a complete first request head:
+    /// `header_read_timeout_ms`, shorter when the node was pressed for slots.
+    head_timeout: Duration,
     /// Requests whose head was complete (the service was called).
     requests: AtomicU32,
     /// Requests whose response is not produced yet.
@@ -399,9 +421,10 @@ enum Verdict {
 }
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(head_timeout: Duration) -> Self {
         Self {
             start: Instant::now(),
+            head_timeout,
             requests: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(0),
@@ -422,7 +445,7 @@ impl ConnState {
     fn verdict(&self, now: Instant, t: Timeouts) -> Verdict {
         let timeout = t.head;
         if self.requests.load(Ordering::Acquire) == 0 {
-            let deadline = self.start + timeout;
+            let deadline = self.start + self.head_timeout;
             return if now >= deadline {
                 Verdict::Late
             } else {
@@ -462,7 +485,7 @@ async fn connection(
     let timeout = t.head;
     let state = svc.state.clone();
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc));
-    let mut timer = pin!(tokio::time::sleep_until(state.start + timeout));
+    let mut timer = pin!(tokio::time::sleep_until(state.start + state.head_timeout));
     let mut stopped = pin!(stop.cancelled());
     let mut stopping = false;
     let mut idle_shutdown = false;
@@ -701,6 +724,7 @@ mod tests {
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         // Not pressed: one address may take more than its share...
         let mut held: Vec<Slot> = (0..6).map(|_| slots.try_take(a).unwrap()).collect();
+        assert!(!held[5].pressed);
         // ...until three quarters are taken: then it gets no more.
         assert!(slots.try_take(a).is_none());
         // An IPv4-mapped IPv6 address is the same client.
@@ -709,6 +733,7 @@ mod tests {
         // Another address gets its share.
         held.push(slots.try_take(b).unwrap());
         held.push(slots.try_take(b).unwrap());
+        assert!(held[6].pressed && held[7].pressed);
         assert!(slots.full());
         held.truncate(5);
         assert!(!slots.full());
@@ -738,7 +763,7 @@ mod tests {
             request: Duration::from_secs(30),
         };
         let five = t.head;
-        let s = ConnState::new();
+        let s = ConnState::new(five);
         assert_eq!(s.verdict(s.start, t), Verdict::Until(s.start + five));
         assert_eq!(s.verdict(s.start + five, t), Verdict::Late);
         // A request in flight since 2 s: bound by the request timeout.
@@ -759,6 +784,9 @@ mod tests {
             s.verdict(later + five, t),
             Verdict::Until(later + five + five)
         );
+        // Accepted while pressed: a shorter first deadline, the rest as before.
+        let p = ConnState::new(PRESSED_HEAD_TIMEOUT);
+        assert_eq!(p.verdict(p.start + PRESSED_HEAD_TIMEOUT, t), Verdict::Late);
     }
 
     #[test]

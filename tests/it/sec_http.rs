@@ -378,6 +378,41 @@ async fn pending_connections_are_bounded_per_address_and_in_total() {
     drop(ws);
 }
 
+/// A flood of idle connections larger than the slots: while they hold
+/// three quarters of them, new connections get a 1 s head deadline instead of
+/// the configured 20 s, so the slots turn over and a probe queued behind the
+/// flood is answered within seconds, not after 20 s (where it would be if every
+/// slot were held for the full timeout).
+#[tokio::test]
+async fn under_a_flood_beyond_the_slots_a_probe_still_gets_through() {
+    let node = TestNode::spawn(&[
+        ("SWITCHBOARD_SERVER__HEADER_READ_TIMEOUT_MS", "20000"),
+        ("SWITCHBOARD_SERVER__MAX_PENDING", "40"),
+        ("SWITCHBOARD_SERVER__MAX_PENDING_PER_IP", "40"),
+    ]);
+    let addr = node.addr();
+    let mut flood = Vec::new();
+    for i in 0..70 {
+        flood.push(connect_from(&format!("127.0.4.{}", 1 + i % 10), addr).await);
+    }
+    // The first 30 hold their slots for 20 s; the other 40 are accepted
+    // while pressed, 10 at a time, and hold theirs for 1 s each: the probe,
+    // queued behind them, gets a slot after about 4 s.
+    let started = Instant::now();
+    let mut probe = connect_from("127.0.5.1", addr).await;
+    let req = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    probe.write_all(req).await.unwrap();
+    let (resp, _) = read_to_end_within(&mut probe, Duration::from_secs(15)).await;
+    let took = started.elapsed();
+    assert!(
+        resp.starts_with(b"HTTP/1.1 200"),
+        "{:?} after {took:?}",
+        String::from_utf8_lossy(&resp)
+    );
+    assert!(took < Duration::from_secs(10), "the probe waited {took:?}");
+    drop(flood);
+}
+
 /// The open-file budget: a node started with a limit of 256 open files and
 /// `max_connections = 1000` lowers it to 256 - 32 - 128 = 96 at start (log
 /// and gauge). With every WebSocket slot taken and 20 idle HTTP connections
