@@ -132,7 +132,6 @@ impl HttpLimits {
 // Slots
 // ---------------------------------------------------------------------------
 
-#[derive(Default)]
 struct SlotCounts {
     total: usize,
     /// Slots per client address; an address leaves the map with its last slot.
@@ -157,7 +156,12 @@ struct Slots {
 impl Slots {
     fn new(limits: &HttpLimits) -> Self {
         Self {
-            counts: Mutex::new(SlotCounts::default()),
+            // Sized for every slot from a different address: the map then
+            // never grows, nor rehashes while addresses come and go.
+            counts: Mutex::new(SlotCounts {
+                total: 0,
+                per_ip: HashMap::with_capacity(limits.max_pending.min(1 << 16)),
+            }),
             max_total: limits.max_pending,
             max_per_ip: limits.max_pending_per_ip,
             pressed_at: limits.max_pending - limits.max_pending / 4,
