@@ -785,6 +785,25 @@ mod tests {
     }
 
     #[test]
+    fn http_bounds_are_validated() {
+        let err = from_toml_str(
+            "[server]\nmax_header_bytes = 4096\nmax_pending = 10\nmax_pending_per_ip = 11\n\
+             header_read_timeout_ms = 0\nrequest_timeout_ms = 0\nreserved_fds = 0\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "server.max_header_bytes: 4096 is outside 8192..=1048576",
+            "server.max_pending_per_ip: 11 is more than server.max_pending (10)",
+            "server.header_read_timeout_ms: must be greater than 0",
+            "server.request_timeout_ms: must be greater than 0",
+            "server.reserved_fds: must be greater than 0",
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let mut c = Config::default();
         c.auth.jwt.hs256_secret = Secret::new("hunter2");
