@@ -100,10 +100,45 @@ pub struct ServerConfig {
     /// Tokio worker threads; 0 means one per CPU this process may use (or
     /// `TOKIO_WORKER_THREADS` when that is set).
     pub worker_threads: usize,
+    /// Time a connection has to send a complete request head, counted from
+    /// the accept (or, on a keep-alive connection, from the end of the last
+    /// request): a client that sends nothing, or trickles its head, is closed
+    /// after it. Also the idle bound of a plain-HTTP keep-alive connection.
+    pub header_read_timeout_ms: u64,
+    /// Longest a plain HTTP request may take from its complete head to its
+    /// response, its body included: a body trickled in holds a connection
+    /// no longer than this.
+    pub request_timeout_ms: u64,
+    /// Largest HTTP/1 request head (request line and headers), in bytes; a
+    /// larger one is answered 431 and the connection closed. On HTTP/2 it is
+    /// the advertised `SETTINGS_MAX_HEADER_LIST_SIZE`. Without it hyper
+    /// buffers ~400 KB per connection.
+    pub max_header_bytes: usize,
+    /// Most connections that are not (yet) WebSocket sessions: handshakes
+    /// in progress and plain-HTTP (probes, API, HTTP/2) connections. While
+    /// all are taken nothing more is accepted (clients wait in the kernel's
+    /// accept queue). Bounds the file descriptors besides `max_connections`.
+    pub max_pending: usize,
+    /// Most of those slots one client address may hold once three quarters
+    /// of `max_pending` are taken (trusted proxies excepted): its next
+    /// connection is closed at once, so one source cannot crowd out the
+    /// others; below that a burst from one address (a NAT, a reconnect
+    /// storm) is served.
+    pub max_pending_per_ip: usize,
+    /// File descriptors kept free of client sockets for everything else
+    /// (Redis, STUN, the listener, logs): `max_connections` is lowered at
+    /// start until it, `max_pending` and this fit the open-file limit.
+    pub reserved_fds: usize,
 }
 
 /// Most worker threads `server.worker_threads` accepts.
 pub const MAX_WORKER_THREADS: usize = 1024;
+
+/// Smallest `server.max_header_bytes`: hyper's HTTP/1 read buffer cannot be
+/// smaller.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+/// Largest `server.max_header_bytes`.
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -114,6 +149,12 @@ impl Default for ServerConfig {
             node_id: String::new(),
             max_connections: 50_000,
             worker_threads: 0,
+            header_read_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            max_header_bytes: 16 * 1024,
+            max_pending: 512,
+            max_pending_per_ip: 64,
+            reserved_fds: 128,
         }
     }
 }
@@ -489,6 +530,30 @@ impl Config {
                 "server.worker_threads: {} is more than {MAX_WORKER_THREADS} (0: one per CPU)",
                 self.server.worker_threads
             ));
+        }
+        let srv = &self.server;
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&srv.max_header_bytes) {
+            errs.push(format!(
+                "server.max_header_bytes: {} is outside {MIN_HEADER_BYTES}..={MAX_HEADER_BYTES}",
+                srv.max_header_bytes
+            ));
+        }
+        if srv.max_pending_per_ip > srv.max_pending {
+            errs.push(format!(
+                "server.max_pending_per_ip: {} is more than server.max_pending ({})",
+                srv.max_pending_per_ip, srv.max_pending
+            ));
+        }
+        for (k, v) in [
+            ("server.header_read_timeout_ms", srv.header_read_timeout_ms),
+            ("server.request_timeout_ms", srv.request_timeout_ms),
+            ("server.max_pending", srv.max_pending as u64),
+            ("server.max_pending_per_ip", srv.max_pending_per_ip as u64),
+            ("server.reserved_fds", srv.reserved_fds as u64),
+        ] {
+            if v == 0 {
+                errs.push(format!("{k}: must be greater than 0"));
+            }
         }
         let positive: [(&str, u64); 19] = [
             ("limits.max_meta_bytes", self.limits.max_meta_bytes as u64),
@@ -881,6 +946,25 @@ mod tests {
         let err = from_toml_str("[server]\nnode_id = \"a\\nb\"\n").unwrap_err();
         assert!(err.to_string().contains("server.node_id"), "{err}");
         assert!(from_toml_str("[server]\nnode_id = \"node 1\"\n").is_ok());
+    }
+
+    #[test]
+    fn http_bounds_are_validated() {
+        let err = from_toml_str(
+            "[server]\nmax_header_bytes = 4096\nmax_pending = 10\nmax_pending_per_ip = 11\n\
+             header_read_timeout_ms = 0\nrequest_timeout_ms = 0\nreserved_fds = 0\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "server.max_header_bytes: 4096 is outside 8192..=1048576",
+            "server.max_pending_per_ip: 11 is more than server.max_pending (10)",
+            "server.header_read_timeout_ms: must be greater than 0",
+            "server.request_timeout_ms: must be greater than 0",
+            "server.reserved_fds: must be greater than 0",
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //!
 //! A tour of the crate, in the order a message flows:
 //!
+//! - [`server`]: the accept loop in front of it: deadlines, header size and
+//!   a bound on connections that are not WebSocket sessions, and the
+//!   open-file budget.
 //! - [`http`]: the HTTP door: `/ws` upgrades, probes, `/metrics`, the rooms API.
 //! - [`ws`]: the WebSocket upgrade and framing (RFC 6455, server side), with
 //!   no buffer held by an idle socket.
@@ -35,6 +38,7 @@ pub mod payload;
 pub mod protocol;
 pub mod relay;
 pub mod rendezvous;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod stun;
@@ -52,6 +56,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
 
+/// Largest HTTP request body the API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// Serves `node` on `listener` until `shutdown` resolves, then drains: readiness
 /// fails, clients are told to reconnect, and after the grace period the
 /// remaining sockets close with 1012. Returns once every connection has ended.
@@ -61,23 +68,16 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // The API's bodies are a few hundred bytes; axum's default would buffer
+    // 2 MB per request before a handler (or its admin check) runs.
     let app = http::router(http::AppState {
         node: node.clone(),
         metrics,
-    });
+    })
+    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
     let stop_http = CancellationToken::new();
-    // TCP_NODELAY: a relayed signal is written at once, not held by Nagle's
-    // algorithm until the client's delayed ACK (tens of ms per stall).
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop_http.clone().cancelled_owned());
-    let server = tokio::spawn(async move { serve.await });
+    let limits = server::HttpLimits::new(&node.cfg.server, node.trusted_proxies.clone());
+    let server = tokio::spawn(server::serve(listener, app, limits, stop_http.clone()));
     shutdown.await;
     node.drain(Duration::from_millis(node.cfg.shutdown.grace_period_ms))
         .await;

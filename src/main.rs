@@ -69,7 +69,7 @@ fn log_admission(node: &Node) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match config::load(&Sources {
+    let mut cfg = match config::load(&Sources {
         file: cli.config.clone(),
         ..Sources::default()
     }) {
@@ -95,6 +95,26 @@ fn main() -> ExitCode {
     let rt = rt.build().expect("tokio runtime");
     rt.block_on(async move {
         init_tracing(&cfg);
+        // Before the node is built: it sizes its connection limit from this.
+        let open_files = switchboard::server::raise_open_files_limit();
+        let fds = match switchboard::server::plan_fds(open_files, &cfg.server) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("switchboard: invalid configuration:\n  {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        if fds.max_connections < cfg.server.max_connections {
+            tracing::warn!(
+                configured = cfg.server.max_connections,
+                effective = fds.max_connections,
+                open_files_limit = fds.limit,
+                max_pending = cfg.server.max_pending,
+                reserved_fds = cfg.server.reserved_fds,
+                "server.max_connections lowered to fit the open-file limit"
+            );
+            cfg.server.max_connections = fds.max_connections;
+        }
         let node = match Node::build(cfg).await {
             Ok(n) => n,
             Err(errs) => {
@@ -131,9 +151,20 @@ fn main() -> ExitCode {
         let handle = switchboard::metrics::install();
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         metrics::gauge!(switchboard::metrics::WORKER_THREADS).set(workers as f64);
+        metrics::gauge!(switchboard::metrics::OPEN_FILES_LIMIT).set(fds.limit as f64);
+        metrics::gauge!(switchboard::metrics::MAX_CONNECTIONS)
+            .set(node.cfg.server.max_connections as f64);
+        metrics::gauge!(switchboard::metrics::HTTP_MAX_PENDING)
+            .set(node.cfg.server.max_pending as f64);
         node.start_stun(stun);
         let addr = listener.local_addr().expect("bound address");
-        tracing::info!(worker_threads = workers, "listening on {addr}");
+        tracing::info!(
+            worker_threads = workers,
+            open_files_limit = fds.limit,
+            max_connections = node.cfg.server.max_connections,
+            max_pending = node.cfg.server.max_pending,
+            "listening on {addr}"
+        );
         match switchboard::run(listener, node, handle, shutdown).await {
             Ok(()) => {
                 tracing::info!("stopped");

@@ -111,6 +111,31 @@ pub const ADMIN_REFUSED: &str = "switchboard_admin_refused_total";
 /// Counter: messages that reached a connection during a `hello` that was then
 /// refused (`peer-id-taken`) and could not be passed on to the id's holder.
 pub const HELD_FOR_REFUSED_DROPPED: &str = "switchboard_refused_hello_dropped_total";
+/// Counter: TCP connections closed at accept, by `reason` (`pending_per_ip`:
+/// the node was pressed for slots and the client's address held its share).
+pub const HTTP_REFUSED: &str = "switchboard_http_refused_total";
+/// Counter: times the accept loop paused because every slot for connections
+/// that are not WebSocket sessions was taken (new clients then wait in the
+/// kernel's accept queue).
+pub const HTTP_ACCEPT_PAUSED: &str = "switchboard_http_accept_paused_total";
+/// Counter: HTTP connections the server closed, by `reason`
+/// (`header_timeout`: no complete request head in time; `header_too_large`:
+/// answered 431; `idle`: a keep-alive connection without requests;
+/// `request_timeout`: no response within `server.request_timeout_ms`).
+pub const HTTP_CLOSED: &str = "switchboard_http_closed_total";
+/// Gauge: connections that are not WebSocket sessions (handshakes in progress,
+/// plain HTTP), i.e. the slots of `server.max_pending` in use.
+pub const HTTP_PENDING: &str = "switchboard_http_pending";
+/// Gauge: `server.max_pending` (the bound in force).
+pub const HTTP_MAX_PENDING: &str = "switchboard_http_max_pending";
+/// Gauge: WebSocket connections allowed, after fitting `server.max_connections`
+/// under the open-file limit.
+pub const MAX_CONNECTIONS: &str = "switchboard_max_connections";
+/// Gauge: the process's open-file soft limit (RLIMIT_NOFILE) after the start
+/// raised it.
+pub const OPEN_FILES_LIMIT: &str = "switchboard_open_files_limit";
+/// Counter: failed `accept` calls, by `kind` (`emfile`, `enfile`, `other`).
+pub const ACCEPT_ERRORS: &str = "switchboard_accept_errors_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -338,4 +363,30 @@ fn describe() {
         HELD_FOR_REFUSED_DROPPED,
         "Messages for a refused hello's peer id that could not be passed on to its holder"
     );
+    describe_counter!(
+        HTTP_REFUSED,
+        "Connections closed at accept over the per-address bound, by reason"
+    );
+    describe_counter!(
+        HTTP_ACCEPT_PAUSED,
+        "Times accepting paused because every pending-connection slot was taken"
+    );
+    describe_counter!(
+        HTTP_CLOSED,
+        "HTTP connections closed by the server, by reason"
+    );
+    describe_gauge!(
+        HTTP_PENDING,
+        "Connections that are not WebSocket sessions (handshakes, plain HTTP)"
+    );
+    describe_gauge!(
+        HTTP_MAX_PENDING,
+        "The bound on pending connections (server.max_pending)"
+    );
+    describe_gauge!(
+        MAX_CONNECTIONS,
+        "WebSocket connections allowed (server.max_connections fitted to the open-file limit)"
+    );
+    describe_gauge!(OPEN_FILES_LIMIT, "Open-file soft limit of the process");
+    describe_counter!(ACCEPT_ERRORS, "Failed accept calls, by kind");
 }

@@ -229,8 +229,25 @@ impl TestNode {
         Self::spawn_in(tempfile::tempdir().expect("temp dir"), args, env)
     }
 
+    /// As [`TestNode::spawn`], with the process's open-file limit (soft and
+    /// hard, so the node cannot raise it) set to `limit`.
+    pub fn spawn_with_open_files(limit: u64, env: &[(&str, &str)]) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::spawn_in_with(dir, &[], env, |cmd| limit_open_files(cmd, limit))
+    }
+
     /// As [`TestNode::spawn_with_args`], in a prepared working directory.
     pub fn spawn_in(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> TestNode {
+        Self::spawn_in_with(dir, args, env, |_| {})
+    }
+
+    /// As [`TestNode::spawn_in`], with `tweak` applied to the command.
+    pub fn spawn_in_with(
+        dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Command),
+    ) -> TestNode {
         // Loopback and port 0 for every socket the node opens (HTTP and the
         // STUN responder), so tests run in parallel; `env` may override these.
         let mut all: Vec<(&str, &str)> = vec![
@@ -240,9 +257,9 @@ impl TestNode {
             ("SWITCHBOARD_LOG__LEVEL", "info"),
         ];
         all.extend_from_slice(env);
-        let mut child = command(dir.path(), args, &all)
-            .spawn()
-            .expect("spawn switchboard");
+        let mut cmd = command(dir.path(), args, &all);
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn switchboard");
         let log = Arc::new(LogBuf::default());
         let (tx, rx) = mpsc::channel::<SocketAddr>();
         let stdout = child.stdout.take().unwrap();
@@ -481,6 +498,45 @@ impl Drop for TestNode {
             );
         }
     }
+}
+
+/// Sets the open-file limit (RLIMIT_NOFILE, soft and hard) of the process
+/// `cmd` starts.
+pub fn limit_open_files(cmd: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// VmRSS of process `pid`, in KiB (from `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS value")
+}
+
+/// The number of open file descriptors of process `pid`.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc fd")
+        .count()
 }
 
 /// A fresh HTTP client: no proxy (loopback only), no pooled connections (a

@@ -23,4 +23,5 @@ mod protocol;
 mod rendezvous;
 mod rooms;
 mod sec_auth;
+mod sec_http;
 mod shutdown;

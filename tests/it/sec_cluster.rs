@@ -254,16 +254,26 @@ async fn deep_data_across_nodes() {
     let mut sink = json_peer(&nodes[1], "sink").await;
 
     const N: u64 = 2_000;
-    // The sink reads while the stream is sent (its queue must not fill up).
+    // The sink reads while the stream is sent. The sender keeps at most
+    // WINDOW signals ahead of what the sink has read, so a sink slowed down
+    // by a loaded machine is never closed as a slow consumer (its queue
+    // holds 1,024).
+    const WINDOW: u64 = 256;
+    let (read_tx, mut read) = tokio::sync::watch::channel(0u64);
     let sink_reads = tokio::spawn(async move {
         let mut got = Vec::new();
-        for _ in 0..N {
+        for n in 1..=N {
             got.push(sink.recv().await);
+            read_tx.send_replace(n);
         }
         got
     });
     let deep = nested_arrays(1_020);
     for i in 0..N {
+        tokio::time::timeout(Duration::from_secs(30), read.wait_for(|n| i < n + WINDOW))
+            .await
+            .unwrap_or_else(|_| panic!("the sink stopped reading at {i}"))
+            .expect("the sink's reader ended early");
         if i == N / 2 {
             sender
                 .send_msgpack(json!({"type": "signal", "id": "deep", "to": "deep-target",
