@@ -116,6 +116,10 @@ pub struct ConnCtl {
     queue: Mutex<Queue>,
     /// The most messages queued (or held) before the client counts as slow.
     capacity: usize,
+    /// Set once the connection's claim on its peer id succeeded. A hub entry
+    /// whose claim is still in progress (or is being undone) is not this
+    /// node's to re-register after an outage.
+    registered: std::sync::atomic::AtomicBool,
 }
 
 /// A connection's outbound queue. It allocates only while something is queued
@@ -252,6 +256,7 @@ impl ConnHandle {
             reason: OnceLock::new(),
             queue: Mutex::new(Queue::default()),
             capacity,
+            registered: std::sync::atomic::AtomicBool::new(false),
         });
         (
             Self {
@@ -373,6 +378,20 @@ impl ConnHandle {
     /// True once the connection has been asked to close.
     pub fn is_closing(&self) -> bool {
         self.ctl.cancel.is_cancelled()
+    }
+
+    /// Records that the connection's claim on its peer id succeeded.
+    pub fn mark_registered(&self) {
+        self.ctl
+            .registered
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True once the connection's claim on its peer id succeeded.
+    pub fn is_registered(&self) -> bool {
+        self.ctl
+            .registered
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -618,6 +618,7 @@ impl Node {
             debug!(peer = %peer, "a proven reconnect replaces a local connection");
             old.close(CloseReason::REPLACED);
         }
+        handle.mark_registered();
         let (rdv, stun_username) =
             self.rdv_register(&peer, handle.epoch, dialect, observed, secret);
         Ok((
@@ -1275,7 +1276,10 @@ impl Node {
     async fn reregister(&self) -> Result<(), StoreError> {
         metrics::counter!(m::REREGISTRATIONS).increment(1);
         let peers = self.hub.peers();
-        for (peer, h) in &peers {
+        // A connection whose claim is still in progress writes the store
+        // itself (or is refused and leaves the hub): re-registering it here
+        // could record it, or close it as replaced, behind its claim's back.
+        for (peer, h) in peers.iter().filter(|(_, h)| h.is_registered()) {
             let loc = PeerLocation {
                 node: self.id.clone(),
                 epoch: h.epoch,
