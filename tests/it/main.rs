@@ -21,4 +21,5 @@ mod limits;
 mod protocol;
 mod rendezvous;
 mod rooms;
+mod sec_memory;
 mod shutdown;
