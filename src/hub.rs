@@ -132,6 +132,9 @@ pub struct Outbound {
     pub received: Option<Instant>,
     /// What it counts for in the queue's byte bound ([`queued_cost`]).
     pub cost: usize,
+    /// The answer that opened the gate: outside the byte bound (see
+    /// [`ConnHandle::open_gate`]).
+    pub forced: bool,
 }
 
 /// Shared control state of one connection.
@@ -163,6 +166,8 @@ struct Queue {
     held: Option<Vec<Outbound>>,
     /// The cost of what `items` holds.
     bytes: usize,
+    /// The part of `bytes` that is forced answers (outside the bound).
+    forced_bytes: usize,
     /// The cost of what `held` holds.
     held_bytes: usize,
     /// The connection task, when it waits for messages.
@@ -180,27 +185,25 @@ enum Queued {
 
 impl Queue {
     /// Queues `out` unless a bound is reached. A message larger than the byte
-    /// bound still goes into an empty queue (else it could never be sent);
-    /// with `force` (the answer that opens the gate) the byte bound is not
-    /// checked at all, only counted.
-    fn enqueue(
-        &mut self,
-        out: Outbound,
-        capacity: usize,
-        capacity_bytes: usize,
-        force: bool,
-    ) -> Queued {
+    /// bound still goes into a queue that holds nothing else counted (else it
+    /// could never be sent). A forced message (the answer that opens the
+    /// gate) is not checked against the byte bound and does not count
+    /// against what follows it; it still counts in `bytes` (what the
+    /// connection task weighs before reading more).
+    fn enqueue(&mut self, out: Outbound, capacity: usize, capacity_bytes: usize) -> Queued {
         if self.closed {
             return Queued::Closed;
         }
+        let counted = self.bytes - self.forced_bytes;
         if self.items.len() >= capacity
-            || (!force
-                && !self.items.is_empty()
-                && self.bytes.saturating_add(out.cost) > capacity_bytes)
+            || (!out.forced && counted > 0 && counted.saturating_add(out.cost) > capacity_bytes)
         {
             return Queued::Full;
         }
         self.bytes += out.cost;
+        if out.forced {
+            self.forced_bytes += out.cost;
+        }
         self.items.push_back(out);
         Queued::Yes(self.waker.take())
     }
@@ -208,6 +211,9 @@ impl Queue {
     fn pop(&mut self) -> Option<Outbound> {
         let out = self.items.pop_front()?;
         self.bytes -= out.cost;
+        if out.forced {
+            self.forced_bytes -= out.cost;
+        }
         Some(out)
     }
 }
@@ -309,6 +315,7 @@ impl Drop for OutboundRx {
         q.items = VecDeque::new();
         q.held = None;
         q.bytes = 0;
+        q.forced_bytes = 0;
         q.held_bytes = 0;
         q.waker = None;
         self.ctl.queued_bytes.store(0, Ordering::Relaxed);
@@ -365,13 +372,13 @@ impl ConnHandle {
             msg,
             received,
             cost,
+            forced: false,
         };
         let (cap, cap_bytes) = (self.ctl.capacity, self.ctl.capacity_bytes);
         let mut q = self.ctl.queue.lock();
         let held_bytes = q.held_bytes;
         if let Some(buf) = q.held.as_mut() {
-            if buf.len() >= cap || (!buf.is_empty() && held_bytes.saturating_add(cost) > cap_bytes)
-            {
+            if buf.len() >= cap || (held_bytes > 0 && held_bytes.saturating_add(cost) > cap_bytes) {
                 drop(q);
                 self.overflow();
                 return false;
@@ -380,7 +387,7 @@ impl ConnHandle {
             q.held_bytes += cost;
             return true;
         }
-        let r = q.enqueue(out, cap, cap_bytes, false);
+        let r = q.enqueue(out, cap, cap_bytes);
         self.ctl.queued_bytes.store(q.bytes, Ordering::Relaxed);
         drop(q);
         self.after_enqueue(r)
@@ -434,21 +441,23 @@ impl ConnHandle {
             cost: queued_cost(&m),
             msg: Arc::new(m),
             received: None,
+            forced: true,
         });
         let mut q = self.ctl.queue.lock();
         let held = q.held.take().unwrap_or_default();
         q.held_bytes = 0;
         let mut waker = None;
         let mut full = false;
-        // The answer is the one message the client asked for: it is never
-        // the one that overflows (its size is bounded by the room's limits),
-        // though it counts against what may follow.
-        let forced = usize::from(first.is_some());
-        for (i, out) in first.into_iter().chain(held).enumerate() {
+        // The answer is the one message the client asked for, and its size
+        // is bounded by the room's limits (a `joined` of a full room can be a
+        // few MiB): it neither overflows nor makes the events after it
+        // overflow. It does count in what the connection task weighs before
+        // reading more, so such answers cannot pile up.
+        for out in first.into_iter().chain(held) {
             if drop_room.is_some() && out.msg.room() == drop_room {
                 continue;
             }
-            match q.enqueue(out, cap, cap_bytes, i < forced) {
+            match q.enqueue(out, cap, cap_bytes) {
                 Queued::Yes(w) => waker = waker.or(w),
                 Queued::Full => full = true,
                 Queued::Closed => {}
@@ -804,12 +813,18 @@ mod tests {
         h.close_gate();
         assert!(h.push(signal(1000), None));
         assert!(h.push(signal(1000), None));
-        // The answer is bigger than the whole bound, and goes first anyway.
+        // The answer is bigger than the whole bound, and goes first anyway;
+        // what was held still fits after it.
         let big = signal(50_000).as_ref().clone();
         h.open_gate(Some(big), None);
-        // What was held came after it, and did not fit: closed as slow.
+        assert!(!h.is_closing());
+        let big_cost = queued_cost(&signal(50_000));
+        assert_eq!(rx.queued_bytes(), big_cost + 2 * one);
+        // The bound applies to what follows, the answer aside.
+        assert!(!h.push(signal(1000), None));
         assert!(h.is_closing());
         assert!(rx.try_recv().is_some());
+        assert_eq!(rx.queued_bytes(), 2 * one);
         // Held messages beyond the bound overflow while the gate is closed.
         let (h, _rx) = ConnHandle::with_byte_limit(1, 1000, 2 * one, CancellationToken::new());
         h.close_gate();

@@ -413,10 +413,6 @@ fn end_reason(end: ReadEnd) -> Option<CloseReason> {
     }
 }
 
-/// Writes what is queued (up to [`WRITE_BATCH`] messages per write), then
-/// reads; returns the next read event. Writing never waits for reading;
-/// reading waits for writing only while the socket is backlogged (see the
-/// module docs).
 /// Whether reading is paused for backpressure (see the module docs).
 struct Backlog {
     /// `limits.max_write_buffer_bytes`.
@@ -425,6 +421,10 @@ struct Backlog {
     paused: bool,
 }
 
+/// Writes what is queued (up to [`WRITE_BATCH`] messages per write), then
+/// reads; returns the next read event. Writing never waits for reading;
+/// reading waits for writing only while the socket is backlogged (see the
+/// module docs).
 fn poll_socket<E: Encoder>(
     cx: &mut Context<'_>,
     ws: &mut WebSocket,
