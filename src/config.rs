@@ -183,6 +183,20 @@ pub struct Limits {
     pub heartbeat_interval_ms: u64,
     /// A socket silent for this long (no frame, no pong) is closed with 4004.
     pub heartbeat_timeout_ms: u64,
+    /// Bytes queued for one client before it counts as too slow and is closed
+    /// with 1013 (with `outbound_queue`, whichever comes first). Counted as what
+    /// each queued message holds in memory (a fan-out counts once per
+    /// recipient); a single message larger than this is still taken into an
+    /// empty queue.
+    pub outbound_queue_bytes: usize,
+    /// Bytes waiting to be written to one socket (encoded, or still queued)
+    /// above which the server stops reading that socket (TCP backpressure onto
+    /// the client) until they are written.
+    pub max_write_buffer_bytes: usize,
+    /// Deepest nesting of arrays and objects in `meta` and `data` (error
+    /// `nesting-too-deep`): value trees are handled recursively, and parsers
+    /// further on (Redis's Lua cjson, other nodes) have limits of their own.
+    pub max_nesting_depth: usize,
 }
 
 impl Default for Limits {
@@ -198,9 +212,16 @@ impl Default for Limits {
             hello_timeout_ms: 10_000,
             heartbeat_interval_ms: 15_000,
             heartbeat_timeout_ms: 45_000,
+            outbound_queue_bytes: 1 << 20,
+            max_write_buffer_bytes: 256 * 1024,
+            max_nesting_depth: 64,
         }
     }
 }
+
+/// The deepest `limits.max_nesting_depth` accepted: a frame adds a level, and
+/// serde_json refuses trees deeper than 128 levels.
+pub const MAX_NESTING_DEPTH: usize = 100;
 
 /// `[shutdown]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -602,6 +623,17 @@ impl Config {
         if self.limits.max_frame_bytes < 1024 {
             errs.push("limits.max_frame_bytes: must be at least 1024".into());
         }
+        if self.limits.outbound_queue_bytes < 1024 {
+            errs.push("limits.outbound_queue_bytes: must be at least 1024".into());
+        }
+        if self.limits.max_write_buffer_bytes < 1024 {
+            errs.push("limits.max_write_buffer_bytes: must be at least 1024".into());
+        }
+        if !(1..=MAX_NESTING_DEPTH).contains(&self.limits.max_nesting_depth) {
+            errs.push(format!(
+                "limits.max_nesting_depth: must be between 1 and {MAX_NESTING_DEPTH}"
+            ));
+        }
         if self.limits.heartbeat_timeout_ms <= self.limits.heartbeat_interval_ms {
             errs.push(format!(
                 "limits.heartbeat_timeout_ms: must be greater than limits.heartbeat_interval_ms ({})",
@@ -965,6 +997,26 @@ mod tests {
         ] {
             assert!(text.contains(key), "{key} missing from: {text}");
         }
+    }
+
+    #[test]
+    fn memory_and_depth_limits_are_checked() {
+        let err = from_toml_str(
+            "[limits]\noutbound_queue_bytes = 10\nmax_write_buffer_bytes = 0\nmax_nesting_depth = 101\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "limits.outbound_queue_bytes",
+            "limits.max_write_buffer_bytes",
+            "limits.max_nesting_depth",
+        ] {
+            assert!(err.lines().any(|l| l.starts_with(key)), "{key}: {err}");
+        }
+        assert!(from_toml_str("[limits]\nmax_nesting_depth = 0\n").is_err());
+        let ok = from_toml_str("[limits]\nmax_nesting_depth = 100\noutbound_queue_bytes = 1024\n")
+            .unwrap();
+        assert_eq!(ok.limits.max_nesting_depth, 100);
     }
 
     #[test]

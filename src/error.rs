@@ -64,6 +64,9 @@ pub enum ErrorCode {
     Forbidden,
     /// Something failed inside the server; details are in its log.
     Internal,
+    /// Arrays and objects (maps) in the frame nest deeper than
+    /// `limits.max_nesting_depth`.
+    NestingTooDeep,
 }
 
 impl ErrorCode {
@@ -95,6 +98,7 @@ impl ErrorCode {
             Self::PeerIdTaken => "peer-id-taken",
             Self::Forbidden => "forbidden",
             Self::Internal => "internal",
+            Self::NestingTooDeep => "nesting-too-deep",
         }
     }
 }
@@ -122,6 +126,10 @@ impl ClientError {
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
+    /// The client broke the WebSocket protocol (RFC 6455 7.4.1).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message or a close reason that is not UTF-8 (RFC 6455 8.1).
+    pub const INVALID_DATA: u16 = 1007;
     /// A frame or message larger than `limits.max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
     /// The node is shutting down (drain); reconnect, to any node.

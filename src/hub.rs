@@ -6,8 +6,15 @@
 //! means the client cannot keep up, and it is closed with 1013 while everyone
 //! else keeps receiving. Maps are sharded (`DashMap`) and no lock is ever held
 //! across an `.await`.
+//!
+//! The queue is bounded twice: in messages (`limits.outbound_queue`) and in
+//! the bytes the queued messages hold (`limits.outbound_queue_bytes`, from
+//! [`ServerMsg::heap_bytes`]): a count alone lets a client that does not read
+//! pin a thousand of the largest messages. A message shared by a fan-out
+//! counts in full for every recipient, since each one keeps it alive.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -88,12 +95,38 @@ impl CloseReason {
         reason: "client-closed",
         leave: LeaveReason::Disconnected,
     };
-    /// The connection ended without a close frame (EOF, reset, protocol error).
+    /// The connection ended without a close frame (EOF, reset, a failed write).
     pub const CLIENT_GONE: Self = Self {
         code: close::NORMAL,
         reason: "connection-lost",
         leave: LeaveReason::Disconnected,
     };
+    /// The client broke the WebSocket protocol: an unmasked frame, reserved
+    /// bits or opcodes, a fragmented or long control frame, a continuation
+    /// without a start (or a new message inside a fragmented one), a close
+    /// frame with a one-byte payload or a code a client may not send.
+    pub const PROTOCOL_ERROR: Self = Self {
+        code: close::PROTOCOL_ERROR,
+        reason: "protocol-error",
+        leave: LeaveReason::Disconnected,
+    };
+    /// A text message (or a close reason) that is not UTF-8.
+    pub const INVALID_UTF8: Self = Self {
+        code: close::INVALID_DATA,
+        reason: "invalid-utf8",
+        leave: LeaveReason::Disconnected,
+    };
+}
+
+/// What one queued message costs besides the heap its contents hold: the
+/// message itself in its `Arc`, and the queue's slot.
+const QUEUED_OVERHEAD: usize = std::mem::size_of::<ServerMsg>()
+    + 2 * std::mem::size_of::<usize>()
+    + std::mem::size_of::<Outbound>();
+
+/// The bytes a queued `msg` counts for (an upper bound of what it pins).
+pub fn queued_cost(msg: &ServerMsg) -> usize {
+    QUEUED_OVERHEAD + msg.heap_bytes()
 }
 
 /// One queued server message.
@@ -103,6 +136,11 @@ pub struct Outbound {
     pub msg: Arc<ServerMsg>,
     /// When the relayed message was read from its sender (for the latency histogram).
     pub received: Option<Instant>,
+    /// What it counts for in the queue's byte bound ([`queued_cost`]).
+    pub cost: usize,
+    /// The answer that opened the gate: outside the byte bound (see
+    /// [`ConnHandle::open_gate`]).
+    pub forced: bool,
 }
 
 /// Shared control state of one connection.
@@ -120,6 +158,11 @@ pub struct ConnCtl {
     /// whose claim is still in progress (or is being undone) is not this
     /// node's to re-register after an outage.
     registered: std::sync::atomic::AtomicBool,
+    /// The most bytes queued (or held) before the client counts as slow.
+    capacity_bytes: usize,
+    /// A copy of the queue's byte count (stored under its lock), so the
+    /// connection task can weigh its backlog on every poll without locking.
+    queued_bytes: AtomicUsize,
 }
 
 /// A connection's outbound queue. It allocates only while something is queued
@@ -131,6 +174,12 @@ struct Queue {
     items: VecDeque<Outbound>,
     /// Messages held while the gate is closed (see [`ConnHandle::close_gate`]).
     held: Option<Vec<Outbound>>,
+    /// The cost of what `items` holds.
+    bytes: usize,
+    /// The part of `bytes` that is forced answers (outside the bound).
+    forced_bytes: usize,
+    /// The cost of what `held` holds.
+    held_bytes: usize,
     /// The connection task, when it waits for messages.
     waker: Option<Waker>,
     /// The receiving end is gone: pushes fail.
@@ -145,15 +194,37 @@ enum Queued {
 }
 
 impl Queue {
-    fn enqueue(&mut self, out: Outbound, capacity: usize) -> Queued {
+    /// Queues `out` unless a bound is reached. A message larger than the byte
+    /// bound still goes into a queue that holds nothing else counted (else it
+    /// could never be sent). A forced message (the answer that opens the
+    /// gate) is not checked against the byte bound and does not count
+    /// against what follows it; it still counts in `bytes` (what the
+    /// connection task weighs before reading more).
+    fn enqueue(&mut self, out: Outbound, capacity: usize, capacity_bytes: usize) -> Queued {
         if self.closed {
             return Queued::Closed;
         }
-        if self.items.len() >= capacity {
+        let counted = self.bytes - self.forced_bytes;
+        if self.items.len() >= capacity
+            || (!out.forced && counted > 0 && counted.saturating_add(out.cost) > capacity_bytes)
+        {
             return Queued::Full;
+        }
+        self.bytes += out.cost;
+        if out.forced {
+            self.forced_bytes += out.cost;
         }
         self.items.push_back(out);
         Queued::Yes(self.waker.take())
+    }
+
+    fn pop(&mut self) -> Option<Outbound> {
+        let out = self.items.pop_front()?;
+        self.bytes -= out.cost;
+        if out.forced {
+            self.forced_bytes -= out.cost;
+        }
+        Some(out)
     }
 }
 
@@ -179,7 +250,15 @@ const TAKE_CHUNK: usize = 16;
 impl OutboundRx {
     /// Takes the next message, if any.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        self.ctl.queue.lock().items.pop_front()
+        let mut q = self.ctl.queue.lock();
+        let out = q.pop();
+        self.ctl.queued_bytes.store(q.bytes, Ordering::Relaxed);
+        out
+    }
+
+    /// The bytes the queue holds now ([`queued_cost`] of each message).
+    pub fn queued_bytes(&self) -> usize {
+        self.ctl.queued_bytes.load(Ordering::Relaxed)
     }
 
     /// Hands queued messages to `f` (at most `max`, and stops early once
@@ -199,12 +278,13 @@ impl OutboundRx {
             {
                 let mut q = self.ctl.queue.lock();
                 while k < TAKE_CHUNK.min(max - n) {
-                    match q.items.pop_front() {
+                    match q.pop() {
                         Some(o) => chunk[k] = Some(o),
                         None => break,
                     }
                     k += 1;
                 }
+                self.ctl.queued_bytes.store(q.bytes, Ordering::Relaxed);
                 if k == 0 {
                     if n == 0 {
                         match &q.waker {
@@ -244,19 +324,37 @@ impl Drop for OutboundRx {
         q.closed = true;
         q.items = VecDeque::new();
         q.held = None;
+        q.bytes = 0;
+        q.forced_bytes = 0;
+        q.held_bytes = 0;
         q.waker = None;
+        self.ctl.queued_bytes.store(0, Ordering::Relaxed);
     }
 }
 
 impl ConnHandle {
-    /// Creates a handle and the receiving end of its bounded queue.
+    /// Creates a handle and the receiving end of a queue bounded in messages
+    /// only (tests; connections use [`Self::with_byte_limit`]).
     pub fn new(epoch: u64, capacity: usize, cancel: CancellationToken) -> (Self, OutboundRx) {
+        Self::with_byte_limit(epoch, capacity, usize::MAX, cancel)
+    }
+
+    /// Creates a handle and the receiving end of its queue, bounded to
+    /// `capacity` messages and `capacity_bytes` bytes ([`queued_cost`]).
+    pub fn with_byte_limit(
+        epoch: u64,
+        capacity: usize,
+        capacity_bytes: usize,
+        cancel: CancellationToken,
+    ) -> (Self, OutboundRx) {
         let ctl = Arc::new(ConnCtl {
             cancel,
             reason: OnceLock::new(),
             queue: Mutex::new(Queue::default()),
             capacity,
             registered: std::sync::atomic::AtomicBool::new(false),
+            capacity_bytes,
+            queued_bytes: AtomicUsize::new(0),
         });
         (
             Self {
@@ -275,19 +373,33 @@ impl ConnHandle {
     /// Queues a message without waiting. A full queue closes the connection as
     /// too slow; returns whether the message was queued.
     pub fn push(&self, msg: Arc<ServerMsg>, received: Option<Instant>) -> bool {
-        let out = Outbound { msg, received };
-        let cap = self.ctl.capacity;
+        let cost = queued_cost(&msg);
+        self.push_costed(msg, cost, received)
+    }
+
+    /// [`Self::push`] with the cost already known (a fan-out computes it once).
+    pub fn push_costed(&self, msg: Arc<ServerMsg>, cost: usize, received: Option<Instant>) -> bool {
+        let out = Outbound {
+            msg,
+            received,
+            cost,
+            forced: false,
+        };
+        let (cap, cap_bytes) = (self.ctl.capacity, self.ctl.capacity_bytes);
         let mut q = self.ctl.queue.lock();
+        let held_bytes = q.held_bytes;
         if let Some(buf) = q.held.as_mut() {
-            if buf.len() >= cap {
+            if buf.len() >= cap || (held_bytes > 0 && held_bytes.saturating_add(cost) > cap_bytes) {
                 drop(q);
                 self.overflow();
                 return false;
             }
             buf.push(out);
+            q.held_bytes += cost;
             return true;
         }
-        let r = q.enqueue(out, cap);
+        let r = q.enqueue(out, cap, cap_bytes);
+        self.ctl.queued_bytes.store(q.bytes, Ordering::Relaxed);
         drop(q);
         self.after_enqueue(r)
     }
@@ -334,25 +446,35 @@ impl ConnHandle {
     /// Queues `first` (the answer), then what was held (less the events of
     /// `drop_room`, a room the client failed to join), and lets pushes through again.
     pub fn open_gate(&self, first: Option<ServerMsg>, drop_room: Option<&RoomName>) {
-        let cap = self.ctl.capacity;
-        let mut q = self.ctl.queue.lock();
-        let held = q.held.take().unwrap_or_default();
+        let (cap, cap_bytes) = (self.ctl.capacity, self.ctl.capacity_bytes);
+        // The answer is costed outside the lock (a `joined` walks every member's `meta`).
         let first = first.map(|m| Outbound {
+            cost: queued_cost(&m),
             msg: Arc::new(m),
             received: None,
+            forced: true,
         });
+        let mut q = self.ctl.queue.lock();
+        let held = q.held.take().unwrap_or_default();
+        q.held_bytes = 0;
         let mut waker = None;
         let mut full = false;
+        // The answer is the one message the client asked for, and its size
+        // is bounded by the room's limits (a `joined` of a full room can be a
+        // few MiB): it neither overflows nor makes the events after it
+        // overflow. It does count in what the connection task weighs before
+        // reading more, so such answers cannot pile up.
         for out in first.into_iter().chain(held) {
             if drop_room.is_some() && out.msg.room() == drop_room {
                 continue;
             }
-            match q.enqueue(out, cap) {
+            match q.enqueue(out, cap, cap_bytes) {
                 Queued::Yes(w) => waker = waker.or(w),
                 Queued::Full => full = true,
                 Queued::Closed => {}
             }
         }
+        self.ctl.queued_bytes.store(q.bytes, Ordering::Relaxed);
         drop(q);
         if let Some(w) = waker {
             w.wake();
@@ -535,9 +657,10 @@ impl Hub {
         let Some(members) = self.rooms.get(room) else {
             return 0;
         };
+        let cost = queued_cost(msg);
         let mut n = 0;
         for (peer, m) in members.iter() {
-            if Some(peer.as_str()) != except && m.handle.push(msg.clone(), received) {
+            if Some(peer.as_str()) != except && m.handle.push_costed(msg.clone(), cost, received) {
                 n += 1;
             }
         }
@@ -693,5 +816,110 @@ mod tests {
         assert_eq!(hub.room_remove(&room, &p, 1), (false, false));
         assert_eq!(hub.room_remove(&room, &p, 2), (true, true));
         assert_eq!(hub.room_count(), 0);
+    }
+
+    /// A signal whose `data` is `n` bytes of JSON text.
+    fn signal(n: usize) -> Arc<ServerMsg> {
+        let text = format!("\"{}\"", "x".repeat(n - 2));
+        Arc::new(ServerMsg::Signal {
+            from: PeerId::from_trusted("a"),
+            kind: crate::types::SignalKind::from_trusted("k"),
+            data: crate::payload::Opaque::Json(
+                serde_json::value::RawValue::from_string(text).unwrap(),
+            ),
+        })
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let one = queued_cost(&signal(10_000));
+        assert!((10_000..10_000 + 1024).contains(&one), "{one}");
+        // Room for three such messages (and a thousand slots).
+        let (h, mut rx) =
+            ConnHandle::with_byte_limit(1, 1000, 3 * one + 10, CancellationToken::new());
+        for _ in 0..3 {
+            assert!(h.push(signal(10_000), None));
+        }
+        assert!(!h.is_closing());
+        assert_eq!(h.ctl.queue.lock().bytes, 3 * one);
+        assert_eq!(rx.queued_bytes(), 3 * one);
+        // Taking one makes room for one.
+        assert!(rx.try_recv().is_some());
+        assert_eq!(rx.queued_bytes(), 2 * one);
+        assert!(h.push(signal(10_000), None));
+        // The fourth overflows: closed as a slow consumer.
+        assert!(!h.push(signal(10_000), None));
+        assert_eq!(h.ctl().reason.get(), Some(&CloseReason::SLOW));
+    }
+
+    #[test]
+    fn one_message_larger_than_the_bound_fits_an_empty_queue() {
+        let (h, mut rx) = ConnHandle::with_byte_limit(1, 1000, 4096, CancellationToken::new());
+        assert!(h.push(signal(100_000), None));
+        assert!(!h.is_closing());
+        assert!(!h.push(signal(100), None), "nothing fits behind it");
+        assert!(h.is_closing());
+        drop(rx.try_recv());
+        let (h, mut rx) = ConnHandle::with_byte_limit(1, 1000, 4096, CancellationToken::new());
+        assert!(h.push(signal(100_000), None));
+        assert!(rx.try_recv().is_some());
+        assert_eq!(h.ctl.queue.lock().bytes, 0);
+        assert!(h.push(signal(100_000), None), "the queue is empty again");
+    }
+
+    #[test]
+    fn the_gate_holds_within_the_byte_bound_and_lets_its_answer_through() {
+        let one = queued_cost(&signal(1000));
+        let (h, mut rx) = ConnHandle::with_byte_limit(1, 1000, 2 * one, CancellationToken::new());
+        h.close_gate();
+        assert!(h.push(signal(1000), None));
+        assert!(h.push(signal(1000), None));
+        // The answer is bigger than the whole bound, and goes first anyway;
+        // what was held still fits after it.
+        let big = signal(50_000).as_ref().clone();
+        h.open_gate(Some(big), None);
+        assert!(!h.is_closing());
+        let big_cost = queued_cost(&signal(50_000));
+        assert_eq!(rx.queued_bytes(), big_cost + 2 * one);
+        // The bound applies to what follows, the answer aside.
+        assert!(!h.push(signal(1000), None));
+        assert!(h.is_closing());
+        assert!(rx.try_recv().is_some());
+        assert_eq!(rx.queued_bytes(), 2 * one);
+        // Held messages beyond the bound overflow while the gate is closed.
+        let (h, _rx) = ConnHandle::with_byte_limit(1, 1000, 2 * one, CancellationToken::new());
+        h.close_gate();
+        assert!(h.push(signal(1000), None));
+        assert!(h.push(signal(1000), None));
+        assert!(!h.push(signal(1000), None));
+        assert!(h.is_closing());
+    }
+
+    #[test]
+    fn a_fan_out_counts_for_every_recipient() {
+        let hub = Hub::default();
+        let one = queued_cost(&signal(5000));
+        let room = RoomName::from_trusted("r");
+        let mut rxs = Vec::new();
+        for (i, p) in ["p1", "p2"].into_iter().enumerate() {
+            let (h, rx) =
+                ConnHandle::with_byte_limit(i as u64, 1000, 2 * one, CancellationToken::new());
+            hub.room_add(
+                &room,
+                PeerId::from_trusted(p),
+                h.clone(),
+                serde_json::Value::Null,
+            );
+            rxs.push((h, rx));
+        }
+        let msg = signal(5000);
+        for _ in 0..2 {
+            assert_eq!(hub.room_fanout("r", None, &msg, None), 2);
+        }
+        for (h, _) in &rxs {
+            assert_eq!(h.ctl.queue.lock().bytes, 2 * one);
+        }
+        assert_eq!(hub.room_fanout("r", None, &msg, None), 0);
+        assert!(rxs.iter().all(|(h, _)| h.is_closing()));
     }
 }

@@ -25,6 +25,9 @@ pub const MESSAGES_OUT: &str = "switchboard_messages_out_total";
 pub const ERRORS: &str = "switchboard_errors_total";
 /// Counter: outbound queues found full (the client is then closed as too slow).
 pub const QUEUE_OVERFLOWS: &str = "switchboard_queue_overflows_total";
+/// Counter: times a connection stopped reading its socket because more than
+/// `limits.max_write_buffer_bytes` waited to be written to it (backpressure).
+pub const READ_PAUSES: &str = "switchboard_read_pauses_total";
 /// Gauge: rooms with at least one member on this node.
 pub const ROOMS: &str = "switchboard_rooms";
 /// Gauge: peers registered (past `hello`) on this node.
@@ -249,6 +252,10 @@ fn describe() {
     describe_counter!(
         QUEUE_OVERFLOWS,
         "Outbound queues found full (client closed as too slow)"
+    );
+    describe_counter!(
+        READ_PAUSES,
+        "Times a connection stopped reading because too much waited to be written to it"
     );
     describe_gauge!(ROOMS, "Rooms with at least one member on this node");
     describe_gauge!(PEERS, "Peers past hello on this node");

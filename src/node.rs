@@ -231,6 +231,7 @@ impl Node {
                 max_name_bytes: cfg.limits.max_name_bytes,
                 max_kind_bytes: cfg.limits.max_kind_bytes,
                 max_meta_bytes: cfg.limits.max_meta_bytes,
+                max_nesting_depth: cfg.limits.max_nesting_depth,
             },
             trusted_proxies: cfg.http.trusted_nets(),
             cfg: Arc::new(cfg),

@@ -8,10 +8,15 @@
 //! frame from a well-formed one with a wrongly typed field, and to recover its
 //! `id` for the error.
 //!
+//! Before either step, the frame is scanned for its nesting depth (no tree is
+//! built; see [`crate::payload`]): a frame in which a value nests deeper than
+//! `limits.max_nesting_depth` is refused whole with `nesting-too-deep`, so
+//! no deeper tree is ever built, stored or sent on.
+//!
 //! Text frames carry JSON, binary frames MessagePack (structs as maps). Both
 //! decode into the same types, so a JSON client and a MessagePack client in one
-//! room hear each other; opaque payloads (`meta`, `data`) are carried as a
-//! JSON value tree in either case.
+//! room hear each other. `meta` becomes a JSON value tree; `data` stays the
+//! bytes the client sent (JSON text or MessagePack, see [`Opaque`]).
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -19,7 +24,7 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::payload::{Opaque, Payload};
+use crate::payload::{self, MsgPackValue, Opaque};
 
 use crate::error::{ClientError, ErrorCode};
 use std::net::{IpAddr, SocketAddr};
@@ -69,6 +74,10 @@ pub struct NameLimits {
     /// Maximum bytes of `meta` (as JSON): it is repeated in every `joined`
     /// list of the room, so it must stay small.
     pub max_meta_bytes: usize,
+    /// Deepest nesting of arrays and maps in a value of a frame (`meta`,
+    /// `data`): value trees are built and dropped recursively, and parsers
+    /// further on (Redis's Lua cjson, other nodes) have limits of their own.
+    pub max_nesting_depth: usize,
 }
 
 /// Counts the bytes a value takes as JSON, without building the text.
@@ -90,10 +99,11 @@ fn json_len(v: &Value) -> usize {
 
 /// Every field any client message may carry; `validate` decides which are needed.
 /// `D` is how `data` is read: the JSON text itself from JSON
-/// (`Box<RawValue>`), a value from MessagePack ([`Payload`]). Names borrow
+/// (`Box<RawValue>`); from MessagePack only whether it is there
+/// ([`Present`]), as its bytes are taken from the frame's scan. Names borrow
 /// from the frame when they can (no escapes), as they are parsed again anyway.
 #[derive(Debug, Deserialize)]
-pub struct RawClientMsg<'a, D = Payload> {
+pub struct RawClientMsg<'a, D = Box<RawValue>> {
     /// The message type.
     #[serde(rename = "type", borrow)]
     pub ty: Option<Cow<'a, str>>,
@@ -131,8 +141,22 @@ pub struct RawClientMsg<'a, D = Payload> {
     #[serde(default, rename = "from")]
     pub _from: serde::de::IgnoredAny,
     /// `hello`: the `reconnect_secret` of the connection this one replaces
-    /// (last, so the positional order of the fields above stays as it was).
+    /// (last, and defaulted, so the positional form of the fields above
+    /// stays as it was: a 12-element array still decodes).
+    #[serde(default)]
     pub reconnect_secret: Option<String>,
+}
+
+/// `data` of a MessagePack frame as serde reads it: skipped, only its
+/// presence noted (its bytes are the span [`payload::scan_msgpack_frame`] found).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Present;
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(Present)
+    }
 }
 
 /// A validated client command.
@@ -262,6 +286,28 @@ fn valid_id(id: Option<Value>) -> Result<Option<Value>, ClientError> {
     }
 }
 
+impl<'a, D> RawClientMsg<'a, D> {
+    /// The same fields with `data` replaced.
+    fn with_data<E>(self, data: Option<E>) -> RawClientMsg<'a, E> {
+        RawClientMsg {
+            ty: self.ty,
+            id: self.id,
+            peer_id: self.peer_id,
+            meta: self.meta,
+            token: self.token,
+            room: self.room,
+            to: self.to,
+            kind: self.kind,
+            data,
+            pool: self.pool,
+            public_ip: self.public_ip,
+            udp: self.udp,
+            _from: self._from,
+            reconnect_secret: self.reconnect_secret,
+        }
+    }
+}
+
 impl<D: Into<Opaque>> RawClientMsg<'_, D> {
     /// Checks the fields the message's `type` needs and builds the command.
     pub fn validate(self, lim: NameLimits) -> Result<Inbound, DecodeError> {
@@ -381,41 +427,141 @@ impl<D: Into<Opaque>> RawClientMsg<'_, D> {
 /// Decodes one frame (JSON text or MessagePack binary) into a command.
 pub fn decode(frame: &[u8], codec: Codec, lim: NameLimits) -> Result<Inbound, DecodeError> {
     match codec {
-        Codec::Json => match std::str::from_utf8(frame) {
-            Ok(text) => decode_text(text, lim),
-            Err(_) => Err(classify_failure(frame, codec)),
-        },
-        Codec::MsgPack => rmp_serde::from_slice::<RawClientMsg<Payload>>(frame)
-            .map(|raw| raw.validate(lim))
-            .unwrap_or_else(|_| Err(classify_failure(frame, codec))),
+        Codec::Json => {
+            // The depth first: even the slow path below builds a tree.
+            if !payload::json_depth_within(frame, lim.max_nesting_depth + 1) {
+                return Err(too_deep(
+                    std::str::from_utf8(frame).ok().and_then(json_id),
+                    lim,
+                ));
+            }
+            match std::str::from_utf8(frame) {
+                Ok(text) => decode_json(text, lim),
+                Err(_) => Err(classify_failure(frame, codec)),
+            }
+        }
+        Codec::MsgPack => decode_msgpack(frame, lim),
     }
 }
 
 /// Decodes a JSON text frame, whose UTF-8 the WebSocket layer has checked
 /// (parsing from `str` does not check it again).
 pub fn decode_text(frame: &str, lim: NameLimits) -> Result<Inbound, DecodeError> {
+    // The frame's own object is one level; `meta` and `data` get the limit.
+    if !payload::json_depth_within(frame.as_bytes(), lim.max_nesting_depth + 1) {
+        return Err(too_deep(json_id(frame), lim));
+    }
+    decode_json(frame, lim)
+}
+
+/// [`decode_text`] once the depth is checked.
+fn decode_json(frame: &str, lim: NameLimits) -> Result<Inbound, DecodeError> {
     serde_json::from_str::<RawClientMsg<Box<RawValue>>>(frame)
         .map(|raw| raw.validate(lim))
         .unwrap_or_else(|_| Err(classify_failure(frame.as_bytes(), Codec::Json)))
 }
 
+/// Decodes a MessagePack frame: one scan checks it (well-formed, depth) and
+/// finds where `data` is; serde reads the other fields, and `data` is kept
+/// as the bytes the client sent.
+fn decode_msgpack(frame: &[u8], lim: NameLimits) -> Result<Inbound, DecodeError> {
+    let scan = match payload::scan_msgpack_frame(frame, lim.max_nesting_depth) {
+        Ok(scan) => scan,
+        Err(_) => return Err(malformed(Codec::MsgPack)),
+    };
+    if scan.too_deep {
+        return Err(too_deep(msgpack_id(frame, scan.id), lim));
+    }
+    let raw = match rmp_serde::from_slice::<RawClientMsg<Present>>(frame) {
+        Ok(raw) => raw,
+        Err(_) => return Err(classify_failure(frame, Codec::MsgPack)),
+    };
+    let data = match (raw.data, scan.data) {
+        // Absent, or nil (serde reads a nil `Option` as `None`).
+        (None, _) => None,
+        (Some(Present), Some(span)) => {
+            Some(Opaque::MsgPack(MsgPackValue::from_scanned(&frame[span])))
+        }
+        // serde also takes a field by its index (`8`) or as `bin`; the scan
+        // only knows the string key.
+        (Some(Present), None) => {
+            return Err(DecodeError {
+                id: msgpack_id(frame, scan.id),
+                error: ClientError::new(
+                    ErrorCode::InvalidMessage,
+                    "`data` must be keyed by the string \"data\"",
+                ),
+            })
+        }
+    };
+    raw.with_data(data).validate(lim)
+}
+
+fn too_deep(id: Option<Value>, lim: NameLimits) -> DecodeError {
+    DecodeError {
+        id,
+        error: ClientError::new(
+            ErrorCode::NestingTooDeep,
+            format!(
+                "arrays and objects may nest at most {} levels deep in `meta` and `data`",
+                lim.max_nesting_depth
+            ),
+        ),
+    }
+}
+
+fn malformed(codec: Codec) -> DecodeError {
+    DecodeError {
+        id: None,
+        error: ClientError::new(
+            ErrorCode::Malformed,
+            match codec {
+                Codec::Json => "frame is not valid JSON",
+                Codec::MsgPack => "frame is not valid MessagePack",
+            },
+        ),
+    }
+}
+
+/// The `id` of a JSON frame too deep to decode: read without building any
+/// other field (serde_json skips values without recursion), and only when it
+/// is a scalar.
+fn json_id(frame: &str) -> Option<Value> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    if !frame.trim_start().starts_with('{') {
+        return None;
+    }
+    let raw = serde_json::from_str::<IdOnly<'_>>(frame).ok()?.id?;
+    if raw.get().starts_with(['[', '{']) {
+        return None;
+    }
+    valid_id(serde_json::from_str(raw.get()).ok())
+        .ok()
+        .flatten()
+}
+
+/// The `id` of a MessagePack frame at `span` (from its scan), when it is a scalar.
+fn msgpack_id(frame: &[u8], span: Option<std::ops::Range<usize>>) -> Option<Value> {
+    let bytes = &frame[span?];
+    if matches!(bytes.first(), Some(0x80..=0x9f | 0xdc..=0xdf)) {
+        return None;
+    }
+    valid_id(rmp_serde::from_slice(bytes).ok()).ok().flatten()
+}
+
 /// Slow path: tells a malformed frame from a well-formed one with bad fields.
+/// Runs only on frames whose depth was checked.
 fn classify_failure(frame: &[u8], codec: Codec) -> DecodeError {
     let generic: Option<Value> = match codec {
         Codec::Json => serde_json::from_slice(frame).ok(),
         Codec::MsgPack => rmp_serde::from_slice(frame).ok(),
     };
     match generic {
-        None => DecodeError {
-            id: None,
-            error: ClientError::new(
-                ErrorCode::Malformed,
-                match codec {
-                    Codec::Json => "frame is not valid JSON",
-                    Codec::MsgPack => "frame is not valid MessagePack",
-                },
-            ),
-        },
+        None => malformed(codec),
         Some(Value::Object(map)) => {
             let id = valid_id(map.get("id").cloned()).ok().flatten();
             DecodeError {
@@ -645,8 +791,8 @@ pub enum ServerMsg {
     /// Answer to the legacy worker dialect's `echo_request` (native clients
     /// never receive it; the legacy encoder writes it as `echo_response`).
     Echo {
-        /// The request's payload, as sent.
-        original_payload: Value,
+        /// The request's payload, as sent (JSON text: never a tree).
+        original_payload: Opaque,
         /// Text naming the worker.
         processed_by_rendezvous: String,
     },
@@ -691,6 +837,69 @@ impl ServerMsg {
             message: e.message,
         }
     }
+
+    /// An upper bound of the heap the message holds beyond its own size
+    /// (what a queued message pins; see `hub`). Names are counted though a
+    /// clone of one shares its text, and value trees at what their nodes
+    /// may take ([`payload::value_heap_bytes`]).
+    pub fn heap_bytes(&self) -> usize {
+        let v = payload::value_heap_bytes;
+        let id = |i: &Option<Value>| i.as_ref().map_or(0, v);
+        match self {
+            Self::Welcome {
+                id: i,
+                peer_id,
+                node,
+                observed_addr,
+                stun_username,
+                ..
+            } => {
+                id(i)
+                    + peer_id.as_str().len()
+                    + node.capacity()
+                    + observed_addr.capacity()
+                    + stun_username.as_ref().map_or(0, String::capacity)
+            }
+            Self::Joined { id: i, room, peers } => {
+                id(i)
+                    + room.as_str().len()
+                    + peers.capacity() * std::mem::size_of::<Member>()
+                    + peers
+                        .iter()
+                        .map(|m| m.peer_id.as_str().len() + v(&m.meta))
+                        .sum::<usize>()
+            }
+            Self::PeerJoined {
+                room,
+                peer_id,
+                meta,
+            } => room.as_str().len() + peer_id.as_str().len() + v(meta),
+            Self::PeerLeft { room, peer_id, .. } => room.as_str().len() + peer_id.as_str().len(),
+            Self::Signal { from, kind, data } => {
+                from.as_str().len() + kind.as_str().len() + data.heap_bytes()
+            }
+            Self::Message { room, from, data } => {
+                room.as_str().len() + from.as_str().len() + data.heap_bytes()
+            }
+            Self::Pong { id: i } => id(i),
+            Self::Ack { id: i } => v(i),
+            Self::Error { id: i, message, .. } => id(i) + message.capacity(),
+            Self::Reconnect { reason, .. } => reason.capacity(),
+            Self::Paired(n) => {
+                n.pairing_id.capacity()
+                    + n.peer.peer_id.as_str().len()
+                    + n.peer.observed_addr.capacity()
+                    + n.peer.public_ip.as_ref().map_or(0, String::capacity)
+                    + n.peer.udp.as_ref().map_or(0, String::capacity)
+            }
+            Self::PairLost { pairing_id, .. } => pairing_id.capacity(),
+            Self::Endpoint { udp, .. } => udp.capacity(),
+            Self::Echo {
+                original_payload,
+                processed_by_rendezvous,
+            } => original_payload.heap_bytes() + processed_by_rendezvous.capacity(),
+        }
+    }
 }
 
 /// An encoded frame ready for the socket.
@@ -705,12 +914,65 @@ pub enum Encoded {
 /// Encodes a server message in the client's codec.
 pub fn encode(msg: &ServerMsg, codec: Codec) -> Encoded {
     match codec {
-        // Serializing our own types into memory cannot fail: every map key is a string.
+        // Serializing our own types into memory cannot fail: every map key is
+        // a string, and MessagePack `data` was checked when it was read.
         Codec::Json => Encoded::Text(serde_json::to_string(msg).expect("server message is JSON")),
-        Codec::MsgPack => {
-            Encoded::Binary(rmp_serde::to_vec_named(msg).expect("server message is MessagePack"))
-        }
+        Codec::MsgPack => Encoded::Binary(match msg {
+            ServerMsg::Signal {
+                from,
+                kind,
+                data: Opaque::MsgPack(data),
+            } => msgpack_with_data(
+                "signal",
+                &[("from", from.as_str()), ("kind", kind.as_str())],
+                data,
+            ),
+            ServerMsg::Message {
+                room,
+                from,
+                data: Opaque::MsgPack(data),
+            } => msgpack_with_data(
+                "message",
+                &[("room", room.as_str()), ("from", from.as_str())],
+                data,
+            ),
+            _ => rmp_serde::to_vec_named(msg).expect("server message is MessagePack"),
+        }),
     }
+}
+
+/// A `signal` or `message` for a MessagePack client whose `data` came from
+/// one: the map rmp-serde would write (`type` first, then the fields in
+/// order), with the sender's `data` bytes copied in as they are.
+fn msgpack_with_data(ty: &str, fields: &[(&str, &str); 2], data: &MsgPackValue) -> Vec<u8> {
+    fn str(out: &mut Vec<u8>, s: &str) {
+        let n = s.len();
+        if n < 32 {
+            out.push(0xa0 | n as u8);
+        } else if n <= 0xff {
+            out.extend_from_slice(&[0xd9, n as u8]);
+        } else if n <= 0xffff {
+            out.push(0xda);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            out.push(0xdb);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+    let d = data.as_bytes();
+    let names: usize = fields.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+    let mut out = Vec::with_capacity(d.len() + ty.len() + names + 20);
+    out.push(0x84); // a map of four entries
+    str(&mut out, "type");
+    str(&mut out, ty);
+    for (k, v) in fields {
+        str(&mut out, k);
+        str(&mut out, v);
+    }
+    str(&mut out, "data");
+    out.extend_from_slice(d);
+    out
 }
 
 #[cfg(test)]
@@ -722,6 +984,7 @@ mod tests {
         max_name_bytes: 16,
         max_kind_bytes: 8,
         max_meta_bytes: 32,
+        max_nesting_depth: 64,
     };
 
     fn dj(v: Value) -> Result<Inbound, DecodeError> {
@@ -966,5 +1229,320 @@ mod tests {
             encode(&out, Codec::Json),
             Encoded::Text(r#"{"type":"pong","id":2}"#.into())
         );
+    }
+
+    /// `[[...[1]...]]`, `depth` arrays deep, as JSON text.
+    fn json_nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    /// The same in MessagePack.
+    fn msgpack_nested(depth: usize) -> Vec<u8> {
+        let mut v = vec![0x91; depth];
+        v.push(0x01);
+        v
+    }
+
+    /// A MessagePack map of `(key, value)` with string keys, values as encoded bytes.
+    fn mp_map(fields: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut f = vec![0x80 | fields.len() as u8];
+        for (k, v) in fields {
+            f.push(0xa0 | k.len() as u8);
+            f.extend_from_slice(k.as_bytes());
+            f.extend_from_slice(v);
+        }
+        f
+    }
+
+    fn mp_str(s: &str) -> Vec<u8> {
+        let mut v = vec![0xa0 | s.len() as u8];
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_passes_one_more_is_refused_in_both_codecs() {
+        let lim = NameLimits {
+            max_meta_bytes: 4096,
+            ..LIM
+        };
+        for depth in [64, 65] {
+            let ok = depth <= 64;
+            // JSON: `meta` of hello and join, `data` of signal and broadcast,
+            // with the `id` before or after the deep value.
+            let deep = json_nested(depth);
+            for frame in [
+                format!(r#"{{"type":"hello","id":7,"meta":{deep}}}"#),
+                format!(r#"{{"type":"join","room":"r","meta":{deep},"id":7}}"#),
+                format!(r#"{{"type":"signal","to":"b","kind":"k","data":{deep},"id":7}}"#),
+                format!(r#"{{"id":7,"type":"broadcast","room":"r","data":{{"a":{deep}}}}}"#),
+            ] {
+                // A key adds a level in the last frame.
+                let ok = ok && !frame.contains(r#"{"a":"#) || depth < 64;
+                let r = decode_text(&frame, lim);
+                if ok {
+                    assert!(r.is_ok(), "depth {depth}: {frame}: {r:?}");
+                } else {
+                    let e = r.unwrap_err();
+                    assert_eq!(
+                        (e.error.code, e.id),
+                        (ErrorCode::NestingTooDeep, Some(json!(7))),
+                        "depth {depth}: {frame}"
+                    );
+                }
+            }
+            // MessagePack: the same, `id` before and after.
+            let deep = msgpack_nested(depth);
+            let id: &[u8] = &[0x07];
+            for frame in [
+                mp_map(&[("type", &mp_str("hello")), ("id", id), ("meta", &deep)]),
+                mp_map(&[
+                    ("type", &mp_str("join")),
+                    ("room", &mp_str("r")),
+                    ("meta", &deep),
+                    ("id", id),
+                ]),
+                mp_map(&[
+                    ("type", &mp_str("signal")),
+                    ("to", &mp_str("b")),
+                    ("kind", &mp_str("k")),
+                    ("data", &deep),
+                    ("id", id),
+                ]),
+            ] {
+                let r = decode(&frame, Codec::MsgPack, lim);
+                if ok {
+                    assert!(r.is_ok(), "depth {depth}: {frame:x?}: {r:?}");
+                } else {
+                    let e = r.unwrap_err();
+                    assert_eq!(
+                        (e.error.code, e.id),
+                        (ErrorCode::NestingTooDeep, Some(json!(7))),
+                        "depth {depth}: {frame:x?}"
+                    );
+                }
+            }
+        }
+        // Far deeper than any parser's own limit: refused by the scan, the
+        // `id` still found (serde_json gives up at 128, rmp-serde at 1024).
+        let frame = format!(
+            r#"{{"type":"signal","to":"b","kind":"k","data":{},"id":"x"}}"#,
+            json_nested(20_000)
+        );
+        let e = decode_text(&frame, lim).unwrap_err();
+        assert_eq!(
+            (e.error.code, e.id),
+            (ErrorCode::NestingTooDeep, Some(json!("x")))
+        );
+        let frame = mp_map(&[
+            ("type", &mp_str("signal")),
+            ("data", &msgpack_nested(20_000)),
+            ("id", &mp_str("x")),
+        ]);
+        let e = decode(&frame, Codec::MsgPack, lim).unwrap_err();
+        assert_eq!(
+            (e.error.code, e.id),
+            (ErrorCode::NestingTooDeep, Some(json!("x")))
+        );
+        // A deep `id` is not echoed.
+        let e = decode_text(
+            &format!(r#"{{"type":"ping","id":{}}}"#, json_nested(70)),
+            lim,
+        )
+        .unwrap_err();
+        assert_eq!((e.error.code, e.id), (ErrorCode::NestingTooDeep, None));
+        // Brackets inside strings do not count.
+        let frame = format!(
+            r#"{{"type":"signal","to":"b","kind":"k","data":"{}\"[["}}"#,
+            "[".repeat(100)
+        );
+        assert!(decode_text(&frame, lim).is_ok());
+    }
+
+    #[test]
+    fn msgpack_data_is_kept_as_sent_and_copied_to_msgpack_recipients() {
+        // data: {"n": 1 as a uint16 (not the smallest form), "b": bin 01 02}
+        let data: &[u8] = &[
+            0x82, 0xa1, b'n', 0xcd, 0x00, 0x01, 0xa1, b'b', 0xc4, 2, 1, 2,
+        ];
+        let frame = mp_map(&[
+            ("type", &mp_str("signal")),
+            ("to", &mp_str("b")),
+            ("kind", &mp_str("offer")),
+            ("data", data),
+        ]);
+        let Command::Signal { data: d, .. } = decode(&frame, Codec::MsgPack, LIM).unwrap().cmd
+        else {
+            panic!("a signal")
+        };
+        match &d {
+            Opaque::MsgPack(m) => assert_eq!(m.as_bytes(), data),
+            other => panic!("expected MessagePack bytes, got {other:?}"),
+        }
+        // About its size on the wire when queued.
+        assert_eq!(d.heap_bytes(), data.len());
+        let out = ServerMsg::Signal {
+            from: PeerId::from_trusted("a"),
+            kind: SignalKind::from_trusted("offer"),
+            data: d,
+        };
+        let Encoded::Binary(b) = encode(&out, Codec::MsgPack) else {
+            panic!("binary")
+        };
+        // The bytes as sent, at the end of the map rmp-serde would write.
+        assert!(b.ends_with(data), "{b:x?}");
+        let mut want = mp_map(&[
+            ("type", &mp_str("signal")),
+            ("from", &mp_str("a")),
+            ("kind", &mp_str("offer")),
+        ]);
+        want[0] = 0x84;
+        want.extend_from_slice(&[0xa4, b'd', b'a', b't', b'a']);
+        want.extend_from_slice(data);
+        assert_eq!(b, want);
+        // A JSON recipient gets it transcoded: bin as an array of byte values.
+        let Encoded::Text(t) = encode(&out, Codec::Json) else {
+            panic!("text")
+        };
+        assert_eq!(
+            t,
+            r#"{"type":"signal","from":"a","kind":"offer","data":{"n":1,"b":[1,2]}}"#
+        );
+        // A broadcast is copied the same way; long names take longer headers.
+        let room = "r".repeat(40);
+        let out = ServerMsg::Message {
+            room: RoomName::from_trusted(room.as_str()),
+            from: PeerId::from_trusted("a"),
+            data: Opaque::MsgPack(MsgPackValue::new(data, 64).unwrap()),
+        };
+        let Encoded::Binary(b) = encode(&out, Codec::MsgPack) else {
+            panic!("binary")
+        };
+        // What serializing the message value by value gives (bin and all).
+        let generic = rmp_serde::to_vec_named(&out).unwrap();
+        let read = |b: &[u8]| {
+            rmp_serde::from_slice::<crate::payload::Payload>(b)
+                .unwrap()
+                .0
+        };
+        assert_eq!(read(&b), read(&generic));
+        assert_eq!(read(&b)["room"], json!(room));
+        assert!(b.ends_with(data));
+    }
+
+    #[test]
+    fn msgpack_data_reaches_json_recipients_like_a_lenient_value() {
+        // Every kind of value, and keys that are not strings.
+        let v = json!({"s": "t", "neg": -5, "big": u64::MAX, "f": 1.5, "nil": null, "t": true,
+            "arr": [1, [2, {"k": -300}]]});
+        let mut data = rmp_serde::to_vec_named(&v).unwrap();
+        // Append to the map: 1: "x", true: 2, bin key, a float32, an invalid-UTF-8 str, a nested int key.
+        let extra: &[u8] = &[
+            0x01, 0xa1, b'x', 0xc3, 0x02, 0xc4, 1, 9, 0x03, 0xa2, b'f', b'4', 0xca, 0x3f, 0xc0, 0,
+            0, 0xa3, b'b', b'a', b'd', 0xa2, 0xff, 0xfe, 0xa1, b'm', 0x81, 0xd0, 0x80, 0xc0,
+        ];
+        assert_eq!(data[0] & 0xf0, 0x80);
+        data[0] += 6;
+        data.extend_from_slice(extra);
+        let m = MsgPackValue::new(&data, 64).unwrap();
+        let text = serde_json::to_string(&m).unwrap();
+        let got: Value = serde_json::from_str(&text).unwrap();
+        // The same as the value tree `Payload` builds.
+        let tree = Opaque::MsgPack(m).to_value();
+        assert_eq!(got, tree);
+        assert_eq!(got["1"], "x");
+        assert_eq!(got["true"], 2);
+        assert_eq!(got["[9]"], 3);
+        assert_eq!(got["f4"], 1.5);
+        assert_eq!(got["bad"], json!([255, 254]));
+        assert_eq!(got["m"], json!({"-128": null}));
+        assert_eq!(got["big"], json!(u64::MAX));
+    }
+
+    #[test]
+    fn msgpack_ext_is_refused_in_data_and_skipped_elsewhere() {
+        let ts: &[u8] = &[0xd6, 0xff, 0, 0, 0, 1]; // timestamp 32
+        let frame = mp_map(&[
+            ("type", &mp_str("signal")),
+            ("to", &mp_str("b")),
+            ("kind", &mp_str("k")),
+            ("data", ts),
+        ]);
+        assert_eq!(
+            decode(&frame, Codec::MsgPack, LIM).unwrap_err().error.code,
+            ErrorCode::Malformed
+        );
+        let frame = mp_map(&[("type", &mp_str("ping")), ("at", ts)]);
+        assert_eq!(
+            decode(&frame, Codec::MsgPack, LIM).unwrap().cmd,
+            Command::Ping
+        );
+    }
+
+    #[test]
+    fn msgpack_data_however_serde_finds_it() {
+        // Positional (a struct as an array): `data` is field 8.
+        let frame = rmp_serde::to_vec(&("signal", 3, (), (), (), (), "b", "k", [1, 2], (), (), ()))
+            .unwrap();
+        let i = decode(&frame, Codec::MsgPack, LIM).unwrap();
+        assert_eq!(i.id, Some(json!(3)));
+        assert!(matches!(i.cmd, Command::Signal { ref data, .. } if *data == json!([1, 2])));
+        // Keyed by its index: serde takes it, the scan does not; refused.
+        let mut frame = mp_map(&[
+            ("type", &mp_str("signal")),
+            ("to", &mp_str("b")),
+            ("kind", &mp_str("k")),
+        ]);
+        frame[0] += 1;
+        frame.extend_from_slice(&[0x08, 0x01]);
+        assert_eq!(
+            decode(&frame, Codec::MsgPack, LIM).unwrap_err().error.code,
+            ErrorCode::InvalidMessage
+        );
+        // nil and absent are both null.
+        for frame in [
+            mp_map(&[
+                ("type", &mp_str("signal")),
+                ("to", &mp_str("b")),
+                ("kind", &mp_str("k")),
+            ]),
+            mp_map(&[
+                ("type", &mp_str("signal")),
+                ("to", &mp_str("b")),
+                ("kind", &mp_str("k")),
+                ("data", &[0xc0]),
+            ]),
+        ] {
+            let Command::Signal { data, .. } = decode(&frame, Codec::MsgPack, LIM).unwrap().cmd
+            else {
+                panic!("a signal")
+            };
+            assert!(matches!(data, Opaque::Value(Value::Null)), "{data:?}");
+        }
+    }
+
+    #[test]
+    fn a_queued_message_counts_what_it_holds() {
+        // The probe's payload: 65,000 one-byte integers.
+        let mut data = vec![0xdc, 0xfd, 0xe8];
+        data.extend(std::iter::repeat_n(0x01, 65_000));
+        let m = Opaque::MsgPack(MsgPackValue::new(&data, 64).unwrap());
+        let msg = ServerMsg::Signal {
+            from: PeerId::from_trusted("a"),
+            kind: SignalKind::from_trusted("k"),
+            data: m.clone(),
+        };
+        assert!(
+            (65_003..66_000).contains(&msg.heap_bytes()),
+            "{}",
+            msg.heap_bytes()
+        );
+        // As a tree it holds 32 bytes per element: the estimate says so.
+        let tree = ServerMsg::Signal {
+            from: PeerId::from_trusted("a"),
+            kind: SignalKind::from_trusted("k"),
+            data: Opaque::Value(m.to_value()),
+        };
+        assert!(tree.heap_bytes() >= 65_000 * 32, "{}", tree.heap_bytes());
     }
 }

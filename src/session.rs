@@ -12,6 +12,18 @@
 //! socket and the wake-ups between them; see docs/DESIGN.md ("Memory per
 //! connection"). The socket layer is [`crate::ws`].
 //!
+//! Backpressure: while more than `limits.max_write_buffer_bytes` wait to be
+//! written to the socket (encoded in the socket's write buffer, or still in
+//! the queue), the task stops reading it. So the answers a client asks for
+//! (`pong`, `ack`, `error`) cannot pile up faster than it reads them.
+//! Pausing, rather than closing with 1008, because a client that reads
+//! slowly is not misbehaving: TCP slows its writes down until it reads, and
+//! no memory is spent meanwhile. A client that never reads still ends: the
+//! timer branch of the loop does not depend on the socket, so the `hello`
+//! deadline (4003) and the heartbeat timeout (4004: a paused socket yields no
+//! frame that would count as activity) close it, and messages from others
+//! overflow its queue (1013 at `limits.outbound_queue_bytes`).
+//!
 //! The wire format is a [`Dialect`]: how a frame becomes a core command, and
 //! how a server message becomes a frame (or nothing, for a dialect that has no
 //! such message). The native protocol is [`Native`]; translators for older
@@ -286,9 +298,10 @@ fn serve<D: Dialect>(
         metrics::counter!(m::CONNECTIONS_TOTAL, "dialect" => D::NAME).increment(1);
         let limits = &node.cfg.limits;
         ws.set_max_size(limits.max_frame_bytes);
-        let (handle, mut rx) = ConnHandle::new(
+        let (handle, mut rx) = ConnHandle::with_byte_limit(
             node.next_epoch(),
             limits.outbound_queue,
+            limits.outbound_queue_bytes,
             node.close_all.child_token(),
         );
         let enc = dialect.encoder();
@@ -303,6 +316,10 @@ fn serve<D: Dialect>(
         tokio::pin!(timer);
         let cancelled = handle.ctl().cancel.cancelled();
         tokio::pin!(cancelled);
+        let mut backlog = Backlog {
+            max: limits.max_write_buffer_bytes,
+            paused: false,
+        };
 
         let mut session: Option<Session> = match Box::pin(dialect.open(&node, &handle, &info)).await
         {
@@ -337,7 +354,7 @@ fn serve<D: Dialect>(
                     timer.as_mut().reset(ping_at.min(idle_at));
                     continue;
                 }
-                ev = poll_fn(|cx| poll_socket(cx, &mut ws, &mut rx, &enc)) => ev,
+                ev = poll_fn(|cx| poll_socket(cx, &mut ws, &mut rx, &enc, &mut backlog)) => ev,
             };
             let frame = match event {
                 Event::End(end) => break end_reason(end),
@@ -350,7 +367,7 @@ fn serve<D: Dialect>(
                 Event::Message => {
                     let Some(frame) = ws.data() else {
                         // Text that is not UTF-8.
-                        break Some(CloseReason::CLIENT_GONE);
+                        break Some(CloseReason::INVALID_UTF8);
                     };
                     frame
                 }
@@ -398,18 +415,30 @@ fn end_reason(end: ReadEnd) -> Option<CloseReason> {
         ReadEnd::Closed => Some(CloseReason::CLIENT_CLOSED),
         ReadEnd::TooBig => Some(CloseReason::TOO_BIG),
         ReadEnd::Gone => Some(CloseReason::CLIENT_GONE),
+        ReadEnd::Protocol => Some(CloseReason::PROTOCOL_ERROR),
+        ReadEnd::InvalidUtf8 => Some(CloseReason::INVALID_UTF8),
         ReadEnd::WriteFailed => None,
     }
 }
 
+/// Whether reading is paused for backpressure (see the module docs).
+struct Backlog {
+    /// `limits.max_write_buffer_bytes`.
+    max: usize,
+    /// Paused at the last poll (a pause is counted once, when it starts).
+    paused: bool,
+}
+
 /// Writes what is queued (up to [`WRITE_BATCH`] messages per write), then
-/// reads; returns the next read event. Writing never waits for reading or
-/// the other way round.
+/// reads; returns the next read event. Writing never waits for reading;
+/// reading waits for writing only while the socket is backlogged (see the
+/// module docs).
 fn poll_socket<E: Encoder>(
     cx: &mut Context<'_>,
     ws: &mut WebSocket,
     rx: &mut OutboundRx,
     enc: &E,
+    backlog: &mut Backlog,
 ) -> Poll<Event> {
     // A few batches per wake-up at most, so a busy queue cannot starve reads.
     for round in 0.. {
@@ -454,6 +483,18 @@ fn poll_socket<E: Encoder>(
             m::record(m::RELAY_LATENCY, t.elapsed().as_secs_f64());
         }
     }
+    if ws.write_pending() + rx.queued_bytes() > backlog.max {
+        // Backlogged: stop reading (see the module docs). Something is left
+        // to write only when the last write returned `Pending` (the socket
+        // wakes the task when it can take more) or after the last round
+        // (which woke the task itself).
+        if !backlog.paused {
+            backlog.paused = true;
+            metrics::counter!(m::READ_PAUSES).increment(1);
+        }
+        return Poll::Pending;
+    }
+    backlog.paused = false;
     ws.poll_read(cx)
 }
 

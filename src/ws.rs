@@ -17,11 +17,24 @@
 //! What the framing does: client frames must be masked (else: protocol error);
 //! no extension is negotiated (RSV bits must be 0); fragmented messages are
 //! assembled, with control frames allowed between fragments; ping is answered
-//! with pong; a close frame is answered with the same code and reason (1002 for
-//! a code that may not be sent); text must be UTF-8 (checked when the message
-//! is handed out); a frame or message over the size limit is
-//! [`ReadEnd::TooBig`]. Protocol errors end the connection as
-//! [`ReadEnd::Gone`], as a tungstenite read error did.
+//! with pong; a close frame is answered with the same code and reason; text
+//! must be UTF-8 (a single-frame message is checked when it is handed out, a
+//! fragmented one as each fragment arrives, so an invalid one ends at the
+//! first bad fragment); a frame or message over the size limit is
+//! [`ReadEnd::TooBig`]. A protocol violation ends reading as
+//! [`ReadEnd::Protocol`] (close 1002), text or a close reason that is not
+//! UTF-8 as [`ReadEnd::InvalidUtf8`] (1007), and only the end of the stream
+//! or a transport error as [`ReadEnd::Gone`].
+//!
+//! Memory under any input: reads take at most a frame plus one read's worth
+//! at a time. Pings are answered with at most one pong pending: RFC 6455
+//! (5.5.3) lets an endpoint answer only the most recent ping, so a ping that
+//! arrives while a pong waits replaces its payload, and the pong is written
+//! once everything before it has been. A client that sends pings and never
+//! reads therefore costs one pong, not one per ping. What else the
+//! connection writes is bounded by its caller: the connection task stops
+//! reading while too much waits to be written (see [`crate::session`]),
+//! which pushes back on the client through TCP instead of buffering for it.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -271,8 +284,12 @@ pub enum ReadEnd {
     Closed,
     /// A frame or message over the size limit.
     TooBig,
-    /// End of stream, a transport error, or a protocol violation.
+    /// End of stream or a transport error: no close frame can be exchanged.
     Gone,
+    /// The client broke the framing rules (close with 1002).
+    Protocol,
+    /// A text message or a close reason that is not UTF-8 (close with 1007).
+    InvalidUtf8,
     /// Writing failed.
     WriteFailed,
 }
@@ -331,6 +348,9 @@ pub struct WebSocket {
     frag: Vec<u8>,
     /// The opcode of the fragmented message being assembled, 0 when none.
     frag_op: u8,
+    /// How much of `frag` (a text message) is checked UTF-8; a character cut
+    /// by a fragment boundary waits for the next fragment.
+    frag_checked: usize,
     /// Largest frame, and largest message, accepted.
     max_size: usize,
     /// Encoded frames not yet written. Freed once written.
@@ -339,6 +359,11 @@ pub struct WebSocket {
     wpos: usize,
     /// Written but not yet flushed (a no-op for TCP, needed for HTTP/2).
     need_flush: bool,
+    /// The payload of the latest ping not yet answered: one pong at most
+    /// waits, whatever the number of pings (see the module docs).
+    pong: Option<Box<[u8]>>,
+    /// A close frame is queued: nothing may follow it, pongs included.
+    close_queued: bool,
 }
 
 impl WebSocket {
@@ -352,10 +377,13 @@ impl WebSocket {
             current: Current::None,
             frag: Vec::new(),
             frag_op: 0,
+            frag_checked: 0,
             max_size: 64 << 20,
             wbuf: Vec::new(),
             wpos: 0,
             need_flush: false,
+            pong: None,
+            close_queued: false,
         }
     }
 
@@ -366,7 +394,7 @@ impl WebSocket {
 
     /// True when nothing is buffered for writing.
     pub fn write_idle(&self) -> bool {
-        self.wbuf.is_empty() && !self.need_flush
+        self.wbuf.is_empty() && !self.need_flush && self.pong.is_none()
     }
 
     /// Bytes waiting to be written.
@@ -381,6 +409,11 @@ impl WebSocket {
 
     /// Appends one frame to the write buffer.
     pub fn queue_frame(&mut self, opcode: u8, payload: &[u8]) {
+        if opcode == OP_CLOSE {
+            // Nothing may follow a close frame: a pending pong is dropped.
+            self.close_queued = true;
+            self.pong = None;
+        }
         let w = &mut self.wbuf;
         w.reserve(payload.len() + 10);
         w.push(0x80 | opcode);
@@ -424,20 +457,29 @@ impl WebSocket {
         self.queue_frame(OP_CLOSE, &p);
     }
 
-    /// Writes what is buffered. `Ready(Ok)` once all of it is written and
-    /// flushed (the buffer is then freed); `Pending` while the socket is full.
+    /// Writes what is buffered, then the pending pong. `Ready(Ok)` once all
+    /// of it is written and flushed (the buffer is then freed); `Pending`
+    /// while the socket is full.
     pub fn poll_write_buffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.wpos < self.wbuf.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        loop {
+            while self.wpos < self.wbuf.len() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.wpos += n;
             }
-            self.wpos += n;
-        }
-        if !self.wbuf.is_empty() {
-            self.wbuf = Vec::new();
-            self.wpos = 0;
-            self.need_flush = true;
+            if !self.wbuf.is_empty() {
+                self.wbuf = Vec::new();
+                self.wpos = 0;
+                self.need_flush = true;
+            }
+            // The pong goes out once everything before it is written: until
+            // then, later pings only update its payload.
+            match self.pong.take() {
+                Some(p) => self.queue_frame(OP_PONG, &p),
+                None => break,
+            }
         }
         if self.need_flush {
             ready!(Pin::new(&mut self.io).poll_flush(cx))?;
@@ -476,6 +518,7 @@ impl WebSocket {
     fn release(&mut self) {
         if let Current::Frag { .. } = self.current {
             self.frag = Vec::new();
+            self.frag_checked = 0;
         }
         self.current = Current::None;
         if self.rpos == self.rbuf.len() && self.rpos > 0 {
@@ -559,7 +602,7 @@ impl WebSocket {
             match h.opcode {
                 OP_TEXT | OP_BINARY => {
                     if self.frag_op != 0 {
-                        return Err(ReadEnd::Gone);
+                        return Err(ReadEnd::Protocol);
                     }
                     let text = h.opcode == OP_TEXT;
                     if h.fin {
@@ -568,22 +611,37 @@ impl WebSocket {
                     }
                     self.frag_op = h.opcode;
                     self.frag = self.rbuf[start..end].to_vec();
+                    self.frag_checked = 0;
+                    if text {
+                        self.check_frag_utf8(false)?;
+                    }
                 }
                 OP_CONT => {
                     if self.frag_op == 0 {
-                        return Err(ReadEnd::Gone);
+                        return Err(ReadEnd::Protocol);
                     }
                     self.frag.extend_from_slice(&self.rbuf[start..end]);
+                    let text = self.frag_op == OP_TEXT;
+                    if text {
+                        self.check_frag_utf8(h.fin)?;
+                    }
                     if h.fin {
-                        let text = self.frag_op == OP_TEXT;
                         self.frag_op = 0;
                         self.current = Current::Frag { text };
                         return Ok(Some(Event::Message));
                     }
                 }
                 OP_PING => {
-                    let p = self.rbuf[start..end].to_vec();
-                    self.queue_frame(OP_PONG, &p);
+                    // Remember the payload for the pong; a later ping replaces
+                    // it (RFC 6455 5.5.3: only the most recent ping needs an
+                    // answer). No pong may follow a close frame.
+                    if !self.close_queued {
+                        let p = &self.rbuf[start..end];
+                        match &mut self.pong {
+                            Some(q) if q.len() == p.len() => q.copy_from_slice(p),
+                            slot => *slot = Some(p.into()),
+                        }
+                    }
                     return Ok(Some(Event::Control));
                 }
                 OP_PONG => return Ok(Some(Event::Control)),
@@ -591,21 +649,17 @@ impl WebSocket {
                     let p = &self.rbuf[start..end];
                     match p.len() {
                         0 => self.queue_frame(OP_CLOSE, &[]),
-                        1 => return Err(ReadEnd::Gone),
+                        1 => return Err(ReadEnd::Protocol),
                         _ => {
                             let code = u16::from_be_bytes([p[0], p[1]]);
+                            if !close_code_allowed(code) {
+                                return Err(ReadEnd::Protocol);
+                            }
                             if std::str::from_utf8(&p[2..]).is_err() {
-                                return Err(ReadEnd::Gone);
+                                return Err(ReadEnd::InvalidUtf8);
                             }
-                            if close_code_allowed(code) {
-                                let echo = p.to_vec();
-                                self.queue_frame(OP_CLOSE, &echo);
-                            } else {
-                                self.queue_close(CloseFrame {
-                                    code: 1002,
-                                    reason: "Protocol violation",
-                                });
-                            }
+                            let echo = p.to_vec();
+                            self.queue_frame(OP_CLOSE, &echo);
                         }
                     }
                     return Err(ReadEnd::Closed);
@@ -613,6 +667,20 @@ impl WebSocket {
                 _ => unreachable!("parse_header refuses other opcodes"),
             }
         }
+    }
+}
+
+impl WebSocket {
+    /// Checks the UTF-8 of a text message's fragments as they arrive: what
+    /// is complete must be valid, and only a character cut at the end of the
+    /// last fragment so far may wait for the next one (not at `fin`).
+    fn check_frag_utf8(&mut self, fin: bool) -> Result<(), ReadEnd> {
+        match std::str::from_utf8(&self.frag[self.frag_checked..]) {
+            Ok(_) => self.frag_checked = self.frag.len(),
+            Err(e) if e.error_len().is_none() && !fin => self.frag_checked += e.valid_up_to(),
+            Err(_) => return Err(ReadEnd::InvalidUtf8),
+        }
+        Ok(())
     }
 }
 
@@ -636,12 +704,12 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, ReadEnd> {
     let opcode = b0 & 0x0f;
     if b0 & 0x70 != 0 || b1 & 0x80 == 0 {
         // Reserved bits without an extension, or an unmasked client frame.
-        return Err(ReadEnd::Gone);
+        return Err(ReadEnd::Protocol);
     }
     let control = match opcode {
         OP_CONT | OP_TEXT | OP_BINARY => false,
         OP_CLOSE | OP_PING | OP_PONG => true,
-        _ => return Err(ReadEnd::Gone),
+        _ => return Err(ReadEnd::Protocol),
     };
     let (len, at) = match b1 & 0x7f {
         126 => {
@@ -656,14 +724,14 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, ReadEnd> {
             }
             let n = u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes"));
             if n >> 63 != 0 {
-                return Err(ReadEnd::Gone);
+                return Err(ReadEnd::Protocol);
             }
             (n, 10)
         }
         n => (u64::from(n), 2),
     };
     if control && (!fin || len > 125) {
-        return Err(ReadEnd::Gone);
+        return Err(ReadEnd::Protocol);
     }
     if buf.len() < at + 4 {
         return Ok(None);

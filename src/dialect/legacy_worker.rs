@@ -15,7 +15,9 @@
 //! - `{"type":"register_public_ip","ip":"203.0.113.7"}`: records the public
 //!   IP it reports (a missing or invalid `ip` is logged and ignored);
 //! - `{"type":"echo_request","payload":X}`: answered with
-//!   `{"type":"echo_response","original_payload":X,"processed_by_rendezvous":"..."}`;
+//!   `{"type":"echo_response","original_payload":X,"processed_by_rendezvous":"..."}`,
+//!   `X` being the JSON text the worker sent, byte for byte (it is never
+//!   built into a value tree, so a queued answer holds about its size);
 //! - `{"type":"update_udp_endpoint","udp_ip":"...","udp_port":N}`: records its
 //!   UDP endpoint and, with `rendezvous.auto_pair`, queues it in pool `default`.
 //!
@@ -29,6 +31,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tracing::{debug, info};
 
@@ -36,6 +40,7 @@ use crate::error::close;
 use crate::hub::{CloseReason, ConnHandle};
 use crate::metrics as m;
 use crate::node::{Node, Session};
+use crate::payload::Opaque;
 use crate::protocol::{Encoded, ServerMsg};
 use crate::session::{ConnInfo, Dialect, Encoder, Flow};
 use crate::types::PeerId;
@@ -73,6 +78,29 @@ impl LegacyWorker {
 #[derive(Debug)]
 pub struct LegacyEncoder;
 
+/// A message from a legacy worker: the fields this dialect reads. Small
+/// fields are values (checked the way the older service did); `payload`
+/// stays the worker's JSON text.
+#[derive(Debug, Deserialize)]
+struct LegacyMsg<'a> {
+    #[serde(rename = "type")]
+    ty: Option<Value>,
+    ip: Option<Value>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    udp_ip: Option<Value>,
+    udp_port: Option<Value>,
+}
+
+/// `echo_response`, its keys in the order the server always wrote them.
+#[derive(Serialize)]
+struct EchoResponse<'a> {
+    original_payload: &'a Opaque,
+    processed_by_rendezvous: &'a str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+}
+
 /// The text of `echo_response.processed_by_rendezvous`.
 pub fn echo_text(worker: &PeerId) -> String {
     format!("Echo processed by Switchboard rendezvous for worker {worker}")
@@ -93,11 +121,17 @@ impl Encoder for LegacyEncoder {
             ServerMsg::Echo {
                 original_payload,
                 processed_by_rendezvous,
-            } => json!({
-                "type": "echo_response",
-                "original_payload": original_payload,
-                "processed_by_rendezvous": processed_by_rendezvous,
-            }),
+            } => {
+                let r = EchoResponse {
+                    original_payload,
+                    processed_by_rendezvous,
+                    ty: "echo_response",
+                };
+                // Our own keys, and JSON text that was checked when read.
+                return Some(Encoded::Text(
+                    serde_json::to_string(&r).expect("echo_response is JSON"),
+                ));
+            }
             _ => return None,
         };
         Some(Encoded::Text(v.to_string()))
@@ -166,27 +200,40 @@ impl Dialect for LegacyWorker {
         let Some(s) = session.as_ref() else {
             return Flow::Continue;
         };
-        let msg: Value = match frame {
-            Data::Text(t) => match serde_json::from_str(t) {
-                Ok(v) => v,
-                Err(_) => {
-                    metrics::counter!(m::MESSAGES_IN, "type" => "invalid").increment(1);
-                    info!(worker = %s.peer, "ignoring a frame that is not JSON");
-                    return Flow::Continue;
-                }
-            },
+        let text = match frame {
+            Data::Text(t) => t,
             Data::Binary(_) => {
                 metrics::counter!(m::MESSAGES_IN, "type" => "invalid").increment(1);
                 info!(worker = %s.peer, "ignoring a binary frame");
                 return Flow::Continue;
             }
         };
-        let ty = msg.get("type").and_then(Value::as_str);
+        // Only an object has fields (serde would also read a JSON array
+        // positionally into the struct).
+        let parsed = if text.trim_start().starts_with('{') {
+            serde_json::from_str::<LegacyMsg<'_>>(text).ok()
+        } else {
+            None
+        };
+        let msg = match parsed {
+            Some(msg) => msg,
+            None => {
+                metrics::counter!(m::MESSAGES_IN, "type" => "invalid").increment(1);
+                if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+                    info!(worker = %s.peer, "ignoring a message without `type`");
+                } else {
+                    info!(worker = %s.peer, "ignoring a frame that is not JSON");
+                }
+                return Flow::Continue;
+            }
+        };
+        let ty = msg.ty.as_ref().and_then(Value::as_str);
         m::count(m::MESSAGES_IN, "type", type_label(ty), 1);
         match ty {
             Some("register_public_ip") => {
                 let ip = msg
-                    .get("ip")
+                    .ip
+                    .as_ref()
                     .and_then(Value::as_str)
                     .and_then(|s| s.trim().parse::<IpAddr>().ok());
                 match ip {
@@ -204,16 +251,19 @@ impl Dialect for LegacyWorker {
             }
             Some("echo_request") => {
                 handle.send(ServerMsg::Echo {
-                    original_payload: msg.get("payload").cloned().unwrap_or(Value::Null),
+                    original_payload: msg
+                        .payload
+                        .map_or(Opaque::NULL, |p| Opaque::Json(p.to_owned())),
                     processed_by_rendezvous: echo_text(&s.peer),
                 });
             }
             Some("update_udp_endpoint") => {
                 let ip = msg
-                    .get("udp_ip")
+                    .udp_ip
+                    .as_ref()
                     .and_then(Value::as_str)
                     .and_then(|s| s.trim().parse::<IpAddr>().ok());
-                let port = match msg.get("udp_port") {
+                let port = match &msg.udp_port {
                     Some(Value::Number(n)) => n.as_u64(),
                     Some(Value::String(s)) => s.trim().parse().ok(),
                     _ => None,
@@ -273,9 +323,17 @@ mod tests {
             json!({"type":"p2p_connection_offer","peer_worker_id":"w2","peer_udp_ip":"2001:db8::1","peer_udp_port":4000})
         );
         let echo = ServerMsg::Echo {
-            original_payload: json!({"a": [1]}),
+            original_payload: Opaque::Json(RawValue::from_string(r#"{"a": [1]}"#.into()).unwrap()),
             processed_by_rendezvous: "x".into(),
         };
+        // The worker's text as sent, the keys in the order they always had.
+        assert_eq!(
+            LegacyEncoder.encode(&echo),
+            Some(Encoded::Text(
+                r#"{"original_payload":{"a": [1]},"processed_by_rendezvous":"x","type":"echo_response"}"#
+                    .into()
+            ))
+        );
         assert_eq!(
             text(LegacyEncoder.encode(&echo)),
             json!({"type":"echo_response","original_payload":{"a":[1]},"processed_by_rendezvous":"x"})

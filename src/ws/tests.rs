@@ -125,8 +125,9 @@ async fn every_split_point_gives_the_same_messages() {
     for cut in 0..=bytes.len() {
         let (mut ws, _c) = pair().await;
         assert_eq!(feed(&mut ws, &bytes, &[cut]), want, "cut at {cut}");
-        // One pong, for the one ping.
-        assert_eq!(ws.wbuf, unmasked(true, OP_PONG, b"p"), "cut at {cut}");
+        // One pong pending, for the one ping (written with the next write).
+        assert_eq!(ws.pong.as_deref(), Some(&b"p"[..]), "cut at {cut}");
+        assert!(ws.wbuf.is_empty(), "cut at {cut}");
     }
     // And byte by byte.
     let (mut ws, _c) = pair().await;
@@ -170,57 +171,159 @@ async fn a_64_bit_length_and_the_size_limit() {
     let mut f = vec![0x82, 0x80 | 127];
     f.extend_from_slice(&(1u64 << 63).to_be_bytes());
     f.extend_from_slice(&[0; 4]);
-    assert_eq!(feed(&mut ws, &f, &[]), vec![Got::End(ReadEnd::Gone)]);
+    assert_eq!(feed(&mut ws, &f, &[]), vec![Got::End(ReadEnd::Protocol)]);
 }
 
+/// Each violation ends reading with its own reason: 1002 for the framing
+/// rules, 1007 for bad UTF-8 (the session turns them into close codes).
 #[tokio::test]
 async fn protocol_violations_end_the_connection() {
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("unmasked", unmasked(true, OP_TEXT, b"hi")),
-        ("rsv1", {
-            let mut f = frame(true, OP_TEXT, b"hi");
-            f[0] |= 0x40;
-            f
-        }),
-        ("reserved opcode", frame(true, 3, b"")),
-        ("reserved control opcode", frame(true, 0xb, b"")),
-        ("fragmented ping", frame(false, OP_PING, b"")),
-        ("long ping", frame(true, OP_PING, &[0; 126])),
-        ("continuation first", frame(true, OP_CONT, b"x")),
-        ("new message inside a fragmented one", {
-            let mut s = frame(false, OP_TEXT, b"a");
-            s.extend(frame(true, OP_BINARY, b"b"));
-            s
-        }),
-        ("one-byte close", frame(true, OP_CLOSE, &[3])),
+    use ReadEnd::{InvalidUtf8, Protocol};
+    let close = |code: u16, reason: &[u8]| {
+        let mut p = code.to_be_bytes().to_vec();
+        p.extend_from_slice(reason);
+        frame(true, OP_CLOSE, &p)
+    };
+    let cases: Vec<(&str, Vec<u8>, ReadEnd)> = vec![
+        ("unmasked", unmasked(true, OP_TEXT, b"hi"), Protocol),
+        ("unmasked ping", unmasked(true, OP_PING, b""), Protocol),
+        (
+            "rsv1",
+            {
+                let mut f = frame(true, OP_TEXT, b"hi");
+                f[0] |= 0x40;
+                f
+            },
+            Protocol,
+        ),
+        (
+            "rsv3",
+            {
+                let mut f = frame(true, OP_BINARY, b"hi");
+                f[0] |= 0x10;
+                f
+            },
+            Protocol,
+        ),
+        ("reserved opcode", frame(true, 3, b""), Protocol),
+        ("reserved control opcode", frame(true, 0xb, b""), Protocol),
+        ("fragmented ping", frame(false, OP_PING, b""), Protocol),
+        ("fragmented close", frame(false, OP_CLOSE, b""), Protocol),
+        ("long ping", frame(true, OP_PING, &[0; 126]), Protocol),
+        ("continuation first", frame(true, OP_CONT, b"x"), Protocol),
+        (
+            "new message inside a fragmented one",
+            {
+                let mut s = frame(false, OP_TEXT, b"a");
+                s.extend(frame(true, OP_BINARY, b"b"));
+                s
+            },
+            Protocol,
+        ),
+        ("one-byte close", frame(true, OP_CLOSE, &[3]), Protocol),
+        ("close code 1005", close(1005, b""), Protocol),
+        ("close code 999", close(999, b""), Protocol),
+        ("close code 2999", close(2999, b"x"), Protocol),
         (
             "close reason not UTF-8",
-            frame(true, OP_CLOSE, &[3, 0xe8, 0xff]),
+            close(1000, &[0xe8, 0xff]),
+            InvalidUtf8,
         ),
     ];
-    for (name, bytes) in cases {
+    for (name, bytes, end) in cases {
         let (mut ws, _c) = pair().await;
-        assert_eq!(
-            feed(&mut ws, &bytes, &[]),
-            vec![Got::End(ReadEnd::Gone)],
-            "{name}"
-        );
+        assert_eq!(feed(&mut ws, &bytes, &[]), vec![Got::End(end)], "{name}");
+        // The session sends the close frame (1002 or 1007); nothing is
+        // queued here, not even an echo of a refused close.
+        assert!(ws.wbuf.is_empty(), "{name}");
     }
 }
 
 #[tokio::test]
 async fn text_must_be_utf8() {
+    // A single frame is checked when handed out; binary is not checked.
     let (mut ws, _c) = pair().await;
     let mut s = frame(true, OP_TEXT, &[0xff, b'a']);
-    // Split inside a character across fragments, never completed.
-    s.extend(frame(false, OP_TEXT, &[0xc3]));
-    s.extend(frame(true, OP_CONT, b"x"));
-    // Binary is not checked.
     s.extend(frame(true, OP_BINARY, &[0xff]));
     assert_eq!(
         feed(&mut ws, &s, &[]),
-        vec![Got::BadText, Got::BadText, Got::Binary(vec![0xff])]
+        vec![Got::BadText, Got::Binary(vec![0xff])]
     );
+    // Fragments: a character split across them is fine (see
+    // `stream_of_everything`); one never completed fails at the last one.
+    let (mut ws, _c) = pair().await;
+    let mut s = frame(false, OP_TEXT, &[b'a', 0xc3]);
+    s.extend(frame(false, OP_CONT, &[0xa9, 0xe2, 0x82]));
+    s.extend(frame(true, OP_CONT, b""));
+    assert_eq!(feed(&mut ws, &s, &[]), vec![Got::End(ReadEnd::InvalidUtf8)]);
+    // Fail fast: the first fragment that makes the text invalid ends
+    // reading, before the message is complete (nothing more is buffered).
+    for bad in [&[0xff][..], &[b'o', b'k', 0xc3, b'x'], &[0xed, 0xa0, 0x80]] {
+        let (mut ws, _c) = pair().await;
+        let s = frame(false, OP_TEXT, bad);
+        assert_eq!(
+            feed(&mut ws, &s, &[]),
+            vec![Got::End(ReadEnd::InvalidUtf8)],
+            "{bad:x?}"
+        );
+        let (mut ws, _c) = pair().await;
+        let mut s = frame(false, OP_TEXT, "\u{e9}t\u{e9}".as_bytes());
+        s.extend(frame(false, OP_CONT, bad));
+        assert_eq!(
+            feed(&mut ws, &s, &[]),
+            vec![Got::End(ReadEnd::InvalidUtf8)],
+            "{bad:x?} after valid text"
+        );
+    }
+    // Binary fragments are not checked.
+    let (mut ws, _c) = pair().await;
+    let mut s = frame(false, OP_BINARY, &[0xff]);
+    s.extend(frame(true, OP_CONT, &[0xc3]));
+    assert_eq!(feed(&mut ws, &s, &[]), vec![Got::Binary(vec![0xff, 0xc3])]);
+}
+
+#[tokio::test]
+async fn pings_are_answered_by_one_pong_for_the_latest() {
+    let (mut ws, mut client) = pair().await;
+    // A thousand pings in one read: one pong waits, with the last payload.
+    let mut s = Vec::new();
+    for i in 0..1000u32 {
+        s.extend(frame(true, OP_PING, &i.to_be_bytes()));
+    }
+    let got = feed(&mut ws, &s, &[]);
+    assert_eq!(got.len(), 1000);
+    assert!(got.iter().all(|g| *g == Got::Control));
+    assert!(ws.wbuf.is_empty());
+    assert_eq!(ws.pong.as_deref(), Some(&999u32.to_be_bytes()[..]));
+    assert!(!ws.write_idle());
+    // Written after what was queued before it.
+    ws.queue_text("first");
+    ws.flush().await.unwrap();
+    assert!(ws.write_idle());
+    let mut want = unmasked(true, OP_TEXT, b"first");
+    want.extend(unmasked(true, OP_PONG, &999u32.to_be_bytes()));
+    let mut got = vec![0; want.len()];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn no_pong_after_a_close_frame() {
+    let (mut ws, _c) = pair().await;
+    let mut s = frame(true, OP_PING, b"a");
+    s.extend(frame(true, OP_CLOSE, &[]));
+    assert_eq!(
+        feed(&mut ws, &s, &[]),
+        vec![Got::Control, Got::End(ReadEnd::Closed)]
+    );
+    assert_eq!(ws.pong, None, "the pending pong is dropped");
+    assert_eq!(ws.wbuf, unmasked(true, OP_CLOSE, &[]));
+    // A ping after the close (read by mistake) is not answered either.
+    ws.rbuf.extend(frame(true, OP_PING, b"b"));
+    let mut out = Vec::new();
+    drain(&mut ws, &mut out);
+    assert_eq!(out, vec![Got::Control]);
+    assert_eq!(ws.pong, None);
 }
 
 #[tokio::test]
@@ -236,17 +339,8 @@ async fn close_frames_are_answered() {
         ),
         // No code: an empty close back.
         (vec![], unmasked(true, OP_CLOSE, &[])),
-        // A code that may not be sent (1005, 1006, 1015, < 1000, 1004, 1016..2999): 1002.
-        (1005u16.to_be_bytes().to_vec(), {
-            let mut p = 1002u16.to_be_bytes().to_vec();
-            p.extend_from_slice(b"Protocol violation");
-            unmasked(true, OP_CLOSE, &p)
-        }),
-        (999u16.to_be_bytes().to_vec(), {
-            let mut p = 1002u16.to_be_bytes().to_vec();
-            p.extend_from_slice(b"Protocol violation");
-            unmasked(true, OP_CLOSE, &p)
-        }),
+        // A code that may not be sent (1005, 1006, 1015, < 1000, 1004,
+        // 1016..2999) is a protocol error: see `protocol_violations_end_the_connection`.
     ];
     for (payload, answer) in cases {
         let (mut ws, _c) = pair().await;

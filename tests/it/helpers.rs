@@ -519,19 +519,6 @@ pub fn limit_open_files(cmd: &mut Command, limit: u64) {
     }
 }
 
-/// VmRSS of process `pid`, in KiB (from `/proc/<pid>/status`).
-pub fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    let line = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS line");
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS value")
-}
-
 /// The number of open file descriptors of process `pid`.
 pub fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -735,6 +722,13 @@ impl Client {
             .await
             .expect("send timed out")
             .expect("send failed");
+    }
+
+    /// Sends one WebSocket message; the error when the connection is gone.
+    pub async fn try_send(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
+        tokio::time::timeout(self.timeout, self.ws.send(msg))
+            .await
+            .expect("send timed out")
     }
 
     /// Sends a JSON text frame.
@@ -960,6 +954,175 @@ impl Client {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw sockets and process memory (attacks a well-behaved client cannot make)
+// ---------------------------------------------------------------------------
+
+/// The resident set of process `pid` (VmRSS), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    try_rss_kib(pid).expect("VmRSS in /proc/<pid>/status")
+}
+
+fn try_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Samples the RSS of `pid` every 20 ms on its own thread until the returned
+/// guard is stopped; [`RssSampler::stop`] gives the highest value seen, in KiB.
+pub struct RssSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    /// Starts sampling.
+    pub fn start(pid: u32) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        // Bounded by the stop flag or the process's end (a failed test kills it).
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while let Some(rss) = try_rss_kib(pid) {
+                peak = peak.max(rss);
+                if s.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        RssSampler { stop, thread }
+    }
+
+    /// Stops sampling; the peak RSS in KiB.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("RSS sampler")
+    }
+}
+
+/// A client frame (masked, as a client must), or unmasked when `masked` is false.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask = [0x5a, 0x13, 0xc7, 0x88];
+    let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    let bit = if masked { 0x80 } else { 0 };
+    let n = payload.len();
+    if n < 126 {
+        f.push(bit | n as u8);
+    } else if n <= 0xffff {
+        f.push(bit | 126);
+        f.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        f.push(bit | 127);
+        f.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    if masked {
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// A WebSocket client on a plain blocking socket, for frames no library
+/// sends (unmasked, invalid UTF-8) and for clients that never read.
+pub struct RawWs {
+    /// The socket (reads and writes time out after [`TIMEOUT`]).
+    pub stream: std::net::TcpStream,
+}
+
+impl RawWs {
+    /// Upgrades `GET path` on `addr` (expects 101).
+    pub fn connect(addr: SocketAddr, path: &str) -> RawWs {
+        let stream = std::net::TcpStream::connect_timeout(&addr, TIMEOUT).expect("tcp connect");
+        Self::upgrade(stream, addr, path)
+    }
+
+    /// As [`RawWs::connect`], with a receive buffer of `rcvbuf` bytes set
+    /// before connecting (so the window is small from the start: shrinking
+    /// it later makes the kernel drop segments and back off for seconds).
+    pub fn connect_with_rcvbuf(addr: SocketAddr, path: &str, rcvbuf: usize) -> RawWs {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        sock.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        sock.connect_timeout(&addr.into(), TIMEOUT)
+            .expect("tcp connect");
+        Self::upgrade(sock.into(), addr, path)
+    }
+
+    fn upgrade(mut stream: std::net::TcpStream, addr: SocketAddr, path: &str) -> RawWs {
+        use std::io::Write;
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).expect("send upgrade");
+        // Read the response head byte by byte, so no frame byte is consumed.
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut b).expect("read upgrade response");
+            head.push(b[0]);
+            assert!(head.len() < 4096, "response head too long");
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        RawWs { stream }
+    }
+
+    /// Writes bytes as they are.
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).expect("write to the node");
+    }
+
+    /// Reads one server frame: (opcode, payload). `None` at end of stream.
+    pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut h = [0u8; 2];
+        self.stream.read_exact(&mut h).ok()?;
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                self.stream.read_exact(&mut l).ok()?;
+                u64::from(u16::from_be_bytes(l))
+            }
+            127 => {
+                let mut l = [0u8; 8];
+                self.stream.read_exact(&mut l).ok()?;
+                u64::from_be_bytes(l)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        self.stream.read_exact(&mut payload).ok()?;
+        Some((h[0] & 0x0f, payload))
+    }
+
+    /// Reads frames until a close frame; returns its code and reason
+    /// (`None`: the stream ended first). Data frames before it are skipped.
+    pub fn read_close(&mut self) -> Option<(u16, String)> {
+        for _ in 0..10_000 {
+            let (op, p) = self.read_frame()?;
+            if op == 8 {
+                let code = u16::from_be_bytes([p[0], p[1]]);
+                return Some((code, String::from_utf8_lossy(&p[2..]).into_owned()));
+            }
+        }
+        panic!("no close frame within 10,000 frames");
     }
 }
 

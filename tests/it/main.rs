@@ -24,4 +24,5 @@ mod rendezvous;
 mod rooms;
 mod sec_auth;
 mod sec_http;
+mod sec_memory;
 mod shutdown;
