@@ -51,12 +51,14 @@ use crate::types::{NodeId, PeerId, RoomName, SignalKind};
 /// the new version under its own `cluster.key_prefix` and move clients over).
 pub const ENVELOPE_VERSION: u8 = 3;
 
-/// Deepest nesting (maps and arrays) a receiver accepts in one event. Above
-/// rmp-serde's default of 1,024, which is what the client door applies to a
-/// whole frame: an event adds a level or two of its own around `data` or
-/// `meta`, and whatever one node accepted from a client must decode on
-/// another. The recursion this allows is what the door already allows.
-pub const EVENT_MAX_DEPTH: usize = 1_024 + 16;
+/// Deepest nesting (maps and arrays) a receiver accepts in one event: above
+/// the deepest `limits.max_nesting_depth` a door may be configured with
+/// ([`crate::config::MAX_NESTING_DEPTH`]) plus the levels an event adds
+/// around `data` or `meta`, so whatever one node accepted from a client
+/// decodes on every other; deeper events (from a hostile or broken
+/// publisher) are answered as undecodable. It also bounds the decoder's
+/// recursion, so no event can exhaust a worker's stack.
+pub const EVENT_MAX_DEPTH: usize = crate::config::MAX_NESTING_DEPTH + 28;
 
 /// An event between nodes, in a versioned envelope.
 #[derive(Debug, Clone, PartialEq)]

@@ -156,16 +156,16 @@ fn serde_and_in_place_encodings_of_a_batch_agree() {
     assert_eq!(decode_event(&event_bytes(&batch)), batch);
 }
 
-/// What a client may send (the door decodes a frame with rmp-serde's default
-/// limit, so `data` or `meta` at most 1,022 levels deep inside the frame's
-/// own map) decodes on the other node: a signal and a `peer-joined`.
+/// What a client may send (`data` or `meta` as deep as the deepest
+/// `limits.max_nesting_depth` a door can be configured with) decodes on the
+/// other node: a signal and a `peer-joined`.
 #[test]
 fn anything_the_door_accepts_decodes_on_another_node() {
     deep_stack(anything_the_door_accepts_decodes);
 }
 
 fn anything_the_door_accepts_decodes() {
-    let deep = nested(1_022);
+    let deep = nested(crate::config::MAX_NESTING_DEPTH);
     let env = Envelope {
         v: ENVELOPE_VERSION,
         origin: NodeId::from_trusted("n1"),

@@ -18,16 +18,6 @@ use crate::helpers::{metric, wait_metric, Client, TestNode};
 
 const MSGPACK: &str = "switchboard.v1.msgpack";
 
-/// Thread stacks of 32 MiB for the nodes of the deep-nesting tests. Taking a
-/// value a thousand levels deep through the door (and the bus, and to the
-/// recipient) is recursion: a release build does it within a worker's
-/// default 2 MiB, a debug build (which `cargo test` runs) spends several KB
-/// per level and overflows at about 600 levels, aborting the process. A depth
-/// limit at the door makes this moot; until then the debug nodes get the
-/// stack a release build would not need, so these tests exercise the cluster,
-/// not the debug build's stack.
-const BIG_STACKS: (&str, &str) = ("RUST_MIN_STACK", "33554432");
-
 /// Runs a test body on a thread with a 256 MiB stack (in a current-thread
 /// runtime, as `#[tokio::test]` would): the test itself builds, encodes,
 /// decodes and compares the deep values, in a debug build too.
@@ -126,7 +116,7 @@ fn deep_meta_joins_leave_reregister_and_are_reaped_with_their_node() {
 async fn deep_meta_joins() {
     let mut redis = RedisServer::start();
     let prefix = unique_prefix("deepmeta");
-    let nodes = spawn_cluster(&redis, &prefix, 2, &[BIG_STACKS]).await;
+    let nodes = spawn_cluster(&redis, &prefix, 2, &[]).await;
     let members_key = format!("{prefix}:room:deep:members");
 
     let mut watcher = msgpack_peer(&nodes[1], "watcher").await;
@@ -247,7 +237,7 @@ fn deep_data_across_nodes_is_answered_and_costs_no_other_signal() {
 
 async fn deep_data_across_nodes() {
     let redis = RedisServer::start();
-    let nodes = spawn_cluster(&redis, &unique_prefix("deepdata"), 2, &[BIG_STACKS]).await;
+    let nodes = spawn_cluster(&redis, &unique_prefix("deepdata"), 2, &[]).await;
     let mut sender = msgpack_peer(&nodes[0], "deep-sender").await;
     let mut streamer = json_peer(&nodes[0], "streamer").await;
     let mut target = msgpack_peer(&nodes[1], "deep-target").await;
@@ -374,7 +364,7 @@ async fn undecodable_signals_in_a_batch() {
     let prefix = unique_prefix("badevent");
     // Node B's decoder recurses to its depth budget (1,040 levels) before it
     // refuses the deep event: a debug build needs the big stacks for that.
-    let nodes = spawn_cluster(&redis, &prefix, 2, &[BIG_STACKS]).await;
+    let nodes = spawn_cluster(&redis, &prefix, 2, &[]).await;
     let mut alice = json_peer(&nodes[0], "alice").await;
     let mut bob = json_peer(&nodes[1], "bob").await;
 
