@@ -105,14 +105,20 @@ fn main() -> ExitCode {
             }
         };
         if fds.max_connections < cfg.server.max_connections {
-            tracing::warn!(
-                configured = cfg.server.max_connections,
-                effective = fds.max_connections,
-                open_files_limit = fds.limit,
-                max_pending = cfg.server.max_pending,
-                reserved_fds = cfg.server.reserved_fds,
-                "server.max_connections lowered to fit the open-file limit"
-            );
+            // A warning when the operator asked for more than fits; the
+            // built-in default (sized for a large host) is fitted quietly.
+            let asked = cfg.server.max_connections
+                != switchboard::config::ServerConfig::default().max_connections;
+            let (configured, effective, limit) =
+                (cfg.server.max_connections, fds.max_connections, fds.limit);
+            let (pending, reserved) = (cfg.server.max_pending, cfg.server.reserved_fds);
+            if asked {
+                tracing::warn!(configured, effective, open_files_limit = limit, max_pending = pending, reserved_fds = reserved,
+                    "server.max_connections lowered to fit the open-file limit");
+            } else {
+                tracing::info!(default = configured, effective, open_files_limit = limit, max_pending = pending, reserved_fds = reserved,
+                    "server.max_connections fitted to the open-file limit");
+            }
             cfg.server.max_connections = fds.max_connections;
         }
         let node = match Node::build(cfg).await {
