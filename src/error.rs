@@ -147,7 +147,4 @@ pub mod close {
     /// A legacy worker's id is held by a live connection (the check before
     /// the upgrade passed, but another connection won the id meanwhile).
     pub const PEER_ID_TAKEN: u16 = 4009;
-    /// The older rendezvous service's close when a worker id connects again
-    /// (its code was a plain 1000); sent to legacy workers instead of [`REPLACED`].
-    pub const LEGACY_REPLACED_REASON: &str = "New connection from same worker ID";
 }

@@ -27,12 +27,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
 use crate::config::ClientIpHeader;
+use crate::connection;
 use crate::dialect::legacy_worker::LegacyWorker;
+use crate::dialect::native::{Codec, NameLimits, Native, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use crate::dialect::ConnInfo;
 use crate::error::ErrorCode;
 use crate::metrics as m;
 use crate::node::Node;
-use crate::protocol::{Codec, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
-use crate::session::{self, ConnInfo, Native};
 use crate::store::{PairError, Which, WorkerRecord};
 use crate::types::{PeerId, RoomName};
 use crate::ws::WsUpgrade;
@@ -171,7 +172,7 @@ fn parse_hop(s: &str) -> Option<SocketAddr> {
 
 /// Refuses an upgrade while draining or at the connection limit.
 fn admit(node: &Node) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    if node.is_draining() {
+    if node.core.is_draining() {
         metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "draining").increment(1);
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -179,14 +180,18 @@ fn admit(node: &Node) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
             "node is shutting down; connect to another",
         ));
     }
-    node.conn_limit.clone().try_acquire_owned().map_err(|_| {
-        metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "limit").increment(1);
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too-many-connections",
-            "node is at its connection limit; connect to another",
-        )
-    })
+    node.core
+        .conn_limit
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "limit").increment(1);
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too-many-connections",
+                "node is at its connection limit; connect to another",
+            )
+        })
 }
 
 async fn ws_upgrade(
@@ -200,18 +205,23 @@ async fn ws_upgrade(
         addr,
         &headers,
         &node.trusted_proxies,
-        node.cfg.http.client_ip_header,
+        node.core.cfg.http.client_ip_header,
     );
     let permit = admit(&node)?;
-    let token = node.tracker.token();
+    let token = node.core.tracker.token();
     let protocol = ws.select_protocol(&[SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]);
     let codec = protocol.and_then(Codec::from_subprotocol);
-    let info = ConnInfo {
-        observed: addr,
-        codec,
-    };
+    let info = ConnInfo { observed: addr };
+    let limits = NameLimits::from_config(&node.core.cfg.limits);
     Ok(ws.on_upgrade(protocol, move |socket| {
-        session::run(node, socket, info, Native::new(codec), permit, token)
+        connection::run(
+            node,
+            socket,
+            info,
+            Native::new(codec, limits),
+            permit,
+            token,
+        )
     }))
 }
 
@@ -231,7 +241,7 @@ async fn legacy_upgrade(
     ws: WsUpgrade,
 ) -> Result<Response, ApiError> {
     let node = st.node;
-    let worker = PeerId::parse(&worker_id, node.cfg.limits.max_name_bytes).map_err(|e| {
+    let worker = PeerId::parse(&worker_id, node.core.cfg.limits.max_name_bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidPeerId.as_str(),
@@ -273,21 +283,18 @@ async fn legacy_upgrade(
         addr,
         &headers,
         &node.trusted_proxies,
-        node.cfg.http.client_ip_header,
+        node.core.cfg.http.client_ip_header,
     );
     let permit = admit(&node)?;
-    let token = node.tracker.token();
-    let info = ConnInfo {
-        observed: addr,
-        codec: Some(Codec::Json),
-    };
+    let token = node.core.tracker.token();
+    let info = ConnInfo { observed: addr };
     let dialect = if token_for_id {
         LegacyWorker::with_token(worker)
     } else {
         LegacyWorker::new(worker)
     };
     Ok(ws.on_upgrade(None, move |socket| {
-        session::run(node, socket, info, dialect, permit, token)
+        connection::run(node, socket, info, dialect, permit, token)
     }))
 }
 
@@ -297,7 +304,7 @@ async fn status(State(st): State<AppState>) -> impl IntoResponse {
         "status": "ok",
         "service": "switchboard",
         "version": env!("CARGO_PKG_VERSION"),
-        "node": st.node.id,
+        "node": st.node.core.id,
     }))
 }
 
@@ -306,11 +313,11 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    match st.node.not_ready_reason() {
-        None => Json(json!({"ready": true, "node": st.node.id})).into_response(),
+    match st.node.core.not_ready_reason() {
+        None => Json(json!({"ready": true, "node": st.node.core.id})).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "node": st.node.id, "reason": reason})),
+            Json(json!({"ready": false, "node": st.node.core.id, "reason": reason})),
         )
             .into_response(),
     }
@@ -349,7 +356,7 @@ pub async fn admin_guard(
 }
 
 fn check_admin(st: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = &st.node.cfg.http.admin_token;
+    let token = &st.node.core.cfg.http.admin_token;
     if token.is_empty() {
         let forwarded = FORWARDING_HEADERS.iter().any(|h| headers.contains_key(*h));
         if peer.ip().to_canonical().is_loopback() && !forwarded {
@@ -407,14 +414,26 @@ fn worker_view(w: &WorkerRecord) -> Value {
 
 /// `GET /api/workers`: every worker in the cluster.
 async fn list_workers(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let workers = st.node.store().list_workers().await.map_err(unavailable)?;
+    let workers = st
+        .node
+        .core
+        .store
+        .list_workers()
+        .await
+        .map_err(unavailable)?;
     let list: Vec<Value> = workers.iter().map(worker_view).collect();
     Ok(Json(json!({"count": list.len(), "workers": list})).into_response())
 }
 
 /// `GET /debug/list_workers`: the older rendezvous service's listing, cluster-wide.
 async fn debug_list_workers(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let workers = st.node.store().list_workers().await.map_err(unavailable)?;
+    let workers = st
+        .node
+        .core
+        .store
+        .list_workers()
+        .await
+        .map_err(unavailable)?;
     let mut map = serde_json::Map::new();
     for w in &workers {
         let observed: Option<SocketAddr> = w.observed_addr.parse().ok();
@@ -442,7 +461,7 @@ async fn connect_workers(State(st): State<AppState>, body: Bytes) -> Result<Resp
         )
     };
     let v: Value = serde_json::from_slice(&body).map_err(|_| bad("the body must be JSON"))?;
-    let max = st.node.cfg.limits.max_name_bytes;
+    let max = st.node.core.cfg.limits.max_name_bytes;
     let id = |field: &str| {
         let s = v
             .get(field)
@@ -461,7 +480,7 @@ async fn connect_workers(State(st): State<AppState>, body: Bytes) -> Result<Resp
         Which::A => ("worker_a_id", &a),
         Which::B => ("worker_b_id", &b),
     };
-    match st.node.connect_workers(&a, &b).await {
+    match st.node.rdv.connect_workers(&a, &b).await {
         Ok((pairing_id, ra, rb)) => Ok(Json(json!({
             "pairing_id": pairing_id,
             "initiator": worker_view(&ra),
@@ -503,7 +522,7 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 }
 
 async fn list_rooms(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let rooms = st.node.store().list_rooms().await.map_err(unavailable)?;
+    let rooms = st.node.core.store.list_rooms().await.map_err(unavailable)?;
     Ok(Json(json!({"rooms": rooms})).into_response())
 }
 
@@ -511,7 +530,7 @@ async fn get_room(
     State(st): State<AppState>,
     Path(room): Path<String>,
 ) -> Result<Response, ApiError> {
-    let room = RoomName::parse(&room, st.node.cfg.limits.max_name_bytes).map_err(|e| {
+    let room = RoomName::parse(&room, st.node.core.cfg.limits.max_name_bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid-room",
@@ -520,7 +539,8 @@ async fn get_room(
     })?;
     match st
         .node
-        .store()
+        .core
+        .store
         .room_members(&room)
         .await
         .map_err(unavailable)?

@@ -36,7 +36,7 @@ use serde_json::Value;
 
 use crate::metrics as m;
 use crate::payload::Opaque;
-use crate::protocol::{LeaveReason, Member, PairLostReason, PairedNote};
+use crate::types::{LeaveReason, Member, PairLostReason, PairedNote};
 use crate::types::{NodeId, PeerId, RoomName, SignalKind};
 
 /// Version of the inter-node envelope; receivers drop other versions (counted

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::bus::local::{LocalBus, LocalNet};
 use crate::config::Config;
-use crate::hub::{ConnHandle, OutboundRx};
+use crate::core::hub::{ConnHandle, OutboundRx};
 use crate::node::Node;
 use crate::store::memory::MemoryStore;
 
@@ -393,8 +393,8 @@ async fn a_bad_event_in_a_batch_is_answered_and_the_others_delivered() {
     let (a, b) = (node("a"), node("b"));
     let (alice, mut alice_rx) = ConnHandle::new(5, 64, CancellationToken::new());
     let (bob, mut bob_rx) = ConnHandle::new(11, 64, CancellationToken::new());
-    a.hub.register(peer("alice"), alice);
-    b.hub.register(peer("bob"), bob);
+    a.core.hub.register(peer("alice"), alice);
+    b.core.hub.register(peer("bob"), bob);
 
     let good = |n: u64| {
         event_bytes(&NodeEvent::Signal(sig(

@@ -13,7 +13,7 @@ use super::{
     RoomSummary, SecretHash, Store, StoreError, Unpaired, Which, WorkerConn, WorkerRecord,
     WorkerState,
 };
-use crate::protocol::Member;
+use crate::types::Member;
 use crate::types::{NodeId, PeerId, PoolName, RoomName};
 
 /// Registries in one mutex: every operation is short and never awaits while holding it.
@@ -542,7 +542,7 @@ mod tests {
             peer_id: PeerId::from_trusted(p),
             node: NodeId::from_trusted("n"),
             epoch,
-            dialect: super::super::Dialect::Native,
+            dialect: super::super::Door::Native,
             observed_addr: "127.0.0.1:1".into(),
         }
     }

@@ -32,7 +32,7 @@ pub mod redis;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Member;
+use crate::types::Member;
 use std::time::Duration;
 
 use crate::types::{NodeId, PeerId, PoolName, RoomName};
@@ -104,30 +104,32 @@ pub struct Reaped {
     pub lost: Vec<LostPairing>,
 }
 
-/// Which door a worker came through.
+/// Which door a connection came through (what a worker record says of it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dialect {
+pub enum Door {
     /// The native protocol at `/ws`.
+    #[serde(rename = "native")]
     Native,
-    /// The older rendezvous service's protocol at `/ws/register/{worker_id}`.
-    Legacy,
+    /// The older rendezvous service's worker protocol at `/ws/register/{worker_id}`.
+    #[serde(rename = "legacy")]
+    LegacyWorker,
 }
 
-impl Dialect {
-    /// The wire and metric label.
+impl Door {
+    /// The wire and metric label (`native`, `legacy`; stored in Redis and
+    /// shown by `GET /api/workers`, so it stays as it was).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Native => "native",
-            Self::Legacy => "legacy",
+            Self::LegacyWorker => "legacy",
         }
     }
 
-    /// Parses [`Dialect::as_str`].
+    /// Parses [`Door::as_str`].
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "native" => Some(Self::Native),
-            "legacy" => Some(Self::Legacy),
+            "legacy" => Some(Self::LegacyWorker),
             _ => None,
         }
     }
@@ -177,7 +179,7 @@ pub struct WorkerConn {
     /// The connection's epoch (newest wins).
     pub epoch: u64,
     /// The door it came through.
-    pub dialect: Dialect,
+    pub dialect: Door,
     /// The TCP address the broker saw (`ip:port`; port 0 when a proxy did not tell).
     pub observed_addr: String,
 }
@@ -201,7 +203,7 @@ pub struct WorkerRecord {
     /// The connection's epoch (so a late event never reaches a newer connection).
     pub epoch: u64,
     /// The door it came through.
-    pub dialect: Dialect,
+    pub dialect: Door,
     /// The TCP address the broker saw.
     pub observed_addr: String,
     /// The public IP it reported, if any.

@@ -24,13 +24,13 @@ use fred::types::{Expiration, SetOptions};
 use tracing::warn;
 
 use super::{
-    secret_hex, Claim, Claimed, Dialect, EndpointUpdate, Enqueued, LostPairing, OwnEntries,
-    PairError, PeerLocation, Reaped, RoomSummary, SecretHash, Store, StoreError, Unpaired, Which,
-    WorkerConn, WorkerRecord, WorkerState,
+    secret_hex, Claim, Claimed, Door, EndpointUpdate, Enqueued, LostPairing, OwnEntries, PairError,
+    PeerLocation, Reaped, RoomSummary, SecretHash, Store, StoreError, Unpaired, Which, WorkerConn,
+    WorkerRecord, WorkerState,
 };
 use crate::bus::WarnEvery;
 use crate::cluster::Redis;
-use crate::protocol::Member;
+use crate::types::Member;
 use crate::types::{NodeId, PeerId, PoolName, RoomName};
 
 /// KEYS: peer key, node peers set. ARGV: "<epoch> <node>", peer.
@@ -514,7 +514,7 @@ fn worker_from(v: Value) -> Option<WorkerRecord> {
         peer_id: PeerId::from_trusted(take("id")?),
         node: NodeId::from_trusted(take("n")?),
         epoch: take("e")?.parse().ok()?,
-        dialect: take("d").as_deref().and_then(Dialect::parse)?,
+        dialect: take("d").as_deref().and_then(Door::parse)?,
         observed_addr: take("o").unwrap_or_default(),
         public_ip: take("ip"),
         udp: take("u"),
