@@ -641,19 +641,26 @@ impl Config {
             ));
         }
         let url = self.cluster.redis_url.expose();
-        if !url.is_empty()
+        if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
+            // fred parses these, but the store's scripts touch keys of
+            // several rooms and nodes, which Redis Cluster refuses: say so
+            // now rather than fail on the first join.
+            errs.push(
+                "cluster.redis_url: Redis Cluster (redis-cluster://) is not supported yet; use redis://, rediss:// or redis-sentinel://"
+                    .into(),
+            );
+        } else if !url.is_empty()
             && ![
                 "redis://",
                 "rediss://",
                 "redis-sentinel://",
-                "redis-cluster://",
+                "rediss-sentinel://",
             ]
             .iter()
             .any(|s| url.starts_with(s))
         {
             errs.push(
-                "cluster.redis_url: must start with redis://, rediss://, redis-sentinel:// or redis-cluster://"
-                    .into(),
+                "cluster.redis_url: must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel://".into(),
             );
         }
         if self.cluster.node_ttl_ms <= self.cluster.heartbeat_ms {
@@ -1017,6 +1024,22 @@ mod tests {
         let ok = from_toml_str("[limits]\nmax_nesting_depth = 100\noutbound_queue_bytes = 1024\n")
             .unwrap();
         assert_eq!(ok.limits.max_nesting_depth, 100);
+    }
+
+    #[test]
+    fn redis_cluster_urls_are_refused_until_cluster_mode_exists() {
+        for url in ["redis-cluster://127.0.0.1:7000", "rediss-cluster://h:7000"] {
+            let err = from_toml_str(&format!("[cluster]\nredis_url = \"{url}\"\n")).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.starts_with("cluster.redis_url: Redis Cluster"),
+                "{text}"
+            );
+        }
+        assert!(from_toml_str(
+            "[cluster]\nredis_url = \"redis-sentinel://h:26379?sentinelServiceName=mymaster\"\n"
+        )
+        .is_ok());
     }
 
     #[test]

@@ -1,28 +1,40 @@
 //! Switchboard: a horizontally scalable signaling, rendezvous and relay broker.
 //!
-//! A tour of the crate, in the order a message flows:
+//! A tour of the crate, in the order a message flows (docs/DESIGN.md has
+//! the same map with the path of one signal):
 //!
-//! - [`server`]: the accept loop in front of it: deadlines, header size and
-//!   a bound on connections that are not WebSocket sessions, and the
-//!   open-file budget.
-//! - [`http`]: the HTTP door: `/ws` upgrades, probes, `/metrics`, the rooms API.
+//! - [`server`]: the accept loop: deadlines, header size, a bound on
+//!   connections that are not WebSocket sessions, the open-file budget.
+//! - [`http`]: the HTTP doors: WebSocket upgrades, probes, `/metrics`, the
+//!   operator API.
 //! - [`ws`]: the WebSocket upgrade and framing (RFC 6455, server side), with
 //!   no buffer held by an idle socket.
-//! - [`session`]: one task per connection: it decodes frames, hands commands
-//!   to the node and writes what the connection's bounded queue holds.
-//! - [`protocol`]: the native wire format (JSON text or MessagePack binary),
-//!   decoded into validated [`protocol::Command`]s.
-//! - [`node`]: the router: hello, rooms, signals, broadcasts, drain.
-//! - [`hub`]: the local socket map and local room index.
-//! - [`rendezvous`]: workers, their public endpoints and pairing; [`stun`]
-//!   is the UDP responder that observes those endpoints, and [`dialect`]
-//!   holds the translators for clients of older systems.
-//! - [`bus`] and [`store`]: the two cluster seams, with in-process backends for
-//!   the embedded single node.
-//! - [`config`], [`auth`], [`metrics`], [`error`], [`types`]: the supporting cast.
+//! - [`connection`]: one task per connection, the same for every door: it
+//!   reads frames, writes what the connection's bounded queue holds,
+//!   heartbeats, closes.
+//! - [`dialect`]: the seam between a door's wire format and the core: the
+//!   native protocol ([`dialect::native`]) and the translators for clients
+//!   of older systems.
+//! - [`node`]: the router: [`node::Node::register`] for every door, command
+//!   dispatch, events from other nodes, maintenance, drain.
+//! - [`core`]: what every part shares: the hub (local sockets), the store
+//!   and bus handles, the envelope sequence, the flags; and the core's
+//!   vocabulary (commands in, events out).
+//! - [`relay`] (direct signals across nodes), [`rooms`] (rooms and
+//!   presence), [`rendezvous`] (workers, pairing, STUN observations; [`stun`]
+//!   is the UDP responder): the parts built on the core, which know it and
+//!   not each other.
+//! - [`bus`] and [`store`]: the two cluster seams, with in-process backends
+//!   for the embedded single node and Redis backends ([`cluster`]) for a
+//!   cluster.
+//! - [`config`], [`auth`], [`metrics`], [`error`], [`types`], [`payload`]:
+//!   the supporting cast.
 //!
-//! [`run`] serves an already-bound listener until a shutdown future resolves,
-//! then drains; the binary in `main.rs` only parses arguments and wires signals.
+//! [`start`] builds and starts everything a node runs; [`Started::serve`]
+//! serves until a shutdown future resolves, then drains. The binary in
+//! `main.rs` only parses arguments, loads the configuration and wires
+//! signals. `tests/layering.rs` checks that no module imports a module that
+//! imports it back.
 
 pub mod auth;
 pub mod bus;

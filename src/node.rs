@@ -228,7 +228,7 @@ impl Node {
 
     /// Refreshes the view of live nodes from the store and keeps this
     /// node's reconnect-secret hashes alive. Runs every
-    /// `cluster.heartbeat_ms` in its own task ([`keep_views`]); a failed call
+    /// `cluster.heartbeat_ms` in its own task (`keep_views`); a failed call
     /// keeps the previous view.
     pub async fn refresh_live_nodes(&self) {
         match self.core.store.live_nodes().await {
@@ -243,7 +243,7 @@ impl Node {
     /// Registers a connection, whatever its door: refuses while draining,
     /// authenticates (a token, or the anonymous policy), claims the peer id
     /// (a live holder keeps it unless the claim proves itself: see
-    /// [`Self::claim_id`]) and records the connection. The connection's gate
+    /// `claim_id`) and records the connection. The connection's gate
     /// must be closed by the caller before (so nothing reaches the client
     /// before its answer) and opened after, with the answer first; on
     /// refusal, what reached it meanwhile has been passed on already.

@@ -4,7 +4,7 @@
 //! door share.
 //!
 //! Raw strings from the wire are parsed into these newtypes at the door
-//! (see [`crate::protocol`]), so the core never re-checks them. Each is an
+//! (see [`crate::dialect`]), so the core never re-checks them. Each is an
 //! `Arc<str>` underneath: ids are cloned into every event and map key, and a
 //! clone must cost a reference count, not an allocation.
 

@@ -153,9 +153,21 @@ fn modules_import_each_other_in_one_direction_only() {
 fn the_core_knows_nothing_built_on_it() {
     let g = graph();
     let deps = |m: &str| g.get(m).cloned().unwrap_or_default();
-    let above = ["node", "relay", "rooms", "rendezvous", "dialect", "connection", "http"];
+    let above = [
+        "node",
+        "relay",
+        "rooms",
+        "rendezvous",
+        "dialect",
+        "connection",
+        "http",
+    ];
     for m in above {
-        assert!(!deps("core").contains(m), "core imports {m}: {:?}", deps("core"));
+        assert!(
+            !deps("core").contains(m),
+            "core imports {m}: {:?}",
+            deps("core")
+        );
     }
     for part in ["relay", "rooms", "rendezvous"] {
         assert!(deps(part).contains("core"), "{part} does not use the core?");

@@ -598,11 +598,6 @@ impl Hub {
         self.peers.get(peer).map(|h| h.clone())
     }
 
-    /// Queues a message for a local peer; `None` when the peer is not here.
-    pub fn push_to(&self, peer: &str, msg: Arc<Event>, received: Option<Instant>) -> Option<bool> {
-        self.peers.get(peer).map(|h| h.push(msg, received))
-    }
-
     /// Number of local peers.
     pub fn peer_count(&self) -> usize {
         self.peers.len()
