@@ -56,9 +56,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
 
-/// Largest HTTP request body the API reads.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
 /// Serves `node` on `listener` until `shutdown` resolves, then drains: readiness
 /// fails, clients are told to reconnect, and after the grace period the
 /// remaining sockets close with 1012. Returns once every connection has ended.
@@ -68,13 +65,10 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The API's bodies are a few hundred bytes; axum's default would buffer
-    // 2 MB per request before a handler (or its admin check) runs.
     let app = http::router(http::AppState {
         node: node.clone(),
         metrics,
-    })
-    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
+    });
     let stop_http = CancellationToken::new();
     let limits = server::HttpLimits::new(&node.cfg.server, node.trusted_proxies.clone());
     let server = tokio::spawn(server::serve(listener, app, limits, stop_http.clone()));
