@@ -16,8 +16,10 @@
 //!
 //! [`router`] assembles them. Layers, innermost first: the admin guard, once
 //! over every operator route (the API's and `/debug/list_workers`), never
-//! over the probes or the doors; the body cap ([`MAX_BODY_BYTES`]) over
-//! everything.
+//! over the probes or the doors; the body cap ([`MAX_BODY_BYTES`]) and the
+//! layer that turns the framework's own error answers into JSON
+//! ([`error::framework_errors_as_json`]) over everything, the 404 fallback
+//! included.
 
 pub mod api;
 pub mod error;
@@ -29,7 +31,7 @@ pub mod upgrade;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn_with_state, map_response};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -41,7 +43,7 @@ pub use error::ApiError;
 pub use forwarded::client_addr;
 
 /// Largest HTTP request body the API reads; a larger one is refused with 413
-/// before a handler runs.
+/// `payload-too-large` before a handler runs.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Shared state of the HTTP handlers.
@@ -72,5 +74,6 @@ pub fn router(state: AppState) -> Router {
         // The API's bodies are a few hundred bytes; axum's default would
         // buffer 2 MB per request before a handler (or its admin check) runs.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(map_response(error::framework_errors_as_json))
         .with_state(state)
 }

@@ -7,7 +7,8 @@
 //! session. The subprotocol (`switchboard.v1.json` or
 //! `switchboard.v1.msgpack`) fixes the encoding of what the node sends;
 //! without one, the client's first data frame does. A request that
-//! is not a valid upgrade is refused by the extractor ([`WsUpgrade`]).
+//! is not a valid upgrade is refused by the extractor ([`WsUpgrade`]) and
+//! answered as JSON by the error layer ([`super::error`]).
 //!
 //! The legacy worker door ([`super::legacy`]) shares `admit` and
 //! `observed_addr`.
