@@ -69,9 +69,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::node::Node;
 
-/// Largest HTTP request body the API reads.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
 /// Why a node did not start.
 #[derive(Debug)]
 pub enum StartError {
@@ -229,13 +226,10 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The API's bodies are a few hundred bytes; axum's default would buffer
-    // 2 MB per request before a handler (or its admin check) runs.
     let app = http::router(http::AppState {
         node: node.clone(),
         metrics,
-    })
-    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
+    });
     let stop_http = CancellationToken::new();
     let limits = server::HttpLimits::new(&node.core.cfg.server, node.trusted_proxies.clone());
     let server = tokio::spawn(server::serve(listener, app, limits, stop_http.clone()));

@@ -18,6 +18,7 @@ mod codecs;
 mod config;
 mod http;
 mod http2;
+mod http_errors;
 mod limits;
 mod protocol;
 mod rendezvous;

@@ -502,7 +502,10 @@ async fn refused_cleanups_are_counted_and_do_not_loop() {
     let reregs = "switchboard_reregistrations_total";
     let leave_failures = r#"switchboard_cleanup_failures_total{op="leave"}"#;
     let rereg_failures = r#"switchboard_cleanup_failures_total{op="reregister"}"#;
-    let r0 = metric(node, reregs).await;
+    // Every node registers its state once right after start (its first
+    // heartbeat finds no key of its own): wait for that one, so it is not
+    // mistaken for a re-registration the refused leave started.
+    let r0 = wait_metric(node, reregs, 1.0, Duration::from_secs(10)).await;
     x.send_json(json!({"type": "leave", "id": 1, "room": "r"}))
         .await;
     assert_eq!(x.recv().await, json!({"type": "ack", "id": 1}));
