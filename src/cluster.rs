@@ -124,7 +124,7 @@ impl Redis {
     pub async fn connect(cfg: &ClusterConfig) -> Result<Arc<Self>, String> {
         let config = fred::types::config::Config::from_url(cfg.redis_url.expose())
             .map_err(|e| format!("cluster.redis_url: {e}"))?;
-        let timeout = Duration::from_millis(cfg.command_timeout_ms);
+        let timeout = cfg.command_timeout;
         let mut builder = Builder::from_config(config);
         builder
             .with_performance_config(|p| {

@@ -91,13 +91,13 @@ fn serve<D: Dialect>(
             node.core.close_all.child_token(),
         );
         let enc = dialect.encoder();
-        let heartbeat = || Duration::from_millis(node.core.cfg.limits.heartbeat_interval_ms);
-        let idle_timeout = || Duration::from_millis(node.core.cfg.limits.heartbeat_timeout_ms);
+        let heartbeat = || node.core.cfg.limits.heartbeat_interval;
+        let idle_timeout = || node.core.cfg.limits.heartbeat_timeout;
         let start = TokioInstant::now();
         // One timer for three deadlines: it is re-armed lazily (when it fires, or
         // when a deadline moves earlier), so a frame costs no timer operation.
         let mut ping_at = start + heartbeat();
-        let mut idle_at = start + Duration::from_millis(limits.hello_timeout_ms);
+        let mut idle_at = start + limits.hello_timeout;
         let timer = sleep_until(ping_at.min(idle_at));
         tokio::pin!(timer);
         let cancelled = handle.ctl().cancel.cancelled();

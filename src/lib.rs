@@ -143,7 +143,7 @@ pub async fn start(mut cfg: Config) -> Result<Started, StartError> {
     let (bus, store) = core.backend_names();
     tracing::info!(node = %core.id, bus, store, config = %effective, "starting switchboard {}", env!("CARGO_PKG_VERSION"));
     log_admission(&node);
-    let listener = bind_listener(core.cfg.listen_addr()).map_err(|e| {
+    let listener = bind_listener(core.cfg.server.listen).map_err(|e| {
         tracing::error!(addr = %core.cfg.server.listen, error = %e, "cannot bind");
         StartError::Io(format!(
             "server.listen: cannot bind {}: {e}",
@@ -234,10 +234,7 @@ pub async fn run(
     let limits = server::HttpLimits::new(&node.core.cfg.server, node.trusted_proxies.clone());
     let server = tokio::spawn(server::serve(listener, app, limits, stop_http.clone()));
     shutdown.await;
-    node.drain(Duration::from_millis(
-        node.core.cfg.shutdown.grace_period_ms,
-    ))
-    .await;
+    node.drain(node.core.cfg.shutdown.grace_period).await;
     stop_http.cancel();
     let served = match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(r)) => r,

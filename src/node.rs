@@ -195,7 +195,7 @@ impl Node {
     ) -> Result<Arc<Self>, Vec<String>> {
         let auth = Authenticator::from_config(&cfg.auth.jwt)?;
         let anonymous = cfg.anonymous_mode();
-        let trusted_proxies = cfg.http.trusted_nets();
+        let trusted_proxies = cfg.http.trusted_proxies.clone();
         let core = Arc::new(Core::new(cfg, id, store, bus));
         let node = Arc::new(Self {
             relay: Relay::new(core.clone()),
@@ -321,7 +321,7 @@ impl Node {
             peer_id: session.peer.clone(),
             node: self.core.id.clone(),
             observed_addr: observed,
-            heartbeat_ms: self.core.cfg.limits.heartbeat_interval_ms,
+            heartbeat_ms: self.core.cfg.limits.heartbeat_interval.as_millis() as u64,
             stun_username,
             reconnect_secret: secret,
         };
@@ -721,7 +721,7 @@ impl Node {
             grace_ms = grace.as_millis() as u64,
             "draining"
         );
-        let jitter = self.core.cfg.shutdown.reconnect_jitter_ms.max(1);
+        let jitter = (self.core.cfg.shutdown.reconnect_jitter.as_millis() as u64).max(1);
         for h in &handles {
             h.send(Event::Reconnect {
                 reason: "draining".into(),
@@ -834,10 +834,7 @@ const REREGISTER_MAX_BACKOFF: u32 = 64;
 /// repeats every heartbeat is visible without flooding the log.
 async fn maintenance(node: std::sync::Weak<Node>) {
     let (period, ttl) = match node.upgrade() {
-        Some(n) => (
-            Duration::from_millis(n.core.cfg.cluster.heartbeat_ms),
-            Duration::from_millis(n.core.cfg.cluster.node_ttl_ms),
-        ),
+        Some(n) => (n.core.cfg.cluster.heartbeat, n.core.cfg.cluster.node_ttl),
         None => return,
     };
     let mut tick = tokio::time::interval(period);
@@ -903,7 +900,7 @@ async fn maintenance(node: std::sync::Weak<Node>) {
 /// rather than a step of `maintenance`, so a slow reaping never delays it.
 async fn keep_views(node: std::sync::Weak<Node>) {
     let period = match node.upgrade() {
-        Some(n) => Duration::from_millis(n.core.cfg.cluster.heartbeat_ms),
+        Some(n) => n.core.cfg.cluster.heartbeat,
         None => return,
     };
     let mut tick = tokio::time::interval(period);

@@ -160,8 +160,8 @@ impl Relay {
     pub fn new(core: Arc<Core>) -> Arc<Self> {
         let (releases, rx) = mpsc::unbounded_channel();
         let cfg = &core.cfg.cluster;
-        let (route_idle_ms, route_max, outbox_max) =
-            (cfg.route_idle_ms, cfg.route_cache_max, cfg.outbox_max);
+        let (route_idle, route_max, outbox_max) =
+            (cfg.route_idle, cfg.route_cache_max, cfg.outbox_max);
         let relay = Arc::new_cyclic(|me| Self {
             core: core.clone(),
             me: me.clone(),
@@ -174,7 +174,7 @@ impl Relay {
             clock: AtomicU32::new(0),
             started: Instant::now(),
             last_sweep: AtomicU32::new(0),
-            route_idle_s: (route_idle_ms / 1000).clamp(1, u64::from(u32::MAX / 2)) as u32,
+            route_idle_s: route_idle.as_secs().clamp(1, u64::from(u32::MAX / 2)) as u32,
             route_max,
             outbox_max,
             releases,

@@ -204,19 +204,12 @@ pub async fn bind_stun(cfg: &StunConfig) -> Result<Vec<Arc<UdpSocket>>, String> 
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    let v4: SocketAddr = cfg
-        .listen
-        .parse()
-        .map_err(|_| format!("stun.listen: `{}` is not an address", cfg.listen))?;
+    let v4 = cfg.listen;
     let bound = udp_socket(v4).and_then(|sock| bind_udp(sock, v4, false));
     out.push(Arc::new(bound.map_err(|e| {
         format!("stun.listen: cannot bind UDP {v4}: {e}")
     })?));
-    if !cfg.listen_v6.is_empty() {
-        let v6: SocketAddr = cfg
-            .listen_v6
-            .parse()
-            .map_err(|_| format!("stun.listen_v6: `{}` is not an address", cfg.listen_v6))?;
+    if let Some(v6) = cfg.listen_v6 {
         match udp_socket(v6) {
             // The host cannot even create an IPv6 socket: IPv6 is off.
             Err(e) => warn!(addr = %v6, error = %e, "no IPv6 on this host; STUN answers IPv4 only"),

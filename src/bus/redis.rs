@@ -158,7 +158,11 @@ async fn reader(
 
 async fn probe_loop(bus: std::sync::Weak<RedisBus>) {
     let period = match bus.upgrade() {
-        Some(b) => Duration::from_millis(b.r.cfg.heartbeat_ms.clamp(100, 1_000)),
+        Some(b) => {
+            b.r.cfg
+                .heartbeat
+                .clamp(Duration::from_millis(100), Duration::from_secs(1))
+        }
         None => return,
     };
     let mut tick = tokio::time::interval(period);
@@ -222,7 +226,7 @@ impl Bus for RedisBus {
     fn is_ready(&self) -> bool {
         let last = self.last_probe_ms.load(Ordering::Acquire);
         last != 0
-            && self.now_ms().saturating_sub(last) <= self.r.cfg.probe_window_ms
+            && u128::from(self.now_ms().saturating_sub(last)) <= self.r.cfg.probe_window.as_millis()
             && self.r.sub.is_connected()
     }
 

@@ -668,7 +668,7 @@ impl RedisStore {
     /// node lifetimes, so they never lapse while the node lives, and go
     /// soon after it dies (its entries are reaped by then).
     fn secrets_ttl_ms(&self) -> u64 {
-        2 * self.r.cfg.node_ttl_ms
+        2 * self.r.cfg.node_ttl.as_millis() as u64
     }
 }
 
