@@ -393,7 +393,7 @@ fn worker_view(w: &WorkerRecord) -> Value {
     json!({
         "peer_id": w.peer_id,
         "node": w.node,
-        "dialect": w.dialect,
+        "dialect": w.door,
         "observed_addr": w.observed_addr,
         "public_ip": w.public_ip,
         "udp": w.udp,
@@ -503,7 +503,9 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 }
 
 async fn list_rooms(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let rooms = st.node.store().list_rooms().await.map_err(unavailable)?;
+    let rooms = crate::store::all_rooms(st.node.store().as_ref())
+        .await
+        .map_err(unavailable)?;
     Ok(Json(json!({"rooms": rooms})).into_response())
 }
 

@@ -37,7 +37,7 @@ use crate::relay::{peer_not_found, Relay, Sent};
 use crate::rendezvous::{RdvConn, Rendezvous};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{Claim, Claimed, Dialect, PeerLocation, Reaped, SecretHash, Store, StoreError};
+use crate::store::{Claim, Claimed, Door, PeerLocation, Reaped, SecretHash, Store, StoreError};
 use crate::types::{new_peer_id, NodeId, PeerId, RoomName};
 
 /// The state of one connection past `hello`, owned by its connection task.
@@ -437,7 +437,7 @@ impl Node {
         // reached it meanwhile.
         handle.close_gate();
         let Ok((session, stun_username)) = self
-            .register(peer.clone(), handle, meta, Dialect::Native, observed, claim)
+            .register(peer.clone(), handle, meta, Door::Native, observed, claim)
             .await
         else {
             // The socket stays open: the client may say `hello` with another id.
@@ -527,7 +527,7 @@ impl Node {
                 worker,
                 handle,
                 Value::Null,
-                Dialect::Legacy,
+                Door::LegacyWorker,
                 observed,
                 claim,
             )
@@ -565,7 +565,7 @@ impl Node {
         peer: PeerId,
         handle: &ConnHandle,
         meta: Value,
-        dialect: Dialect,
+        dialect: Door,
         observed: SocketAddr,
         claim: Claim,
     ) -> Result<(Session, Option<String>), PeerIdTaken> {

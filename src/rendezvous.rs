@@ -38,7 +38,7 @@ use crate::metrics as m;
 use crate::node::{Node, Session};
 use crate::protocol::{PairLostReason, PairPeer, PairedNote, Role, ServerMsg};
 use crate::store::{
-    Dialect, EndpointUpdate, Enqueued, LostPairing, PairError, PeerLocation, SecretHash, Unpaired,
+    Door, EndpointUpdate, Enqueued, LostPairing, PairError, PeerLocation, SecretHash, Unpaired,
     WorkerConn, WorkerRecord,
 };
 use crate::stun::Observation;
@@ -61,7 +61,7 @@ pub struct RdvConn {
     /// The random half of its STUN username.
     pub token: String,
     /// The door it came through.
-    pub dialect: Dialect,
+    pub dialect: Door,
     /// The TCP address the broker saw (after trusted-proxy headers).
     pub observed: SocketAddr,
     /// SHA-256 of the connection's `reconnect_secret`: a `hello` on this node
@@ -302,7 +302,7 @@ impl Node {
         &self,
         peer: &PeerId,
         epoch: u64,
-        dialect: Dialect,
+        dialect: Door,
         observed: SocketAddr,
         secret: SecretHash,
     ) -> (Arc<RdvConn>, Option<String>) {
@@ -343,7 +343,7 @@ impl Node {
             peer_id: c.peer.clone(),
             node: self.id.clone(),
             epoch: c.epoch,
-            dialect: c.dialect,
+            door: c.dialect,
             observed_addr: c.observed.to_string(),
         }
     }
@@ -709,7 +709,7 @@ impl Node {
         }
         let workers = live
             .iter()
-            .filter(|c| c.dialect == Dialect::Legacy || c.worker.load(Ordering::Acquire));
+            .filter(|c| c.dialect == Door::LegacyWorker || c.worker.load(Ordering::Acquire));
         for c in workers {
             self.rewrite_worker(c).await?;
         }
@@ -766,7 +766,7 @@ mod tests {
         let node = Node::embedded(crate::config::Config::default()).unwrap();
         let peer = PeerId::from_trusted("w1");
         let observed = "127.0.0.1:5000".parse().unwrap();
-        let (c, _) = node.rdv_register(&peer, 7, Dialect::Native, observed, [0; 32]);
+        let (c, _) = node.rdv_register(&peer, 7, Door::Native, observed, [0; 32]);
         // The record is written; the connection's `worker` flag is not set
         // yet (its `ensure_worker` has not resumed).
         let ep = EndpointUpdate {
