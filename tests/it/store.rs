@@ -940,8 +940,8 @@ async fn lua_key_functions_match_the_rust_key_names() {
     assert!(got.contains(&keys.node_secrets(&node("x1"))));
 }
 
-/// An error reply (here a key of the wrong type under a script) is a
-/// refusal, not an outage; Redis gone is an outage.
+/// An error reply (a key of the wrong type under a script, a Lua runtime
+/// error) is a refusal, not an outage; Redis gone is an outage.
 #[tokio::test]
 async fn script_errors_are_refusals_and_a_dead_redis_an_outage() {
     let mut fx = Fixture::redis("errors");
@@ -960,6 +960,14 @@ async fn script_errors_are_refusals_and_a_dead_redis_an_outage() {
             Err(e @ StoreError::Rejected(_)) => assert!(!e.is_transient()),
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+    // A Lua runtime error (comparing with a `max` that is not a number).
+    let q = room("q");
+    s.join_room(&q, &member("a"), 1, 10).await.unwrap();
+    fx.raw(&["HSET", &fx.keys().room_record(&q), "max", "many"]);
+    match s.join_room(&q, &member("b"), 2, 10).await {
+        Err(StoreError::Rejected(e)) => assert!(e.contains("user_script"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
     }
     fx.redis.as_mut().unwrap().stop();
     match s.locate_peer(&pid("a")).await {
