@@ -299,7 +299,7 @@ impl Rendezvous {
             peer_id: c.peer.clone(),
             node: self.core.id.clone(),
             epoch: c.epoch,
-            dialect: c.door,
+            door: c.door,
             observed_addr: c.observed.to_string(),
         }
     }

@@ -106,7 +106,7 @@ fn worker_view(w: &WorkerRecord) -> Value {
     json!({
         "peer_id": w.peer_id,
         "node": w.node,
-        "dialect": w.dialect,
+        "dialect": w.door,
         "observed_addr": w.observed_addr,
         "public_ip": w.public_ip,
         "udp": w.udp,
@@ -181,11 +181,7 @@ async fn connect_workers(State(st): State<AppState>, body: Bytes) -> Result<Resp
 
 /// `GET /api/rooms`: every room in the cluster and its size.
 async fn list_rooms(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let rooms = st
-        .node
-        .core
-        .store
-        .list_rooms()
+    let rooms = crate::store::all_rooms(st.node.core.store.as_ref())
         .await
         .map_err(ApiError::store_unavailable)?;
     Ok(Json(json!({"rooms": rooms})).into_response())
