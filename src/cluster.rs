@@ -16,6 +16,7 @@ use fred::prelude::*;
 use fred::types::Builder;
 
 use crate::config::ClusterConfig;
+use crate::tasks::Tasks;
 use crate::types::{NodeId, PeerId, PoolName, RoomName};
 
 /// Redis key and channel names, all under `cluster.key_prefix`.
@@ -184,7 +185,8 @@ impl std::fmt::Debug for Redis {
 impl Redis {
     /// Connects (in the background: a Redis that is down at start only makes
     /// the node unready until it comes up).
-    pub async fn connect(cfg: &ClusterConfig) -> Result<Arc<Self>, String> {
+    /// Its reconnect counters run on `tasks`.
+    pub async fn connect(cfg: &ClusterConfig, tasks: &Tasks) -> Result<Arc<Self>, String> {
         let config = fred::types::config::Config::from_url(cfg.redis_url.expose())
             .map_err(|e| format!("cluster.redis_url: {e}"))?;
         let timeout = cfg.command_timeout;
@@ -215,9 +217,9 @@ impl Redis {
         sub.connect();
         // The resubscription task runs for the life of the process; its handle is not needed.
         drop(sub.manage_subscriptions());
-        count_reconnects("subscriber", sub.reconnect_rx());
+        count_reconnects(tasks, "subscriber", sub.reconnect_rx());
         for c in pool.clients() {
-            count_reconnects("pool", c.reconnect_rx());
+            count_reconnects(tasks, "pool", c.reconnect_rx());
         }
         if tokio::time::timeout(Duration::from_secs(5), pool.wait_for_connect())
             .await
@@ -250,10 +252,11 @@ impl Redis {
 
 /// Counts and logs every reconnection of a Redis connection.
 fn count_reconnects(
+    tasks: &Tasks,
     conn: &'static str,
     mut rx: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
 ) {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             match rx.recv().await {
                 Ok(server) => {

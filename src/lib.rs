@@ -54,6 +54,7 @@ pub mod rooms;
 pub mod server;
 pub mod store;
 pub mod stun;
+pub mod tasks;
 pub mod types;
 pub mod ws;
 

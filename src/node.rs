@@ -42,6 +42,7 @@ use crate::rooms::Rooms;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Claim, Claimed, Door, PeerLocation, Reaped, SecretHash, Store, StoreError};
+use crate::tasks::Tasks;
 use crate::types::{new_peer_id, NodeId, PairLostReason, PeerId};
 
 /// A connection asking for a peer id ([`Node::register`]), from any door.
@@ -181,7 +182,14 @@ impl Node {
         let id = node_id(&cfg);
         let (tx, rx) = mpsc::unbounded_channel();
         let bus = Arc::new(LocalBus::new(Arc::new(LocalNet::default()), id.clone(), tx));
-        Self::new(cfg, id, Arc::new(MemoryStore::default()), bus, rx)
+        Self::new(
+            cfg,
+            id,
+            Arc::new(MemoryStore::default()),
+            bus,
+            rx,
+            Tasks::default(),
+        )
     }
 
     /// A node on the given backends; `inbox` receives the bus's events for
@@ -192,11 +200,12 @@ impl Node {
         store: Arc<dyn Store>,
         bus: Arc<dyn crate::bus::Bus>,
         inbox: mpsc::UnboundedReceiver<Envelope>,
+        tasks: Tasks,
     ) -> Result<Arc<Self>, Vec<String>> {
         let auth = Authenticator::from_config(&cfg.auth.jwt)?;
         let anonymous = cfg.anonymous_mode();
         let trusted_proxies = cfg.http.trusted_proxies.clone();
-        let core = Arc::new(Core::new(cfg, id, store, bus));
+        let core = Arc::new(Core::new(cfg, id, store, bus, tasks));
         let node = Arc::new(Self {
             relay: Relay::new(core.clone()),
             rooms: Rooms::new(core.clone()),
@@ -219,11 +228,14 @@ impl Node {
             return Self::embedded(cfg);
         }
         let id = node_id(&cfg);
-        let redis = Redis::connect(&cfg.cluster).await.map_err(|e| vec![e])?;
+        let tasks = Tasks::default();
+        let redis = Redis::connect(&cfg.cluster, &tasks)
+            .await
+            .map_err(|e| vec![e])?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let bus = RedisBus::start(redis.clone(), id.clone(), tx).await;
+        let bus = RedisBus::start(redis.clone(), id.clone(), tx, &tasks).await;
         let store = Arc::new(RedisStore::new(redis, id.clone()));
-        Self::new(cfg, id, store, bus, rx)
+        Self::new(cfg, id, store, bus, rx, tasks)
     }
 
     /// Refreshes the view of live nodes from the store and keeps this

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use super::{Bus, BusError, DecodeError, Envelope, NodeEvent, WarnEvery, ENVELOPE_VERSION};
 use crate::cluster::Redis;
 use crate::metrics as m;
+use crate::tasks::Tasks;
 use crate::types::{NodeId, RoomName};
 
 /// The Redis bus of one node.
@@ -54,6 +55,7 @@ impl RedisBus {
         r: Arc<Redis>,
         me: NodeId,
         inbox: mpsc::UnboundedSender<Envelope>,
+        tasks: &Tasks,
     ) -> Arc<Self> {
         let bus = Arc::new(Self {
             my_channel: r.keys.node_channel(&me),
@@ -62,9 +64,9 @@ impl RedisBus {
             started: Instant::now(),
             last_probe_ms: AtomicU64::new(0),
         });
-        tokio::spawn(reader(Arc::downgrade(&bus), bus.r.sub.message_rx(), inbox));
+        tasks.spawn(reader(Arc::downgrade(&bus), bus.r.sub.message_rx(), inbox));
         bus.ensure_subscribed().await;
-        tokio::spawn(probe_loop(Arc::downgrade(&bus)));
+        tasks.spawn(probe_loop(Arc::downgrade(&bus)));
         bus
     }
 

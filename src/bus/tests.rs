@@ -388,7 +388,15 @@ async fn a_bad_event_in_a_batch_is_answered_and_the_others_delivered() {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = NodeId::from_trusted(id);
         let bus = Arc::new(LocalBus::new(net.clone(), id.clone(), tx));
-        Node::new(Config::default(), id, store.clone(), bus, rx).unwrap()
+        Node::new(
+            Config::default(),
+            id,
+            store.clone(),
+            bus,
+            rx,
+            Default::default(),
+        )
+        .unwrap()
     };
     let (a, b) = (node("a"), node("b"));
     let (alice, mut alice_rx) = ConnHandle::new(5, 64, CancellationToken::new());

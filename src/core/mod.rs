@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::error::{ClientError, ErrorCode};
 use crate::metrics as m;
 use crate::store::{Store, StoreError};
+use crate::tasks::Tasks;
 use crate::types::{NodeId, RoomName};
 use hub::Hub;
 
@@ -70,11 +71,10 @@ pub struct Core {
     /// Caps concurrent connections at `server.max_connections`; a permit
     /// lives as long as its socket.
     pub conn_limit: Arc<Semaphore>,
-    /// Tracks the node's background tasks (maintenance, outboxes, the bus
-    /// inbox, STUN), so shutdown can stop them and wait for them.
-    tasks: TaskTracker,
-    /// Cancelled once the connections are gone: background tasks end.
-    stop: CancellationToken,
+    /// The node's background tasks (maintenance, outboxes, the bus inbox,
+    /// STUN; the seams' own tasks too), so shutdown can stop them and wait
+    /// for them.
+    pub tasks: Tasks,
 }
 
 impl std::fmt::Debug for Core {
@@ -87,7 +87,15 @@ impl std::fmt::Debug for Core {
 
 impl Core {
     /// A core on the given backends.
-    pub fn new(cfg: Config, id: NodeId, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
+    /// `tasks` are the node's background tasks, which the seams may already
+    /// have started on.
+    pub fn new(
+        cfg: Config,
+        id: NodeId,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        tasks: Tasks,
+    ) -> Self {
         Self {
             id,
             hub: Hub::default(),
@@ -101,8 +109,7 @@ impl Core {
             close_all: CancellationToken::new(),
             tracker: TaskTracker::new(),
             conn_limit: Arc::new(Semaphore::new(cfg.server.max_connections)),
-            tasks: TaskTracker::new(),
-            stop: CancellationToken::new(),
+            tasks,
             cfg: Arc::new(cfg),
         }
     }
@@ -113,29 +120,12 @@ impl Core {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let stop = self.stop.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => {}
-                _ = task => {}
-            }
-        });
+        self.tasks.spawn(task);
     }
 
     /// Stops every background task and waits for them, at most `within`.
     pub async fn stop_tasks(&self, within: std::time::Duration) {
-        self.stop.cancel();
-        self.tasks.close();
-        if tokio::time::timeout(within, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                remaining = self.tasks.len(),
-                "background tasks still running"
-            );
-        }
+        self.tasks.stop(within).await;
     }
 
     /// Names of the backends, for the start-up log.

@@ -68,7 +68,7 @@ impl Fixture {
     }
 
     async fn connect(&self) -> Arc<Redis> {
-        Redis::connect(&self.cluster_config())
+        Redis::connect(&self.cluster_config(), &Default::default())
             .await
             .expect("connect to redis-server")
     }
