@@ -27,7 +27,7 @@ use super::error::ApiError;
 use super::forwarded::client_addr;
 use super::AppState;
 use crate::connection;
-use crate::dialect::native::{Codec, NameLimits, Native, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use crate::dialect::native::{Codec, Native, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use crate::dialect::ConnInfo;
 use crate::error::ErrorCode;
 use crate::metrics as m;
@@ -85,7 +85,7 @@ async fn ws_upgrade(
     let protocol = ws.select_protocol(&[SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]);
     let codec = protocol.and_then(Codec::from_subprotocol);
     let info = ConnInfo { observed: addr };
-    let dialect = Native::new(codec, NameLimits::from_config(&node.core.cfg.limits));
+    let dialect = Native::new(codec);
     Ok(ws.on_upgrade(protocol, move |socket| {
         connection::run(node, socket, info, dialect, permit, token)
     }))

@@ -47,17 +47,16 @@ fn codec_code(c: Codec) -> u8 {
 #[derive(Debug)]
 pub struct Native {
     /// The answer encoding: fixed by the subprotocol, or by the first data frame.
+    /// (The decoder's limits are read from the node's configuration for each
+    /// frame rather than kept here: an idle connection costs what it holds.)
     codec: Arc<AtomicU8>,
-    /// Name, size and depth limits of the decoder.
-    limits: NameLimits,
 }
 
 impl Native {
     /// A native connection; `codec` is the one its subprotocol selected, if any.
-    pub fn new(codec: Option<Codec>, limits: NameLimits) -> Self {
+    pub fn new(codec: Option<Codec>) -> Self {
         Self {
             codec: Arc::new(AtomicU8::new(codec.map_or(CODEC_UNSET, codec_code))),
-            limits,
         }
     }
 }
@@ -110,9 +109,10 @@ impl Dialect for Native {
         frame: Data<'_>,
         received: Instant,
     ) -> Flow {
+        let limits = NameLimits::from_config(&node.core.cfg.limits);
         let (frame_codec, decoded) = match frame {
-            Data::Text(t) => (Codec::Json, decode_text(t, self.limits)),
-            Data::Binary(b) => (Codec::MsgPack, decode(b, Codec::MsgPack, self.limits)),
+            Data::Text(t) => (Codec::Json, decode_text(t, limits)),
+            Data::Binary(b) => (Codec::MsgPack, decode(b, Codec::MsgPack, limits)),
         };
         // Without a subprotocol, the first data frame fixes the answer
         // encoding (before any error about this frame is encoded).
