@@ -14,7 +14,7 @@
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::config::{pem_or_file, JwtConfig};
+use crate::config::{JwtConfig, KeyFamily};
 
 /// The claims Switchboard reads.
 #[derive(Debug, Clone, Deserialize)]
@@ -72,40 +72,42 @@ const EC: &[Algorithm] = &[Algorithm::ES256, Algorithm::ES384];
 const ED: &[Algorithm] = &[Algorithm::EdDSA];
 
 impl Authenticator {
-    /// Builds the verifier; `Ok(None)` when no key is configured. Errors name the bad key.
+    /// Builds the verifier; `Ok(None)` when no key is configured. The
+    /// public keys are those the configuration loaded ([`JwtConfig::keys`]);
+    /// a configuration built in code without loading them is loaded here,
+    /// and its errors name the bad key.
     pub fn from_config(cfg: &JwtConfig) -> Result<Option<Self>, Vec<String>> {
+        let loaded;
+        let cfg = if cfg.keys.len() == cfg.public_keys.len() {
+            cfg
+        } else {
+            let mut c = cfg.clone();
+            let errs = c.load_keys();
+            if !errs.is_empty() {
+                return Err(errs);
+            }
+            loaded = c;
+            &loaded
+        };
         let mut keys = Vec::new();
-        let mut errs = Vec::new();
         if !cfg.hs256_secret.is_empty() {
             keys.push(Key {
                 key: DecodingKey::from_secret(cfg.hs256_secret.expose().as_bytes()),
                 algs: HMAC,
             });
         }
-        for (i, entry) in cfg.public_keys.iter().enumerate() {
-            let pem = match pem_or_file(entry) {
-                Ok(p) => p,
-                Err(e) => {
-                    errs.push(format!(
-                        "auth.jwt.public_keys[{i}]: cannot read `{entry}`: {e}"
-                    ));
-                    continue;
-                }
+        for k in &cfg.keys {
+            let b = k.pem.as_bytes();
+            // Parsed once already, when the configuration was loaded.
+            let (key, algs) = match k.family {
+                KeyFamily::Rsa => (DecodingKey::from_rsa_pem(b), RSA),
+                KeyFamily::Ec => (DecodingKey::from_ec_pem(b), EC),
+                KeyFamily::Ed => (DecodingKey::from_ed_pem(b), ED),
             };
-            let b = pem.as_bytes();
-            let parsed = DecodingKey::from_rsa_pem(b)
-                .map(|k| Key { key: k, algs: RSA })
-                .or_else(|_| DecodingKey::from_ec_pem(b).map(|k| Key { key: k, algs: EC }))
-                .or_else(|_| DecodingKey::from_ed_pem(b).map(|k| Key { key: k, algs: ED }));
-            match parsed {
-                Ok(k) => keys.push(k),
-                Err(_) => errs.push(format!(
-                    "auth.jwt.public_keys[{i}]: not an RSA, EC or Ed25519 public key in PEM"
-                )),
-            }
-        }
-        if !errs.is_empty() {
-            return Err(errs);
+            let key = key.map_err(|_| {
+                vec!["auth.jwt.public_keys: a key changed after it was loaded".to_string()]
+            })?;
+            keys.push(Key { key, algs });
         }
         Ok((!keys.is_empty()).then(|| Self {
             keys,

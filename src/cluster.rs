@@ -16,12 +16,80 @@ use fred::prelude::*;
 use fred::types::Builder;
 
 use crate::config::ClusterConfig;
+use crate::tasks::Tasks;
 use crate::types::{NodeId, PeerId, PoolName, RoomName};
 
 /// Redis key and channel names, all under `cluster.key_prefix`.
+///
+/// Each name is declared once, as a template (`peer:{}`), in the `keys!`
+/// table below. The table gives both the Rust method (`Keys::peer`) and the
+/// Lua function the store's scripts call (`k_peer(p)`, see
+/// [`Keys::lua_prelude`]), so the names Rust passes to a script and the
+/// names the script builds itself cannot disagree.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+}
+
+/// Declares every key (and channel) template: a method on [`Keys`] each, and
+/// an entry in [`TEMPLATES`] from which the Lua prelude is built. A template
+/// is the part after `<prefix>:`; each `{}` takes one argument, in order.
+macro_rules! keys {
+    ($( $(#[$doc:meta])* fn $name:ident ( $($arg:ident : $ty:ty),* ) => $tmpl:literal; )*) => {
+        impl Keys {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self, $($arg: &$ty),*) -> String {
+                    format!(concat!("{}:", $tmpl), self.prefix $(, $arg)*)
+                }
+            )*
+        }
+
+        /// Every template of the `keys!` table: `(method, template)`.
+        pub const TEMPLATES: &[(&str, &str)] = &[$((stringify!($name), $tmpl)),*];
+    };
+}
+
+keys! {
+    /// String `"<epoch> <node>"`: where a peer is connected.
+    fn peer(p: PeerId) => "peer:{}";
+    /// Set of peer ids registered by a node (to clean up after it dies).
+    fn node_peers(n: NodeId) => "node:{}:peers";
+    /// Hash of a node's connection secrets (peer -> `"<epoch> <node> <sha256
+    /// hex>"`); it expires with the node (`Directory::keep_secrets`).
+    fn node_secrets(n: NodeId) => "node:{}:secrets";
+    /// Set of rooms where a node has members (to clean up after it dies).
+    fn node_rooms(n: NodeId) => "node:{}:rooms";
+    /// A node's heartbeat, with a TTL.
+    fn node_alive(n: NodeId) => "node:{}:alive";
+    /// Claim on a dead node's cleanup (`SET NX`): exactly one node reaps it.
+    fn node_reaper(n: NodeId) => "node:{}:reaper";
+    /// Set of every node that has sent a heartbeat and not yet been reaped.
+    fn nodes() => "nodes";
+    /// Sorted set of every room with a record, all scored 0 so it is ordered
+    /// by name: `list_rooms` pages through it with `ZRANGEBYLEX` (O(page)).
+    /// (Releases before issue 14 kept an unordered set `rooms`, no longer
+    /// written.)
+    fn room_index() => "room-index";
+    /// Hash: a room's record (see `store::redis` for the fields).
+    fn room_record(r: RoomName) => "room:{}:record";
+    /// Hash peer -> `"<epoch> <node>\n<meta JSON>"`: a room's members (see `store::redis`).
+    fn room_members(r: RoomName) => "room:{}:members";
+    /// Hash node -> member count: which nodes have members in a room.
+    fn room_nodes(r: RoomName) => "room:{}:nodes";
+    /// Hash: one worker's record (see `store::redis` for the fields).
+    fn worker(p: PeerId) => "worker:{}";
+    /// Set of every worker id (the index behind `GET /api/workers`).
+    fn workers() => "workers";
+    /// Set of worker ids whose record names a node (to clean up after it dies).
+    fn node_workers(n: NodeId) => "node:{}:workers";
+    /// List: a pool's queue of worker ids, oldest first (stale entries are
+    /// skipped and dropped when reached).
+    fn pool_queue(pool: PoolName) => "pool:{}:queue";
+    /// Pub/sub channel of one node: direct signals, kicks, its own probes.
+    fn node_channel(n: NodeId) => "ch:node:{}";
+    /// Pub/sub channel of one room: broadcasts and presence.
+    fn room_channel(r: RoomName) => "ch:room:{}";
 }
 
 impl Keys {
@@ -31,71 +99,67 @@ impl Keys {
             prefix: prefix.to_string(),
         }
     }
-    /// The prefix itself (Lua scripts build per-node keys from it).
+
+    /// The prefix itself.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
-    /// String `"<epoch> <node>"`: where a peer is connected.
-    pub fn peer(&self, p: &PeerId) -> String {
-        format!("{}:peer:{p}", self.prefix)
+
+    /// Lua source defining, for every template, `local function k_<method>(a1,
+    /// ...)` that returns the same name as the Rust method, this prefix baked
+    /// in: `local function k_peer(a1) return 'sb:peer:' .. a1 end`.
+    pub fn lua_prelude(&self) -> String {
+        TEMPLATES
+            .iter()
+            .map(|(name, tmpl)| self.lua_function(name, tmpl))
+            .collect()
     }
-    /// Set of peer ids registered by a node (to clean up after it dies).
-    pub fn node_peers(&self, n: &NodeId) -> String {
-        format!("{}:node:{n}:peers", self.prefix)
+
+    /// The part of [`Keys::lua_prelude`] that `body` calls (`k_<method>(`):
+    /// a script defines only the functions it uses, since Redis runs the
+    /// whole chunk, definitions included, on every call.
+    pub fn lua_prelude_for(&self, body: &str) -> String {
+        TEMPLATES
+            .iter()
+            .filter(|(name, _)| body.contains(&format!("k_{name}(")))
+            .map(|(name, tmpl)| self.lua_function(name, tmpl))
+            .collect()
     }
-    /// Set of rooms where a node has members (to clean up after it dies).
-    pub fn node_rooms(&self, n: &NodeId) -> String {
-        format!("{}:node:{n}:rooms", self.prefix)
+
+    fn lua_function(&self, name: &str, tmpl: &str) -> String {
+        let parts: Vec<&str> = tmpl.split("{}").collect();
+        let args: Vec<String> = (1..parts.len()).map(|i| format!("a{i}")).collect();
+        let mut expr = lua_quote(&format!("{}:{}", self.prefix, parts[0]));
+        for (arg, part) in args.iter().zip(&parts[1..]) {
+            expr.push_str(" .. ");
+            expr.push_str(arg);
+            if !part.is_empty() {
+                expr.push_str(" .. ");
+                expr.push_str(&lua_quote(part));
+            }
+        }
+        format!(
+            "local function k_{name}({}) return {expr} end\n",
+            args.join(", ")
+        )
     }
-    /// A node's heartbeat, with a TTL.
-    pub fn node_alive(&self, n: &NodeId) -> String {
-        format!("{}:node:{n}:alive", self.prefix)
+}
+
+/// A Lua string literal of `s`: letters, digits and `:-_.` as they are, every
+/// other byte as a decimal escape, so no prefix can end the literal or change
+/// the script.
+fn lua_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b":-_.".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\{b:03}"));
+        }
     }
-    /// Claim on a dead node's cleanup (`SET NX`): exactly one node reaps it.
-    pub fn node_reaper(&self, n: &NodeId) -> String {
-        format!("{}:node:{n}:reaper", self.prefix)
-    }
-    /// Set of every node that has sent a heartbeat and not yet been reaped.
-    pub fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
-    }
-    /// Set of every room with at least one member.
-    pub fn rooms(&self) -> String {
-        format!("{}:rooms", self.prefix)
-    }
-    /// Hash peer -> `"<epoch> <node>\n<meta JSON>"`: a room's members (see `store::redis`).
-    pub fn room_members(&self, r: &RoomName) -> String {
-        format!("{}:room:{r}:members", self.prefix)
-    }
-    /// Hash node -> member count: which nodes have members in a room.
-    pub fn room_nodes(&self, r: &RoomName) -> String {
-        format!("{}:room:{r}:nodes", self.prefix)
-    }
-    /// Hash: one worker's record (see `store::redis` for the fields).
-    pub fn worker(&self, p: &PeerId) -> String {
-        format!("{}:worker:{p}", self.prefix)
-    }
-    /// Set of every worker id (the index behind `GET /api/workers`).
-    pub fn workers(&self) -> String {
-        format!("{}:workers", self.prefix)
-    }
-    /// Set of worker ids whose record names a node (to clean up after it dies).
-    pub fn node_workers(&self, n: &NodeId) -> String {
-        format!("{}:node:{n}:workers", self.prefix)
-    }
-    /// List: a pool's queue of worker ids, oldest first (stale entries are
-    /// skipped and dropped when reached).
-    pub fn pool_queue(&self, pool: &PoolName) -> String {
-        format!("{}:pool:{pool}:queue", self.prefix)
-    }
-    /// Pub/sub channel of one node: direct signals, kicks, its own probes.
-    pub fn node_channel(&self, n: &NodeId) -> String {
-        format!("{}:ch:node:{n}", self.prefix)
-    }
-    /// Pub/sub channel of one room: broadcasts and presence.
-    pub fn room_channel(&self, r: &RoomName) -> String {
-        format!("{}:ch:room:{r}", self.prefix)
-    }
+    out.push('\'');
+    out
 }
 
 /// The Redis connections of one node.
@@ -121,10 +185,11 @@ impl std::fmt::Debug for Redis {
 impl Redis {
     /// Connects (in the background: a Redis that is down at start only makes
     /// the node unready until it comes up).
-    pub async fn connect(cfg: &ClusterConfig) -> Result<Arc<Self>, String> {
+    /// Its reconnect counters run on `tasks`.
+    pub async fn connect(cfg: &ClusterConfig, tasks: &Tasks) -> Result<Arc<Self>, String> {
         let config = fred::types::config::Config::from_url(cfg.redis_url.expose())
             .map_err(|e| format!("cluster.redis_url: {e}"))?;
-        let timeout = Duration::from_millis(cfg.command_timeout_ms);
+        let timeout = cfg.command_timeout;
         let mut builder = Builder::from_config(config);
         builder
             .with_performance_config(|p| {
@@ -152,9 +217,9 @@ impl Redis {
         sub.connect();
         // The resubscription task runs for the life of the process; its handle is not needed.
         drop(sub.manage_subscriptions());
-        count_reconnects("subscriber", sub.reconnect_rx());
+        count_reconnects(tasks, "subscriber", sub.reconnect_rx());
         for c in pool.clients() {
-            count_reconnects("pool", c.reconnect_rx());
+            count_reconnects(tasks, "pool", c.reconnect_rx());
         }
         if tokio::time::timeout(Duration::from_secs(5), pool.wait_for_connect())
             .await
@@ -187,10 +252,11 @@ impl Redis {
 
 /// Counts and logs every reconnection of a Redis connection.
 fn count_reconnects(
+    tasks: &Tasks,
     conn: &'static str,
     mut rx: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
 ) {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             match rx.recv().await {
                 Ok(server) => {
@@ -202,4 +268,42 @@ fn count_reconnects(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lua_functions_follow_the_rust_templates() {
+        let k = Keys::new("sb");
+        let prelude = k.lua_prelude();
+        assert!(prelude.contains("local function k_peer(a1) return 'sb:peer:' .. a1 end\n"));
+        assert!(prelude
+            .contains("local function k_node_peers(a1) return 'sb:node:' .. a1 .. ':peers' end\n"));
+        assert!(prelude.contains("local function k_room_index() return 'sb:room-index' end\n"));
+        assert_eq!(prelude.lines().count(), TEMPLATES.len());
+        assert_eq!(k.peer(&PeerId::from_trusted("x")), "sb:peer:x");
+        assert_eq!(k.node_peers(&NodeId::from_trusted("n")), "sb:node:n:peers");
+    }
+
+    #[test]
+    fn a_prefix_cannot_escape_its_lua_literal() {
+        let k = Keys::new("a'b\\c\n]]");
+        assert_eq!(
+            k.lua_prelude_for("k_nodes()"),
+            "local function k_nodes() return 'a\\039b\\092c\\010\\093\\093:nodes' end\n"
+        );
+    }
+
+    #[test]
+    fn a_script_gets_only_the_functions_it_calls() {
+        let k = Keys::new("sb");
+        let p = k.lua_prelude_for("redis.call('GET', k_node_rooms(n)) .. k_peer(p)");
+        let names: Vec<&str> = p
+            .lines()
+            .map(|l| l.split(['(', ' ']).nth(2).unwrap())
+            .collect();
+        assert_eq!(names, ["k_peer", "k_node_rooms"]);
+    }
 }

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -63,6 +64,94 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// `_ms` keys: milliseconds in the file, a [`Duration`] in the program.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().min(u128::from(u64::MAX)) as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// An `ip:port` address, as text in the file.
+mod addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("`{text}` is not an `ip:port` address")))
+    }
+}
+
+/// An optional IPv6 `[ip]:port` address; the empty string is none.
+mod opt_addr_v6 {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        match text.trim().parse() {
+            Ok(a @ SocketAddr::V6(_)) => Ok(Some(a)),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{text}` is not an IPv6 `[ip]:port` address (empty disables it)"
+            ))),
+        }
+    }
+}
+
+/// Networks: CIDRs (`10.0.0.0/8`) or single addresses (`127.0.0.1`, a /32
+/// or /128), as text in the file.
+mod nets {
+    use ipnet::IpNet;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|n| n.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(|text| {
+                let t = text.trim();
+                t.parse::<IpNet>()
+                    .ok()
+                    .or_else(|| t.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+                    .ok_or_else(|| {
+                        serde::de::Error::custom(format!(
+                            "`{text}` is not a CIDR (`10.0.0.0/8`) or an IP address"
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -92,7 +181,8 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on for HTTP and WebSocket (`ip:port`; port 0 picks one).
-    pub listen: String,
+    #[serde(with = "addr")]
+    pub listen: SocketAddr,
     /// This node's id on the bus; empty means a random one per start.
     pub node_id: String,
     /// Most concurrent WebSocket connections; more are refused with HTTP 503.
@@ -104,11 +194,13 @@ pub struct ServerConfig {
     /// the accept (or, on a keep-alive connection, from the end of the last
     /// request): a client that sends nothing, or trickles its head, is closed
     /// after it. Also the idle bound of a plain-HTTP keep-alive connection.
-    pub header_read_timeout_ms: u64,
+    #[serde(rename = "header_read_timeout_ms", with = "millis")]
+    pub header_read_timeout: Duration,
     /// Longest a plain HTTP request may take from its complete head to its
     /// response, its body included: a body trickled in holds a connection
     /// no longer than this.
-    pub request_timeout_ms: u64,
+    #[serde(rename = "request_timeout_ms", with = "millis")]
+    pub request_timeout: Duration,
     /// Largest HTTP/1 request head (request line and headers), in bytes; a
     /// larger one is answered 431 and the connection closed. On HTTP/2 it is
     /// the advertised `SETTINGS_MAX_HEADER_LIST_SIZE`. Without it hyper
@@ -145,12 +237,12 @@ impl Default for ServerConfig {
         Self {
             // Loopback: binding every interface is a decision taken together
             // with `auth.jwt` or `auth.anonymous = "allow"` (see `AuthConfig`).
-            listen: "127.0.0.1:8080".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             node_id: String::new(),
             max_connections: 50_000,
             worker_threads: 0,
-            header_read_timeout_ms: 5_000,
-            request_timeout_ms: 30_000,
+            header_read_timeout: Duration::from_millis(5_000),
+            request_timeout: Duration::from_millis(30_000),
             max_header_bytes: 16 * 1024,
             max_pending: 512,
             max_pending_per_ip: 64,
@@ -178,11 +270,14 @@ pub struct Limits {
     /// Largest `meta` (as JSON) in `hello` or `join`, in bytes; it is repeated in every `joined` list.
     pub max_meta_bytes: usize,
     /// Time a new socket has to send `hello` before it is closed with 4003.
-    pub hello_timeout_ms: u64,
+    #[serde(rename = "hello_timeout_ms", with = "millis")]
+    pub hello_timeout: Duration,
     /// How often the server pings each socket.
-    pub heartbeat_interval_ms: u64,
+    #[serde(rename = "heartbeat_interval_ms", with = "millis")]
+    pub heartbeat_interval: Duration,
     /// A socket silent for this long (no frame, no pong) is closed with 4004.
-    pub heartbeat_timeout_ms: u64,
+    #[serde(rename = "heartbeat_timeout_ms", with = "millis")]
+    pub heartbeat_timeout: Duration,
     /// Bytes queued for one client before it counts as too slow and is closed
     /// with 1013 (with `outbound_queue`, whichever comes first). Counted as what
     /// each queued message holds in memory (a fan-out counts once per
@@ -209,9 +304,9 @@ impl Default for Limits {
             max_name_bytes: 128,
             max_kind_bytes: 32,
             max_meta_bytes: 4 * 1024,
-            hello_timeout_ms: 10_000,
-            heartbeat_interval_ms: 15_000,
-            heartbeat_timeout_ms: 45_000,
+            hello_timeout: Duration::from_millis(10_000),
+            heartbeat_interval: Duration::from_millis(15_000),
+            heartbeat_timeout: Duration::from_millis(45_000),
             outbound_queue_bytes: 1 << 20,
             max_write_buffer_bytes: 256 * 1024,
             max_nesting_depth: 64,
@@ -228,16 +323,18 @@ pub const MAX_NESTING_DEPTH: usize = 100;
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// After SIGTERM, how long clients get to reconnect elsewhere before their sockets close with 1012.
-    pub grace_period_ms: u64,
+    #[serde(rename = "grace_period_ms", with = "millis")]
+    pub grace_period: Duration,
     /// Upper bound of the random `after_ms` in `reconnect`, spreading reconnects out.
-    pub reconnect_jitter_ms: u64,
+    #[serde(rename = "reconnect_jitter_ms", with = "millis")]
+    pub reconnect_jitter: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
-            grace_period_ms: 10_000,
-            reconnect_jitter_ms: 1_000,
+            grace_period: Duration::from_millis(10_000),
+            reconnect_jitter: Duration::from_millis(1_000),
         }
     }
 }
@@ -293,6 +390,31 @@ pub struct JwtConfig {
     pub audience: String,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_s: u64,
+    /// `public_keys`, read and parsed when the configuration is loaded (a
+    /// file that cannot be read, or is no public key, is reported with
+    /// every other bad key, by `--check-config` too).
+    #[serde(skip)]
+    pub keys: Vec<PublicKey>,
+}
+
+/// A public key of `auth.jwt.public_keys`, read and checked at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    /// Which token algorithms it verifies.
+    pub family: KeyFamily,
+    /// The key as PEM text.
+    pub pem: String,
+}
+
+/// The algorithm family of a public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    /// RSA: RS256/384/512, PS256/384/512.
+    Rsa,
+    /// EC P-256 / P-384: ES256, ES384.
+    Ec,
+    /// Ed25519: EdDSA.
+    Ed,
 }
 
 impl Default for JwtConfig {
@@ -303,7 +425,44 @@ impl Default for JwtConfig {
             issuer: String::new(),
             audience: String::new(),
             leeway_s: 30,
+            keys: Vec::new(),
         }
+    }
+}
+
+impl JwtConfig {
+    /// Reads and parses `public_keys` into [`Self::keys`]; one message per
+    /// entry that cannot be read or is not a public key in PEM.
+    pub fn load_keys(&mut self) -> Vec<String> {
+        use jsonwebtoken::DecodingKey;
+        let mut errs = Vec::new();
+        self.keys.clear();
+        for (i, entry) in self.public_keys.iter().enumerate() {
+            let pem = match pem_or_file(entry) {
+                Ok(p) => p,
+                Err(e) => {
+                    errs.push(format!(
+                        "auth.jwt.public_keys[{i}]: cannot read `{entry}`: {e}"
+                    ));
+                    continue;
+                }
+            };
+            let b = pem.as_bytes();
+            let family = if DecodingKey::from_rsa_pem(b).is_ok() {
+                KeyFamily::Rsa
+            } else if DecodingKey::from_ec_pem(b).is_ok() {
+                KeyFamily::Ec
+            } else if DecodingKey::from_ed_pem(b).is_ok() {
+                KeyFamily::Ed
+            } else {
+                errs.push(format!(
+                    "auth.jwt.public_keys[{i}]: not an RSA, EC or Ed25519 public key in PEM"
+                ));
+                continue;
+            };
+            self.keys.push(PublicKey { family, pem });
+        }
+        errs
     }
 }
 
@@ -316,7 +475,8 @@ pub struct HttpConfig {
     /// Proxies (CIDRs, or single addresses) whose `Forwarded` /
     /// `X-Forwarded-For` headers name the client. From any other peer those
     /// headers are ignored: anyone can send them.
-    pub trusted_proxies: Vec<String>,
+    #[serde(with = "nets")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The one forwarding header the trusted proxies set. Only it is read:
     /// a proxy appends to (or overwrites) its own header, and passes any
     /// other one from the client through untouched, so believing a second
@@ -348,24 +508,6 @@ impl ClientIpHeader {
     }
 }
 
-impl HttpConfig {
-    /// The parsed `trusted_proxies` (validated by [`load`]).
-    pub fn trusted_nets(&self) -> Vec<ipnet::IpNet> {
-        self.trusted_proxies
-            .iter()
-            .filter_map(|s| parse_net(s))
-            .collect()
-    }
-}
-
-/// A CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1`, a /32 or /128).
-fn parse_net(s: &str) -> Option<ipnet::IpNet> {
-    let s = s.trim();
-    s.parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-}
-
 /// `[stun]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -373,9 +515,11 @@ pub struct StunConfig {
     /// Answer STUN Binding requests on UDP (and learn workers' public UDP endpoints).
     pub enabled: bool,
     /// UDP address of the responder (`ip:port`; port 0 picks one).
-    pub listen: String,
+    #[serde(with = "addr")]
+    pub listen: SocketAddr,
     /// A second, IPv6-only UDP address (`[::]:3478`); empty: none.
-    pub listen_v6: String,
+    #[serde(with = "opt_addr_v6")]
+    pub listen_v6: Option<SocketAddr>,
     /// Binding requests answered per second per source (an IPv4 address, or
     /// an IPv6 /64: one subscriber's prefix). Above it datagrams are dropped
     /// without an answer, which bounds both what a forged source can make the
@@ -390,8 +534,8 @@ impl Default for StunConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: "0.0.0.0:3478".into(),
-            listen_v6: "[::]:3478".into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 3478)),
+            listen_v6: Some(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 3478))),
             rate_per_ip: 50,
             burst: 200,
         }
@@ -452,14 +596,18 @@ pub struct ClusterConfig {
     /// Prefix of every Redis key and channel, so several clusters can share one Redis.
     pub key_prefix: String,
     /// Timeout of every Redis command; a hung Redis becomes an error, not a stuck task.
-    pub command_timeout_ms: u64,
+    #[serde(rename = "command_timeout_ms", with = "millis")]
+    pub command_timeout: Duration,
     /// How often a node refreshes its heartbeat, probes pub/sub and looks for dead nodes.
-    pub heartbeat_ms: u64,
+    #[serde(rename = "heartbeat_ms", with = "millis")]
+    pub heartbeat: Duration,
     /// Lifetime of a node's heartbeat key: a node silent this long is dead, and
     /// its peers leave their rooms (reason `timeout`) within about `node_ttl_ms + heartbeat_ms`.
-    pub node_ttl_ms: u64,
+    #[serde(rename = "node_ttl_ms", with = "millis")]
+    pub node_ttl: Duration,
     /// Readiness fails when no pub/sub probe came back within this window.
-    pub probe_window_ms: u64,
+    #[serde(rename = "probe_window_ms", with = "millis")]
+    pub probe_window: Duration,
     /// Redis connections for commands and publishing.
     pub pool_size: usize,
     /// Pub/sub messages buffered between the subscriber connection and the node;
@@ -467,7 +615,8 @@ pub struct ClusterConfig {
     pub subscriber_buffer: usize,
     /// A cached `peer → node` route unused this long is dropped (a stale
     /// route is corrected by a bounce, not by expiry; this only bounds memory).
-    pub route_idle_ms: u64,
+    #[serde(rename = "route_idle_ms", with = "millis")]
+    pub route_idle: Duration,
     /// Most cached routes (0 disables the cache: every remote signal looks
     /// its target up in Redis).
     pub route_cache_max: usize,
@@ -481,13 +630,13 @@ impl Default for ClusterConfig {
         Self {
             redis_url: Secret::default(),
             key_prefix: "switchboard".into(),
-            command_timeout_ms: 2_000,
-            heartbeat_ms: 1_000,
-            node_ttl_ms: 5_000,
-            probe_window_ms: 3_000,
+            command_timeout: Duration::from_millis(2_000),
+            heartbeat: Duration::from_millis(1_000),
+            node_ttl: Duration::from_millis(5_000),
+            probe_window: Duration::from_millis(3_000),
             pool_size: 4,
             subscriber_buffer: 8_192,
-            route_idle_ms: 60_000,
+            route_idle: Duration::from_millis(60_000),
             route_cache_max: 100_000,
             outbox_max: 65_536,
         }
@@ -504,14 +653,6 @@ impl Config {
         c
     }
 
-    /// The parsed listening address (validated by [`load`]).
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.server
-            .listen
-            .parse()
-            .expect("server.listen was validated at load")
-    }
-
     /// Whether peers without a token are accepted, and why (see
     /// [`AnonymousPolicy`]). With a JWT key configured nobody is anonymous.
     pub fn anonymous_mode(&self) -> AnonymousMode {
@@ -520,11 +661,7 @@ impl Config {
         if has_key {
             return AnonymousMode::TokenRequired;
         }
-        let loopback = self
-            .server
-            .listen
-            .parse::<SocketAddr>()
-            .is_ok_and(|a| a.ip().to_canonical().is_loopback());
+        let loopback = self.server.listen.ip().to_canonical().is_loopback();
         match self.auth.anonymous {
             AnonymousPolicy::Allow => AnonymousMode::Allowed,
             AnonymousPolicy::Loopback if loopback => AnonymousMode::LoopbackOnly,
@@ -536,12 +673,6 @@ impl Config {
     /// Semantic checks serde cannot express; one message per bad key.
     pub fn validate(&self) -> Vec<String> {
         let mut errs = Vec::new();
-        if self.server.listen.parse::<SocketAddr>().is_err() {
-            errs.push(format!(
-                "server.listen: `{}` is not an `ip:port` address",
-                self.server.listen
-            ));
-        }
         if self.server.node_id.chars().any(char::is_control) {
             // It ends a field in the store's member values (`store::redis`).
             errs.push("server.node_id: must not contain control characters".into());
@@ -566,8 +697,6 @@ impl Config {
             ));
         }
         for (k, v) in [
-            ("server.header_read_timeout_ms", srv.header_read_timeout_ms),
-            ("server.request_timeout_ms", srv.request_timeout_ms),
             ("server.max_pending", srv.max_pending as u64),
             ("server.max_pending_per_ip", srv.max_pending_per_ip as u64),
             ("server.reserved_fds", srv.reserved_fds as u64),
@@ -576,17 +705,9 @@ impl Config {
                 errs.push(format!("{k}: must be greater than 0"));
             }
         }
-        let positive: [(&str, u64); 19] = [
+        let positive = [
             ("limits.max_meta_bytes", self.limits.max_meta_bytes as u64),
-            (
-                "cluster.command_timeout_ms",
-                self.cluster.command_timeout_ms,
-            ),
-            ("cluster.heartbeat_ms", self.cluster.heartbeat_ms),
-            ("cluster.node_ttl_ms", self.cluster.node_ttl_ms),
-            ("cluster.probe_window_ms", self.cluster.probe_window_ms),
             ("cluster.pool_size", self.cluster.pool_size as u64),
-            ("cluster.route_idle_ms", self.cluster.route_idle_ms),
             ("cluster.outbox_max", self.cluster.outbox_max as u64),
             (
                 "cluster.subscriber_buffer",
@@ -605,16 +726,26 @@ impl Config {
             ("limits.outbound_queue", self.limits.outbound_queue as u64),
             ("limits.max_name_bytes", self.limits.max_name_bytes as u64),
             ("limits.max_kind_bytes", self.limits.max_kind_bytes as u64),
-            ("limits.hello_timeout_ms", self.limits.hello_timeout_ms),
+        ];
+        for (k, d) in [
+            ("server.header_read_timeout_ms", srv.header_read_timeout),
+            ("server.request_timeout_ms", srv.request_timeout),
+            ("cluster.command_timeout_ms", self.cluster.command_timeout),
+            ("cluster.heartbeat_ms", self.cluster.heartbeat),
+            ("cluster.node_ttl_ms", self.cluster.node_ttl),
+            ("cluster.probe_window_ms", self.cluster.probe_window),
+            ("cluster.route_idle_ms", self.cluster.route_idle),
+            ("limits.hello_timeout_ms", self.limits.hello_timeout),
             (
                 "limits.heartbeat_interval_ms",
-                self.limits.heartbeat_interval_ms,
+                self.limits.heartbeat_interval,
             ),
-            (
-                "limits.heartbeat_timeout_ms",
-                self.limits.heartbeat_timeout_ms,
-            ),
-        ];
+            ("limits.heartbeat_timeout_ms", self.limits.heartbeat_timeout),
+        ] {
+            if d.is_zero() {
+                errs.push(format!("{k}: must be greater than 0"));
+            }
+        }
         for (k, v) in positive {
             if v == 0 {
                 errs.push(format!("{k}: must be greater than 0"));
@@ -634,32 +765,39 @@ impl Config {
                 "limits.max_nesting_depth: must be between 1 and {MAX_NESTING_DEPTH}"
             ));
         }
-        if self.limits.heartbeat_timeout_ms <= self.limits.heartbeat_interval_ms {
+        if self.limits.heartbeat_timeout <= self.limits.heartbeat_interval {
             errs.push(format!(
                 "limits.heartbeat_timeout_ms: must be greater than limits.heartbeat_interval_ms ({})",
-                self.limits.heartbeat_interval_ms
+                self.limits.heartbeat_interval.as_millis()
             ));
         }
         let url = self.cluster.redis_url.expose();
-        if !url.is_empty()
+        if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
+            // fred parses these, but the store's scripts touch keys of
+            // several rooms and nodes, which Redis Cluster refuses: say so
+            // now rather than fail on the first join.
+            errs.push(
+                "cluster.redis_url: Redis Cluster (redis-cluster://) is not supported yet; use redis://, rediss:// or redis-sentinel://"
+                    .into(),
+            );
+        } else if !url.is_empty()
             && ![
                 "redis://",
                 "rediss://",
                 "redis-sentinel://",
-                "redis-cluster://",
+                "rediss-sentinel://",
             ]
             .iter()
             .any(|s| url.starts_with(s))
         {
             errs.push(
-                "cluster.redis_url: must start with redis://, rediss://, redis-sentinel:// or redis-cluster://"
-                    .into(),
+                "cluster.redis_url: must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel://".into(),
             );
         }
-        if self.cluster.node_ttl_ms <= self.cluster.heartbeat_ms {
+        if self.cluster.node_ttl <= self.cluster.heartbeat {
             errs.push(format!(
                 "cluster.node_ttl_ms: must be greater than cluster.heartbeat_ms ({})",
-                self.cluster.heartbeat_ms
+                self.cluster.heartbeat.as_millis()
             ));
         }
         if !url.is_empty() && fred::types::config::Config::from_url(url).is_err() {
@@ -668,37 +806,11 @@ impl Config {
         if self.cluster.key_prefix.is_empty() {
             errs.push("cluster.key_prefix: must not be empty".into());
         }
-        for p in &self.http.trusted_proxies {
-            if parse_net(p).is_none() {
-                errs.push(format!(
-                    "http.trusted_proxies: `{p}` is not a CIDR (`10.0.0.0/8`) or an IP address"
-                ));
-            }
-        }
         if self.stun.enabled && self.stun.rate_per_ip > 0 && self.stun.burst == 0 {
             errs.push(
                 "stun.burst: must be greater than 0 while stun.rate_per_ip is set (0 there disables the limit)"
                     .into(),
             );
-        }
-        if self.stun.enabled {
-            if self.stun.listen.parse::<SocketAddr>().is_err() {
-                errs.push(format!(
-                    "stun.listen: `{}` is not an `ip:port` address",
-                    self.stun.listen
-                ));
-            }
-            if !self.stun.listen_v6.is_empty()
-                && !matches!(
-                    self.stun.listen_v6.parse::<SocketAddr>(),
-                    Ok(SocketAddr::V6(_))
-                )
-            {
-                errs.push(format!(
-                    "stun.listen_v6: `{}` is not an IPv6 `[ip]:port` address (empty disables it)",
-                    self.stun.listen_v6
-                ));
-            }
         }
         errs
     }
@@ -779,8 +891,9 @@ pub fn from_toml_str(toml: &str) -> Result<Config, ConfigErrors> {
 
 fn from_figment(fig: &Figment) -> Result<Config, ConfigErrors> {
     match fig.extract::<Config>() {
-        Ok(cfg) => {
-            let errs = cfg.validate();
+        Ok(mut cfg) => {
+            let mut errs = cfg.validate();
+            errs.extend(cfg.auth.jwt.load_keys());
             if errs.is_empty() {
                 Ok(cfg)
             } else {
@@ -827,8 +940,9 @@ fn per_key_errors(merged: &Value) -> Vec<String> {
     }
     // A well-typed value can still be invalid (`server.listen = "nowhere"`):
     // report those too, so every bad key is named at once.
-    if let Ok(cfg) = serde_json::from_value::<Config>(well_typed) {
+    if let Ok(mut cfg) = serde_json::from_value::<Config>(well_typed) {
         errs.extend(cfg.validate());
+        errs.extend(cfg.auth.jwt.load_keys());
     }
     errs
 }
@@ -1017,6 +1131,22 @@ mod tests {
         let ok = from_toml_str("[limits]\nmax_nesting_depth = 100\noutbound_queue_bytes = 1024\n")
             .unwrap();
         assert_eq!(ok.limits.max_nesting_depth, 100);
+    }
+
+    #[test]
+    fn redis_cluster_urls_are_refused_until_cluster_mode_exists() {
+        for url in ["redis-cluster://127.0.0.1:7000", "rediss-cluster://h:7000"] {
+            let err = from_toml_str(&format!("[cluster]\nredis_url = \"{url}\"\n")).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.starts_with("cluster.redis_url: Redis Cluster"),
+                "{text}"
+            );
+        }
+        assert!(from_toml_str(
+            "[cluster]\nredis_url = \"redis-sentinel://h:26379?sentinelServiceName=mymaster\"\n"
+        )
+        .is_ok());
     }
 
     #[test]

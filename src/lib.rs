@@ -1,47 +1,60 @@
 //! Switchboard: a horizontally scalable signaling, rendezvous and relay broker.
 //!
-//! A tour of the crate, in the order a message flows:
+//! A tour of the crate, in the order a message flows (docs/DESIGN.md has
+//! the same map with the path of one signal):
 //!
-//! - [`server`]: the accept loop in front of it: deadlines, header size and
-//!   a bound on connections that are not WebSocket sessions, and the
-//!   open-file budget.
-//! - [`http`]: the HTTP door: `/ws` upgrades, probes, `/metrics`, the rooms API.
+//! - [`server`]: the accept loop: deadlines, header size, a bound on
+//!   connections that are not WebSocket sessions, the open-file budget.
+//! - [`http`]: the HTTP doors: WebSocket upgrades, probes, `/metrics`, the
+//!   operator API.
 //! - [`ws`]: the WebSocket upgrade and framing (RFC 6455, server side), with
 //!   no buffer held by an idle socket.
-//! - [`session`]: one task per connection: it decodes frames, hands commands
-//!   to the node and writes what the connection's bounded queue holds.
-//! - [`protocol`]: the native wire format (JSON text or MessagePack binary),
-//!   decoded into validated [`protocol::Command`]s.
-//! - [`node`]: the router: hello, rooms, signals, broadcasts, drain.
-//! - [`hub`]: the local socket map and local room index.
-//! - [`rendezvous`]: workers, their public endpoints and pairing; [`stun`]
-//!   is the UDP responder that observes those endpoints, and [`dialect`]
-//!   holds the translators for clients of older systems.
-//! - [`bus`] and [`store`]: the two cluster seams, with in-process backends for
-//!   the embedded single node.
-//! - [`config`], [`auth`], [`metrics`], [`error`], [`types`]: the supporting cast.
+//! - [`connection`]: one task per connection, the same for every door: it
+//!   reads frames, writes what the connection's bounded queue holds,
+//!   heartbeats, closes.
+//! - [`dialect`]: the seam between a door's wire format and the core: the
+//!   native protocol ([`dialect::native`]) and the translators for clients
+//!   of older systems.
+//! - [`node`]: the router: [`node::Node::register`] for every door, command
+//!   dispatch, events from other nodes, maintenance, drain.
+//! - [`core`]: what every part shares: the hub (local sockets), the store
+//!   and bus handles, the envelope sequence, the flags; and the core's
+//!   vocabulary (commands in, events out).
+//! - [`relay`] (direct signals across nodes), [`rooms`] (rooms and
+//!   presence), [`rendezvous`] (workers, pairing, STUN observations; [`stun`]
+//!   is the UDP responder): the parts built on the core, which know it and
+//!   not each other.
+//! - [`bus`] and [`store`]: the two cluster seams, with in-process backends
+//!   for the embedded single node and Redis backends ([`cluster`]) for a
+//!   cluster.
+//! - [`config`], [`auth`], [`metrics`], [`error`], [`types`], [`payload`]:
+//!   the supporting cast.
 //!
-//! [`run`] serves an already-bound listener until a shutdown future resolves,
-//! then drains; the binary in `main.rs` only parses arguments and wires signals.
+//! [`start`] builds and starts everything a node runs; [`Started::serve`]
+//! serves until a shutdown future resolves, then drains. The binary in
+//! `main.rs` only parses arguments, loads the configuration and wires
+//! signals. `tests/layering.rs` checks that no module imports a module that
+//! imports it back.
 
 pub mod auth;
 pub mod bus;
 pub mod cluster;
 pub mod config;
+pub mod connection;
+pub mod core;
 pub mod dialect;
 pub mod error;
 pub mod http;
-pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod payload;
-pub mod protocol;
 pub mod relay;
 pub mod rendezvous;
+pub mod rooms;
 pub mod server;
-pub mod session;
 pub mod store;
 pub mod stun;
+pub mod tasks;
 pub mod types;
 pub mod ws;
 
@@ -54,42 +67,186 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::node::Node;
 
-/// Largest HTTP request body the API reads.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Why a node did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration cannot work (one line per problem): exit code 2.
+    Config(Vec<String>),
+    /// Something outside the configuration failed (a port is taken): exit code 1.
+    Io(String),
+}
+
+/// A node that has started: its backends connected, its background tasks
+/// running under its tracker, its ports bound and STUN answering; HTTP is
+/// served by [`Started::serve`].
+pub struct Started {
+    /// The node.
+    pub node: Arc<Node>,
+    /// The bound HTTP/WebSocket listener.
+    listener: TcpListener,
+    /// Renders `/metrics`.
+    metrics: PrometheusHandle,
+    /// The address the listener is bound to.
+    pub addr: SocketAddr,
+}
+
+/// Builds and starts everything a node runs, in one place and in order:
+/// the metrics recorder (so every counter counts from the first event), the
+/// open-file budget (`server.max_connections` fitted under the limit), the
+/// node with its backends and background tasks (all on the node's tracker,
+/// so shutdown stops and awaits them), the HTTP listener, the STUN sockets
+/// and their responders. Call [`shutdown_signal`] before this, so a SIGTERM
+/// once the port is open starts a drain instead of killing the process.
+pub async fn start(mut cfg: Config) -> Result<Started, StartError> {
+    let metrics = metrics::install();
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    ::metrics::gauge!(metrics::WORKER_THREADS).set(workers as f64);
+    // Before the node is built: it sizes its connection limit from this.
+    let open_files = server::raise_open_files_limit();
+    let fds = server::plan_fds(open_files, &cfg.server).map_err(|e| StartError::Config(vec![e]))?;
+    if fds.max_connections < cfg.server.max_connections {
+        // A warning when the operator asked for more than fits; the built-in
+        // default (sized for a large host) is fitted quietly.
+        let asked = cfg.server.max_connections != config::ServerConfig::default().max_connections;
+        let (configured, effective, limit) =
+            (cfg.server.max_connections, fds.max_connections, fds.limit);
+        let (pending, reserved) = (cfg.server.max_pending, cfg.server.reserved_fds);
+        if asked {
+            tracing::warn!(
+                configured,
+                effective,
+                open_files_limit = limit,
+                max_pending = pending,
+                reserved_fds = reserved,
+                "server.max_connections lowered to fit the open-file limit"
+            );
+        } else {
+            tracing::info!(
+                default = configured,
+                effective,
+                open_files_limit = limit,
+                max_pending = pending,
+                reserved_fds = reserved,
+                "server.max_connections fitted to the open-file limit"
+            );
+        }
+        cfg.server.max_connections = fds.max_connections;
+    }
+    ::metrics::gauge!(metrics::OPEN_FILES_LIMIT).set(fds.limit as f64);
+    ::metrics::gauge!(metrics::MAX_CONNECTIONS).set(cfg.server.max_connections as f64);
+    ::metrics::gauge!(metrics::HTTP_MAX_PENDING).set(cfg.server.max_pending as f64);
+    let effective = serde_json::to_string(&cfg.redacted()).expect("config serializes");
+    let node = Node::build(cfg).await.map_err(StartError::Config)?;
+    let core = &node.core;
+    let (bus, store) = core.backend_names();
+    tracing::info!(node = %core.id, bus, store, config = %effective, "starting switchboard {}", env!("CARGO_PKG_VERSION"));
+    log_admission(&node);
+    let listener = bind_listener(core.cfg.server.listen).map_err(|e| {
+        tracing::error!(addr = %core.cfg.server.listen, error = %e, "cannot bind");
+        StartError::Io(format!(
+            "server.listen: cannot bind {}: {e}",
+            core.cfg.server.listen
+        ))
+    })?;
+    // The STUN responder binds before the node announces itself: a port that
+    // is taken stops the start, naming the key.
+    let stun = rendezvous::bind_stun(&core.cfg.stun).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot start the STUN responder");
+        StartError::Io(e)
+    })?;
+    node.rdv.start_stun(stun);
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Io(e.to_string()))?;
+    tracing::info!(
+        worker_threads = workers,
+        open_files_limit = fds.limit,
+        max_connections = core.cfg.server.max_connections,
+        max_pending = core.cfg.server.max_pending,
+        "listening on {addr}"
+    );
+    Ok(Started {
+        node,
+        listener,
+        metrics,
+        addr,
+    })
+}
+
+impl Started {
+    /// Serves until `shutdown` resolves, then drains: readiness fails,
+    /// clients are told to reconnect, and after the grace period the
+    /// remaining sockets close with 1012. Returns once every connection has
+    /// ended and the node's background tasks have stopped.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        run(self.listener, self.node, self.metrics, shutdown).await
+    }
+}
+
+/// Says at start who may connect without a token, and warns where that is
+/// everyone or no one.
+fn log_admission(node: &Node) {
+    use crate::config::AnonymousMode as M;
+    let listen = &node.core.cfg.server.listen;
+    match node.anonymous_mode() {
+        M::TokenRequired => tracing::info!("auth: every peer needs a token (auth.jwt)"),
+        M::LoopbackOnly => tracing::info!(
+            %listen,
+            "auth: anonymous peers allowed because listening on loopback (no auth.jwt key; auth.anonymous = \"loopback\")"
+        ),
+        M::Allowed => tracing::warn!(
+            %listen,
+            "auth: anonymous peers allowed by auth.anonymous=allow (no auth.jwt key): any client may take any peer id that is free"
+        ),
+        M::RefusedNotLoopback => tracing::warn!(
+            %listen,
+            "auth: anonymous peers refused: every peer needs a token, and no auth.jwt key is configured, so every hello will be refused (not listening on loopback; set auth.jwt, or auth.anonymous = \"allow\" on a trusted network)"
+        ),
+        M::Refused => tracing::warn!(
+            "auth: anonymous peers refused by auth.anonymous=deny: every peer needs a token, and no auth.jwt key is configured, so every hello will be refused"
+        ),
+    }
+    if node.core.cfg.http.admin_token.is_empty() {
+        tracing::info!("admin endpoints answer plain loopback requests only (no http.admin_token)");
+    }
+}
 
 /// Serves `node` on `listener` until `shutdown` resolves, then drains: readiness
 /// fails, clients are told to reconnect, and after the grace period the
-/// remaining sockets close with 1012. Returns once every connection has ended.
+/// remaining sockets close with 1012; then the node's background tasks stop.
+/// Returns once every connection has ended.
 pub async fn run(
     listener: TcpListener,
     node: Arc<Node>,
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The API's bodies are a few hundred bytes; axum's default would buffer
-    // 2 MB per request before a handler (or its admin check) runs.
     let app = http::router(http::AppState {
         node: node.clone(),
         metrics,
-    })
-    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
+    });
     let stop_http = CancellationToken::new();
-    let limits = server::HttpLimits::new(&node.cfg.server, node.trusted_proxies.clone());
+    let limits = server::HttpLimits::new(&node.core.cfg.server, node.trusted_proxies.clone());
     let server = tokio::spawn(server::serve(listener, app, limits, stop_http.clone()));
     shutdown.await;
-    node.drain(Duration::from_millis(node.cfg.shutdown.grace_period_ms))
-        .await;
+    node.drain(node.core.cfg.shutdown.grace_period).await;
     stop_http.cancel();
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
+    let served = match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(r)) => r,
         Ok(Err(join)) => Err(std::io::Error::other(join)),
         Err(_) => {
             tracing::warn!("HTTP server did not stop in time");
             Ok(())
         }
-    }
+    };
+    node.core.stop_tasks(Duration::from_secs(5)).await;
+    served
 }
 
 /// Binds the HTTP/WebSocket listener with a deep accept queue: tokio's

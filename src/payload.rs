@@ -193,7 +193,7 @@ impl PartialEq<Value> for Opaque {
 /// escape: JSON allows both, a JSON recipient gets them unchanged) reaches a
 /// MessagePack recipient as a string holding the JSON text. MessagePack is
 /// written value by value from its bytes (JSON recipients get it with the
-/// rules of [`Payload`]); `protocol::encode` copies it byte for byte into a
+/// rules of [`Payload`]); `dialect::native::encode` copies it byte for byte into a
 /// MessagePack frame instead.
 impl Serialize for Opaque {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -429,7 +429,7 @@ pub fn scan_msgpack_frame(buf: &[u8], max: usize) -> Result<MsgPackFrame, ScanEr
             None
         };
         // A top-level array is a struct written positionally: `id` is
-        // field 1 and `data` field 8 (see `protocol::RawClientMsg`).
+        // field 1 and `data` field 8 (see `dialect::native::RawClientMsg`).
         let (is_id, is_data) = match key {
             Some(k) => (mp_is_str(k, "id"), mp_is_str(k, "data")),
             None => (i == 1, i == 8),

@@ -1,5 +1,8 @@
 //! Cross-node relay of direct signals: a route cache, one outbox per remote
-//! node, bounces and drains.
+//! node, bounces and detours.
+//!
+//! ("Drain" is the node's shutdown; a route that went stale is *detoured*
+//! and its held signals *released*.)
 //!
 //! The straightforward path (look the target up in the peer directory, then
 //! publish one event to its node, both awaited by the sender's reader) costs
@@ -22,7 +25,7 @@
 //!   `cluster-unavailable` and forgets the routes through that node. The
 //!   receiving node answers a signal that carried an `id` with `delivered`
 //!   once it is in the target's queue (the sender's `ack`, as on one node).
-//! - **Bounce and drain, keeping order.** A node that gets a signal for a
+//! - **Bounce and detour, keeping order.** A node that gets a signal for a
 //!   peer it does not hold bounces it to the sender's node, and from then on
 //!   bounces every signal for that peer from that node, until the sender's
 //!   node sends `flush`. The sender's node, on the first bounce, turns the
@@ -49,11 +52,12 @@ use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
 use crate::bus::{NodeEvent, RemoteSignal};
-use crate::config::ClusterConfig;
+use crate::core::event::Event;
+use crate::core::{cluster_err, Core};
 use crate::error::{ClientError, ErrorCode};
 use crate::metrics as m;
-use crate::node::{send_error, Node};
-use crate::protocol::ServerMsg;
+use crate::payload::Opaque;
+use crate::types::SignalKind;
 use crate::types::{NodeId, PeerId};
 
 /// Most events published in one batch envelope.
@@ -95,16 +99,17 @@ struct Detour {
     held: Vec<RemoteSignal>,
 }
 
-/// A drain to finish: look the peer up and send what was held.
+/// A detour to release: look the peer up and send what was held.
 #[derive(Debug)]
-pub(crate) struct Release {
+pub struct Release {
     peer: PeerId,
     detour: u64,
 }
 
-/// Node-local relay state; see the module docs.
-#[derive(Debug)]
-pub(crate) struct Relay {
+/// Cross-node relay of direct signals; see the module docs.
+pub struct Relay {
+    core: Arc<Core>,
+    me: Weak<Relay>,
     routes: DashMap<PeerId, RouteEntry>,
     outboxes: DashMap<NodeId, Arc<Outbox>>,
     /// `(origin node, peer)` pairs this node bounces until the origin's `flush`.
@@ -112,7 +117,7 @@ pub(crate) struct Relay {
     bouncing_len: AtomicUsize,
     detours: AtomicUsize,
     next_detour: AtomicU64,
-    /// Seconds since `started`, advanced by [`Node::relay_sweep`].
+    /// Seconds since `started`, advanced by [`Relay::sweep`].
     clock: AtomicU32,
     started: Instant,
     last_sweep: AtomicU32,
@@ -138,21 +143,28 @@ struct Queue {
 
 /// Why an event could not be queued.
 #[derive(Debug)]
-pub(crate) struct OutboxFull;
+pub struct OutboxFull;
 
-/// What [`Node::relay_send`] did with a signal.
+/// What [`Relay::send`] did with a signal.
 #[derive(Debug)]
-pub(crate) enum Sent {
-    /// Queued for its node (or held behind a drain).
+enum Sent {
+    /// Queued for its node (or held behind a detour).
     Queued,
-    /// No route is cached: look the peer up and call [`Node::relay_send_to`].
+    /// No route is cached: look the peer up and call [`Relay::send_to`].
     Unknown(RemoteSignal),
 }
 
 impl Relay {
-    /// Relay state; drains to finish go to `releases` (see [`run_releases`]).
-    pub fn new(cfg: &ClusterConfig, releases: mpsc::UnboundedSender<Release>) -> Self {
-        Self {
+    /// The relay of `core`'s node; its detour task runs on the core's
+    /// background tasks.
+    pub fn new(core: Arc<Core>) -> Arc<Self> {
+        let (releases, rx) = mpsc::unbounded_channel();
+        let cfg = &core.cfg.cluster;
+        let (route_idle, route_max, outbox_max) =
+            (cfg.route_idle, cfg.route_cache_max, cfg.outbox_max);
+        let relay = Arc::new_cyclic(|me| Self {
+            core: core.clone(),
+            me: me.clone(),
             routes: DashMap::new(),
             outboxes: DashMap::new(),
             bouncing: Mutex::new(HashSet::new()),
@@ -162,15 +174,72 @@ impl Relay {
             clock: AtomicU32::new(0),
             started: Instant::now(),
             last_sweep: AtomicU32::new(0),
-            route_idle_s: (cfg.route_idle_ms / 1000).clamp(1, u64::from(u32::MAX / 2)) as u32,
-            route_max: cfg.route_cache_max,
-            outbox_max: cfg.outbox_max,
+            route_idle_s: route_idle.as_secs().clamp(1, u64::from(u32::MAX / 2)) as u32,
+            route_max,
+            outbox_max,
             releases,
+        });
+        core.spawn(run_releases(Arc::downgrade(&relay), rx));
+        relay
+    }
+
+    /// Routes a direct signal from a local sender: into the target's queue
+    /// when it is on this node, else into the outbox of the one node holding
+    /// it. Returns the `ack` to send now: a relayed signal is acked by its
+    /// target's node once delivered (`delivered`).
+    #[allow(clippy::too_many_arguments)] // a signal's parts, as decoded
+    pub async fn signal(
+        &self,
+        from: &PeerId,
+        from_epoch: u64,
+        id: Option<Value>,
+        to: PeerId,
+        kind: SignalKind,
+        data: Opaque,
+        received: Instant,
+    ) -> Result<Option<Event>, ClientError> {
+        if let Some(h) = self.core.hub.get(&to) {
+            h.push(
+                Arc::new(Event::Signal {
+                    from: from.clone(),
+                    kind,
+                    data,
+                }),
+                Some(received),
+            );
+            return Ok(id.map(|id| Event::Ack { id }));
+        }
+        self.core.require_bus()?;
+        let sig = RemoteSignal {
+            from: from.clone(),
+            from_epoch,
+            to,
+            to_epoch: 0,
+            kind,
+            data,
+            id,
+            hops: 0,
+        };
+        let sig = match self.send(sig)? {
+            Sent::Queued => return Ok(None),
+            Sent::Unknown(sig) => sig,
+        };
+        match self
+            .core
+            .store
+            .locate_peer(&sig.to)
+            .await
+            .map_err(cluster_err)?
+        {
+            Some(loc) if loc.node != self.core.id => {
+                self.send_to(sig, loc.node, loc.epoch).map(|()| None)
+            }
+            _ => Err(peer_not_found(&sig.to)),
         }
     }
 
     /// Forgets every plain route through `node` (it is dead or unreachable);
-    /// drains in progress finish on their own.
+    /// detours in progress are released on their own.
     pub fn forget_node(&self, node: &NodeId) {
         self.routes
             .retain(|_, r| !matches!(r, RouteEntry::Via { node: n, .. } if n == node));
@@ -198,22 +267,20 @@ impl Relay {
         b.remove(&(origin.clone(), peer.clone()));
         self.bouncing_len.store(b.len(), Ordering::Release);
     }
-}
 
-impl Node {
     /// Sends a signal for a peer that is not local along its cached route.
-    pub(crate) fn relay_send(&self, sig: RemoteSignal) -> Result<Sent, ClientError> {
-        let Some(mut e) = self.relay.routes.get_mut(&sig.to) else {
+    fn send(&self, sig: RemoteSignal) -> Result<Sent, ClientError> {
+        let Some(mut e) = self.routes.get_mut(&sig.to) else {
             return Ok(Sent::Unknown(sig));
         };
         match &mut *e {
             RouteEntry::Detour(d) => d.held.push(sig),
             RouteEntry::Via { node, epoch, used } => {
-                *used = self.relay.clock.load(Ordering::Relaxed);
+                *used = self.clock.load(Ordering::Relaxed);
                 let mut sig = sig;
                 sig.to_epoch = *epoch;
                 let to = sig.to.clone();
-                self.relay_push(node, NodeEvent::Signal(sig))
+                self.push(node, NodeEvent::Signal(sig))
                     .map_err(|_| congested(&to))?;
             }
         }
@@ -222,29 +289,24 @@ impl Node {
 
     /// Sends a signal to `node` (where a directory lookup found its target),
     /// remembering the route; a route that appeared meanwhile wins.
-    pub(crate) fn relay_send_to(
-        &self,
-        sig: RemoteSignal,
-        node: NodeId,
-        epoch: u64,
-    ) -> Result<(), ClientError> {
+    pub fn send_to(&self, sig: RemoteSignal, node: NodeId, epoch: u64) -> Result<(), ClientError> {
         let to = sig.to.clone();
         let full = |_| congested(&to);
-        if self.relay.route_max == 0 || self.relay.routes.len() >= self.relay.route_max {
+        if self.route_max == 0 || self.routes.len() >= self.route_max {
             // A full cache is swept at most once per second of the route
             // clock, not on every miss.
-            let now = self.relay.clock.load(Ordering::Relaxed);
-            if self.relay.last_sweep.swap(now, Ordering::Relaxed) != now {
-                self.relay_sweep_routes();
+            let now = self.clock.load(Ordering::Relaxed);
+            if self.last_sweep.swap(now, Ordering::Relaxed) != now {
+                self.sweep_routes();
             }
-            if self.relay.route_max == 0 || self.relay.routes.len() >= self.relay.route_max {
+            if self.route_max == 0 || self.routes.len() >= self.route_max {
                 // No room to remember it: send it uncached.
                 let mut sig = sig;
                 sig.to_epoch = epoch;
-                return self.relay_push(&node, NodeEvent::Signal(sig)).map_err(full);
+                return self.push(&node, NodeEvent::Signal(sig)).map_err(full);
             }
         }
-        match self.relay.routes.entry(sig.to.clone()) {
+        match self.routes.entry(sig.to.clone()) {
             Entry::Occupied(mut e) => match e.get_mut() {
                 RouteEntry::Detour(d) => d.held.push(sig),
                 RouteEntry::Via {
@@ -252,18 +314,17 @@ impl Node {
                 } => {
                     let mut sig = sig;
                     sig.to_epoch = *ep;
-                    self.relay_push(n, NodeEvent::Signal(sig)).map_err(full)?;
+                    self.push(n, NodeEvent::Signal(sig)).map_err(full)?;
                 }
             },
             Entry::Vacant(v) => {
                 let mut sig = sig;
                 sig.to_epoch = epoch;
-                self.relay_push(&node, NodeEvent::Signal(sig))
-                    .map_err(full)?;
+                self.push(&node, NodeEvent::Signal(sig)).map_err(full)?;
                 v.insert(RouteEntry::Via {
                     node,
                     epoch,
-                    used: self.relay.clock.load(Ordering::Relaxed),
+                    used: self.clock.load(Ordering::Relaxed),
                 });
             }
         }
@@ -271,12 +332,11 @@ impl Node {
     }
 
     /// Queues an event for `to`'s node; starts its outbox task if needed.
-    pub(crate) fn relay_push(&self, to: &NodeId, event: NodeEvent) -> Result<(), OutboxFull> {
+    pub fn push(&self, to: &NodeId, event: NodeEvent) -> Result<(), OutboxFull> {
         let mut event = Some(event);
         // At most two rounds: a closed outbox is replaced once.
         for _ in 0..2 {
             let ob = self
-                .relay
                 .outboxes
                 .entry(to.clone())
                 .or_insert_with(|| self.start_outbox(to))
@@ -284,12 +344,10 @@ impl Node {
             let mut q = ob.q.lock();
             if q.closed {
                 drop(q);
-                self.relay
-                    .outboxes
-                    .remove_if(to, |_, o| Arc::ptr_eq(o, &ob));
+                self.outboxes.remove_if(to, |_, o| Arc::ptr_eq(o, &ob));
                 continue;
             }
-            if q.events.len() >= self.relay.outbox_max {
+            if q.events.len() >= self.outbox_max {
                 metrics::counter!(m::RELAY_OUTBOX_FULL).increment(1);
                 return Err(OutboxFull);
             }
@@ -311,7 +369,7 @@ impl Node {
             q: Mutex::new(Queue::default()),
             ready: Notify::new(),
         });
-        tokio::spawn(run_outbox(self.weak(), ob.clone()));
+        self.core.spawn(run_outbox(self.me.clone(), ob.clone()));
         ob
     }
 
@@ -320,7 +378,7 @@ impl Node {
     /// and returns its answers to other nodes' signals (`delivered`,
     /// `bounced`, `flushed`), which the outbox sends again: the other node's
     /// subscriber is probably reconnecting, and its peers are owed them.
-    /// With `give_up`, they are dropped instead (and the drains whose `flush`
+    /// With `give_up`, they are dropped instead (and the detours whose `flush`
     /// the batch carried finish without it).
     async fn publish_batch(
         &self,
@@ -329,8 +387,8 @@ impl Node {
         give_up: bool,
     ) -> Vec<NodeEvent> {
         metrics::histogram!(m::RELAY_BATCH_EVENTS).record(events.len() as f64);
-        let env = self.envelope(NodeEvent::Batch { events });
-        let received = matches!(self.publish_env(to, &env).await, Ok(n) if n > 0);
+        let env = self.core.envelope(NodeEvent::Batch { events });
+        let received = matches!(self.core.publish_env(to, &env).await, Ok(n) if n > 0);
         if received {
             return Vec::new();
         }
@@ -342,7 +400,7 @@ impl Node {
         for e in events {
             match e {
                 NodeEvent::Signal(s) => failed.push(s),
-                NodeEvent::Flush { peer_id } if give_up => self.relay_flushed(to, peer_id),
+                NodeEvent::Flush { peer_id } if give_up => self.flushed(to, peer_id),
                 e if give_up => {
                     metrics::counter!(m::RELAY_ANSWERS_DROPPED, "kind" => e.kind_name())
                         .increment(1);
@@ -350,7 +408,7 @@ impl Node {
                 e => again.push(e),
             }
         }
-        self.relay.forget_node(to);
+        self.forget_node(to);
         // Nothing of the batch was delivered. Say why: the target is gone
         // (its node died and was cleaned up), or its node is unreachable.
         let mut gone: HashMap<PeerId, bool> = HashMap::new();
@@ -362,13 +420,13 @@ impl Node {
             ..
         } in failed
         {
-            let Some(h) = self.hub.get(&from).filter(|h| h.epoch == from_epoch) else {
+            let Some(h) = self.core.hub.get(&from).filter(|h| h.epoch == from_epoch) else {
                 continue;
             };
             let is_gone = match gone.get(&target) {
                 Some(g) => *g,
                 None => {
-                    let g = matches!(self.store().locate_peer(&target).await, Ok(None));
+                    let g = matches!(self.core.store.locate_peer(&target).await, Ok(None));
                     gone.insert(target.clone(), g);
                     g
                 }
@@ -383,22 +441,22 @@ impl Node {
                     ),
                 )
             };
-            send_error(&h, id, e);
+            h.send_error(id, e);
         }
         again
     }
 
     /// A signal from another node: deliver it to the local peer, or bounce it.
-    pub(crate) fn relay_receive(&self, origin: &NodeId, s: RemoteSignal) {
-        let target = if self.relay.is_bouncing(origin, &s.to) {
+    pub fn receive(&self, origin: &NodeId, s: RemoteSignal) {
+        let target = if self.is_bouncing(origin, &s.to) {
             None
         } else {
-            self.hub.get(&s.to)
+            self.core.hub.get(&s.to)
         };
         let Some(h) = target else {
             metrics::counter!(m::RELAY_BOUNCES, "side" => "sent").increment(1);
-            self.relay.start_bouncing(origin, &s.to);
-            let _ = self.relay_push(origin, NodeEvent::Bounced(s));
+            self.start_bouncing(origin, &s.to);
+            let _ = self.push(origin, NodeEvent::Bounced(s));
             return;
         };
         let RemoteSignal {
@@ -410,9 +468,9 @@ impl Node {
             ..
         } = s;
         let ack_to = id.map(|id| (from.clone(), id));
-        h.push(Arc::new(ServerMsg::Signal { from, kind, data }), None);
+        h.push(Arc::new(Event::Signal { from, kind, data }), None);
         if let Some((to, id)) = ack_to {
-            let _ = self.relay_push(
+            let _ = self.push(
                 origin,
                 NodeEvent::Delivered {
                     to,
@@ -424,10 +482,10 @@ impl Node {
     }
 
     /// `flush` from another node: everything it sent before has been bounced.
-    pub(crate) fn relay_flush(&self, origin: &NodeId, peer: PeerId) {
-        self.relay.stop_bouncing(origin, &peer);
+    pub fn flush(&self, origin: &NodeId, peer: PeerId) {
+        self.stop_bouncing(origin, &peer);
         if self
-            .relay_push(
+            .push(
                 origin,
                 NodeEvent::Flushed {
                     peer_id: peer.clone(),
@@ -435,16 +493,16 @@ impl Node {
             )
             .is_err()
         {
-            debug!(peer = %peer, "outbox full: `flushed` not sent; the drain will time out");
+            debug!(peer = %peer, "outbox full: `flushed` not sent; the detour will time out");
         }
     }
 
-    /// One of our signals came back from `bouncer`: start a drain (or add to one).
-    pub(crate) fn relay_bounced(&self, bouncer: &NodeId, s: RemoteSignal) {
+    /// One of our signals came back from `bouncer`: start a detour (or add to one).
+    pub fn bounced(&self, bouncer: &NodeId, s: RemoteSignal) {
         metrics::counter!(m::RELAY_BOUNCES, "side" => "received").increment(1);
         let peer = s.to.clone();
         let mut flush = false;
-        match self.relay.routes.entry(peer.clone()) {
+        match self.routes.entry(peer.clone()) {
             Entry::Occupied(mut e) => match e.get_mut() {
                 RouteEntry::Detour(d) => d.bounced.push(s),
                 RouteEntry::Via { .. } => {
@@ -461,7 +519,7 @@ impl Node {
         // through `bouncer` while the detour stands, so order is the same.
         if flush
             && self
-                .relay_push(
+                .push(
                     bouncer,
                     NodeEvent::Flush {
                         peer_id: peer.clone(),
@@ -469,16 +527,16 @@ impl Node {
                 )
                 .is_err()
         {
-            // Cannot ask for the drain; finish it now (what is still in
+            // Cannot ask for the flush; release the detour now (what is still in
             // flight will come back as a bounce and start another).
-            self.relay_flushed(bouncer, peer);
+            self.flushed(bouncer, peer);
         }
     }
 
     fn new_detour(&self, via: &NodeId, first: RemoteSignal) -> RouteEntry {
-        self.relay.detours.fetch_add(1, Ordering::AcqRel);
+        self.detours.fetch_add(1, Ordering::AcqRel);
         RouteEntry::Detour(Box::new(Detour {
-            id: self.relay.next_detour.fetch_add(1, Ordering::Relaxed),
+            id: self.next_detour.fetch_add(1, Ordering::Relaxed),
             via: via.clone(),
             since: Instant::now(),
             bounced: vec![first],
@@ -486,40 +544,40 @@ impl Node {
         }))
     }
 
-    /// `flushed` from `via`: the drain of `peer` can finish.
-    pub(crate) fn relay_flushed(&self, via: &NodeId, peer: PeerId) {
-        let detour = match self.relay.routes.get(&peer).as_deref() {
+    /// `flushed` from `via`: the detour of `peer` can be released.
+    pub fn flushed(&self, via: &NodeId, peer: PeerId) {
+        let detour = match self.routes.get(&peer).as_deref() {
             Some(RouteEntry::Detour(d)) if &d.via == via => d.id,
             _ => return,
         };
-        let _ = self.relay.releases.send(Release { peer, detour });
+        let _ = self.releases.send(Release { peer, detour });
     }
 
-    /// Finishes a drain: looks the peer up and sends what was bounced, then
+    /// Releases a detour: looks the peer up and sends what was bounced, then
     /// what was held, in order.
     async fn release(&self, r: Release) {
-        let loc = match self.store().locate_peer(&r.peer).await {
+        let loc = match self.core.store.locate_peer(&r.peer).await {
             Ok(loc) => loc.map(|l| (l.node, l.epoch)),
             Err(e) => {
-                debug!(error = %e, "directory lookup to finish a drain failed");
+                debug!(error = %e, "directory lookup to release a detour failed");
                 None
             }
         };
-        let mut entry = match self.relay.routes.entry(r.peer.clone()) {
+        let mut entry = match self.routes.entry(r.peer.clone()) {
             Entry::Occupied(e) if matches!(e.get(), RouteEntry::Detour(d) if d.id == r.detour) => e,
             _ => return,
         };
         let RouteEntry::Detour(d) = std::mem::replace(
             entry.get_mut(),
             RouteEntry::Via {
-                node: self.id.clone(),
+                node: self.core.id.clone(),
                 epoch: 0,
                 used: 0,
             },
         ) else {
             unreachable!("matched above")
         };
-        self.relay.detours.fetch_sub(1, Ordering::AcqRel);
+        self.detours.fetch_sub(1, Ordering::AcqRel);
         let d = *d;
         let signals = d
             .bounced
@@ -529,13 +587,13 @@ impl Node {
                 s
             })
             .chain(d.held);
-        let local = self.hub.get(&r.peer);
+        let local = self.core.hub.get(&r.peer);
         match loc {
-            Some((node, epoch)) if node != self.id && local.is_none() => {
+            Some((node, epoch)) if node != self.core.id && local.is_none() => {
                 *entry.get_mut() = RouteEntry::Via {
                     node: node.clone(),
                     epoch,
-                    used: self.relay.clock.load(Ordering::Relaxed),
+                    used: self.clock.load(Ordering::Relaxed),
                 };
                 for mut s in signals {
                     if s.hops > MAX_HOPS {
@@ -545,9 +603,10 @@ impl Node {
                     s.to_epoch = epoch;
                     let to = s.to.clone();
                     let reply = (s.from.clone(), s.from_epoch, s.id.clone());
-                    if self.relay_push(&node, NodeEvent::Signal(s)).is_err() {
-                        if let Some(h) = self.hub.get(&reply.0).filter(|h| h.epoch == reply.1) {
-                            send_error(&h, reply.2, congested(&to));
+                    if self.push(&node, NodeEvent::Signal(s)).is_err() {
+                        if let Some(h) = self.core.hub.get(&reply.0).filter(|h| h.epoch == reply.1)
+                        {
+                            h.send_error(reply.2, congested(&to));
                         }
                     }
                 }
@@ -558,10 +617,14 @@ impl Node {
                 for s in signals {
                     match &local {
                         Some(h) => {
-                            let ack = s.id.map(|id| ServerMsg::Ack { id });
-                            let sender = self.hub.get(&s.from).filter(|h| h.epoch == s.from_epoch);
+                            let ack = s.id.map(|id| Event::Ack { id });
+                            let sender = self
+                                .core
+                                .hub
+                                .get(&s.from)
+                                .filter(|h| h.epoch == s.from_epoch);
                             h.push(
-                                Arc::new(ServerMsg::Signal {
+                                Arc::new(Event::Signal {
                                     from: s.from,
                                     kind: s.kind,
                                     data: s.data,
@@ -581,30 +644,34 @@ impl Node {
     }
 
     fn answer(&self, s: &RemoteSignal, e: ClientError) {
-        if let Some(h) = self.hub.get(&s.from).filter(|h| h.epoch == s.from_epoch) {
-            send_error(&h, s.id.clone(), e);
+        if let Some(h) = self
+            .core
+            .hub
+            .get(&s.from)
+            .filter(|h| h.epoch == s.from_epoch)
+        {
+            h.send_error(s.id.clone(), e);
         }
     }
 
     /// `delivered` from another node: the ack of a signal we relayed.
-    pub(crate) fn relay_delivered(&self, to: &PeerId, to_epoch: u64, id: Value) {
-        if let Some(h) = self.hub.get(to).filter(|h| h.epoch == to_epoch) {
-            h.send(ServerMsg::Ack { id });
+    pub fn delivered(&self, to: &PeerId, to_epoch: u64, id: Value) {
+        if let Some(h) = self.core.hub.get(to).filter(|h| h.epoch == to_epoch) {
+            h.send(Event::Ack { id });
         }
     }
 
     /// Periodic upkeep (every heartbeat): advances the route clock, drops
-    /// idle routes, and finishes drains whose `flushed` never came.
-    pub(crate) fn relay_sweep(&self) {
-        let now_s = self.relay.started.elapsed().as_secs() as u32;
-        self.relay.clock.store(now_s, Ordering::Relaxed);
-        if now_s.wrapping_sub(self.relay.last_sweep.load(Ordering::Relaxed)) >= 10 {
-            self.relay.last_sweep.store(now_s, Ordering::Relaxed);
-            self.relay_sweep_routes();
+    /// idle routes, and releases detours whose `flushed` never came.
+    pub fn sweep(&self) {
+        let now_s = self.started.elapsed().as_secs() as u32;
+        self.clock.store(now_s, Ordering::Relaxed);
+        if now_s.wrapping_sub(self.last_sweep.load(Ordering::Relaxed)) >= 10 {
+            self.last_sweep.store(now_s, Ordering::Relaxed);
+            self.sweep_routes();
         }
-        if self.relay.detours.load(Ordering::Acquire) > 0 {
+        if self.detours.load(Ordering::Acquire) > 0 {
             let stuck: Vec<Release> = self
-                .relay
                 .routes
                 .iter()
                 .filter_map(|e| match e.value() {
@@ -616,16 +683,16 @@ impl Node {
                 })
                 .collect();
             for r in stuck {
-                debug!(peer = %r.peer, "drain timed out; releasing held signals");
-                let _ = self.relay.releases.send(r);
+                debug!(peer = %r.peer, "detour timed out; releasing held signals");
+                let _ = self.releases.send(r);
             }
         }
     }
 
-    fn relay_sweep_routes(&self) {
-        let now = self.relay.clock.load(Ordering::Relaxed);
-        let idle = self.relay.route_idle_s;
-        self.relay.routes.retain(|_, r| match r {
+    fn sweep_routes(&self) {
+        let now = self.clock.load(Ordering::Relaxed);
+        let idle = self.route_idle_s;
+        self.routes.retain(|_, r| match r {
             RouteEntry::Via { used, .. } => now.wrapping_sub(*used) < idle,
             RouteEntry::Detour(_) => true,
         });
@@ -633,7 +700,7 @@ impl Node {
 }
 
 /// The error for a signal that found its node's outbox full.
-pub(crate) fn congested(to: &PeerId) -> ClientError {
+pub fn congested(to: &PeerId) -> ClientError {
     ClientError::new(
         ErrorCode::ClusterUnavailable,
         format!("the link to the node holding peer `{to}` is congested; try again"),
@@ -641,14 +708,14 @@ pub(crate) fn congested(to: &PeerId) -> ClientError {
 }
 
 /// The error for a signal whose target is connected nowhere.
-pub(crate) fn peer_not_found(to: &PeerId) -> ClientError {
+pub fn peer_not_found(to: &PeerId) -> ClientError {
     ClientError::new(
         ErrorCode::PeerNotFound,
         format!("peer `{to}` is not connected"),
     )
 }
 
-async fn run_outbox(node: Weak<Node>, ob: Arc<Outbox>) {
+async fn run_outbox(node: Weak<Relay>, ob: Arc<Outbox>) {
     // Set while publishes to this node fail: answers are retried until
     // `ANSWER_RETRY` has passed, with a pause between attempts.
     let mut failing_since: Option<Instant> = None;
@@ -672,8 +739,7 @@ async fn run_outbox(node: Weak<Node>, ob: Arc<Outbox>) {
             q.closed = true;
             drop(q);
             if let Some(node) = node.upgrade() {
-                node.relay
-                    .outboxes
+                node.outboxes
                     .remove_if(&ob.node, |_, o| Arc::ptr_eq(o, &ob));
             }
             return;
@@ -697,8 +763,8 @@ async fn run_outbox(node: Weak<Node>, ob: Arc<Outbox>) {
     }
 }
 
-/// Finishes drains one at a time, in the order their `flushed` arrived.
-pub(crate) async fn run_releases(node: Weak<Node>, mut rx: mpsc::UnboundedReceiver<Release>) {
+/// Releases detours one at a time, in the order their `flushed` arrived.
+async fn run_releases(node: Weak<Relay>, mut rx: mpsc::UnboundedReceiver<Release>) {
     while let Some(r) = rx.recv().await {
         let Some(n) = node.upgrade() else { return };
         n.release(r).await;

@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,17 +32,18 @@ use tracing::{debug, info, warn};
 
 use crate::bus::NodeEvent;
 use crate::config::StunConfig;
+use crate::core::event::Event;
+use crate::core::hub::CloseReason;
+use crate::core::session::{RdvConn, Session};
+use crate::core::Core;
 use crate::error::{ClientError, ErrorCode};
-use crate::hub::CloseReason;
 use crate::metrics as m;
-use crate::node::{Node, Session};
-use crate::protocol::{PairLostReason, PairPeer, PairedNote, Role, ServerMsg};
 use crate::store::{
-    Dialect, EndpointUpdate, Enqueued, LostPairing, PairError, PeerLocation, SecretHash, Unpaired,
+    Door, EndpointUpdate, Enqueued, LostPairing, PairError, PeerLocation, SecretHash, Unpaired,
     WorkerConn, WorkerRecord,
 };
 use crate::stun::Observation;
-use crate::types::{PeerId, PoolName};
+use crate::types::{PairLostReason, PairPeer, PairedNote, PeerId, PoolName, Role};
 
 /// Pending STUN observations; beyond this, new ones are dropped (and counted)
 /// rather than queued without bound under a flood.
@@ -51,48 +52,10 @@ const OBSERVATION_QUEUE: usize = 4096;
 /// counted as `other`, so a client cannot grow the metric without bound.
 const MAX_POOL_LABELS: usize = 32;
 
-/// What this node knows about one of its connections, for rendezvous.
-#[derive(Debug)]
-pub struct RdvConn {
-    /// The peer.
-    pub peer: PeerId,
-    /// The connection's epoch.
-    pub epoch: u64,
-    /// The random half of its STUN username.
-    pub token: String,
-    /// The door it came through.
-    pub dialect: Dialect,
-    /// The TCP address the broker saw (after trusted-proxy headers).
-    pub observed: SocketAddr,
-    /// SHA-256 of the connection's `reconnect_secret`: a `hello` on this node
-    /// that gives the secret may take the peer id over (see `Node::register`).
-    pub(crate) secret: SecretHash,
-    /// Set once this connection has a worker record (so disconnect removes it
-    /// and the gauge counts it once).
-    worker: AtomicBool,
-    /// The gauge label it is counted under while it is a worker.
-    pool_label: Mutex<&'static str>,
-    /// The pairing this connection was last told about (`paired` without a
-    /// `pair-lost` since), so it can be told `pair-lost` if the store lost the
-    /// pairing while this node was cut off (see `rdv_reconcile`).
-    pairing: Mutex<Option<String>>,
-}
-
-impl RdvConn {
-    /// Clears the worker flag and takes the connection out of the workers
-    /// gauge; true when it was a worker.
-    fn clear_worker(&self) -> bool {
-        let was = self.worker.swap(false, Ordering::AcqRel);
-        if was {
-            metrics::gauge!(m::WORKERS, "pool" => *self.pool_label.lock()).decrement(1.0);
-        }
-        was
-    }
-}
-
 /// Node-local rendezvous state: connections by peer and by STUN token.
 #[derive(Debug)]
 pub struct Rendezvous {
+    core: Arc<Core>,
     conns: DashMap<PeerId, Arc<RdvConn>>,
     tokens: DashMap<String, Arc<RdvConn>>,
     jobs: mpsc::Sender<Job>,
@@ -110,18 +73,19 @@ enum Job {
 }
 
 impl Rendezvous {
-    /// The state and the receiving end of its job queue (for [`run_jobs`]).
-    pub(crate) fn new() -> (Self, RdvJobs) {
+    /// The rendezvous of `core`'s node; its observation task runs on the
+    /// core's background tasks.
+    pub fn new(core: Arc<Core>) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(OBSERVATION_QUEUE);
-        (
-            Self {
-                conns: DashMap::new(),
-                tokens: DashMap::new(),
-                jobs: tx,
-                pool_labels: Mutex::new(HashSet::new()),
-            },
-            RdvJobs(rx),
-        )
+        let rdv = Arc::new(Self {
+            core: core.clone(),
+            conns: DashMap::new(),
+            tokens: DashMap::new(),
+            jobs: tx,
+            pool_labels: Mutex::new(HashSet::new()),
+        });
+        core.spawn(run_jobs(Arc::downgrade(&rdv), RdvJobs(rx)));
+        rdv
     }
 
     /// A callback for [`crate::stun::serve`]: hands observations to the
@@ -153,10 +117,10 @@ impl Rendezvous {
 
 /// The receiving end of the rendezvous job queue.
 #[derive(Debug)]
-pub(crate) struct RdvJobs(mpsc::Receiver<Job>);
+struct RdvJobs(mpsc::Receiver<Job>);
 
 /// Processes observations one at a time for as long as the node lives.
-pub(crate) async fn run_jobs(node: Weak<Node>, mut jobs: RdvJobs) {
+async fn run_jobs(node: Weak<Rendezvous>, mut jobs: RdvJobs) {
     while let Some(job) = jobs.0.recv().await {
         let Some(node) = node.upgrade() else { return };
         match job {
@@ -175,7 +139,7 @@ fn now_ms() -> u64 {
 /// 128 random bits as 32 lowercase hex digits: unguessable, so a STUN
 /// request can only be tied to a connection by whoever was told the username
 /// (and a reconnect secret proves only that its holder was told it).
-pub(crate) fn random_token() -> String {
+pub fn random_token() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; 16] = rand::random();
     let mut s = String::with_capacity(32);
@@ -240,19 +204,12 @@ pub async fn bind_stun(cfg: &StunConfig) -> Result<Vec<Arc<UdpSocket>>, String> 
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    let v4: SocketAddr = cfg
-        .listen
-        .parse()
-        .map_err(|_| format!("stun.listen: `{}` is not an address", cfg.listen))?;
+    let v4 = cfg.listen;
     let bound = udp_socket(v4).and_then(|sock| bind_udp(sock, v4, false));
     out.push(Arc::new(bound.map_err(|e| {
         format!("stun.listen: cannot bind UDP {v4}: {e}")
     })?));
-    if !cfg.listen_v6.is_empty() {
-        let v6: SocketAddr = cfg
-            .listen_v6
-            .parse()
-            .map_err(|_| format!("stun.listen_v6: `{}` is not an address", cfg.listen_v6))?;
+    if let Some(v6) = cfg.listen_v6 {
         match udp_socket(v6) {
             // The host cannot even create an IPv6 socket: IPv6 is off.
             Err(e) => warn!(addr = %v6, error = %e, "no IPv6 on this host; STUN answers IPv4 only"),
@@ -281,59 +238,58 @@ fn bind_udp(sock: socket2::Socket, addr: SocketAddr, v6only: bool) -> std::io::R
     UdpSocket::from_std(sock.into())
 }
 
-impl Node {
+impl Rendezvous {
     /// Serves STUN on `sockets` until the node closes every connection, each
     /// source limited to `stun.rate_per_ip` (one limit across the sockets).
-    pub fn start_stun(self: &Arc<Self>, sockets: Vec<Arc<UdpSocket>>) {
-        let limit = crate::stun::SourceLimit::new(self.cfg.stun.rate_per_ip, self.cfg.stun.burst)
-            .map(Arc::new);
+    pub fn start_stun(&self, sockets: Vec<Arc<UdpSocket>>) {
+        let limit =
+            crate::stun::SourceLimit::new(self.core.cfg.stun.rate_per_ip, self.core.cfg.stun.burst)
+                .map(Arc::new);
         for socket in sockets {
             if let Ok(addr) = socket.local_addr() {
                 info!("STUN responder bound to udp {addr}");
             }
-            let observer = self.rdv.observer();
-            let stop = self.close_all.clone();
-            tokio::spawn(crate::stun::serve(socket, observer, limit.clone(), stop));
+            let observer = self.observer();
+            let stop = self.core.close_all.clone();
+            self.core
+                .spawn(crate::stun::serve(socket, observer, limit.clone(), stop));
         }
     }
 
     /// Records a new connection; returns its `stun_username` (when STUN is on).
-    pub(crate) fn rdv_register(
+    pub fn register(
         &self,
         peer: &PeerId,
         epoch: u64,
-        dialect: Dialect,
+        door: Door,
         observed: SocketAddr,
         secret: SecretHash,
     ) -> (Arc<RdvConn>, Option<String>) {
-        let conn = Arc::new(RdvConn {
-            peer: peer.clone(),
+        let conn = Arc::new(RdvConn::new(
+            peer.clone(),
             epoch,
-            token: random_token(),
-            dialect,
+            random_token(),
+            door,
             observed,
             secret,
-            worker: AtomicBool::new(false),
-            pool_label: Mutex::new("none"),
-            pairing: Mutex::new(None),
-        });
-        self.rdv.tokens.insert(conn.token.clone(), conn.clone());
-        if let Some(old) = self.rdv.conns.insert(peer.clone(), conn.clone()) {
-            self.rdv.tokens.remove(&old.token);
+        ));
+        self.tokens.insert(conn.token.clone(), conn.clone());
+        if let Some(old) = self.conns.insert(peer.clone(), conn.clone()) {
+            self.tokens.remove(&old.token);
         }
         let username = self
+            .core
             .cfg
             .stun
             .enabled
-            .then(|| format!("{}:{}", conn.token, self.id));
+            .then(|| format!("{}:{}", conn.token, self.core.id));
         (conn, username)
     }
 
     /// True when connection `epoch` of `peer` is on this node and its
     /// reconnect secret hashes to `presented`.
-    pub(crate) fn rdv_secret_is(&self, peer: &PeerId, epoch: u64, presented: &SecretHash) -> bool {
-        self.rdv
-            .conns
+    pub fn secret_is(&self, peer: &PeerId, epoch: u64, presented: &SecretHash) -> bool {
+        self.conns
             .get(peer)
             .is_some_and(|c| c.epoch == epoch && c.secret == *presented)
     }
@@ -341,21 +297,18 @@ impl Node {
     fn worker_conn(&self, c: &RdvConn) -> WorkerConn {
         WorkerConn {
             peer_id: c.peer.clone(),
-            node: self.id.clone(),
+            node: self.core.id.clone(),
             epoch: c.epoch,
-            dialect: c.dialect,
+            door: c.door,
             observed_addr: c.observed.to_string(),
         }
     }
 
     /// Creates the worker record of `c` if needed and applies `ep`.
-    pub(crate) async fn ensure_worker(
-        &self,
-        c: &RdvConn,
-        ep: &EndpointUpdate,
-    ) -> Result<(), ClientError> {
+    pub async fn ensure_worker(&self, c: &RdvConn, ep: &EndpointUpdate) -> Result<(), ClientError> {
         let lost = self
-            .store()
+            .core
+            .store
             .upsert_worker(&self.worker_conn(c), ep)
             .await
             .map_err(store_unavailable)?;
@@ -371,7 +324,7 @@ impl Node {
     }
 
     fn set_pool_label(&self, c: &RdvConn, pool: &PoolName) {
-        let label = self.rdv.label_for(Some(pool));
+        let label = self.label_for(Some(pool));
         let mut cur = c.pool_label.lock();
         if *cur != label && c.worker.load(Ordering::Acquire) {
             metrics::gauge!(m::WORKERS, "pool" => *cur).decrement(1.0);
@@ -382,7 +335,7 @@ impl Node {
 
     /// `pair`: queue the session's worker in `pool`, or match it at once.
     /// The `ack` (when `id` is given) goes out before any `paired`.
-    pub(crate) async fn rdv_pair(
+    pub async fn pair(
         &self,
         s: &Session,
         id: Option<Value>,
@@ -390,7 +343,7 @@ impl Node {
         meta: Value,
         received: Instant,
     ) -> Result<(), ClientError> {
-        self.require_bus()?;
+        self.core.require_bus()?;
         self.ensure_worker(&s.rdv, &EndpointUpdate::default())
             .await?;
         self.set_pool_label(&s.rdv, &pool);
@@ -404,7 +357,8 @@ impl Node {
             s.handle.close_gate();
         }
         let outcome = match self
-            .store()
+            .core
+            .store
             .enqueue_or_match(&s.peer, s.epoch, &pool, &meta, now, &pairing_id)
             .await
         {
@@ -415,7 +369,7 @@ impl Node {
             }
         };
         if let Some(id) = id {
-            s.handle.open_gate(Some(ServerMsg::Ack { id }), None);
+            s.handle.open_gate(Some(Event::Ack { id }), None);
         }
         match outcome {
             Enqueued::Queued => Ok(()),
@@ -456,15 +410,15 @@ impl Node {
 
     /// Tells a local connection `paired` or `pair-lost` (when it is still
     /// connection `epoch`), remembering which pairing it is in.
-    pub(crate) fn rdv_deliver(&self, peer: &PeerId, epoch: u64, msg: ServerMsg) {
-        let Some(h) = self.hub.get(peer).filter(|h| h.epoch == epoch) else {
+    pub fn deliver(&self, peer: &PeerId, epoch: u64, msg: Event) {
+        let Some(h) = self.core.hub.get(peer).filter(|h| h.epoch == epoch) else {
             return;
         };
-        if let Some(c) = self.rdv.conns.get(peer).filter(|c| c.epoch == epoch) {
+        if let Some(c) = self.conns.get(peer).filter(|c| c.epoch == epoch) {
             let mut cur = c.pairing.lock();
             match &msg {
-                ServerMsg::Paired(note) => *cur = Some(note.pairing_id.clone()),
-                ServerMsg::PairLost { pairing_id, .. } if cur.as_ref() == Some(pairing_id) => {
+                Event::Paired(note) => *cur = Some(note.pairing_id.clone()),
+                Event::PairLost { pairing_id, .. } if cur.as_ref() == Some(pairing_id) => {
                     *cur = None
                 }
                 _ => {}
@@ -474,8 +428,8 @@ impl Node {
     }
 
     async fn deliver_paired(&self, to: &WorkerRecord, note: PairedNote) {
-        if to.node == self.id {
-            self.rdv_deliver(&to.peer_id, to.epoch, ServerMsg::Paired(note));
+        if to.node == self.core.id {
+            self.deliver(&to.peer_id, to.epoch, Event::Paired(note));
             return;
         }
         let event = NodeEvent::Paired {
@@ -483,22 +437,22 @@ impl Node {
             to_epoch: to.epoch,
             paired: note,
         };
-        if let Ok(0) | Err(_) = self.publish_node(&to.node, event).await {
+        if let Ok(0) | Err(_) = self.core.publish_node(&to.node, event).await {
             // Its node is gone: it will be reaped, and its partner told `pair-lost`.
             debug!(worker = %to.peer_id, node = %to.node, "paired: the worker's node is not listening");
         }
     }
 
     /// Tells the partner of a pairing that ended, through its node.
-    pub(crate) async fn notify_lost(&self, lost: LostPairing, reason: PairLostReason) {
+    pub async fn notify_lost(&self, lost: LostPairing, reason: PairLostReason) {
         metrics::counter!(m::PAIRINGS_LOST, "reason" => reason.as_str()).increment(1);
         let to = lost.partner;
-        if to.node == self.id {
-            let msg = ServerMsg::PairLost {
+        if to.node == self.core.id {
+            let msg = Event::PairLost {
                 pairing_id: lost.pairing_id,
                 reason,
             };
-            self.rdv_deliver(&to.peer_id, to.epoch, msg);
+            self.deliver(&to.peer_id, to.epoch, msg);
             return;
         }
         let event = NodeEvent::PairLost {
@@ -507,18 +461,19 @@ impl Node {
             pairing_id: lost.pairing_id,
             reason,
         };
-        let _ = self.publish_node(&to.node, event).await;
+        let _ = self.core.publish_node(&to.node, event).await;
     }
 
     /// `unpair`: end the session's pairing (the partner hears `pair-lost`
     /// with reason `unpaired`) or stop waiting in a queue.
-    pub(crate) async fn rdv_unpair(&self, s: &Session) -> Result<(), ClientError> {
+    pub async fn unpair(&self, s: &Session) -> Result<(), ClientError> {
         if !s.rdv.worker.load(Ordering::Acquire) {
             return Err(pair_err(PairError::NotPaired));
         }
-        self.require_bus()?;
+        self.core.require_bus()?;
         match self
-            .store()
+            .core
+            .store
             .unpair_worker(&s.peer, s.epoch)
             .await
             .map_err(pair_err)?
@@ -531,13 +486,13 @@ impl Node {
     }
 
     /// `endpoint`: record endpoints the worker reports itself.
-    pub(crate) async fn rdv_endpoint(
+    pub async fn endpoint(
         &self,
         s: &Session,
         public_ip: Option<IpAddr>,
         udp: Option<SocketAddr>,
     ) -> Result<(), ClientError> {
-        self.require_bus()?;
+        self.core.require_bus()?;
         let ep = EndpointUpdate {
             public_ip: public_ip.map(|ip| ip.to_string()),
             udp: udp.map(|a| a.to_string()),
@@ -547,12 +502,9 @@ impl Node {
 
     /// Queues a legacy worker for auto-pairing (pool `default`); a worker
     /// already paired or queued stays as it is.
-    pub(crate) async fn rdv_auto_pair(&self, s: &Session) {
-        let pool = PoolName::from_trusted(crate::protocol::DEFAULT_POOL);
-        match self
-            .rdv_pair(s, None, pool, Value::Null, Instant::now())
-            .await
-        {
+    pub async fn auto_pair(&self, s: &Session) {
+        let pool = PoolName::from_trusted(crate::core::command::DEFAULT_POOL);
+        match self.pair(s, None, pool, Value::Null, Instant::now()).await {
             Ok(()) => {}
             Err(e) if e.code == ErrorCode::AlreadyPaired => {}
             Err(e) => warn!(worker = %s.peer, error = %e.message, "auto-pairing failed"),
@@ -569,7 +521,7 @@ impl Node {
             return Err(PairError::SameWorker);
         }
         let pairing_id = uuid::Uuid::new_v4().to_string();
-        let (ra, rb) = self.store().pair_workers(a, b, &pairing_id).await?;
+        let (ra, rb) = self.core.store.pair_workers(a, b, &pairing_id).await?;
         metrics::counter!(m::PAIRINGS_MADE, "how" => "manual").increment(1);
         self.announce_pairing(&pairing_id, &ra, &rb).await;
         Ok((pairing_id, ra, rb))
@@ -577,21 +529,19 @@ impl Node {
 
     /// Cleans up after a connection: its STUN token, and its worker record
     /// (the partner hears `pair-lost` with the connection's close reason).
-    pub(crate) async fn rdv_disconnect(&self, s: &Session, why: CloseReason) {
+    pub async fn disconnect(&self, s: &Session, why: CloseReason) {
         let c = &s.rdv;
-        self.rdv.tokens.remove(&c.token);
-        self.rdv
-            .conns
-            .remove_if(&s.peer, |_, cur| cur.epoch == c.epoch);
+        self.tokens.remove(&c.token);
+        self.conns.remove_if(&s.peer, |_, cur| cur.epoch == c.epoch);
         if !c.clear_worker() {
             return;
         }
-        match self.store().remove_worker(&s.peer, s.epoch).await {
+        match self.core.store.remove_worker(&s.peer, s.epoch).await {
             Ok(Some(lost)) => self.notify_lost(lost, why.leave.into()).await,
             Ok(None) => {}
             Err(e) => {
                 warn!(peer = %s.peer, error = %e, "could not remove the worker record; will reconcile");
-                self.mark_dirty();
+                self.core.mark_dirty();
             }
         }
     }
@@ -606,12 +556,12 @@ impl Node {
             debug!("STUN username is not one of ours");
             return;
         };
-        if node == self.id.as_str() {
+        if node == self.core.id.as_str() {
             self.observed_here(token, obs.addr).await;
             return;
         }
         let node = crate::types::NodeId::from_trusted(node);
-        if !self.node_is_alive(&node) {
+        if !self.core.node_is_alive(&node) {
             metrics::counter!(m::STUN_UNKNOWN_NODE).increment(1);
             debug!("STUN username names no live node");
             return;
@@ -620,7 +570,7 @@ impl Node {
             token: token.to_string(),
             udp: obs.addr.to_string(),
         };
-        if let Ok(0) = self.publish_node(&node, event).await {
+        if let Ok(0) = self.core.publish_node(&node, event).await {
             debug!(node = %node, "STUN username names a node that is not listening");
         }
     }
@@ -628,11 +578,11 @@ impl Node {
     /// An observation of one of this node's connections: record the UDP
     /// endpoint on its worker record and tell it `endpoint`.
     async fn observed_here(&self, token: &str, udp: SocketAddr) {
-        let Some(c) = self.rdv.tokens.get(token).map(|c| c.clone()) else {
+        let Some(c) = self.tokens.get(token).map(|c| c.clone()) else {
             debug!("STUN username resolves to no connection");
             return;
         };
-        let Some(h) = self.hub.get(&c.peer).filter(|h| h.epoch == c.epoch) else {
+        let Some(h) = self.core.hub.get(&c.peer).filter(|h| h.epoch == c.epoch) else {
             return;
         };
         let ep = EndpointUpdate {
@@ -642,21 +592,16 @@ impl Node {
         if let Err(e) = self.ensure_worker(&c, &ep).await {
             debug!(peer = %c.peer, error = %e.message, "could not record the STUN endpoint");
         }
-        h.send(ServerMsg::Endpoint {
+        h.send(Event::Endpoint {
             udp: udp.to_string(),
             source: "stun",
         });
     }
 
     /// Hands an observation forwarded by another node to the rendezvous task.
-    pub(crate) fn rdv_forwarded(&self, token: String, udp: &str) {
+    pub fn forwarded(&self, token: String, udp: &str) {
         let Ok(udp) = udp.parse() else { return };
-        if self
-            .rdv
-            .jobs
-            .try_send(Job::Observed { token, udp })
-            .is_err()
-        {
+        if self.jobs.try_send(Job::Observed { token, udp }).is_err() {
             metrics::counter!(m::STUN_OBSERVATIONS_DROPPED).increment(1);
         }
     }
@@ -666,17 +611,18 @@ impl Node {
     /// holds (Redis restarted, or this node was declared dead and reaped) is
     /// told `pair-lost` (`timeout`); records of closed connections go
     /// (partners told); live workers are written again.
-    pub(crate) async fn rdv_reconcile(&self) -> Result<(), crate::store::StoreError> {
-        let live: Vec<Arc<RdvConn>> = self.rdv.conns.iter().map(|e| e.value().clone()).collect();
+    pub async fn reconcile(&self) -> Result<(), crate::store::StoreError> {
+        let live: Vec<Arc<RdvConn>> = self.conns.iter().map(|e| e.value().clone()).collect();
         // Reconnect secrets live next to the directory entries: a Redis that
         // lost the entries lost them too (without them a reconnect is refused
         // until the old connection is gone, never let through).
         for c in &live {
             let loc = PeerLocation {
-                node: self.id.clone(),
+                node: self.core.id.clone(),
                 epoch: c.epoch,
             };
-            self.store()
+            self.core
+                .store
                 .restore_secret(&c.peer, &loc, &c.secret)
                 .await?;
         }
@@ -684,32 +630,32 @@ impl Node {
             let Some(pid) = c.pairing.lock().clone() else {
                 continue;
             };
-            let held = self.store().get_worker(&c.peer).await?.is_some_and(|w| {
+            let held = self.core.store.get_worker(&c.peer).await?.is_some_and(|w| {
                 w.epoch == c.epoch && w.pairing_id.as_deref() == Some(pid.as_str())
             });
             if !held {
                 metrics::counter!(m::PAIRINGS_LOST, "reason" => "timeout").increment(1);
-                let msg = ServerMsg::PairLost {
+                let msg = Event::PairLost {
                     pairing_id: pid,
                     reason: PairLostReason::Timeout,
                 };
-                self.rdv_deliver(&c.peer, c.epoch, msg);
+                self.deliver(&c.peer, c.epoch, msg);
             }
         }
         // Liveness is asked of the connection map now, not of the snapshot
         // above: a worker that connected meanwhile has a record already, and
         // one whose first write is still on its way has no `worker` flag yet;
         // neither may lose its record.
-        for (peer, epoch) in self.store().node_workers(&self.id).await? {
-            if !self.rdv_is_current(&peer, epoch) {
-                if let Some(lost) = self.store().remove_worker(&peer, epoch).await? {
+        for (peer, epoch) in self.core.store.node_workers(&self.core.id).await? {
+            if !self.is_current(&peer, epoch) {
+                if let Some(lost) = self.core.store.remove_worker(&peer, epoch).await? {
                     self.notify_lost(lost, PairLostReason::Disconnected).await;
                 }
             }
         }
         let workers = live
             .iter()
-            .filter(|c| c.dialect == Dialect::Legacy || c.worker.load(Ordering::Acquire));
+            .filter(|c| c.door == Door::LegacyWorker || c.worker.load(Ordering::Acquire));
         for c in workers {
             self.rewrite_worker(c).await?;
         }
@@ -717,8 +663,8 @@ impl Node {
     }
 
     /// True while `epoch` is the live connection of `peer` on this node.
-    fn rdv_is_current(&self, peer: &PeerId, epoch: u64) -> bool {
-        self.rdv.conns.get(peer).is_some_and(|c| c.epoch == epoch)
+    fn is_current(&self, peer: &PeerId, epoch: u64) -> bool {
+        self.conns.get(peer).is_some_and(|c| c.epoch == epoch)
     }
 
     /// Writes a live connection's worker record again (reconcile). A
@@ -726,15 +672,15 @@ impl Node {
     /// disconnect leaves the connection map before it removes the record, so
     /// asking again after the write catches every interleaving.
     async fn rewrite_worker(&self, c: &RdvConn) -> Result<(), crate::store::StoreError> {
-        if !self.rdv_is_current(&c.peer, c.epoch) {
+        if !self.is_current(&c.peer, c.epoch) {
             return Ok(());
         }
         self.ensure_worker(c, &EndpointUpdate::default())
             .await
             .map_err(|e| crate::store::StoreError::Unavailable(e.message))?;
-        if !self.rdv_is_current(&c.peer, c.epoch) {
+        if !self.is_current(&c.peer, c.epoch) {
             c.clear_worker();
-            if let Some(lost) = self.store().remove_worker(&c.peer, c.epoch).await? {
+            if let Some(lost) = self.core.store.remove_worker(&c.peer, c.epoch).await? {
                 self.notify_lost(lost, PairLostReason::Disconnected).await;
             }
         }
@@ -763,30 +709,32 @@ mod tests {
     /// one whose connection is gone does not.
     #[tokio::test]
     async fn reconcile_keeps_records_of_live_connections_only() {
-        let node = Node::embedded(crate::config::Config::default()).unwrap();
+        let node = crate::node::Node::embedded(crate::config::Config::default()).unwrap();
+        let rdv = &node.rdv;
         let peer = PeerId::from_trusted("w1");
         let observed = "127.0.0.1:5000".parse().unwrap();
-        let (c, _) = node.rdv_register(&peer, 7, Dialect::Native, observed, [0; 32]);
+        let (c, _) = rdv.register(&peer, 7, Door::Native, observed, [0; 32]);
         // The record is written; the connection's `worker` flag is not set
         // yet (its `ensure_worker` has not resumed).
         let ep = EndpointUpdate {
             public_ip: Some("203.0.113.7".into()),
             udp: None,
         };
-        node.store()
-            .upsert_worker(&node.worker_conn(&c), &ep)
+        let store = &node.core.store;
+        store
+            .upsert_worker(&rdv.worker_conn(&c), &ep)
             .await
             .unwrap();
-        node.rdv_reconcile().await.unwrap();
-        let kept = node.store().get_worker(&peer).await.unwrap();
+        rdv.reconcile().await.unwrap();
+        let kept = store.get_worker(&peer).await.unwrap();
         assert_eq!(
             kept.map(|w| (w.epoch, w.public_ip)),
             Some((7, Some("203.0.113.7".into())))
         );
 
         // Gone from the map (its disconnect has begun): the record goes.
-        node.rdv.conns.remove(&peer);
-        node.rdv_reconcile().await.unwrap();
-        assert!(node.store().get_worker(&peer).await.unwrap().is_none());
+        rdv.conns.remove(&peer);
+        rdv.reconcile().await.unwrap();
+        assert!(store.get_worker(&peer).await.unwrap().is_none());
     }
 }

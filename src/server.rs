@@ -118,8 +118,8 @@ impl HttpLimits {
     /// The limits `cfg` sets; `trusted` are the parsed trusted proxies.
     pub fn new(cfg: &ServerConfig, trusted: Vec<IpNet>) -> Self {
         Self {
-            header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
-            request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+            header_read_timeout: cfg.header_read_timeout,
+            request_timeout: cfg.request_timeout,
             max_header_bytes: cfg.max_header_bytes,
             max_pending: cfg.max_pending,
             max_pending_per_ip: cfg.max_pending_per_ip,

@@ -1,7 +1,10 @@
-//! Validated domain names: peer ids, room names, signal kinds and node ids.
+//! The domain vocabulary: validated names (peer ids, room names, signal
+//! kinds, node ids, pools) and the shapes of rooms and pairings (members,
+//! leave reasons, pairing notes) that the core, the bus, the store and every
+//! door share.
 //!
 //! Raw strings from the wire are parsed into these newtypes at the door
-//! (see [`crate::protocol`]), so the core never re-checks them. Each is an
+//! (see [`crate::dialect`]), so the core never re-checks them. Each is an
 //! `Arc<str>` underneath: ids are cloned into every event and map key, and a
 //! clone must cost a reference count, not an allocation.
 
@@ -10,6 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 
 /// Why a name was refused; the text is safe to show to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +130,104 @@ name_type!(
 /// Generates a fresh random peer id (a UUID v4) for a `hello` without one.
 pub fn new_peer_id() -> PeerId {
     PeerId::from_trusted(uuid::Uuid::new_v4().to_string())
+}
+
+// ---------------------------------------------------------------------------
+// The vocabulary of rooms and pairings, shared by the core, the bus, the
+// store and every door.
+// ---------------------------------------------------------------------------
+
+/// A member of a room as shown in `joined`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's peer id.
+    pub peer_id: PeerId,
+    /// The metadata the member gave when joining (or in `hello` when absent).
+    pub meta: Value,
+}
+
+/// Why a peer left a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaveReason {
+    /// It sent `leave`.
+    Left,
+    /// Its connection closed (by the client, an error, a slow queue or a drain).
+    Disconnected,
+    /// A newer connection with the same peer id replaced it.
+    Replaced,
+    /// It stopped answering heartbeats, or its node died.
+    Timeout,
+}
+
+/// Why a pairing ended, as told to the worker that did not end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairLostReason {
+    /// The partner sent `unpair`.
+    Unpaired,
+    /// The partner's connection closed.
+    Disconnected,
+    /// The partner stopped answering heartbeats, or its node died.
+    Timeout,
+    /// A newer connection with the partner's id replaced it.
+    Replaced,
+}
+
+impl PairLostReason {
+    /// The wire and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unpaired => "unpaired",
+            Self::Disconnected => "disconnected",
+            Self::Timeout => "timeout",
+            Self::Replaced => "replaced",
+        }
+    }
+}
+
+impl From<LeaveReason> for PairLostReason {
+    fn from(r: LeaveReason) -> Self {
+        match r {
+            LeaveReason::Left | LeaveReason::Disconnected => Self::Disconnected,
+            LeaveReason::Replaced => Self::Replaced,
+            LeaveReason::Timeout => Self::Timeout,
+        }
+    }
+}
+
+/// A worker's side of a pairing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The earlier-queued worker (or `worker_a_id` of a manual pairing).
+    Initiator,
+    /// The other one.
+    Responder,
+}
+
+/// The partner's endpoints, as given in `paired`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairPeer {
+    /// The partner's peer id (a legacy worker's worker id).
+    pub peer_id: PeerId,
+    /// The TCP address the broker saw for it (`ip:port`).
+    pub observed_addr: String,
+    /// The public IP it reported, or null.
+    pub public_ip: Option<String>,
+    /// Its public UDP endpoint (`ip:port`), or null.
+    pub udp: Option<String>,
+}
+
+/// The body of `paired`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairedNote {
+    /// The pairing's id (a UUID).
+    pub pairing_id: String,
+    /// This worker's side.
+    pub role: Role,
+    /// The partner.
+    pub peer: PairPeer,
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@
 //! once everything before it has been. A client that sends pings and never
 //! reads therefore costs one pong, not one per ping. What else the
 //! connection writes is bounded by its caller: the connection task stops
-//! reading while too much waits to be written (see [`crate::session`]),
+//! reading while too much waits to be written (see [`crate::connection`]),
 //! which pushes back on the client through TCP instead of buffering for it.
 
 use std::cell::RefCell;

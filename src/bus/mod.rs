@@ -36,7 +36,7 @@ use serde_json::Value;
 
 use crate::metrics as m;
 use crate::payload::Opaque;
-use crate::protocol::{LeaveReason, Member, PairLostReason, PairedNote};
+use crate::types::{LeaveReason, Member, PairLostReason, PairedNote};
 use crate::types::{NodeId, PeerId, RoomName, SignalKind};
 
 /// Version of the inter-node envelope; receivers drop other versions (counted
@@ -67,7 +67,12 @@ pub struct Envelope {
     pub v: u8,
     /// The node that published it.
     pub origin: NodeId,
-    /// Per-origin sequence number, to drop duplicates and spot gaps.
+    /// Per-origin sequence number, for diagnostics. Receivers do not drop
+    /// by it: seq numbers are taken before concurrent publishes from
+    /// different tasks, so one origin's envelopes may arrive out of seq
+    /// order, and Redis pub/sub does not duplicate (docs/DESIGN.md,
+    /// "Duplicates"). An at-least-once transport would key a dedup window on
+    /// `(origin, seq)`.
     pub seq: u64,
     /// The event.
     pub event: NodeEvent,

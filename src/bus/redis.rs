@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use super::{Bus, BusError, DecodeError, Envelope, NodeEvent, WarnEvery, ENVELOPE_VERSION};
 use crate::cluster::Redis;
 use crate::metrics as m;
+use crate::tasks::Tasks;
 use crate::types::{NodeId, RoomName};
 
 /// The Redis bus of one node.
@@ -54,6 +55,7 @@ impl RedisBus {
         r: Arc<Redis>,
         me: NodeId,
         inbox: mpsc::UnboundedSender<Envelope>,
+        tasks: &Tasks,
     ) -> Arc<Self> {
         let bus = Arc::new(Self {
             my_channel: r.keys.node_channel(&me),
@@ -62,9 +64,9 @@ impl RedisBus {
             started: Instant::now(),
             last_probe_ms: AtomicU64::new(0),
         });
-        tokio::spawn(reader(Arc::downgrade(&bus), bus.r.sub.message_rx(), inbox));
+        tasks.spawn(reader(Arc::downgrade(&bus), bus.r.sub.message_rx(), inbox));
         bus.ensure_subscribed().await;
-        tokio::spawn(probe_loop(Arc::downgrade(&bus)));
+        tasks.spawn(probe_loop(Arc::downgrade(&bus)));
         bus
     }
 
@@ -158,7 +160,11 @@ async fn reader(
 
 async fn probe_loop(bus: std::sync::Weak<RedisBus>) {
     let period = match bus.upgrade() {
-        Some(b) => Duration::from_millis(b.r.cfg.heartbeat_ms.clamp(100, 1_000)),
+        Some(b) => {
+            b.r.cfg
+                .heartbeat
+                .clamp(Duration::from_millis(100), Duration::from_secs(1))
+        }
         None => return,
     };
     let mut tick = tokio::time::interval(period);
@@ -222,7 +228,7 @@ impl Bus for RedisBus {
     fn is_ready(&self) -> bool {
         let last = self.last_probe_ms.load(Ordering::Acquire);
         last != 0
-            && self.now_ms().saturating_sub(last) <= self.r.cfg.probe_window_ms
+            && u128::from(self.now_ms().saturating_sub(last)) <= self.r.cfg.probe_window.as_millis()
             && self.r.sub.is_connected()
     }
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::bus::local::{LocalBus, LocalNet};
 use crate::config::Config;
-use crate::hub::{ConnHandle, OutboundRx};
+use crate::core::hub::{ConnHandle, OutboundRx};
 use crate::node::Node;
 use crate::store::memory::MemoryStore;
 
@@ -388,13 +388,21 @@ async fn a_bad_event_in_a_batch_is_answered_and_the_others_delivered() {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = NodeId::from_trusted(id);
         let bus = Arc::new(LocalBus::new(net.clone(), id.clone(), tx));
-        Node::new(Config::default(), id, store.clone(), bus, rx).unwrap()
+        Node::new(
+            Config::default(),
+            id,
+            store.clone(),
+            bus,
+            rx,
+            Default::default(),
+        )
+        .unwrap()
     };
     let (a, b) = (node("a"), node("b"));
     let (alice, mut alice_rx) = ConnHandle::new(5, 64, CancellationToken::new());
     let (bob, mut bob_rx) = ConnHandle::new(11, 64, CancellationToken::new());
-    a.hub.register(peer("alice"), alice);
-    b.hub.register(peer("bob"), bob);
+    a.core.hub.register(peer("alice"), alice);
+    b.core.hub.register(peer("bob"), bob);
 
     let good = |n: u64| {
         event_bytes(&NodeEvent::Signal(sig(

@@ -36,15 +36,20 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tracing::{debug, info};
 
+use super::{ConnInfo, Dialect, Encoded, Encoder, Flow};
+use crate::core::event::Event;
+use crate::core::hub::{CloseReason, ConnHandle};
+use crate::core::session::Session;
 use crate::error::close;
-use crate::hub::{CloseReason, ConnHandle};
 use crate::metrics as m;
-use crate::node::{Node, Session};
-use crate::payload::Opaque;
-use crate::protocol::{Encoded, ServerMsg};
-use crate::session::{ConnInfo, Dialect, Encoder, Flow};
+use crate::node::{Credentials, Node, Registration};
+use crate::store::{Door, EndpointUpdate};
 use crate::types::PeerId;
 use crate::ws::{CloseFrame, Data};
+
+/// The older service's close reason when a worker id connects again (its
+/// code was a plain 1000); sent to legacy workers instead of 4002 `replaced`.
+pub const REPLACED_REASON: &str = "New connection from same worker ID";
 
 /// One legacy worker connection (reader half).
 #[derive(Debug)]
@@ -95,7 +100,7 @@ struct LegacyMsg<'a> {
 /// `echo_response`, its keys in the order the server always wrote them.
 #[derive(Serialize)]
 struct EchoResponse<'a> {
-    original_payload: &'a Opaque,
+    original_payload: &'a RawValue,
     processed_by_rendezvous: &'a str,
     #[serde(rename = "type")]
     ty: &'static str,
@@ -107,41 +112,29 @@ pub fn echo_text(worker: &PeerId) -> String {
 }
 
 impl Encoder for LegacyEncoder {
-    fn encode(&self, msg: &ServerMsg) -> Option<Encoded> {
-        let v = match msg {
-            ServerMsg::Paired(note) => {
+    fn encode(&self, event: &Event) -> Option<Encoded> {
+        match event {
+            Event::Paired(note) => {
                 let udp: Option<SocketAddr> = note.peer.udp.as_deref().and_then(|u| u.parse().ok());
-                json!({
+                let v = json!({
                     "type": "p2p_connection_offer",
                     "peer_worker_id": note.peer.peer_id,
                     "peer_udp_ip": udp.map(|a| a.ip().to_string()),
                     "peer_udp_port": udp.map(|a| a.port()),
-                })
+                });
+                Some(Encoded::Text(v.to_string()))
             }
-            ServerMsg::Echo {
-                original_payload,
-                processed_by_rendezvous,
-            } => {
-                let r = EchoResponse {
-                    original_payload,
-                    processed_by_rendezvous,
-                    ty: "echo_response",
-                };
-                // Our own keys, and JSON text that was checked when read.
-                return Some(Encoded::Text(
-                    serde_json::to_string(&r).expect("echo_response is JSON"),
-                ));
-            }
-            _ => return None,
-        };
-        Some(Encoded::Text(v.to_string()))
+            // `echo_response`, encoded by the door itself.
+            Event::Frame(_) => super::passthrough(event),
+            _ => None,
+        }
     }
 
     fn close_frame(&self, why: CloseReason) -> CloseFrame {
         if why == CloseReason::REPLACED {
             CloseFrame {
                 code: close::NORMAL,
-                reason: close::LEGACY_REPLACED_REASON,
+                reason: REPLACED_REASON,
             }
         } else {
             CloseFrame {
@@ -176,14 +169,40 @@ impl Dialect for LegacyWorker {
         handle: &ConnHandle,
         info: &ConnInfo,
     ) -> Result<Option<Session>, CloseReason> {
-        let s = node
-            .register_legacy(
-                handle,
-                info.observed,
-                self.worker.clone(),
-                self.token_for_id,
-            )
-            .await?;
+        // No `hello`: the worker id comes from the URL, and a token for it
+        // was verified by the door before the upgrade (or there is none,
+        // where the node admits anonymous peers). Nothing is owed before
+        // registration, so the gate opens with no answer.
+        let reg = Registration {
+            door: Door::LegacyWorker,
+            observed: info.observed,
+            peer_id: Some(self.worker.clone()),
+            meta: Value::Null,
+            credentials: Credentials {
+                token: None,
+                token_verified: self.token_for_id,
+                reconnect_secret: None,
+            },
+        };
+        handle.close_gate();
+        let registered = node.register(handle, reg).await;
+        handle.open_gate(None, None);
+        let s = match registered {
+            Ok(r) => r.session,
+            Err(refused) => {
+                return Err(refused.close.unwrap_or(CloseReason::PEER_ID_TAKEN));
+            }
+        };
+        // A legacy worker is a worker from the start: its record exists
+        // before its first message.
+        if let Err(e) = node
+            .rdv
+            .ensure_worker(&s.rdv, &EndpointUpdate::default())
+            .await
+        {
+            tracing::warn!(worker = %s.peer, error = %e.message, "worker record not written; will reconcile");
+            node.core.mark_dirty();
+        }
         info!(worker = %s.peer, "legacy worker connected");
         Ok(Some(s))
     }
@@ -238,7 +257,7 @@ impl Dialect for LegacyWorker {
                     .and_then(|s| s.trim().parse::<IpAddr>().ok());
                 match ip {
                     Some(ip) => {
-                        if let Err(e) = node.rdv_endpoint(s, Some(ip), None).await {
+                        if let Err(e) = node.rdv.endpoint(s, Some(ip), None).await {
                             info!(worker = %s.peer, error = %e.message, "public IP not recorded");
                         } else {
                             debug!(worker = %s.peer, %ip, "public IP registered");
@@ -250,12 +269,17 @@ impl Dialect for LegacyWorker {
                 }
             }
             Some("echo_request") => {
-                handle.send(ServerMsg::Echo {
-                    original_payload: msg
-                        .payload
-                        .map_or(Opaque::NULL, |p| Opaque::Json(p.to_owned())),
-                    processed_by_rendezvous: echo_text(&s.peer),
-                });
+                // A reply only this dialect has: encoded here, queued as a
+                // frame (bounded by the queue like any message).
+                let null = RawValue::NULL;
+                let r = EchoResponse {
+                    original_payload: msg.payload.unwrap_or(null),
+                    processed_by_rendezvous: &echo_text(&s.peer),
+                    ty: "echo_response",
+                };
+                // Our own keys, and JSON text that was checked when read.
+                let text = serde_json::to_string(&r).expect("echo_response is JSON");
+                handle.send(Event::Frame(Encoded::Text(text)));
             }
             Some("update_udp_endpoint") => {
                 let ip = msg
@@ -275,13 +299,13 @@ impl Dialect for LegacyWorker {
                     return Flow::Continue;
                 };
                 let udp = SocketAddr::new(ip, port);
-                if let Err(e) = node.rdv_endpoint(s, None, Some(udp)).await {
+                if let Err(e) = node.rdv.endpoint(s, None, Some(udp)).await {
                     info!(worker = %s.peer, error = %e.message, "UDP endpoint not recorded");
                     return Flow::Continue;
                 }
                 debug!(worker = %s.peer, %udp, "UDP endpoint updated");
-                if node.cfg.rendezvous.auto_pair {
-                    node.rdv_auto_pair(s).await;
+                if node.core.cfg.rendezvous.auto_pair {
+                    node.rdv.auto_pair(s).await;
                 }
             }
             Some(other) => {
@@ -297,7 +321,7 @@ impl Dialect for LegacyWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{PairPeer, PairedNote, Role};
+    use crate::types::{PairPeer, PairedNote, Role};
 
     fn text(m: Option<Encoded>) -> Value {
         match m {
@@ -319,28 +343,16 @@ mod tests {
             },
         };
         assert_eq!(
-            text(LegacyEncoder.encode(&ServerMsg::Paired(note))),
+            text(LegacyEncoder.encode(&Event::Paired(note))),
             json!({"type":"p2p_connection_offer","peer_worker_id":"w2","peer_udp_ip":"2001:db8::1","peer_udp_port":4000})
         );
-        let echo = ServerMsg::Echo {
-            original_payload: Opaque::Json(RawValue::from_string(r#"{"a": [1]}"#.into()).unwrap()),
-            processed_by_rendezvous: "x".into(),
-        };
-        // The worker's text as sent, the keys in the order they always had.
+        // A door's own frame passes through as it is.
+        let echo = Event::Frame(Encoded::Text(r#"{"type":"echo_response"}"#.into()));
         assert_eq!(
             LegacyEncoder.encode(&echo),
-            Some(Encoded::Text(
-                r#"{"original_payload":{"a": [1]},"processed_by_rendezvous":"x","type":"echo_response"}"#
-                    .into()
-            ))
+            Some(Encoded::Text(r#"{"type":"echo_response"}"#.into()))
         );
-        assert_eq!(
-            text(LegacyEncoder.encode(&echo)),
-            json!({"type":"echo_response","original_payload":{"a":[1]},"processed_by_rendezvous":"x"})
-        );
-        assert!(LegacyEncoder
-            .encode(&ServerMsg::Pong { id: None })
-            .is_none());
+        assert!(LegacyEncoder.encode(&Event::Pong { id: None }).is_none());
         let f = LegacyEncoder.close_frame(CloseReason::REPLACED);
         assert_eq!(
             (f.code, f.reason),

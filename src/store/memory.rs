@@ -1,6 +1,10 @@
-//! The in-memory store of the embedded single node.
+//! The in-memory store of the embedded single node (and of several
+//! in-process nodes in unit tests): every registry behind one mutex, so each
+//! operation is atomic by construction. It serves one process, so every node
+//! it knows is alive (see [`Liveness`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -9,11 +13,11 @@ use serde_json::Value;
 use std::time::Duration;
 
 use super::{
-    Claim, Claimed, EndpointUpdate, Enqueued, LostPairing, PairError, PeerLocation, Reaped,
-    RoomSummary, SecretHash, Store, StoreError, Unpaired, Which, WorkerConn, WorkerRecord,
-    WorkerState,
+    now_ms, Claim, Claimed, Directory, EndpointUpdate, Enqueued, Liveness, LostPairing, Membership,
+    PairError, PeerLocation, Reaped, RoomPage, RoomRecord, RoomSummary, Rooms, SecretHash, Store,
+    StoreError, Unpaired, Which, WorkerConn, WorkerRecord, WorkerState, Workers,
 };
-use crate::protocol::Member;
+use crate::types::Member;
 use crate::types::{NodeId, PeerId, PoolName, RoomName};
 
 /// Registries in one mutex: every operation is short and never awaits while holding it.
@@ -26,15 +30,48 @@ pub struct MemoryStore {
 struct Inner {
     peers: HashMap<PeerId, PeerLocation>,
     /// peer -> (epoch, secret hash) of the connection that claimed it, so a
-    /// reconnect can prove it is that client (see [`Store::claim_peer`]).
+    /// reconnect can prove it is that client (see [`Directory::claim_peer`]).
     secrets: HashMap<PeerId, (u64, SecretHash)>,
-    /// room -> peer -> (epoch, meta); ordered so listings are stable.
-    rooms: HashMap<RoomName, BTreeMap<PeerId, (u64, Value)>>,
+    /// Every room with its record; ordered by name so `list_rooms` pages
+    /// with a range, and listings are stable.
+    rooms: BTreeMap<RoomName, Room>,
     /// Worker records; ordered so listings are stable.
     workers: BTreeMap<PeerId, WorkerRecord>,
     /// Pool -> queued worker ids, oldest first. Entries can go stale (the
     /// worker left, paired or moved): they are skipped and dropped when reached.
     queues: HashMap<PoolName, VecDeque<PeerId>>,
+}
+
+/// A room: its record and its members.
+#[derive(Debug)]
+struct Room {
+    record: RoomRecord,
+    /// peer -> (epoch, meta); ordered so listings are stable.
+    members: BTreeMap<PeerId, (u64, Value)>,
+}
+
+impl Room {
+    fn implicit(name: &RoomName) -> Self {
+        Self {
+            record: RoomRecord::implicit(name.clone(), now_ms()),
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// True when the room should go: implicit, and no member left.
+    fn vanishes(&self) -> bool {
+        !self.record.explicit && self.members.is_empty()
+    }
+
+    fn list(&self) -> Vec<Member> {
+        self.members
+            .iter()
+            .map(|(p, (_, meta))| Member {
+                peer_id: p.clone(),
+                meta: meta.clone(),
+            })
+            .collect()
+    }
 }
 
 impl Inner {
@@ -63,7 +100,7 @@ impl Inner {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl Directory for MemoryStore {
     async fn register_peer(
         &self,
         peer: &PeerId,
@@ -114,79 +151,6 @@ impl Store for MemoryStore {
         Ok(self.inner.lock().peers.get(peer).cloned())
     }
 
-    async fn join_room(
-        &self,
-        room: &RoomName,
-        member: &Member,
-        epoch: u64,
-        max_peers: usize,
-    ) -> Result<Vec<Member>, StoreError> {
-        let mut inner = self.inner.lock();
-        let members = inner.rooms.entry(room.clone()).or_default();
-        if !members.contains_key(&member.peer_id) && members.len() >= max_peers {
-            if members.is_empty() {
-                inner.rooms.remove(room);
-            }
-            return Err(StoreError::RoomFull);
-        }
-        let others = members
-            .iter()
-            .filter(|(p, _)| **p != member.peer_id)
-            .map(|(p, (_, meta))| Member {
-                peer_id: p.clone(),
-                meta: meta.clone(),
-            })
-            .collect();
-        members.insert(member.peer_id.clone(), (epoch, member.meta.clone()));
-        Ok(others)
-    }
-
-    async fn leave_room(
-        &self,
-        room: &RoomName,
-        peer: &PeerId,
-        epoch: u64,
-    ) -> Result<bool, StoreError> {
-        let mut inner = self.inner.lock();
-        let Some(members) = inner.rooms.get_mut(room) else {
-            return Ok(false);
-        };
-        if members.get(peer).is_none_or(|(e, _)| *e != epoch) {
-            return Ok(false);
-        }
-        members.remove(peer);
-        if members.is_empty() {
-            inner.rooms.remove(room);
-        }
-        Ok(true)
-    }
-
-    async fn room_members(&self, room: &RoomName) -> Result<Option<Vec<Member>>, StoreError> {
-        Ok(self.inner.lock().rooms.get(room).map(|m| {
-            m.iter()
-                .map(|(p, (_, meta))| Member {
-                    peer_id: p.clone(),
-                    meta: meta.clone(),
-                })
-                .collect()
-        }))
-    }
-
-    async fn list_rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-        let mut rooms: Vec<RoomSummary> = self
-            .inner
-            .lock()
-            .rooms
-            .iter()
-            .map(|(r, m)| RoomSummary {
-                room: r.clone(),
-                members: m.len(),
-            })
-            .collect();
-        rooms.sort_by(|a, b| a.room.cmp(&b.room));
-        Ok(rooms)
-    }
-
     async fn reregister_peer(
         &self,
         peer: &PeerId,
@@ -201,18 +165,132 @@ impl Store for MemoryStore {
             }
         }
     }
+}
 
-    /// One process holds the whole embedded cluster: it is alive while it runs.
-    async fn heartbeat(&self, _node: &NodeId, _ttl: Duration) -> Result<bool, StoreError> {
+#[async_trait]
+impl Rooms for MemoryStore {
+    async fn create_room(&self, record: &RoomRecord) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        if inner.rooms.contains_key(&record.name) {
+            return Err(StoreError::RoomExists);
+        }
+        let record = RoomRecord {
+            explicit: true,
+            ..record.clone()
+        };
+        inner.rooms.insert(
+            record.name.clone(),
+            Room {
+                record,
+                members: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn get_room(&self, room: &RoomName) -> Result<Option<RoomRecord>, StoreError> {
+        Ok(self.inner.lock().rooms.get(room).map(|r| r.record.clone()))
+    }
+
+    async fn delete_room(&self, room: &RoomName) -> Result<Option<Vec<Membership>>, StoreError> {
+        let Some(r) = self.inner.lock().rooms.remove(room) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            r.members
+                .into_iter()
+                .map(|(peer_id, (epoch, meta))| Membership {
+                    member: Member { peer_id, meta },
+                    epoch,
+                })
+                .collect(),
+        ))
+    }
+
+    async fn list_rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<RoomPage, StoreError> {
+        let inner = self.inner.lock();
+        let start: Bound<&RoomName> = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut it = inner.rooms.range::<RoomName, _>((start, Bound::Unbounded));
+        let rooms: Vec<RoomSummary> = it
+            .by_ref()
+            .take(limit)
+            .map(|(name, r)| RoomSummary {
+                room: name.clone(),
+                members: r.members.len(),
+            })
+            .collect();
+        let next = match (it.next(), rooms.last()) {
+            (Some(_), Some(last)) => Some(last.room.clone()),
+            _ => None,
+        };
+        Ok(RoomPage { rooms, next })
+    }
+
+    async fn join_room(
+        &self,
+        room: &RoomName,
+        member: &Member,
+        epoch: u64,
+        max_peers: usize,
+    ) -> Result<Vec<Member>, StoreError> {
+        let mut inner = self.inner.lock();
+        let r = inner
+            .rooms
+            .entry(room.clone())
+            .or_insert_with(|| Room::implicit(room));
+        let limit = r.record.max_peers.unwrap_or(max_peers);
+        if !r.members.contains_key(&member.peer_id) && r.members.len() >= limit {
+            if r.vanishes() {
+                inner.rooms.remove(room);
+            }
+            return Err(StoreError::RoomFull);
+        }
+        let others = r
+            .members
+            .iter()
+            .filter(|(p, _)| **p != member.peer_id)
+            .map(|(p, (_, meta))| Member {
+                peer_id: p.clone(),
+                meta: meta.clone(),
+            })
+            .collect();
+        r.members
+            .insert(member.peer_id.clone(), (epoch, member.meta.clone()));
+        Ok(others)
+    }
+
+    async fn leave_room(
+        &self,
+        room: &RoomName,
+        peer: &PeerId,
+        epoch: u64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock();
+        let Some(r) = inner.rooms.get_mut(room) else {
+            return Ok(false);
+        };
+        if r.members.get(peer).is_none_or(|(e, _)| *e != epoch) {
+            return Ok(false);
+        }
+        r.members.remove(peer);
+        if r.vanishes() {
+            inner.rooms.remove(room);
+        }
         Ok(true)
     }
 
-    async fn dead_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    async fn reap_node(&self, _dead: &NodeId, _me: &NodeId) -> Result<Option<Reaped>, StoreError> {
-        Ok(None)
+    async fn room_members(&self, room: &RoomName) -> Result<Option<Vec<Member>>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .rooms
+            .get(room)
+            .filter(|r| !r.members.is_empty())
+            .map(Room::list))
     }
 
     async fn restore_member(
@@ -225,15 +303,35 @@ impl Store for MemoryStore {
         let old = inner
             .rooms
             .entry(room.clone())
-            .or_default()
+            .or_insert_with(|| Room::implicit(room))
+            .members
             .insert(member.peer_id.clone(), (epoch, member.meta.clone()));
         Ok(old.is_none_or(|(e, _)| e != epoch))
+    }
+}
+
+/// One process holds the whole embedded cluster: it is alive while it runs.
+#[async_trait]
+impl Liveness for MemoryStore {
+    async fn heartbeat(&self, _node: &NodeId, _ttl: Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn dead_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn reap_node(&self, _dead: &NodeId, _me: &NodeId) -> Result<Option<Reaped>, StoreError> {
+        Ok(None)
     }
 
     async fn goodbye(&self, _node: &NodeId) -> Result<(), StoreError> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl Workers for MemoryStore {
     async fn upsert_worker(
         &self,
         conn: &WorkerConn,
@@ -420,7 +518,9 @@ impl Store for MemoryStore {
             .map(|w| (w.peer_id.clone(), w.epoch))
             .collect())
     }
+}
 
+impl Store for MemoryStore {
     fn name(&self) -> &'static str {
         "memory"
     }
@@ -542,7 +642,7 @@ mod tests {
             peer_id: PeerId::from_trusted(p),
             node: NodeId::from_trusted("n"),
             epoch,
-            dialect: super::super::Dialect::Native,
+            door: super::super::Door::Native,
             observed_addr: "127.0.0.1:1".into(),
         }
     }

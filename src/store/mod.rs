@@ -1,41 +1,43 @@
 //! The store seam: the registries every node shares.
 //!
-//! The peer directory (which node holds a peer, and which connection of it),
-//! room membership with metadata. Backends: [`memory::MemoryStore`] (the
-//! embedded default) and, with `cluster.redis_url`, Redis.
+//! The store is four narrow traits, one per registry, each stating the
+//! guarantee every backend keeps (as [`crate::bus`] does for the bus):
 //!
-//! Guarantees every backend keeps:
-//! - each operation is atomic: concurrent callers on any node see it whole;
-//! - `register_peer` returns the registration it replaced, so exactly one
-//!   caller learns of each replaced connection (newest wins);
-//! - `claim_peer` registers only a connection that may take the id: the id is
-//!   free, its owner's node is dead, the owner is on the calling node (which
-//!   checked its own hub first), or the claim proves itself (a token for the
-//!   id, or the owner's reconnect secret). The check and the write are one
-//!   atomic step, so two nodes can never both take a held id;
-//! - operations keyed by a connection epoch (`unregister_peer`, `leave_room`)
-//!   do nothing when a newer connection of the peer owns the entry, so a late
-//!   cleanup never removes a newer connection;
-//! - `join_room` enforces `max_peers` atomically.
+//! - [`Directory`]: which node holds a peer id, and which connection of it;
+//!   the claim of an id and the reconnect secrets that prove a claim;
+//! - [`Rooms`]: room records and their members;
+//! - [`Liveness`]: node heartbeats, and the cleanup of a dead node's entries
+//!   (and of a node's own entries after an outage);
+//! - [`Workers`]: rendezvous workers and their pairing.
 //!
-//! Workers (rendezvous): a peer becomes a [`WorkerRecord`] lazily, when it
-//! first pairs, reports an endpoint or is observed by STUN (a legacy worker at
-//! once). Every worker operation is atomic, so pairing is exactly once across
-//! the cluster: a worker is never in two pairings, and two nodes matching at
-//! the same moment never take the same worker. Matching is first come, first
-//! served within a pool. Operations keyed by an epoch do nothing for a stale
-//! connection (newest wins).
+//! [`Store`] is their union (plus a name for logs): the node holds an
+//! `Arc<dyn Store>`, on which every trait's methods can be called as they
+//! are; code holding a concrete backend (tests, benchmarks) brings the four
+//! traits into scope with `use switchboard::store::prelude::*`. Backends: [`memory::MemoryStore`] (the
+//! embedded default: one process, every node it serves alive while it runs)
+//! and, with `cluster.redis_url`, [`redis::RedisStore`] (one Lua script per
+//! operation that reads and writes).
+//!
+//! Every backend runs the same behaviour tests (`tests/it/store.rs`, against
+//! the memory store and a real `redis-server`).
 
 pub mod memory;
 pub mod redis;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Member;
-use std::time::Duration;
+use crate::types::Member;
 
 use crate::types::{NodeId, PeerId, PoolName, RoomName};
+
+/// The store's traits, for code that calls a concrete backend (a trait
+/// object's supertrait methods need no import): `use crate::store::prelude::*;`.
+pub mod prelude {
+    pub use super::{Directory, Liveness, Rooms, Store, Workers};
+}
 
 /// Where a peer is connected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +51,7 @@ pub struct PeerLocation {
 /// SHA-256 of a connection's `reconnect_secret` (the secret itself is never stored).
 pub type SecretHash = [u8; 32];
 
-/// What a connection presents when it registers a peer id (see [`Store::claim_peer`]).
+/// What a connection presents when it registers a peer id (see [`Directory::claim_peer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     /// Auth verified a token whose `sub` is this id: it may replace any
@@ -62,7 +64,7 @@ pub struct Claim {
     pub secret: SecretHash,
 }
 
-/// What [`Store::claim_peer`] did.
+/// What [`Directory::claim_peer`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {
     /// Registered; carries the registration it replaced, if any.
@@ -83,13 +85,85 @@ pub fn secret_hex(h: &SecretHash) -> String {
     s
 }
 
-/// A room and its size, for listings.
+/// A room and its size, for listings (also the `GET /api/rooms` item).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoomSummary {
     /// The room.
     pub room: RoomName,
-    /// How many members it has.
+    /// How many members it has (0 only for an explicit room).
     pub members: usize,
+}
+
+/// One page of [`Rooms::list_rooms`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RoomPage {
+    /// Rooms in name order (bytewise), at most the limit asked for.
+    pub rooms: Vec<RoomSummary>,
+    /// The cursor of the next page (the last name of this one), or `None`
+    /// when no room sorts after this page.
+    pub next: Option<RoomName>,
+}
+
+/// A room as a record of its own, so that a room can exist with no member.
+///
+/// A join into a room without a record creates an *implicit* record
+/// (`explicit: false`, no limits), which goes with the room's last member:
+/// rooms come and go with their members, as they always did. A record made
+/// by [`Rooms::create_room`] is *explicit*: it stays, empty or not, until
+/// [`Rooms::delete_room`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomRecord {
+    /// The room.
+    pub name: RoomName,
+    /// Unix milliseconds when the record was made.
+    pub created_at: u64,
+    /// Unix milliseconds when the room should go. Stored, not enforced here:
+    /// rooms with a TTL (HTTP rooms) come with the next issue, which will
+    /// give the Redis keys a matching `PEXPIREAT` and sweep expired rooms
+    /// (telling their members) from a node holding a lease.
+    pub expires_at: Option<u64>,
+    /// Most members at once; when set it replaces the caller's limit in
+    /// [`Rooms::join_room`].
+    pub max_peers: Option<usize>,
+    /// SHA-256 of the token a joiner must show (never the token itself).
+    /// Stored, not checked here (the next issue's HTTP rooms check it).
+    pub token_hash: Option<SecretHash>,
+    /// What the room's creator attached: opaque to the store (Redis keeps it
+    /// as JSON text that no script parses).
+    pub meta: serde_json::Value,
+    /// Made by `create_room` (stays when empty), not by a join.
+    pub explicit: bool,
+}
+
+impl RoomRecord {
+    /// The implicit record a join creates at `now_ms`.
+    pub fn implicit(name: RoomName, now_ms: u64) -> Self {
+        Self {
+            name,
+            created_at: now_ms,
+            expires_at: None,
+            max_peers: None,
+            token_hash: None,
+            meta: serde_json::Value::Null,
+            explicit: false,
+        }
+    }
+}
+
+/// A membership [`Rooms::delete_room`] removed, for the caller to tell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Membership {
+    /// The member as the room listed it.
+    pub member: Member,
+    /// Its connection's epoch (so a node drops only that connection's membership).
+    pub epoch: u64,
+}
+
+/// Unix milliseconds now (0 before 1970, which no clock here reports).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What a node learned when it claimed a dead node's cleanup.
@@ -104,30 +178,36 @@ pub struct Reaped {
     pub lost: Vec<LostPairing>,
 }
 
-/// Which door a worker came through.
+/// Which door a worker came through. (Not a wire dialect: a native client
+/// may speak JSON or MessagePack, see [`crate::dialect::Dialect`]; a door is
+/// the endpoint and protocol family it connected with.)
+///
+/// Serialized as `"native"` / `"legacy"`: in Redis worker records and in
+/// `GET /api/workers`' `dialect` field, both kept from before the rename.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dialect {
+pub enum Door {
     /// The native protocol at `/ws`.
+    #[serde(rename = "native")]
     Native,
-    /// The older rendezvous service's protocol at `/ws/register/{worker_id}`.
-    Legacy,
+    /// The older rendezvous service's worker protocol at `/ws/register/{worker_id}`.
+    #[serde(rename = "legacy")]
+    LegacyWorker,
 }
 
-impl Dialect {
-    /// The wire and metric label.
+impl Door {
+    /// The stored, wire and metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Native => "native",
-            Self::Legacy => "legacy",
+            Self::LegacyWorker => "legacy",
         }
     }
 
-    /// Parses [`Dialect::as_str`].
+    /// Parses [`Door::as_str`].
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "native" => Some(Self::Native),
-            "legacy" => Some(Self::Legacy),
+            "legacy" => Some(Self::LegacyWorker),
             _ => None,
         }
     }
@@ -177,7 +257,7 @@ pub struct WorkerConn {
     /// The connection's epoch (newest wins).
     pub epoch: u64,
     /// The door it came through.
-    pub dialect: Dialect,
+    pub door: Door,
     /// The TCP address the broker saw (`ip:port`; port 0 when a proxy did not tell).
     pub observed_addr: String,
 }
@@ -200,8 +280,9 @@ pub struct WorkerRecord {
     pub node: NodeId,
     /// The connection's epoch (so a late event never reaches a newer connection).
     pub epoch: u64,
-    /// The door it came through.
-    pub dialect: Dialect,
+    /// The door it came through (`dialect` in JSON: the API's name for it).
+    #[serde(rename = "dialect")]
+    pub door: Door,
     /// The TCP address the broker saw.
     pub observed_addr: String,
     /// The public IP it reported, if any.
@@ -229,7 +310,7 @@ impl WorkerRecord {
             peer_id: conn.peer_id.clone(),
             node: conn.node.clone(),
             epoch: conn.epoch,
-            dialect: conn.dialect,
+            door: conn.door,
             observed_addr: conn.observed_addr.clone(),
             public_ip: None,
             udp: None,
@@ -324,7 +405,7 @@ pub enum PairError {
     Store(#[from] StoreError),
 }
 
-/// A node's entries in the store (see [`Store::own_entries`]).
+/// A node's entries in the store (see [`Liveness::own_entries`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct OwnEntries {
     /// Directory entries: `(peer, epoch)`.
@@ -339,6 +420,10 @@ pub enum StoreError {
     /// The room is full.
     #[error("room is full")]
     RoomFull,
+    /// `create_room`: a room of that name exists (explicit, or implicit
+    /// because it has members). Nothing was written.
+    #[error("room exists")]
+    RoomExists,
     /// The backend is unreachable (or too slow or busy to answer): trying
     /// again later may work.
     #[error("store unavailable: {0}")]
@@ -357,17 +442,35 @@ impl StoreError {
     }
 }
 
-/// The store seam; see the module docs for the guarantees.
+/// The peer directory: which node holds a peer id, and which connection
+/// (epoch) of it.
+///
+/// Guarantees every backend keeps:
+/// - each operation is atomic: concurrent callers on any node see it whole;
+/// - newest wins: [`Directory::register_peer`] and [`Directory::claim_peer`]
+///   return the registration they replaced, so exactly one caller learns of
+///   each replaced connection;
+/// - `claim_peer` registers only a connection that may take the id: the id
+///   is free, its owner's node is dead, the owner is on the calling node
+///   (which checked its own hub first), or the claim proves itself (a token
+///   for the id, or the owner's reconnect secret). The check and the write
+///   are one atomic step, so two nodes can never both take a held id;
+/// - operations keyed by a connection epoch ([`Directory::unregister_peer`])
+///   do nothing when a newer connection owns the entry, so a late cleanup
+///   never removes a newer connection;
+/// - a reconnect secret is kept only as its SHA-256, belongs to one
+///   connection (entry and epoch), goes with that entry, and outlives a dead
+///   node by at most two node lifetimes (`keep_secrets`).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Directory: Send + Sync + 'static {
     /// Records `peer` at `loc` unconditionally; returns the registration it
-    /// replaced. (`hello` uses [`Store::claim_peer`], which checks ownership.)
+    /// replaced. (`hello` uses [`Directory::claim_peer`], which checks ownership.)
     async fn register_peer(
         &self,
         peer: &PeerId,
         loc: PeerLocation,
     ) -> Result<Option<PeerLocation>, StoreError>;
-    /// Records `peer` at `loc` if `claim` may take it (see the module docs),
+    /// Records `peer` at `loc` if `claim` may take it (see the trait docs),
     /// with the claim's secret hash; `Taken` changes nothing.
     async fn claim_peer(
         &self,
@@ -391,17 +494,70 @@ pub trait Store: Send + Sync + 'static {
     async fn keep_secrets(&self, _me: &NodeId) -> Result<(), StoreError> {
         Ok(())
     }
-    /// Nodes whose heartbeat is alive now. Backends with one node in one
-    /// process return nothing (every id they know is the caller's).
-    async fn live_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
-        Ok(Vec::new())
-    }
-    /// Removes `peer` if its registration is connection `epoch`.
+    /// Removes `peer` (and its secret) if its registration is connection
+    /// `epoch` of the calling node.
     async fn unregister_peer(&self, peer: &PeerId, epoch: u64) -> Result<bool, StoreError>;
     /// Where `peer` is connected, if anywhere.
     async fn locate_peer(&self, peer: &PeerId) -> Result<Option<PeerLocation>, StoreError>;
+    /// Re-records `peer` at `loc` after an outage unless a connection on
+    /// another node took the id meanwhile; returns that other owner if so.
+    async fn reregister_peer(
+        &self,
+        peer: &PeerId,
+        loc: PeerLocation,
+    ) -> Result<Option<PeerLocation>, StoreError>;
+}
+
+/// Rooms: records and members.
+///
+/// Guarantees every backend keeps:
+/// - each operation is atomic, record and members together: no caller ever
+///   sees members without a record (except member entries an older release
+///   left in Redis, which the next join gives an implicit record), or a
+///   deleted room's members;
+/// - a room is implicit or explicit (see [`RoomRecord`]): a join into a room
+///   without a record creates an implicit one in the same step, the leave
+///   (or reap) that removes an implicit room's last member removes its
+///   record, and an explicit room stays until [`Rooms::delete_room`];
+/// - [`Rooms::join_room`] enforces the limit atomically: the record's
+///   `max_peers` when it has one, else the caller's; a peer already in the
+///   room (an older connection of it) never counts against it;
+/// - newest wins: a join replaces an older connection's membership of the
+///   same peer, and [`Rooms::leave_room`] keyed by an older epoch removes
+///   nothing;
+/// - [`Rooms::create_room`] succeeds for exactly one of several concurrent
+///   creators of a name, and never over a room that exists;
+/// - [`Rooms::delete_room`] returns each removed membership exactly once
+///   (to the one caller whose delete removed it);
+/// - the record's token and TTL are stored and returned, never enforced
+///   (the callers of the next issue will).
+#[async_trait]
+pub trait Rooms: Send + Sync + 'static {
+    /// Creates an explicit room from `record` (its `explicit` flag is
+    /// ignored: a created room is explicit). Fails with
+    /// [`StoreError::RoomExists`] when a room of that name exists.
+    async fn create_room(&self, record: &RoomRecord) -> Result<(), StoreError>;
+    /// A room's record, or `None` when the room does not exist.
+    async fn get_room(&self, room: &RoomName) -> Result<Option<RoomRecord>, StoreError>;
+    /// Removes a room, record and memberships in one step, and returns the
+    /// memberships it removed, for the caller to tell (their connections'
+    /// nodes still list them locally). `None` when there was no such room.
+    async fn delete_room(&self, room: &RoomName) -> Result<Option<Vec<Membership>>, StoreError>;
+    /// Rooms in name order, `limit` at most, starting after the room named
+    /// `after` (`None`: from the first), each with its member count. The
+    /// cursor is a name, not a position: a room present for the whole walk
+    /// is listed exactly once, whatever is created or deleted meanwhile (a
+    /// room that comes or goes during the walk may or may not be). On Redis
+    /// a page costs O(log rooms + page) (`ZRANGEBYLEX` on the room index);
+    /// in memory a B-tree range.
+    async fn list_rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<RoomPage, StoreError>;
     /// Adds a member (replacing an older connection of the same peer) and
-    /// returns the other members; fails with `RoomFull` at `max_peers`.
+    /// returns the other members; fails with `RoomFull` at the record's
+    /// `max_peers`, or at `max_peers` when the record has none.
     async fn join_room(
         &self,
         room: &RoomName,
@@ -416,26 +572,54 @@ pub trait Store: Send + Sync + 'static {
         peer: &PeerId,
         epoch: u64,
     ) -> Result<bool, StoreError>;
-    /// The members of a room, or `None` when it has none.
+    /// The members of a room, ordered by peer id, or `None` when it has none
+    /// (an explicit room without members included, as rooms always were).
     async fn room_members(&self, room: &RoomName) -> Result<Option<Vec<Member>>, StoreError>;
-    /// Every room with its size.
-    async fn list_rooms(&self) -> Result<Vec<RoomSummary>, StoreError>;
-    /// Re-records `peer` at `loc` after an outage unless a newer connection
-    /// elsewhere took the id meanwhile; returns that other owner if so.
-    async fn reregister_peer(
+    /// Puts a membership back after an outage (no size limit: the member was
+    /// admitted before; a missing record comes back implicit); returns true
+    /// when it was missing.
+    async fn restore_member(
         &self,
-        peer: &PeerId,
-        loc: PeerLocation,
-    ) -> Result<Option<PeerLocation>, StoreError>;
+        room: &RoomName,
+        member: &Member,
+        epoch: u64,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Which nodes live, and what happens to the entries of one that died (or
+/// of this one, after an outage).
+///
+/// Guarantees every backend keeps:
+/// - a node is alive while its heartbeat is fresher than the TTL it gave;
+///   [`Liveness::heartbeat`] says when it had lapsed, so the node writes its
+///   state again;
+/// - exactly-once reaping: of all nodes calling [`Liveness::reap_node`] for
+///   one dead node, exactly one gets `Some`, and its [`Reaped`] lists each
+///   removed membership and each broken pairing once, so each gets exactly
+///   one `peer-left` / `pair-lost`. Reaping removes the node's directory
+///   entries, memberships (and the implicit records of rooms it emptied,
+///   never an explicit record) and worker records in one atomic step;
+/// - [`Liveness::own_entries`] is read-only.
+///
+/// The memory store serves one process, so every node it knows is alive:
+/// `heartbeat` is always fresh, nothing is ever dead or reaped, and
+/// `own_entries` is empty (it cannot lose a node's state).
+#[async_trait]
+pub trait Liveness: Send + Sync + 'static {
     /// Refreshes this node's heartbeat (alive for `ttl`); returns false when the
     /// heartbeat had expired or vanished (first beat, Redis restarted, or this
     /// node was declared dead), meaning local state must be registered again.
     async fn heartbeat(&self, node: &NodeId, ttl: Duration) -> Result<bool, StoreError>;
+    /// Nodes whose heartbeat is alive now. Backends with one node in one
+    /// process return nothing (every id they know is the caller's).
+    async fn live_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Nodes known to the cluster whose heartbeat has expired.
     async fn dead_nodes(&self) -> Result<Vec<NodeId>, StoreError>;
     /// Claims the cleanup of a dead node (exactly one claimer wins) and, if
-    /// this caller won, removes its peers and memberships; `None` when another
-    /// node claimed it.
+    /// this caller won, removes its peers, memberships and workers; `None`
+    /// when another node claimed it.
     async fn reap_node(&self, dead: &NodeId, me: &NodeId) -> Result<Option<Reaped>, StoreError>;
     /// What the store holds as registered by node `me`: directory entries and
     /// memberships, each with its connection epoch. After an outage the node
@@ -444,17 +628,28 @@ pub trait Store: Send + Sync + 'static {
     async fn own_entries(&self, _me: &NodeId) -> Result<OwnEntries, StoreError> {
         Ok(OwnEntries::default())
     }
-    /// Puts a membership back after an outage (no size limit: the member was
-    /// admitted before); returns true when it was missing.
-    async fn restore_member(
-        &self,
-        room: &RoomName,
-        member: &Member,
-        epoch: u64,
-    ) -> Result<bool, StoreError>;
     /// Removes this node's heartbeat on a graceful stop.
     async fn goodbye(&self, node: &NodeId) -> Result<(), StoreError>;
+}
 
+/// Rendezvous workers and their pairing.
+///
+/// A peer becomes a [`WorkerRecord`] lazily, when it first pairs, reports an
+/// endpoint or is observed by STUN (a legacy worker at once).
+///
+/// Guarantees every backend keeps:
+/// - every operation is atomic, so pairing is exactly once across the
+///   cluster: a worker is never in two pairings, two nodes matching at the
+///   same moment never take the same worker, and both sides of a pairing
+///   change in the same step;
+/// - matching is first come, first served within a pool;
+/// - operations keyed by an epoch do nothing for a stale connection (newest
+///   wins), and a record is never written for a connection the directory
+///   says was replaced;
+/// - a partner freed by an unpair, a removal, a replacement or a reap is
+///   returned exactly once, so it is told `pair-lost` once.
+#[async_trait]
+pub trait Workers: Send + Sync + 'static {
     /// Creates the worker record of connection `conn` (idle) unless it exists,
     /// then applies `ep`. A record of an older connection of the same peer is
     /// replaced; if that one was paired, its partner is freed and returned.
@@ -502,6 +697,27 @@ pub trait Store: Send + Sync + 'static {
     /// `(peer, epoch)` of every worker record that names `node` (to reconcile
     /// after an outage).
     async fn node_workers(&self, node: &NodeId) -> Result<Vec<(PeerId, u64)>, StoreError>;
+}
+
+/// The whole store, as the node holds it (`Arc<dyn Store>`).
+pub trait Store: Directory + Rooms + Liveness + Workers {
     /// A short name for logs (`memory`, `redis`).
     fn name(&self) -> &'static str;
+}
+
+/// Every room with its size, in name order, walking [`Rooms::list_rooms`] a
+/// page at a time (what `GET /api/rooms` shows). Bounded: each page starts
+/// strictly after the previous one.
+pub async fn all_rooms(store: &dyn Store) -> Result<Vec<RoomSummary>, StoreError> {
+    const PAGE: usize = 1_000;
+    let mut out = Vec::new();
+    let mut after: Option<RoomName> = None;
+    loop {
+        let page = store.list_rooms(after.as_ref(), PAGE).await?;
+        out.extend(page.rooms);
+        match page.next {
+            Some(next) if after.as_ref() != Some(&next) => after = Some(next),
+            _ => return Ok(out),
+        }
+    }
 }

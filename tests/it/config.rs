@@ -100,6 +100,50 @@ fn unreadable_public_key_exits_2() {
     assert!(stderr.contains("auth.jwt.public_keys[0]"), "{stderr}");
 }
 
+/// Key files are read when the configuration is loaded, so `--check-config`
+/// reports a bad one (unreadable, or not a public key) with every other bad
+/// key, and exits 2 without starting anything.
+#[test]
+fn check_config_reports_bad_public_keys_with_the_other_bad_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n",
+    )
+    .expect("write junk key");
+    let keys = format!("[\"/no/such/key.pem\", \"{}\"]", junk.display());
+    let out = run_cli(
+        &["--check-config"],
+        &[
+            ("SWITCHBOARD_AUTH__JWT__PUBLIC_KEYS", keys.as_str()),
+            ("SWITCHBOARD_LIMITS__OUTBOUND_QUEUE", "0"),
+        ],
+        CLI_TIMEOUT,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(out.stdout.is_empty(), "nothing printed on stdout");
+    for key in [
+        "auth.jwt.public_keys[0]: cannot read",
+        "auth.jwt.public_keys[1]: not an RSA, EC or Ed25519 public key",
+        "limits.outbound_queue",
+    ] {
+        assert!(stderr.contains(key), "{key} missing:\n{stderr}");
+    }
+    // A good key passes.
+    let good = crate::helpers::fixture("jwt/rs256-public.pem");
+    let out = run_cli(
+        &["--check-config"],
+        &[(
+            "SWITCHBOARD_AUTH__JWT__PUBLIC_KEYS",
+            format!("[\"{good}\"]").as_str(),
+        )],
+        CLI_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
 #[test]
 fn missing_config_file_exits_2() {
     let out = run_cli(&["--config", "/no/such/file.toml"], &[], CLI_TIMEOUT);

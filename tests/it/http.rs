@@ -163,11 +163,9 @@ async fn unknown_path_is_404_json() {
 #[tokio::test]
 async fn plain_get_on_ws_is_not_an_upgrade() {
     let node = TestNode::spawn(&[]);
-    let (status, _) = node.get_text("/ws").await;
-    assert!(
-        (400..500).contains(&status),
-        "GET /ws without upgrade headers answered {status}"
-    );
+    let (status, body) = node.get("/ws").await;
+    assert_eq!(status, 400, "GET /ws without upgrade headers: {body}");
+    assert_eq!(body["error"]["code"], "bad-request", "{body}");
 }
 
 #[tokio::test]

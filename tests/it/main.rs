@@ -11,6 +11,8 @@ mod helpers;
 mod cluster;
 mod cluster_helpers;
 mod sec_cluster;
+// The store's conformance suite: the library against memory and a real redis-server.
+mod store;
 
 mod auth;
 mod bad_input;
@@ -18,6 +20,7 @@ mod codecs;
 mod config;
 mod http;
 mod http2;
+mod http_errors;
 mod limits;
 mod protocol;
 mod rendezvous;

@@ -490,6 +490,15 @@ async fn refused_cleanups_are_counted_and_do_not_loop() {
     let p = unique_prefix("refused");
     let nodes = spawn_cluster(&redis, &p, 1, &[]).await;
     let node = &nodes[0];
+    let probes = "switchboard_bus_probe_latency_seconds_count";
+    let reregs = "switchboard_reregistrations_total";
+    let leave_failures = r#"switchboard_cleanup_failures_total{op="leave"}"#;
+    let rereg_failures = r#"switchboard_cleanup_failures_total{op="reregister"}"#;
+    // Every node registers its state once right after start (its first
+    // heartbeat finds no key of its own): wait for that one before the room
+    // key is broken, so it neither fails on it nor is mistaken for a
+    // re-registration the refused leave started.
+    let r0 = wait_metric(node, reregs, 1.0, Duration::from_secs(10)).await;
     let mut x = json_peer(node, "x").await;
     x.join("r").await;
     let members = format!("{p}:room:r:members");
@@ -497,12 +506,6 @@ async fn refused_cleanups_are_counted_and_do_not_loop() {
     assert!(redis
         .command(&["SET", &members, "not a hash"])
         .starts_with("+OK"));
-
-    let probes = "switchboard_bus_probe_latency_seconds_count";
-    let reregs = "switchboard_reregistrations_total";
-    let leave_failures = r#"switchboard_cleanup_failures_total{op="leave"}"#;
-    let rereg_failures = r#"switchboard_cleanup_failures_total{op="reregister"}"#;
-    let r0 = metric(node, reregs).await;
     x.send_json(json!({"type": "leave", "id": 1, "room": "r"}))
         .await;
     assert_eq!(x.recv().await, json!({"type": "ack", "id": 1}));

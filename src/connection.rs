@@ -24,16 +24,13 @@
 //! frame that would count as activity) close it, and messages from others
 //! overflow its queue (1013 at `limits.outbound_queue_bytes`).
 //!
-//! The wire format is a [`Dialect`]: how a frame becomes a core command, and
-//! how a server message becomes a frame (or nothing, for a dialect that has no
-//! such message). The native protocol is [`Native`]; translators for older
-//! clients live in [`crate::dialect`]. The loop, the queue, heartbeats, the
-//! drain guard and the connection permit are the same for every dialect, and
-//! the loop is generic, so the native path pays no dispatch.
+//! The wire format is a [`Dialect`] (see [`crate::dialect`]): how a frame
+//! becomes a core command, and how a core event becomes a frame (or nothing,
+//! for a dialect that has no such message). The loop, the queue, heartbeats,
+//! the drain guard and the connection permit are the same for every dialect,
+//! and the loop is generic, so the native path pays no dispatch.
 
 use std::future::{poll_fn, Future};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -43,223 +40,12 @@ use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, Instrument};
 
-use crate::error::{ClientError, ErrorCode};
-use crate::hub::{CloseReason, ConnHandle, OutboundRx};
+use crate::core::hub::{CloseReason, ConnHandle, OutboundRx};
+use crate::core::session::Session;
+use crate::dialect::{ConnInfo, Dialect, Encoded, Encoder, Flow};
 use crate::metrics as m;
-use crate::node::{send_error, Node, Session};
-use crate::protocol::{decode, decode_text, encode, Codec, Command, Encoded, ServerMsg};
-use crate::ws::{CloseFrame, Data, Event, ReadEnd, WebSocket};
-
-/// What the door learned about a connection before the upgrade.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The client's address (the socket's, or from a trusted proxy's header).
-    pub observed: SocketAddr,
-    /// The codec fixed by the negotiated subprotocol, if any.
-    pub codec: Option<Codec>,
-}
-
-const CODEC_UNSET: u8 = 0;
-const CODEC_JSON: u8 = 1;
-const CODEC_MSGPACK: u8 = 2;
-
-fn codec_code(c: Codec) -> u8 {
-    match c {
-        Codec::Json => CODEC_JSON,
-        Codec::MsgPack => CODEC_MSGPACK,
-    }
-}
-
-/// What a connection does after one frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    /// Keep reading.
-    Continue,
-    /// A session was just established (start the heartbeat deadline).
-    Registered,
-    /// Close the connection with this reason.
-    Close(CloseReason),
-}
-
-/// A wire format on one connection: the reader half. See the module docs.
-pub trait Dialect: Send + 'static {
-    /// The writer half.
-    type Encoder: Encoder;
-    /// The `dialect` label of metrics and spans.
-    const NAME: &'static str;
-    /// Builds the writer half (shares what it must with the reader).
-    fn encoder(&self) -> Self::Encoder;
-    /// Runs before the first frame. A dialect without a handshake registers
-    /// the connection here and returns its session.
-    fn open(
-        &mut self,
-        node: &Arc<Node>,
-        handle: &ConnHandle,
-        info: &ConnInfo,
-    ) -> impl Future<Output = Result<Option<Session>, CloseReason>> + Send;
-    /// Handles one text or binary frame.
-    fn frame(
-        &mut self,
-        node: &Arc<Node>,
-        handle: &ConnHandle,
-        info: &ConnInfo,
-        session: &mut Option<Session>,
-        frame: Data<'_>,
-        received: Instant,
-    ) -> impl Future<Output = Flow> + Send;
-}
-
-/// A wire format on one connection: the writer half.
-pub trait Encoder: Send + Sync + 'static {
-    /// The frame for `msg`, or `None` when this dialect has no such message.
-    fn encode(&self, msg: &ServerMsg) -> Option<Encoded>;
-    /// The close frame for a close reason.
-    fn close_frame(&self, why: CloseReason) -> CloseFrame {
-        CloseFrame {
-            code: why.code,
-            reason: why.reason,
-        }
-    }
-}
-
-/// The native protocol (`/ws`): JSON text or MessagePack binary frames.
-#[derive(Debug)]
-pub struct Native {
-    /// The answer encoding: fixed by the subprotocol, or by the first data frame.
-    codec: Arc<AtomicU8>,
-}
-
-impl Native {
-    /// A native connection; `codec` is the one its subprotocol selected, if any.
-    pub fn new(codec: Option<Codec>) -> Self {
-        Self {
-            codec: Arc::new(AtomicU8::new(codec.map_or(CODEC_UNSET, codec_code))),
-        }
-    }
-}
-
-/// The native writer half: encodes in the connection's codec.
-#[derive(Debug)]
-pub struct NativeEncoder {
-    codec: Arc<AtomicU8>,
-}
-
-impl Encoder for NativeEncoder {
-    fn encode(&self, msg: &ServerMsg) -> Option<Encoded> {
-        let codec = if self.codec.load(Ordering::Relaxed) == CODEC_MSGPACK {
-            Codec::MsgPack
-        } else {
-            Codec::Json
-        };
-        Some(encode(msg, codec))
-    }
-}
-
-impl Dialect for Native {
-    type Encoder = NativeEncoder;
-    const NAME: &'static str = "native";
-
-    fn encoder(&self) -> NativeEncoder {
-        NativeEncoder {
-            codec: self.codec.clone(),
-        }
-    }
-
-    async fn open(
-        &mut self,
-        _node: &Arc<Node>,
-        _handle: &ConnHandle,
-        _info: &ConnInfo,
-    ) -> Result<Option<Session>, CloseReason> {
-        Ok(None)
-    }
-
-    async fn frame(
-        &mut self,
-        node: &Arc<Node>,
-        handle: &ConnHandle,
-        info: &ConnInfo,
-        session: &mut Option<Session>,
-        frame: Data<'_>,
-        received: Instant,
-    ) -> Flow {
-        let (frame_codec, decoded) = match frame {
-            Data::Text(t) => (Codec::Json, decode_text(t, node.name_limits)),
-            Data::Binary(b) => (Codec::MsgPack, decode(b, Codec::MsgPack, node.name_limits)),
-        };
-        // Without a subprotocol, the first data frame fixes the answer
-        // encoding (before any error about this frame is encoded).
-        let _ = self.codec.compare_exchange(
-            CODEC_UNSET,
-            codec_code(frame_codec),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        let inbound = match decoded {
-            Ok(i) => i,
-            Err(e) => {
-                m::count(m::MESSAGES_IN, "type", "invalid", 1);
-                send_error(handle, e.id, e.error);
-                return Flow::Continue;
-            }
-        };
-        m::count(m::MESSAGES_IN, "type", inbound.cmd.type_name(), 1);
-        match (session, inbound.cmd) {
-            (Some(s), cmd) => {
-                node.dispatch(s, inbound.id, cmd, received).await;
-                Flow::Continue
-            }
-            (
-                slot @ None,
-                Command::Hello {
-                    peer_id,
-                    meta,
-                    token,
-                    reconnect_secret,
-                },
-            ) => {
-                let hello_id = inbound.id.clone();
-                // Boxed: taken once per connection, and large.
-                let hello = node.hello(
-                    handle,
-                    info.observed,
-                    inbound.id,
-                    peer_id,
-                    meta,
-                    token,
-                    reconnect_secret,
-                );
-                match Box::pin(hello).await {
-                    Ok(s) => {
-                        tracing::Span::current().record("peer", tracing::field::display(&s.peer));
-                        debug!("hello");
-                        *slot = Some(s);
-                        Flow::Registered
-                    }
-                    Err(refused) => {
-                        send_error(handle, hello_id, refused.error);
-                        match refused.close {
-                            Some(c) => Flow::Close(c),
-                            None => Flow::Continue,
-                        }
-                    }
-                }
-            }
-            (None, Command::Ping) => {
-                handle.send(ServerMsg::Pong { id: inbound.id });
-                Flow::Continue
-            }
-            (None, _) => {
-                send_error(
-                    handle,
-                    inbound.id,
-                    ClientError::new(ErrorCode::HelloRequired, "send `hello` first"),
-                );
-                Flow::Continue
-            }
-        }
-    }
-}
+use crate::node::Node;
+use crate::ws::{Event as WsEvent, ReadEnd, WebSocket};
 
 /// Serves one upgraded socket in `dialect` until it closes. `permit` and
 /// `token` are held for the connection's lifetime: the first caps
@@ -275,7 +61,7 @@ pub fn run<D: Dialect>(
     permit: OwnedSemaphorePermit,
     token: TaskTrackerToken,
 ) -> impl Future<Output = ()> + Send {
-    let span = tracing::debug_span!("conn", node = %node.id, dialect = D::NAME, addr = %info.observed, peer = tracing::field::Empty);
+    let span = tracing::debug_span!("conn", node = %node.core.id, dialect = D::NAME, addr = %info.observed, peer = tracing::field::Empty);
     serve(node, ws, info, dialect, (permit, token)).instrument(span)
 }
 
@@ -296,22 +82,22 @@ fn serve<D: Dialect>(
     async move {
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         metrics::counter!(m::CONNECTIONS_TOTAL, "dialect" => D::NAME).increment(1);
-        let limits = &node.cfg.limits;
+        let limits = &node.core.cfg.limits;
         ws.set_max_size(limits.max_frame_bytes);
         let (handle, mut rx) = ConnHandle::with_byte_limit(
-            node.next_epoch(),
+            node.core.next_epoch(),
             limits.outbound_queue,
             limits.outbound_queue_bytes,
-            node.close_all.child_token(),
+            node.core.close_all.child_token(),
         );
         let enc = dialect.encoder();
-        let heartbeat = || Duration::from_millis(node.cfg.limits.heartbeat_interval_ms);
-        let idle_timeout = || Duration::from_millis(node.cfg.limits.heartbeat_timeout_ms);
+        let heartbeat = || node.core.cfg.limits.heartbeat_interval;
+        let idle_timeout = || node.core.cfg.limits.heartbeat_timeout;
         let start = TokioInstant::now();
         // One timer for three deadlines: it is re-armed lazily (when it fires, or
         // when a deadline moves earlier), so a frame costs no timer operation.
         let mut ping_at = start + heartbeat();
-        let mut idle_at = start + Duration::from_millis(limits.hello_timeout_ms);
+        let mut idle_at = start + limits.hello_timeout;
         let timer = sleep_until(ping_at.min(idle_at));
         tokio::pin!(timer);
         let cancelled = handle.ctl().cancel.cancelled();
@@ -357,14 +143,14 @@ fn serve<D: Dialect>(
                 ev = poll_fn(|cx| poll_socket(cx, &mut ws, &mut rx, &enc, &mut backlog)) => ev,
             };
             let frame = match event {
-                Event::End(end) => break end_reason(end),
-                Event::Control => {
+                WsEvent::End(end) => break end_reason(end),
+                WsEvent::Control => {
                     if session.is_some() {
                         idle_at = TokioInstant::now() + idle_timeout();
                     }
                     continue;
                 }
-                Event::Message => {
+                WsEvent::Message => {
                     let Some(frame) = ws.data() else {
                         // Text that is not UTF-8.
                         break Some(CloseReason::INVALID_UTF8);
@@ -439,12 +225,12 @@ fn poll_socket<E: Encoder>(
     rx: &mut OutboundRx,
     enc: &E,
     backlog: &mut Backlog,
-) -> Poll<Event> {
+) -> Poll<WsEvent> {
     // A few batches per wake-up at most, so a busy queue cannot starve reads.
     for round in 0.. {
         match ws.poll_write_buffered(cx) {
             Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(_)) => return Poll::Ready(Event::End(ReadEnd::WriteFailed)),
+            Poll::Ready(Err(_)) => return Poll::Ready(WsEvent::End(ReadEnd::WriteFailed)),
             Poll::Pending => break,
         }
         if round == 4 {
@@ -525,7 +311,7 @@ async fn close<E: Encoder>(ws: &mut WebSocket, rx: &mut OutboundRx, enc: &E, why
 }
 
 fn default_reason(node: &Node) -> CloseReason {
-    if node.is_draining() {
+    if node.core.is_draining() {
         CloseReason::DRAINING
     } else {
         CloseReason::CLIENT_GONE

@@ -9,7 +9,7 @@
 //!
 //! The queue is bounded twice: in messages (`limits.outbound_queue`) and in
 //! the bytes the queued messages hold (`limits.outbound_queue_bytes`, from
-//! [`ServerMsg::heap_bytes`]): a count alone lets a client that does not read
+//! [`Event::heap_bytes`]): a count alone lets a client that does not read
 //! pin a thousand of the largest messages. A message shared by a fan-out
 //! counts in full for every recipient, since each one keeps it alive.
 
@@ -23,9 +23,11 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::event::Event;
 use crate::error::close;
+use crate::error::ClientError;
 use crate::metrics as m;
-use crate::protocol::{LeaveReason, ServerMsg};
+use crate::types::LeaveReason;
 use crate::types::{PeerId, RoomName};
 
 /// Why a connection is being closed: the close frame and the `peer-left` reason.
@@ -120,12 +122,12 @@ impl CloseReason {
 
 /// What one queued message costs besides the heap its contents hold: the
 /// message itself in its `Arc`, and the queue's slot.
-const QUEUED_OVERHEAD: usize = std::mem::size_of::<ServerMsg>()
+const QUEUED_OVERHEAD: usize = std::mem::size_of::<Event>()
     + 2 * std::mem::size_of::<usize>()
     + std::mem::size_of::<Outbound>();
 
 /// The bytes a queued `msg` counts for (an upper bound of what it pins).
-pub fn queued_cost(msg: &ServerMsg) -> usize {
+pub fn queued_cost(msg: &Event) -> usize {
     QUEUED_OVERHEAD + msg.heap_bytes()
 }
 
@@ -133,7 +135,7 @@ pub fn queued_cost(msg: &ServerMsg) -> usize {
 #[derive(Debug, Clone)]
 pub struct Outbound {
     /// The message, shared between every recipient of a fan-out.
-    pub msg: Arc<ServerMsg>,
+    pub msg: Arc<Event>,
     /// When the relayed message was read from its sender (for the latency histogram).
     pub received: Option<Instant>,
     /// What it counts for in the queue's byte bound ([`queued_cost`]).
@@ -372,13 +374,13 @@ impl ConnHandle {
 
     /// Queues a message without waiting. A full queue closes the connection as
     /// too slow; returns whether the message was queued.
-    pub fn push(&self, msg: Arc<ServerMsg>, received: Option<Instant>) -> bool {
+    pub fn push(&self, msg: Arc<Event>, received: Option<Instant>) -> bool {
         let cost = queued_cost(&msg);
         self.push_costed(msg, cost, received)
     }
 
     /// [`Self::push`] with the cost already known (a fan-out computes it once).
-    pub fn push_costed(&self, msg: Arc<ServerMsg>, cost: usize, received: Option<Instant>) -> bool {
+    pub fn push_costed(&self, msg: Arc<Event>, cost: usize, received: Option<Instant>) -> bool {
         let out = Outbound {
             msg,
             received,
@@ -426,8 +428,15 @@ impl ConnHandle {
     }
 
     /// Queues a message built for this one recipient.
-    pub fn send(&self, msg: ServerMsg) -> bool {
+    pub fn send(&self, msg: Event) -> bool {
         self.push(Arc::new(msg), None)
+    }
+
+    /// Queues an `error` for this connection (the answer to a request that
+    /// failed) and counts it by code.
+    pub fn send_error(&self, id: Option<serde_json::Value>, e: ClientError) -> bool {
+        metrics::counter!(m::ERRORS, "code" => e.code.as_str()).increment(1);
+        self.send(Event::error(id, e))
     }
 
     /// Holds every message pushed from now on until [`Self::open_gate`].
@@ -445,7 +454,7 @@ impl ConnHandle {
 
     /// Queues `first` (the answer), then what was held (less the events of
     /// `drop_room`, a room the client failed to join), and lets pushes through again.
-    pub fn open_gate(&self, first: Option<ServerMsg>, drop_room: Option<&RoomName>) {
+    pub fn open_gate(&self, first: Option<Event>, drop_room: Option<&RoomName>) {
         let (cap, cap_bytes) = (self.ctl.capacity, self.ctl.capacity_bytes);
         // The answer is costed outside the lock (a `joined` walks every member's `meta`).
         let first = first.map(|m| Outbound {
@@ -589,16 +598,6 @@ impl Hub {
         self.peers.get(peer).map(|h| h.clone())
     }
 
-    /// Queues a message for a local peer; `None` when the peer is not here.
-    pub fn push_to(
-        &self,
-        peer: &str,
-        msg: Arc<ServerMsg>,
-        received: Option<Instant>,
-    ) -> Option<bool> {
-        self.peers.get(peer).map(|h| h.push(msg, received))
-    }
-
     /// Number of local peers.
     pub fn peer_count(&self) -> usize {
         self.peers.len()
@@ -651,7 +650,7 @@ impl Hub {
         &self,
         room: &str,
         except: Option<&str>,
-        msg: &Arc<ServerMsg>,
+        msg: &Arc<Event>,
         received: Option<Instant>,
     ) -> usize {
         let Some(members) = self.rooms.get(room) else {
@@ -721,7 +720,7 @@ mod tests {
             fast.clone(),
             serde_json::Value::Null,
         );
-        let msg = Arc::new(ServerMsg::Pong { id: None });
+        let msg = Arc::new(Event::Pong { id: None });
         for _ in 0..3 {
             hub.room_fanout("r", None, &msg, None);
             assert!(fast_rx.try_recv().is_some());
@@ -735,11 +734,11 @@ mod tests {
     fn gate_puts_the_answer_first_and_keeps_order() {
         let (h, mut rx) = ConnHandle::new(1, 8, CancellationToken::new());
         h.close_gate();
-        h.send(ServerMsg::Pong { id: Some(1.into()) });
-        h.send(ServerMsg::Pong { id: Some(2.into()) });
+        h.send(Event::Pong { id: Some(1.into()) });
+        h.send(Event::Pong { id: Some(2.into()) });
         assert!(rx.try_recv().is_none(), "held while the gate is closed");
-        h.open_gate(Some(ServerMsg::Ack { id: 0.into() }), None);
-        h.send(ServerMsg::Pong { id: Some(3.into()) });
+        h.open_gate(Some(Event::Ack { id: 0.into() }), None);
+        h.send(Event::Pong { id: Some(3.into()) });
         let order: Vec<String> = std::iter::from_fn(|| rx.try_recv())
             .map(|o| serde_json::to_string(&*o.msg).unwrap())
             .collect();
@@ -758,7 +757,7 @@ mod tests {
     fn queue_takes_in_batches_and_gives_its_memory_back() {
         let (h, mut rx) = ConnHandle::new(1, 100, CancellationToken::new());
         for i in 0..10 {
-            assert!(h.send(ServerMsg::Pong { id: Some(i.into()) }));
+            assert!(h.send(Event::Pong { id: Some(i.into()) }));
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut got = Vec::new();
@@ -775,8 +774,8 @@ mod tests {
     fn a_queue_without_its_connection_refuses_quietly() {
         let (h, rx) = ConnHandle::new(1, 1, CancellationToken::new());
         drop(rx);
-        assert!(!h.send(ServerMsg::Pong { id: None }));
-        assert!(!h.send(ServerMsg::Pong { id: None }));
+        assert!(!h.send(Event::Pong { id: None }));
+        assert!(!h.send(Event::Pong { id: None }));
         assert!(
             !h.is_closing(),
             "not a slow consumer: the connection is gone"
@@ -788,7 +787,7 @@ mod tests {
         let (h, mut rx) = ConnHandle::new(1, 8, CancellationToken::new());
         let waiting = tokio::spawn(async move { rx.recv().await });
         tokio::task::yield_now().await;
-        h.send(ServerMsg::Pong { id: Some(7.into()) });
+        h.send(Event::Pong { id: Some(7.into()) });
         let out = waiting.await.unwrap();
         assert_eq!(
             serde_json::to_string(&*out.msg).unwrap(),
@@ -819,9 +818,9 @@ mod tests {
     }
 
     /// A signal whose `data` is `n` bytes of JSON text.
-    fn signal(n: usize) -> Arc<ServerMsg> {
+    fn signal(n: usize) -> Arc<Event> {
         let text = format!("\"{}\"", "x".repeat(n - 2));
-        Arc::new(ServerMsg::Signal {
+        Arc::new(Event::Signal {
             from: PeerId::from_trusted("a"),
             kind: crate::types::SignalKind::from_trusted("k"),
             data: crate::payload::Opaque::Json(

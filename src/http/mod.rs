@@ -1,0 +1,79 @@
+//! The HTTP door: everything the node answers over HTTP, one module per
+//! purpose:
+//!
+//! - [`upgrade`]: `/ws`, the native WebSocket door, with admission (drain,
+//!   connection limit);
+//! - [`probes`]: `/healthz`, `/readyz`, `/metrics`, open to orchestrators
+//!   and scrapers;
+//! - [`api`]: the operator API (`/api/rooms`, `/api/rooms/{room}`,
+//!   `/api/workers`, `/api/connect`) and the admin guard;
+//! - [`legacy`]: the older rendezvous service's `/`, `/debug/list_workers`
+//!   and worker door `/ws/register/{worker_id}`;
+//! - [`forwarded`]: the client's address behind a trusted proxy;
+//! - [`error`]: every error answer, JSON `{"error": {"code", "message"}}`
+//!   with a code from [`crate::error::ErrorCode`] and the status one
+//!   function gives it.
+//!
+//! [`router`] assembles them. Layers, innermost first: the admin guard, once
+//! over every operator route (the API's and `/debug/list_workers`), never
+//! over the probes or the doors; the body cap ([`MAX_BODY_BYTES`]) and the
+//! layer that turns the framework's own error answers into JSON
+//! ([`error::framework_errors_as_json`]) over everything, the 404 fallback
+//! included.
+
+pub mod api;
+pub mod error;
+pub mod forwarded;
+pub mod legacy;
+pub mod probes;
+pub mod upgrade;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn_with_state, map_response};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::error::ErrorCode;
+use crate::node::Node;
+
+pub use api::admin_guard;
+pub use error::ApiError;
+pub use forwarded::client_addr;
+
+/// Largest HTTP request body the API reads; a larger one is refused with 413
+/// `payload-too-large` before a handler runs.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: Arc<Node>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    // What an operator reads or does: peers' addresses and endpoints, room
+    // members, pairing two workers. `/metrics` stays open: Prometheus scrapes
+    // it without credentials, and it holds counts with bounded labels, never
+    // a peer id or an address.
+    let operator = Router::new()
+        .merge(api::routes())
+        .merge(legacy::operator_routes())
+        .route_layer(from_fn_with_state(state.clone(), api::admin_guard));
+    Router::new()
+        .merge(upgrade::routes())
+        .merge(probes::routes())
+        .merge(legacy::routes())
+        .merge(operator)
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        // The API's bodies are a few hundred bytes; axum's default would
+        // buffer 2 MB per request before a handler (or its admin check) runs.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(map_response(error::framework_errors_as_json))
+        .with_state(state)
+}

@@ -1,0 +1,11 @@
+-- Rooms::list_rooms. KEYS: room index. ARGV: the name to start after ('':
+-- from the first), how many at most. Returns {room, member count, ...} in
+-- name order: O(log rooms + page).
+local from = '-'
+if ARGV[1] ~= '' then from = '(' .. ARGV[1] end
+local out = {}
+for _, r in ipairs(redis.call('ZRANGEBYLEX', KEYS[1], from, '+', 'LIMIT', 0, ARGV[2])) do
+  table.insert(out, r)
+  table.insert(out, redis.call('HLEN', k_room_members(r)))
+end
+return out
