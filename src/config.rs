@@ -124,6 +124,30 @@ mod opt_addr_v6 {
     }
 }
 
+/// An optional `ip:port` as text; empty is `None` (off).
+mod opt_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        text.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("`{text}` is not an `ip:port` address (empty: off)"))
+        })
+    }
+}
+
 /// Networks: CIDRs (`10.0.0.0/8`) or single addresses (`127.0.0.1`, a /32
 /// or /128), as text in the file.
 mod nets {
@@ -174,6 +198,9 @@ pub struct Config {
     pub stun: StunConfig,
     /// Worker rendezvous: pairing and the older rendezvous service's protocol.
     pub rendezvous: RendezvousConfig,
+    /// The doors for older systems' clients that need listeners or paths of
+    /// their own (the room signaling server's, the dashboard server's).
+    pub doors: DoorsConfig,
 }
 
 /// `[server]`
@@ -557,6 +584,88 @@ impl Default for RendezvousConfig {
     }
 }
 
+/// `[doors]`: where the doors of older systems' clients are served. Each
+/// door can have listeners of its own, where it owns the whole path space
+/// (as the old server did, so its clients need only a new host name), and/or
+/// a path prefix on the main listener (`server.listen`). Everything is off
+/// by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DoorsConfig {
+    /// The room signaling server's clients (HTTP sign-in and rooms, and a
+    /// WebSocket at any path).
+    pub room_signaling: RoomSignalingDoor,
+    /// The dashboard server's clients (WebSocket at `/ws/`, `/api/config`,
+    /// `/health`).
+    pub dashboard: DashboardDoor,
+}
+
+/// `[doors.room_signaling]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomSignalingDoor {
+    /// Its HTTP listener (the old server's was port 8001); empty: none.
+    #[serde(with = "opt_addr")]
+    pub http_listen: Option<SocketAddr>,
+    /// Its WebSocket listener, any path (the old server's was port 8080);
+    /// empty: none.
+    #[serde(with = "opt_addr")]
+    pub ws_listen: Option<SocketAddr>,
+    /// Also (or only) serve it on the main listener under this prefix
+    /// (`/signaling`: HTTP at `/signaling/create-room`, ..., the WebSocket at
+    /// `/signaling/ws`); empty: not on the main listener.
+    pub prefix: String,
+}
+
+/// `[doors.dashboard]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardDoor {
+    /// Its listener (the old server's was port 3001); empty: none.
+    #[serde(with = "opt_addr")]
+    pub listen: Option<SocketAddr>,
+    /// Also (or only) serve it on the main listener under this prefix
+    /// (`/dashboard`: the WebSocket at `/dashboard/ws/`, `/dashboard/api/config`,
+    /// `/dashboard/health`); empty: not on the main listener.
+    pub prefix: String,
+}
+
+/// Paths of the main listener a door prefix must not take (or shadow).
+const RESERVED_PREFIXES: [&str; 9] = [
+    "/ws", "/api", "/metrics", "/health", "/healthz", "/readyz", "/debug", "/worker", "/admin",
+];
+
+/// Checks a door's `prefix`: empty, or `/` and one or more path segments of
+/// `[A-Za-z0-9._~-]`, no trailing `/`, not one of the main listener's own
+/// paths.
+fn check_prefix(key: &str, prefix: &str, errs: &mut Vec<String>) {
+    if prefix.is_empty() {
+        return;
+    }
+    let segments_ok = prefix.starts_with('/')
+        && prefix[1..].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+        });
+    if !segments_ok {
+        errs.push(format!(
+            "{key}: `{prefix}` must be `/` and path segments of letters, digits, `.`, `_`, `~`, `-` (no trailing `/`), or empty"
+        ));
+        return;
+    }
+    let first = prefix.split('/').nth(1).unwrap_or_default();
+    if RESERVED_PREFIXES.contains(&format!("/{first}").as_str()) {
+        errs.push(format!(
+            "{key}: `{prefix}` is under a path of the main listener ({})",
+            RESERVED_PREFIXES.join(", ")
+        ));
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -670,6 +779,50 @@ impl Config {
         }
     }
 
+    /// The doors' prefixes are well formed and distinct, and no two
+    /// listeners (the main one, the doors', STUN's are UDP) share an address.
+    fn validate_doors(&self, errs: &mut Vec<String>) {
+        let d = &self.doors;
+        check_prefix(
+            "doors.room_signaling.prefix",
+            &d.room_signaling.prefix,
+            errs,
+        );
+        check_prefix("doors.dashboard.prefix", &d.dashboard.prefix, errs);
+        let (a, b) = (&d.room_signaling.prefix, &d.dashboard.prefix);
+        if !a.is_empty() && !b.is_empty() {
+            let nested = |x: &str, y: &str| x == y || y.starts_with(&format!("{x}/"));
+            if nested(a, b) || nested(b, a) {
+                errs.push(format!(
+                    "doors.dashboard.prefix: `{b}` overlaps doors.room_signaling.prefix `{a}`"
+                ));
+            }
+        }
+        let mut seen: Vec<(&str, SocketAddr)> = vec![("server.listen", self.server.listen)];
+        for (key, addr) in self.door_listeners() {
+            if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr && addr.port() != 0) {
+                errs.push(format!("{key}: {addr} is also {other}"));
+            }
+            seen.push((key, addr));
+        }
+    }
+
+    /// The doors' own listeners that are configured, by config key.
+    pub fn door_listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let d = &self.doors;
+        [
+            (
+                "doors.room_signaling.http_listen",
+                d.room_signaling.http_listen,
+            ),
+            ("doors.room_signaling.ws_listen", d.room_signaling.ws_listen),
+            ("doors.dashboard.listen", d.dashboard.listen),
+        ]
+        .into_iter()
+        .filter_map(|(k, a)| a.map(|a| (k, a)))
+        .collect()
+    }
+
     /// Semantic checks serde cannot express; one message per bad key.
     pub fn validate(&self) -> Vec<String> {
         let mut errs = Vec::new();
@@ -771,6 +924,7 @@ impl Config {
                 self.limits.heartbeat_interval.as_millis()
             ));
         }
+        self.validate_doors(&mut errs);
         let url = self.cluster.redis_url.expose();
         if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
             // fred parses these, but the store's scripts touch keys of
@@ -1003,6 +1157,44 @@ mod tests {
     fn shipped_default_toml_matches_built_in_defaults() {
         let text = include_str!("../config/default.toml");
         assert_eq!(from_toml_str(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn door_prefixes_and_listeners_are_checked() {
+        let bad = from_toml_str(
+            "[doors.room_signaling]\nprefix = \"/api/x\"\nhttp_listen = \"127.0.0.1:9000\"\n\
+             ws_listen = \"127.0.0.1:9000\"\n[doors.dashboard]\nprefix = \"dash/\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            bad.0,
+            vec![
+                "doors.room_signaling.prefix: `/api/x` is under a path of the main listener \
+                 (/ws, /api, /metrics, /health, /healthz, /readyz, /debug, /worker, /admin)"
+                    .to_string(),
+                "doors.dashboard.prefix: `dash/` must be `/` and path segments of letters, \
+                 digits, `.`, `_`, `~`, `-` (no trailing `/`), or empty"
+                    .to_string(),
+                "doors.room_signaling.ws_listen: 127.0.0.1:9000 is also doors.room_signaling.http_listen"
+                    .to_string(),
+            ]
+        );
+        let overlap = from_toml_str(
+            "[doors.room_signaling]\nprefix = \"/legacy\"\n[doors.dashboard]\nprefix = \"/legacy/dash\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            overlap.0,
+            vec!["doors.dashboard.prefix: `/legacy/dash` overlaps doors.room_signaling.prefix `/legacy`".to_string()]
+        );
+        let good = from_toml_str(
+            "[doors.room_signaling]\nprefix = \"/signaling\"\nhttp_listen = \"127.0.0.1:0\"\n\
+             ws_listen = \"127.0.0.1:0\"\n[doors.dashboard]\nprefix = \"/x/dashboard-1.0\"\nlisten = \"[::1]:3001\"\n",
+        )
+        .unwrap();
+        assert_eq!(good.validate(), Vec::<String>::new());
+        assert_eq!(good.door_listeners().len(), 3);
+        assert!(from_toml_str("[doors.dashboard]\nlisten = \"3001\"\n").is_err());
     }
 
     #[test]

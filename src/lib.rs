@@ -87,6 +87,8 @@ pub struct Started {
     pub node: Arc<Node>,
     /// The bound HTTP/WebSocket listener.
     listener: TcpListener,
+    /// The doors' own listeners, by configuration key (`[doors]`).
+    doors: Vec<(&'static str, TcpListener)>,
     /// Renders `/metrics`.
     metrics: PrometheusHandle,
     /// The address the listener is bound to.
@@ -151,6 +153,20 @@ pub async fn start(mut cfg: Config) -> Result<Started, StartError> {
             core.cfg.server.listen
         ))
     })?;
+    // The doors' own listeners, each named by its key when it cannot bind.
+    let mut doors = Vec::new();
+    for (key, want) in core.cfg.door_listeners() {
+        let door = bind_listener(want).map_err(|e| {
+            tracing::error!(%key, addr = %want, error = %e, "cannot bind");
+            StartError::Io(format!("{key}: cannot bind {want}: {e}"))
+        })?;
+        let bound = door
+            .local_addr()
+            .map_err(|e| StartError::Io(e.to_string()))?;
+        // Not "listening on": that line announces the main listener.
+        tracing::info!("{key}: listening at {bound}");
+        doors.push((key, door));
+    }
     // The STUN responder binds before the node announces itself: a port that
     // is taken stops the start, naming the key.
     let stun = rendezvous::bind_stun(&core.cfg.stun).await.map_err(|e| {
@@ -171,6 +187,7 @@ pub async fn start(mut cfg: Config) -> Result<Started, StartError> {
     Ok(Started {
         node,
         listener,
+        doors,
         metrics,
         addr,
     })
@@ -185,7 +202,7 @@ impl Started {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        run(self.listener, self.node, self.metrics, shutdown).await
+        run(self.listener, self.doors, self.node, self.metrics, shutdown).await
     }
 }
 
@@ -217,23 +234,29 @@ fn log_admission(node: &Node) {
     }
 }
 
-/// Serves `node` on `listener` until `shutdown` resolves, then drains: readiness
-/// fails, clients are told to reconnect, and after the grace period the
-/// remaining sockets close with 1012; then the node's background tasks stop.
-/// Returns once every connection has ended.
+/// Serves `node` on `listener` (and each door on its own listener) until
+/// `shutdown` resolves, then drains: readiness fails, clients are told to
+/// reconnect, and after the grace period the remaining sockets close with
+/// 1012; then the node's background tasks stop. Returns once every
+/// connection has ended.
 pub async fn run(
     listener: TcpListener,
+    doors: Vec<(&'static str, TcpListener)>,
     node: Arc<Node>,
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = http::router(http::AppState {
+    let state = http::AppState {
         node: node.clone(),
         metrics,
-    });
+    };
+    let mut listeners = vec![(listener, http::router(state.clone()))];
+    for (key, door) in doors {
+        listeners.push((door, http::door_router(state.clone(), key)));
+    }
     let stop_http = CancellationToken::new();
     let limits = server::HttpLimits::new(&node.core.cfg.server, node.trusted_proxies.clone());
-    let server = tokio::spawn(server::serve(listener, app, limits, stop_http.clone()));
+    let server = tokio::spawn(server::serve_all(listeners, limits, stop_http.clone()));
     shutdown.await;
     node.drain(node.core.cfg.shutdown.grace_period).await;
     stop_http.cancel();

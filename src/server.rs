@@ -244,13 +244,63 @@ pub async fn serve(
     limits: HttpLimits,
     stop: CancellationToken,
 ) -> io::Result<()> {
-    let slots = Arc::new(Slots::new(&limits));
-    let builder = Arc::new(builder(&limits));
-    let timeouts = Timeouts {
-        head: limits.header_read_timeout,
-        request: limits.request_timeout,
+    serve_all(vec![(listener, router)], limits, stop).await
+}
+
+/// [`serve`] for several listeners, each with its router (the main one and
+/// the doors' own). They share one budget: the pending slots
+/// (`server.max_pending`, per address and in total) count the connections
+/// of all of them, as the open-file budget does.
+pub async fn serve_all(
+    listeners: Vec<(TcpListener, Router)>,
+    limits: HttpLimits,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    let shared = Shared {
+        slots: Arc::new(Slots::new(&limits)),
+        builder: Arc::new(builder(&limits)),
+        timeouts: Timeouts {
+            head: limits.header_read_timeout,
+            request: limits.request_timeout,
+        },
+        tracker: TaskTracker::new(),
+        stop,
     };
-    let tracker = TaskTracker::new();
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, router)| tokio::spawn(accept_loop(listener, router, shared.clone())))
+        .collect();
+    for l in loops {
+        if let Err(e) = l.await {
+            tracing::error!(error = %e, "an accept loop failed");
+        }
+    }
+    shared.tracker.close();
+    shared.tracker.wait().await;
+    Ok(())
+}
+
+/// What the accept loops of one server share.
+#[derive(Clone)]
+struct Shared {
+    slots: Arc<Slots>,
+    builder: Arc<Builder<TokioExecutor>>,
+    timeouts: Timeouts,
+    /// Every connection of every listener, awaited at the end.
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// Accepts on one listener until `stop`; its connections run on the shared
+/// tracker.
+async fn accept_loop(listener: TcpListener, router: Router, shared: Shared) {
+    let Shared {
+        slots,
+        builder,
+        timeouts,
+        tracker,
+        stop,
+    } = shared;
     let mut errors = AcceptErrors::default();
     let refused_ip = metrics::counter!(m::HTTP_REFUSED, "reason" => "pending_per_ip");
     let paused = metrics::counter!(m::HTTP_ACCEPT_PAUSED);
@@ -312,10 +362,6 @@ pub async fn serve(
             slot,
         ));
     }
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
-    Ok(())
 }
 
 /// hyper's settings for every connection.

@@ -9,6 +9,10 @@
 //!   `/api/workers`, `/api/connect`) and the admin guard;
 //! - [`legacy`]: the older rendezvous service's `/`, `/debug/list_workers`
 //!   and worker door `/ws/register/{worker_id}`;
+//! - [`room_signaling`] and [`dashboard`]: the doors of the room signaling
+//!   and dashboard servers' clients, on listeners of their own
+//!   ([`door_router`]) and/or under a prefix on the main listener
+//!   (`[doors]` in the configuration);
 //! - [`forwarded`]: the client's address behind a trusted proxy;
 //! - [`error`]: every error answer, JSON `{"error": {"code", "message"}}`
 //!   with a code from [`crate::error::ErrorCode`] and the status one
@@ -22,10 +26,12 @@
 //! included.
 
 pub mod api;
+pub mod dashboard;
 pub mod error;
 pub mod forwarded;
 pub mod legacy;
 pub mod probes;
+pub mod room_signaling;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -65,11 +71,41 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes())
         .merge(legacy::operator_routes())
         .route_layer(from_fn_with_state(state.clone(), api::admin_guard));
-    Router::new()
+    let mut main = Router::new()
         .merge(upgrade::routes())
         .merge(probes::routes())
         .merge(legacy::routes())
-        .merge(operator)
+        .merge(operator);
+    let doors = &state.node.core.cfg.doors;
+    if !doors.room_signaling.prefix.is_empty() {
+        main = main.nest(
+            &doors.room_signaling.prefix,
+            room_signaling::prefixed_routes(),
+        );
+    }
+    if !doors.dashboard.prefix.is_empty() {
+        main = main.nest(&doors.dashboard.prefix, dashboard::routes());
+    }
+    finish(main, state)
+}
+
+/// The router of a door's own listener, by its configuration key (see
+/// [`crate::config::Config::door_listeners`]): the door owns the whole path
+/// space there, as the old server did.
+pub fn door_router(state: AppState, key: &str) -> Router {
+    let routes = match key {
+        "doors.room_signaling.http_listen" => room_signaling::http_routes(),
+        "doors.room_signaling.ws_listen" => room_signaling::ws_routes(),
+        "doors.dashboard.listen" => dashboard::routes(),
+        other => unreachable!("no door listener is configured as {other}"),
+    };
+    finish(routes, state)
+}
+
+/// What every listener's router gets: the JSON 404, the body cap, and the
+/// framework's own error answers as JSON.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         // The API's bodies are a few hundred bytes; axum's default would
         // buffer 2 MB per request before a handler (or its admin check) runs.

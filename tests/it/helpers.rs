@@ -312,6 +312,19 @@ impl TestNode {
         self.addr
     }
 
+    /// The address a door's own listener is bound to, by its configuration
+    /// key (`doors.dashboard.listen`), from the node's `KEY: listening at
+    /// ADDR` line (printed before the main listener's, so already there).
+    pub fn door_addr(&self, key: &str) -> SocketAddr {
+        let needle = format!("{key}: listening at ");
+        let line = self.wait_log(&needle, Duration::from_secs(1));
+        let rest = &line[line.find(&needle).unwrap() + needle.len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
+            .unwrap_or(rest.len());
+        rest[..end].parse().expect("a door address")
+    }
+
     /// The working directory of the process.
     pub fn dir(&self) -> &Path {
         self.dir.path()

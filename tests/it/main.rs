@@ -18,6 +18,7 @@ mod auth;
 mod bad_input;
 mod codecs;
 mod config;
+mod doors;
 mod http;
 mod http2;
 mod http_errors;
