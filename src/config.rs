@@ -174,6 +174,8 @@ pub struct Config {
     pub stun: StunConfig,
     /// Worker rendezvous: pairing and the older rendezvous service's protocol.
     pub rendezvous: RendezvousConfig,
+    /// Rooms created ahead of time over HTTP (`POST /api/rooms`).
+    pub rooms: RoomsConfig,
 }
 
 /// `[server]`
@@ -557,6 +559,61 @@ impl Default for RendezvousConfig {
     }
 }
 
+/// `[rooms]`: rooms made ahead of time with `POST /api/rooms`, with a
+/// lifetime and a join token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// Who may create rooms (and delete them with their token); an admin
+    /// may always.
+    pub create: RoomCreatePolicy,
+    /// The longest lifetime a room may be given (`ttl_secs`); also the
+    /// lifetime of a room a caller other than an admin creates without one.
+    #[serde(rename = "max_ttl_ms", with = "millis")]
+    pub max_ttl: Duration,
+    /// How often the node holding the sweeper's lease looks for rooms whose
+    /// lifetime ran out: a room closes at most about this long after its time.
+    #[serde(rename = "sweep_interval_ms", with = "millis")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            create: RoomCreatePolicy::Admin,
+            max_ttl: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_millis(1_000),
+        }
+    }
+}
+
+/// `rooms.create`: who may create rooms over HTTP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomCreatePolicy {
+    /// Whoever passes the operator endpoints' guard: `Authorization: Bearer
+    /// <http.admin_token>`, or, without an admin token, a plain loopback
+    /// request.
+    #[default]
+    Admin,
+    /// Also anyone with a JWT the node's `auth.jwt` keys verify
+    /// (`Authorization: Bearer <jwt>`).
+    SignedIn,
+    /// Anyone who can reach the port.
+    Anyone,
+}
+
+impl RoomCreatePolicy {
+    /// The config value, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::SignedIn => "signed_in",
+            Self::Anyone => "anyone",
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -741,6 +798,7 @@ impl Config {
                 self.limits.heartbeat_interval,
             ),
             ("limits.heartbeat_timeout_ms", self.limits.heartbeat_timeout),
+            ("rooms.sweep_interval_ms", self.rooms.sweep_interval),
         ] {
             if d.is_zero() {
                 errs.push(format!("{k}: must be greater than 0"));
@@ -750,6 +808,11 @@ impl Config {
             if v == 0 {
                 errs.push(format!("{k}: must be greater than 0"));
             }
+        }
+        if self.rooms.max_ttl < Duration::from_secs(1) {
+            errs.push(
+                "rooms.max_ttl_ms: must be at least 1000 (a lifetime is whole seconds)".into(),
+            );
         }
         if self.limits.max_frame_bytes < 1024 {
             errs.push("limits.max_frame_bytes: must be at least 1024".into());
