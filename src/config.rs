@@ -1108,6 +1108,29 @@ mod tests {
     }
 
     #[test]
+    fn rooms_keys_are_checked() {
+        let ok = from_toml_str("[rooms]\ncreate = \"signed_in\"\nmax_ttl_ms = 7200000\n").unwrap();
+        assert_eq!(ok.rooms.create, RoomCreatePolicy::SignedIn);
+        assert_eq!(ok.rooms.max_ttl, Duration::from_secs(7200));
+        let err = from_toml_str(
+            "[rooms]\ncreate = \"everyone\"\nmax_ttl_ms = 999\nsweep_interval_ms = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "rooms.create",
+            "rooms.max_ttl_ms",
+            "rooms.sweep_interval_ms",
+        ] {
+            assert!(text_has(&err, key), "{key} missing in:\n{err}");
+        }
+    }
+
+    fn text_has(text: &str, key: &str) -> bool {
+        text.lines().any(|l| l.starts_with(key))
+    }
+
+    #[test]
     fn semantic_errors_name_the_key() {
         let err = from_toml_str("[server]\nlisten = \"nowhere\"\n[limits]\noutbound_queue = 0\n")
             .unwrap_err();
