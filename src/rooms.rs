@@ -570,21 +570,27 @@ impl Rooms {
                 room,
                 reason,
                 members,
-            } => {
-                if self.drop_closed(&room, reason, &members) {
-                    let core = self.core.clone();
-                    self.core.spawn(async move {
-                        // Unless a peer here joined a room of that name meanwhile.
-                        if !core.hub.has_room(&room) {
-                            if let Err(e) = core.bus.unsubscribe_room(&room).await {
-                                warn!(room = %room, error = %e, "unsubscribe failed");
-                            }
-                        }
-                    });
-                }
-            }
+            } => self.closed_remotely(room, reason, &members),
             _ => {}
         }
+    }
+
+    /// Another node closed `room`: this node's members among `members` are
+    /// told and dropped; when none is left here, the node stops listening
+    /// to the room (in a task: this runs on the bus reader's path).
+    fn closed_remotely(&self, room: RoomName, reason: RoomClosedReason, members: &[(PeerId, u64)]) {
+        if !self.drop_closed(&room, reason, members) {
+            return;
+        }
+        let core = self.core.clone();
+        self.core.spawn(async move {
+            // Unless a peer here joined a room of that name meanwhile.
+            if !core.hub.has_room(&room) {
+                if let Err(e) = core.bus.unsubscribe_room(&room).await {
+                    warn!(room = %room, error = %e, "unsubscribe failed");
+                }
+            }
+        });
     }
 
     /// Tells every node (this one included) that members of a dead node
