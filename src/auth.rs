@@ -21,6 +21,26 @@ use crate::config::{JwtConfig, KeyFamily};
 pub struct Claims {
     /// The peer id the token is for.
     pub sub: String,
+    /// Rooms the token grants: a `join` into one of them needs no room
+    /// token (docs/PROTOCOL.md, 5.2). A list of room names; a claim of
+    /// another shape, or entries that are not strings, grant nothing
+    /// (rather than refuse a token an issuer gave a `rooms` claim of its own).
+    #[serde(default, deserialize_with = "room_names")]
+    pub rooms: Vec<String>,
+}
+
+/// The strings of a `rooms` claim that is an array; nothing otherwise.
+fn room_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Array(a) => a
+            .into_iter()
+            .filter_map(|v| match v {
+                serde_json::Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    })
 }
 
 /// Why a token was refused (the text is sent to the client).

@@ -71,6 +71,11 @@ keys! {
     /// (Releases before issue 14 kept an unordered set `rooms`, no longer
     /// written.)
     fn room_index() => "room-index";
+    /// Sorted set of every room with a lifetime, scored by its `expires_at`
+    /// (unix ms): the room sweeper reads what is due (`ZRANGEBYSCORE`).
+    fn room_expiry() => "room-expiry";
+    /// String, with a TTL: the holder (a node id) of a lease (`lease:room-sweeper`).
+    fn lease(name: str) => "lease:{}";
     /// Hash: a room's record (see `store::redis` for the fields).
     fn room_record(r: RoomName) => "room:{}:record";
     /// Hash peer -> `"<epoch> <node>\n<meta JSON>"`: a room's members (see `store::redis`).

@@ -198,6 +198,8 @@ pub struct Config {
     pub stun: StunConfig,
     /// Worker rendezvous: pairing and the older rendezvous service's protocol.
     pub rendezvous: RendezvousConfig,
+    /// Rooms created ahead of time over HTTP (`POST /api/rooms`).
+    pub rooms: RoomsConfig,
     /// The doors for older systems' clients that need listeners or paths of
     /// their own (the room signaling server's, the dashboard server's).
     pub doors: DoorsConfig,
@@ -584,6 +586,61 @@ impl Default for RendezvousConfig {
     }
 }
 
+/// `[rooms]`: rooms made ahead of time with `POST /api/rooms`, with a
+/// lifetime and a join token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// Who may create rooms (and delete them with their token); an admin
+    /// may always.
+    pub create: RoomCreatePolicy,
+    /// The longest lifetime a room may be given (`ttl_secs`); also the
+    /// lifetime of a room a caller other than an admin creates without one.
+    #[serde(rename = "max_ttl_ms", with = "millis")]
+    pub max_ttl: Duration,
+    /// How often the node holding the sweeper's lease looks for rooms whose
+    /// lifetime ran out: a room closes at most about this long after its time.
+    #[serde(rename = "sweep_interval_ms", with = "millis")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            create: RoomCreatePolicy::Admin,
+            max_ttl: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_millis(1_000),
+        }
+    }
+}
+
+/// `rooms.create`: who may create rooms over HTTP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomCreatePolicy {
+    /// Whoever passes the operator endpoints' guard: `Authorization: Bearer
+    /// <http.admin_token>`, or, without an admin token, a plain loopback
+    /// request.
+    #[default]
+    Admin,
+    /// Also anyone with a JWT the node's `auth.jwt` keys verify
+    /// (`Authorization: Bearer <jwt>`).
+    SignedIn,
+    /// Anyone who can reach the port.
+    Anyone,
+}
+
+impl RoomCreatePolicy {
+    /// The config value, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::SignedIn => "signed_in",
+            Self::Anyone => "anyone",
+        }
+    }
+}
+
 /// `[doors]`: where the doors of older systems' clients are served. Each
 /// door can have listeners of its own, where it owns the whole path space
 /// (as the old server did, so its clients need only a new host name), and/or
@@ -894,6 +951,7 @@ impl Config {
                 self.limits.heartbeat_interval,
             ),
             ("limits.heartbeat_timeout_ms", self.limits.heartbeat_timeout),
+            ("rooms.sweep_interval_ms", self.rooms.sweep_interval),
         ] {
             if d.is_zero() {
                 errs.push(format!("{k}: must be greater than 0"));
@@ -903,6 +961,11 @@ impl Config {
             if v == 0 {
                 errs.push(format!("{k}: must be greater than 0"));
             }
+        }
+        if self.rooms.max_ttl < Duration::from_secs(1) {
+            errs.push(
+                "rooms.max_ttl_ms: must be at least 1000 (a lifetime is whole seconds)".into(),
+            );
         }
         if self.limits.max_frame_bytes < 1024 {
             errs.push("limits.max_frame_bytes: must be at least 1024".into());
@@ -1234,6 +1297,29 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.lines().count(), 2, "{text}");
+    }
+
+    #[test]
+    fn rooms_keys_are_checked() {
+        let ok = from_toml_str("[rooms]\ncreate = \"signed_in\"\nmax_ttl_ms = 7200000\n").unwrap();
+        assert_eq!(ok.rooms.create, RoomCreatePolicy::SignedIn);
+        assert_eq!(ok.rooms.max_ttl, Duration::from_secs(7200));
+        let err = from_toml_str(
+            "[rooms]\ncreate = \"everyone\"\nmax_ttl_ms = 999\nsweep_interval_ms = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "rooms.create",
+            "rooms.max_ttl_ms",
+            "rooms.sweep_interval_ms",
+        ] {
+            assert!(text_has(&err, key), "{key} missing in:\n{err}");
+        }
+    }
+
+    fn text_has(text: &str, key: &str) -> bool {
+        text.lines().any(|l| l.starts_with(key))
     }
 
     #[test]

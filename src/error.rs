@@ -120,6 +120,18 @@ error_codes! {
     /// HTTP: a WebSocket upgrade request on a connection that cannot be
     /// upgraded (no upgrade state: for example HTTP/1.0).
     UpgradeRequired => "upgrade-required",
+    /// HTTP: `POST /api/rooms` names a room that exists (one created
+    /// before, or one with members).
+    RoomExists => "room-exists",
+    /// `join` without a `token` into a room that has one (and no JWT
+    /// `rooms` claim granting it).
+    RoomTokenRequired => "room-token-required",
+    /// `join` with a `token` that is not the room's (and no JWT `rooms`
+    /// claim granting it).
+    RoomTokenInvalid => "room-token-invalid",
+    /// `join` into a room whose lifetime has run out (it is closed within
+    /// a moment, if it is not already).
+    RoomExpired => "room-expired",
 }
 
 /// An error addressed to one client: a code and a human-readable message.

@@ -232,6 +232,18 @@ fn log_admission(node: &Node) {
     if node.core.cfg.http.admin_token.is_empty() {
         tracing::info!("admin endpoints answer plain loopback requests only (no http.admin_token)");
     }
+    use crate::config::RoomCreatePolicy as R;
+    match node.core.cfg.rooms.create {
+        R::Admin => {}
+        R::SignedIn if node.anonymous_mode() != M::TokenRequired => tracing::warn!(
+            "rooms.create = \"signed_in\", but no auth.jwt key is configured to verify a token with: only an admin may create rooms"
+        ),
+        R::SignedIn => tracing::info!("rooms: any caller with a valid token may create rooms (rooms.create = \"signed_in\")"),
+        R::Anyone => tracing::warn!(
+            %listen,
+            "rooms: anyone who reaches this port may create rooms (rooms.create = \"anyone\")"
+        ),
+    }
 }
 
 /// Serves `node` on `listener` (and each door on its own listener) until

@@ -50,7 +50,7 @@ pub const BUS_DECODE_ERRORS: &str = "switchboard_bus_decode_errors_total";
 pub const BUS_VERSION_MISMATCH: &str = "switchboard_bus_version_mismatch_total";
 /// Counter: cleanup steps that failed (each retried or skipped, see `node`),
 /// by `op` (`leave`, `unregister`, `announce`, `reregister`,
-/// `reregister-peer`, `restore-member`, `reap`, `list-nodes`).
+/// `reregister-peer`, `restore-member`, `reap`, `list-nodes`, `sweep`).
 pub const CLEANUP_FAILURES: &str = "switchboard_cleanup_failures_total";
 /// Counter: `peer-left` announcements dropped unpublished because too many
 /// were waiting for the bus.
@@ -139,6 +139,16 @@ pub const MAX_CONNECTIONS: &str = "switchboard_max_connections";
 pub const OPEN_FILES_LIMIT: &str = "switchboard_open_files_limit";
 /// Counter: failed `accept` calls, by `kind` (`emfile`, `enfile`, `other`).
 pub const ACCEPT_ERRORS: &str = "switchboard_accept_errors_total";
+/// Counter: rooms created with `POST /api/rooms` on this node.
+pub const ROOMS_CREATED: &str = "switchboard_rooms_created_total";
+/// Counter: rooms whose lifetime ran out, removed by this node's sweeper
+/// (summed over the nodes: every expired room once).
+pub const ROOMS_EXPIRED: &str = "switchboard_rooms_expired_total";
+/// Counter: rooms deleted with `DELETE /api/rooms/{room}` on this node.
+pub const ROOMS_DELETED: &str = "switchboard_rooms_deleted_total";
+/// Counter: `room-closed` announcements to other nodes dropped unpublished
+/// because too many were waiting for the bus.
+pub const ROOM_CLOSED_DROPPED: &str = "switchboard_room_closed_dropped_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -396,4 +406,14 @@ fn describe() {
     );
     describe_gauge!(OPEN_FILES_LIMIT, "Open-file soft limit of the process");
     describe_counter!(ACCEPT_ERRORS, "Failed accept calls, by kind");
+    describe_counter!(ROOMS_CREATED, "Rooms created over HTTP on this node");
+    describe_counter!(
+        ROOMS_EXPIRED,
+        "Rooms whose lifetime ran out, removed by this node's sweeper"
+    );
+    describe_counter!(ROOMS_DELETED, "Rooms deleted over HTTP on this node");
+    describe_counter!(
+        ROOM_CLOSED_DROPPED,
+        "room-closed announcements dropped because too many waited for the bus"
+    );
 }

@@ -12,7 +12,9 @@
 //! - [`Node::dispatch`] runs one command of a registered connection;
 //! - events from other nodes arrive in [`Node::handle_remote`];
 //! - the maintenance loop keeps the heartbeat, re-registers after an
-//!   outage, and reaps dead nodes; [`Node::drain`] is the shutdown.
+//!   outage, and reaps dead nodes; the room sweeper closes rooms whose
+//!   lifetime ran out, on the one node holding its lease;
+//!   [`Node::drain`] is the shutdown.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -23,7 +25,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, Claims};
 use crate::bus::local::{LocalBus, LocalNet};
 use crate::bus::redis::RedisBus;
 use crate::bus::{Envelope, NodeEvent, RemoteSignal, Undecodable, WarnEvery, ENVELOPE_VERSION};
@@ -218,6 +220,7 @@ impl Node {
         core.spawn(inbox_loop(Arc::downgrade(&node), inbox));
         core.spawn(maintenance(Arc::downgrade(&node)));
         core.spawn(keep_views(Arc::downgrade(&node)));
+        core.spawn(sweep_rooms(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -284,6 +287,8 @@ impl Node {
             meta,
             credentials,
         } = reg;
+        // Rooms the token grants (its `rooms` claim).
+        let mut grants: Vec<String> = Vec::new();
         let token_for_id = if credentials.token_verified {
             true
         } else if let Some(auth) = &self.auth {
@@ -300,6 +305,7 @@ impl Node {
                     )?,
                 );
             }
+            grants = claims.rooms;
             true
         } else if self.anonymous.allows_anonymous() {
             false
@@ -313,7 +319,7 @@ impl Node {
             presented: credentials.reconnect_secret.as_deref().map(hash_secret),
             secret: secret_hash,
         };
-        let Ok((session, stun_username)) = self
+        let Ok((mut session, stun_username)) = self
             .claim_id(peer.clone(), handle, meta, door, observed, claim)
             .await
         else {
@@ -329,6 +335,7 @@ impl Node {
                 close: None,
             });
         };
+        session.room_grants = grants.into_boxed_slice();
         let welcome = Welcome {
             peer_id: session.peer.clone(),
             node: self.core.id.clone(),
@@ -338,6 +345,12 @@ impl Node {
             reconnect_secret: secret,
         };
         Ok(Registered { session, welcome })
+    }
+
+    /// Verifies a JWT with the node's `auth.jwt` keys, for any subject (the
+    /// HTTP door's signed-in callers); `None` when no key is configured.
+    pub fn verify_token(&self, token: Option<&str>) -> Option<Result<Claims, AuthError>> {
+        self.auth.as_ref().map(|a| a.verify(token, None))
     }
 
     /// How this node treats peers without a token (from `auth.anonymous`,
@@ -463,6 +476,7 @@ impl Node {
                 meta,
                 rooms: HashSet::new(),
                 rdv,
+                room_grants: Box::default(),
             },
             stun_username,
         ))
@@ -550,8 +564,11 @@ impl Node {
         received: Instant,
     ) {
         let ack = |id: &Option<Value>| id.clone().map(|id| Event::Ack { id });
+        s.sync_rooms(&self.core.hub);
         let result = match cmd {
-            Command::Join { room, meta } => self.rooms.join(s, id.clone(), room, meta).await,
+            Command::Join { room, meta, token } => {
+                self.rooms.join(s, id.clone(), room, meta, token).await
+            }
             Command::Leave { room } => self.rooms.leave(s, &room).await.map(|()| ack(&id)),
             Command::Signal { to, kind, data } => {
                 self.relay
@@ -697,7 +714,8 @@ impl Node {
             NodeEvent::Undecodable(u) => self.bus_undecodable(origin, *u),
             e @ (NodeEvent::Message { .. }
             | NodeEvent::PeerJoined { .. }
-            | NodeEvent::PeerLeft { .. }) => self.rooms.deliver_remote(e),
+            | NodeEvent::PeerLeft { .. }
+            | NodeEvent::RoomClosed { .. }) => self.rooms.deliver_remote(e),
             NodeEvent::Probe { .. } => {}
             NodeEvent::Kick { peer_id, epoch } => {
                 if let Some(h) = self.core.hub.get(&peer_id).filter(|h| h.epoch == epoch) {
@@ -921,6 +939,51 @@ async fn keep_views(node: std::sync::Weak<Node>) {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
         node.refresh_live_nodes().await;
+    }
+}
+
+/// The lease behind which one node at a time sweeps expired rooms.
+pub const SWEEPER_LEASE: &str = "room-sweeper";
+
+/// Every `rooms.sweep_interval_ms`: takes or renews the sweeper's lease
+/// and, holding it, closes the rooms whose lifetime ran out
+/// ([`Rooms::sweep_expired`]). The lease lives three intervals, so a
+/// sweeper that dies is replaced within about that; one that only stalls
+/// and finds the lease taken stops sweeping, and if two ever sweep at once
+/// the store still closes each room once.
+async fn sweep_rooms(node: std::sync::Weak<Node>) {
+    let period = match node.upgrade() {
+        Some(n) => n.core.cfg.rooms.sweep_interval,
+        None => return,
+    };
+    let lease = period.saturating_mul(3);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        if !node.core.bus.is_connected() {
+            continue;
+        }
+        match node
+            .core
+            .store
+            .try_lease(SWEEPER_LEASE, &node.core.id, lease)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                debug!(error = %e, "the room sweeper's lease could not be asked for");
+                continue;
+            }
+        }
+        match node.rooms.sweep_expired().await {
+            Ok(0) => {}
+            Ok(n) => info!(rooms = n, "closed rooms whose lifetime ran out"),
+            // Retried at the next tick.
+            Err(e) => cleanup_failed("sweep", &"expired rooms", &e),
+        }
     }
 }
 

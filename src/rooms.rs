@@ -7,6 +7,14 @@
 //! room's channel, heard only by nodes with members there. The rules that
 //! keep presence consistent (join order, the gate, exactly one `peer-left`
 //! per membership) are in docs/DESIGN.md ("Join order", "Leave").
+//!
+//! A room may also be a record made ahead of time (`POST /api/rooms`), with
+//! a join token and a lifetime: [`Rooms::join`] shows the store the token
+//! (or the connection's grant), which checks it in the same step as the
+//! join; [`Rooms::close_room`] tells the members of a room that was deleted
+//! or expired, here and on every other node; [`Rooms::sweep_expired`]
+//! removes the rooms whose time is up (docs/DESIGN.md, "Rooms with a
+//! lifetime").
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,8 +31,8 @@ use crate::core::{cleanup_failed, cluster_err, skip_refused, Core};
 use crate::error::{ClientError, ErrorCode};
 use crate::metrics as m;
 use crate::payload::Opaque;
-use crate::store::StoreError;
-use crate::types::{LeaveReason, Member, PeerId, RoomName};
+use crate::store::{now_ms, Membership, RoomAccess, SecretHash, StoreError};
+use crate::types::{LeaveReason, Member, PeerId, RoomClosedReason, RoomName};
 
 /// A `peer-left` still owed to other nodes (see `Rooms::pending_left`).
 #[derive(Debug)]
@@ -38,6 +46,27 @@ struct PendingLeft {
 /// (counted in `switchboard_announcements_dropped_total`) past that.
 const MAX_PENDING_LEFT: usize = 65_536;
 
+/// Most `room-closed` announcements kept for a retry (each names every
+/// member of its room); older ones are dropped (counted in
+/// `switchboard_room_closed_dropped_total`) past that.
+const MAX_PENDING_CLOSED: usize = 1_024;
+
+/// Rooms the sweeper asks the store for at a time, and the most pages it
+/// takes per pass (what is left waits for the next pass).
+const SWEEP_PAGE: usize = 100;
+const SWEEP_PAGES: usize = 10;
+
+/// SHA-256 of a room's join token (the store keeps only this).
+pub fn token_hash(token: &str) -> SecretHash {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// A fresh room join token: 128 random bits, as 32 lower-case hex digits.
+pub fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// Rooms on this node; see the module docs.
 pub struct Rooms {
     core: Arc<Core>,
@@ -48,6 +77,11 @@ pub struct Rooms {
     /// loop publishes them after a clean pass, unless the membership is
     /// still (or again) in the store. Bounded by [`MAX_PENDING_LEFT`].
     pending_left: Mutex<VecDeque<PendingLeft>>,
+    /// `room-closed` announcements whose publish failed (the store has
+    /// removed the room, so nothing else would tell the members' nodes):
+    /// published again by the maintenance loop. Bounded by
+    /// [`MAX_PENDING_CLOSED`].
+    pending_closed: Mutex<VecDeque<NodeEvent>>,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -62,16 +96,27 @@ impl Rooms {
         Self {
             core,
             pending_left: Mutex::new(VecDeque::new()),
+            pending_closed: Mutex::new(VecDeque::new()),
         }
     }
 
+    /// Joins `s` to `room`, showing `token` (the room's join token, when it
+    /// was created with one). The store checks the token, the room's
+    /// lifetime and its size in the same step as it adds the member.
     pub async fn join(
         &self,
         s: &mut Session,
         id: Option<Value>,
         room: RoomName,
         meta: Value,
+        token: Option<String>,
     ) -> Result<Option<Event>, ClientError> {
+        // A room closed under this connection is not one it is in, even if
+        // its session has not caught up yet.
+        s.sync_rooms(&self.core.hub);
+        if s.rooms.contains(&room) && !self.core.hub.is_member(&room, &s.peer, s.epoch) {
+            s.rooms.remove(&room);
+        }
         let meta = if meta.is_null() { s.meta.clone() } else { meta };
         let member = Member {
             peer_id: s.peer.clone(),
@@ -116,14 +161,20 @@ impl Rooms {
                 return Err(cluster_err(e));
             }
         }
+        let access = RoomAccess {
+            token: token.as_deref().map(token_hash),
+            granted: s.granted(&room),
+        };
         let peers = match self
             .core
             .store
-            .join_room(
+            .join_room_with(
                 &room,
                 &member,
                 s.epoch,
                 self.core.cfg.limits.max_peers_per_room,
+                &access,
+                now_ms(),
             )
             .await
         {
@@ -133,12 +184,20 @@ impl Rooms {
                 // A failed join leaks nothing of the room.
                 s.handle.open_gate(None, Some(&room));
                 return Err(match e {
-                    StoreError::RoomFull => ClientError::new(
-                        ErrorCode::RoomFull,
-                        format!(
-                            "room is full ({} peers)",
-                            self.core.cfg.limits.max_peers_per_room
-                        ),
+                    StoreError::RoomFull => {
+                        ClientError::new(ErrorCode::RoomFull, format!("room `{room}` is full"))
+                    }
+                    StoreError::RoomTokenRequired => ClientError::new(
+                        ErrorCode::RoomTokenRequired,
+                        format!("room `{room}` needs its token: give it as `token` in `join`"),
+                    ),
+                    StoreError::RoomTokenInvalid => ClientError::new(
+                        ErrorCode::RoomTokenInvalid,
+                        format!("`token` is not the token of room `{room}`"),
+                    ),
+                    StoreError::RoomExpired => ClientError::new(
+                        ErrorCode::RoomExpired,
+                        format!("room `{room}` has expired"),
                     ),
                     e => cluster_err(e),
                 });
@@ -284,6 +343,124 @@ impl Rooms {
         });
     }
 
+    /// Closes a room the store has just removed (deleted, or expired): its
+    /// members on this node get `room-closed` and are dropped from it at
+    /// once; the other nodes hear it on the room's channel and do the same
+    /// for theirs ([`Self::deliver_remote`]). A publish that fails is kept
+    /// and published again by the maintenance loop: the store no longer has
+    /// the room, so nothing else would tell them.
+    pub async fn close_room(
+        &self,
+        room: &RoomName,
+        reason: RoomClosedReason,
+        removed: Vec<Membership>,
+    ) {
+        if removed.is_empty() {
+            return;
+        }
+        let members: Vec<(PeerId, u64)> = removed
+            .into_iter()
+            .map(|m| (m.member.peer_id, m.epoch))
+            .collect();
+        if self.drop_closed(room, reason, &members) {
+            if let Err(e) = self.core.bus.unsubscribe_room(room).await {
+                warn!(room = %room, error = %e, "unsubscribe failed");
+            }
+        }
+        let event = NodeEvent::RoomClosed {
+            room: room.clone(),
+            reason,
+            members,
+        };
+        if let Err(e) = self.core.publish_room(room, event.clone()).await {
+            cleanup_failed("announce", room, &e.message);
+            self.owe_closed(event);
+        }
+    }
+
+    /// Tells this node's members among `members` that `room` was closed,
+    /// and takes them out of it (their sessions drop it before their next
+    /// command); true when no local member of the room is left.
+    fn drop_closed(
+        &self,
+        room: &RoomName,
+        reason: RoomClosedReason,
+        members: &[(PeerId, u64)],
+    ) -> bool {
+        let note = Arc::new(Event::RoomClosed {
+            room: room.clone(),
+            reason,
+        });
+        let mut emptied = false;
+        for (peer, epoch) in members {
+            let (handle, now_empty) = self.core.hub.room_take(room, peer, *epoch);
+            emptied |= now_empty;
+            if let Some(h) = handle {
+                h.push(note.clone(), None);
+                h.note_room_closed();
+            }
+        }
+        emptied
+    }
+
+    /// Remembers a `room-closed` owed to other nodes (see `Rooms::pending_closed`).
+    fn owe_closed(&self, event: NodeEvent) {
+        let mut q = self.pending_closed.lock();
+        if q.len() >= MAX_PENDING_CLOSED {
+            q.pop_front();
+            metrics::counter!(m::ROOM_CLOSED_DROPPED).increment(1);
+        }
+        q.push_back(event);
+    }
+
+    /// Publishes the `room-closed` announcements still owed, in order,
+    /// until one fails again.
+    async fn flush_pending_closed(&self) {
+        // Bounded: at most what was queued when this started.
+        let n = self.pending_closed.lock().len();
+        for _ in 0..n {
+            let Some(event) = self.pending_closed.lock().pop_front() else {
+                return;
+            };
+            let NodeEvent::RoomClosed { room, .. } = &event else {
+                continue;
+            };
+            let room = room.clone();
+            if self.core.publish_room(&room, event.clone()).await.is_err() {
+                self.pending_closed.lock().push_front(event);
+                return;
+            }
+        }
+    }
+
+    /// Removes the rooms whose lifetime has run out, and tells their
+    /// members ([`Self::close_room`], reason `expired`). Run by the node
+    /// that holds the sweeper's lease; each room is removed by exactly one
+    /// caller, whichever node it is on, so two sweepers at once (a lease
+    /// that changed hands) still close each room once. At most
+    /// `SWEEP_PAGES` pages of `SWEEP_PAGE` rooms per pass. Returns how many
+    /// rooms this call removed.
+    pub async fn sweep_expired(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for _ in 0..SWEEP_PAGES {
+            let now = now_ms();
+            let due = self.core.store.expiring_rooms(now, SWEEP_PAGE).await?;
+            let last = due.len() < SWEEP_PAGE;
+            for room in due {
+                if let Some(removed) = self.core.store.expire_room(&room, now).await? {
+                    n += 1;
+                    metrics::counter!(m::ROOMS_EXPIRED).increment(1);
+                    self.close_room(&room, RoomClosedReason::Expired, removed)
+                        .await;
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
     /// Publishes the `peer-left` announcements still owed, in order, until
     /// one fails again. Called only after a clean re-registration pass (or
     /// when none was needed), which has removed, and announced, every
@@ -292,6 +469,7 @@ impl Rooms {
     /// its announcement is dropped, since it would contradict that
     /// connection's `peer-joined`.
     pub async fn flush_pending_left(&self) {
+        self.flush_pending_closed().await;
         // Bounded: at most what was queued when this started.
         let n = self.pending_left.lock().len();
         for _ in 0..n {
@@ -388,8 +566,31 @@ impl Rooms {
                 });
                 hub.room_fanout(room.as_str(), Some(peer_id.as_str()), &msg, None);
             }
+            NodeEvent::RoomClosed {
+                room,
+                reason,
+                members,
+            } => self.closed_remotely(room, reason, &members),
             _ => {}
         }
+    }
+
+    /// Another node closed `room`: this node's members among `members` are
+    /// told and dropped; when none is left here, the node stops listening
+    /// to the room (in a task: this runs on the bus reader's path).
+    fn closed_remotely(&self, room: RoomName, reason: RoomClosedReason, members: &[(PeerId, u64)]) {
+        if !self.drop_closed(&room, reason, members) {
+            return;
+        }
+        let core = self.core.clone();
+        self.core.spawn(async move {
+            // Unless a peer here joined a room of that name meanwhile.
+            if !core.hub.has_room(&room) {
+                if let Err(e) = core.bus.unsubscribe_room(&room).await {
+                    warn!(room = %room, error = %e, "unsubscribe failed");
+                }
+            }
+        });
     }
 
     /// Tells every node (this one included) that members of a dead node

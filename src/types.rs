@@ -160,6 +160,26 @@ pub enum LeaveReason {
     Timeout,
 }
 
+/// Why a room was closed under its members (`room-closed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoomClosedReason {
+    /// Its lifetime (`ttl_secs` when it was created) ran out.
+    Expired,
+    /// It was deleted (`DELETE /api/rooms/{room}`).
+    Deleted,
+}
+
+impl RoomClosedReason {
+    /// The wire and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
 /// Why a pairing ended, as told to the worker that did not end it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

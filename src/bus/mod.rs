@@ -36,7 +36,7 @@ use serde_json::Value;
 
 use crate::metrics as m;
 use crate::payload::Opaque;
-use crate::types::{LeaveReason, Member, PairLostReason, PairedNote};
+use crate::types::{LeaveReason, Member, PairLostReason, PairedNote, RoomClosedReason};
 use crate::types::{NodeId, PeerId, RoomName, SignalKind};
 
 /// Version of the inter-node envelope; receivers drop other versions (counted
@@ -197,6 +197,18 @@ pub enum NodeEvent {
         /// The request's source (`ip:port`): the connection's public UDP endpoint.
         udp: String,
     },
+    /// A room was closed (deleted, or expired): these members of it are
+    /// members no more; the receiving node tells and drops its own.
+    RoomClosed {
+        /// Room.
+        room: RoomName,
+        /// Why.
+        reason: RoomClosedReason,
+        /// The memberships the store removed: `(peer, connection epoch)`
+        /// (so a connection that joined a new room of the same name since
+        /// keeps that membership).
+        members: Vec<(PeerId, u64)>,
+    },
     /// Never sent: what the receiver makes of an event it could not decode.
     #[serde(skip)]
     Undecodable(Box<Undecodable>),
@@ -221,6 +233,7 @@ impl NodeEvent {
             Self::Paired { .. } => "paired",
             Self::PairLost { .. } => "pair-lost",
             Self::Observed { .. } => "observed",
+            Self::RoomClosed { .. } => "room-closed",
             Self::Undecodable(_) => "undecodable",
         }
     }
@@ -508,7 +521,7 @@ impl Undecodable {
 }
 
 fn kind_of_tag(tag: &str) -> &'static str {
-    const KINDS: [&str; 15] = [
+    const KINDS: [&str; 16] = [
         "signal",
         "bounced",
         "delivered",
@@ -524,6 +537,7 @@ fn kind_of_tag(tag: &str) -> &'static str {
         "paired",
         "pair-lost",
         "observed",
+        "room-closed",
     ];
     KINDS.into_iter().find(|k| *k == tag).unwrap_or("unknown")
 }

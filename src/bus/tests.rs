@@ -438,3 +438,31 @@ async fn a_bad_event_in_a_batch_is_answered_and_the_others_delivered() {
     );
     assert_eq!(drain(&mut alice_rx), Vec::<Value>::new(), "told once");
 }
+
+/// `room-closed` crosses the bus whole, and one that does not decode is
+/// still named by its kind.
+#[test]
+fn room_closed_round_trips_and_is_named_when_broken() {
+    let event = NodeEvent::RoomClosed {
+        room: RoomName::from_trusted("call"),
+        reason: RoomClosedReason::Expired,
+        members: vec![(peer("a"), 7), (peer("b"), u64::MAX)],
+    };
+    let env = Envelope {
+        v: ENVELOPE_VERSION,
+        origin: NodeId::from_trusted("n1"),
+        seq: 3,
+        event: event.clone(),
+    };
+    assert_eq!(Envelope::decode(&env.encode()).unwrap().event, event);
+    let broken =
+        rmp_serde::to_vec_named(&json!({"room-closed": {"room": 5, "reason": "expired"}})).unwrap();
+    let env = Envelope::decode(&batch_bytes("n1", &[broken])).unwrap();
+    let NodeEvent::Batch { events } = env.event else {
+        panic!("a batch")
+    };
+    match &events[..] {
+        [NodeEvent::Undecodable(u)] => assert_eq!(u.kind, "room-closed"),
+        other => panic!("{other:?}"),
+    }
+}

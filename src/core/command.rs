@@ -30,6 +30,8 @@ pub enum Command {
         room: RoomName,
         /// Per-room metadata, shown to the other members.
         meta: Value,
+        /// The room's join token, for a room created with one.
+        token: Option<String>,
     },
     /// Leave a room.
     Leave {

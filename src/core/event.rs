@@ -13,7 +13,9 @@ use serde_json::Value;
 
 use crate::error::{ClientError, ErrorCode};
 use crate::payload::{self, Opaque};
-use crate::types::{LeaveReason, Member, PairLostReason, PairedNote, PeerId, RoomName, SignalKind};
+use crate::types::{
+    LeaveReason, Member, PairLostReason, PairedNote, PeerId, RoomClosedReason, RoomName, SignalKind,
+};
 
 /// An encoded frame ready for the socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,14 @@ pub enum Event {
         /// How it was learned (`stun`).
         source: &'static str,
     },
+    /// A room this client was in was closed under it (its lifetime ran out,
+    /// or it was deleted): the client is no longer a member.
+    RoomClosed {
+        /// The room.
+        room: RoomName,
+        /// Why.
+        reason: RoomClosedReason,
+    },
     /// A frame a door encoded itself: a reply that only its own dialect
     /// has (the legacy worker's `echo_response`). It is queued like any
     /// event, so it keeps its place among them and counts against the
@@ -165,6 +175,7 @@ impl Event {
             Self::Paired(_) => "paired",
             Self::PairLost { .. } => "pair-lost",
             Self::Endpoint { .. } => "endpoint",
+            Self::RoomClosed { .. } => "room-closed",
             Self::Frame(_) => "frame",
         }
     }
@@ -174,7 +185,8 @@ impl Event {
         match self {
             Self::PeerJoined { room, .. }
             | Self::PeerLeft { room, .. }
-            | Self::Message { room, .. } => Some(room),
+            | Self::Message { room, .. }
+            | Self::RoomClosed { room, .. } => Some(room),
             _ => None,
         }
     }
@@ -244,6 +256,7 @@ impl Event {
             }
             Self::PairLost { pairing_id, .. } => pairing_id.capacity(),
             Self::Endpoint { udp, .. } => udp.capacity(),
+            Self::RoomClosed { room, .. } => room.as_str().len(),
             Self::Frame(Encoded::Text(t)) => t.capacity(),
             Self::Frame(Encoded::Binary(b)) => b.capacity(),
         }

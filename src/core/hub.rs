@@ -160,6 +160,10 @@ pub struct ConnCtl {
     /// whose claim is still in progress (or is being undone) is not this
     /// node's to re-register after an outage.
     registered: std::sync::atomic::AtomicBool,
+    /// Set when a room this connection was in was closed under it (the hub
+    /// no longer lists it there): its session drops such rooms from its own
+    /// set before its next command ([`crate::core::session::Session::sync_rooms`]).
+    rooms_closed: std::sync::atomic::AtomicBool,
     /// The most bytes queued (or held) before the client counts as slow.
     capacity_bytes: usize,
     /// A copy of the queue's byte count (stored under its lock), so the
@@ -355,6 +359,7 @@ impl ConnHandle {
             queue: Mutex::new(Queue::default()),
             capacity,
             registered: std::sync::atomic::AtomicBool::new(false),
+            rooms_closed: std::sync::atomic::AtomicBool::new(false),
             capacity_bytes,
             queued_bytes: AtomicUsize::new(0),
         });
@@ -524,6 +529,19 @@ impl ConnHandle {
             .registered
             .load(std::sync::atomic::Ordering::Acquire)
     }
+
+    /// Records that a room of this connection was closed under it (call it
+    /// after taking the connection out of the room in the hub).
+    pub fn note_room_closed(&self) {
+        self.ctl.rooms_closed.store(true, Ordering::Release);
+    }
+
+    /// Takes the mark of [`Self::note_room_closed`]: true when a room was
+    /// closed since the last call. One load when nothing was.
+    pub fn take_rooms_closed(&self) -> bool {
+        self.ctl.rooms_closed.load(Ordering::Relaxed)
+            && self.ctl.rooms_closed.swap(false, Ordering::AcqRel)
+    }
 }
 
 /// The local socket map and local room index.
@@ -643,6 +661,36 @@ impl Hub {
             metrics::gauge!(m::ROOMS).decrement(1.0);
         }
         (removed, emptied)
+    }
+
+    /// Removes a local member if its connection is `epoch`; returns its
+    /// handle when it was removed, and whether the room now has no local
+    /// member.
+    pub fn room_take(
+        &self,
+        room: &RoomName,
+        peer: &PeerId,
+        epoch: u64,
+    ) -> (Option<ConnHandle>, bool) {
+        let mut taken = None;
+        let emptied = self
+            .rooms
+            .remove_if_mut(room, |_, members| {
+                if members.get(peer).is_some_and(|m| m.handle.epoch == epoch) {
+                    taken = members.remove(peer).map(|m| m.handle);
+                }
+                members.is_empty()
+            })
+            .is_some();
+        if emptied {
+            metrics::gauge!(m::ROOMS).decrement(1.0);
+        }
+        (taken, emptied)
+    }
+
+    /// True when `room` has a member on this node.
+    pub fn has_room(&self, room: &RoomName) -> bool {
+        self.rooms.contains_key(room)
     }
 
     /// Queues `msg` for every local member of `room` except `except`; returns how many got it.

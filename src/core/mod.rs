@@ -255,7 +255,7 @@ pub fn unavailable_now() -> ClientError {
 }
 
 /// The `op` labels of `switchboard_cleanup_failures_total`.
-const CLEANUP_OPS: [&str; 8] = [
+const CLEANUP_OPS: [&str; 9] = [
     "leave",
     "unregister",
     "announce",
@@ -264,6 +264,7 @@ const CLEANUP_OPS: [&str; 8] = [
     "restore-member",
     "reap",
     "list-nodes",
+    "sweep",
 ];
 /// Cleanup failures are logged at most once per 10 s for each op (all are counted).
 static CLEANUP_WARN: [WarnEvery; CLEANUP_OPS.len()] =

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use super::hub::ConnHandle;
+use super::hub::{ConnHandle, Hub};
 use crate::metrics as m;
 use crate::store::{Door, SecretHash};
 use crate::types::{PeerId, RoomName};
@@ -30,6 +30,27 @@ pub struct Session {
     pub rooms: HashSet<RoomName>,
     /// The node's record of this connection (STUN token, worker state).
     pub rdv: Arc<RdvConn>,
+    /// Rooms its token grants (the JWT's `rooms` claim): it joins them
+    /// without the room's own token. Empty (no allocation) for most.
+    pub room_grants: Box<[String]>,
+}
+
+impl Session {
+    /// Drops from [`Session::rooms`] the rooms closed under this connection
+    /// (deleted or expired: the hub no longer lists it there). Costs one
+    /// atomic load unless a room was closed.
+    pub fn sync_rooms(&mut self, hub: &Hub) {
+        if self.handle.take_rooms_closed() {
+            let (peer, epoch) = (&self.peer, self.epoch);
+            self.rooms.retain(|r| hub.is_member(r, peer, epoch));
+        }
+    }
+
+    /// True when the connection's token grants `room` (see
+    /// [`Session::room_grants`]).
+    pub fn granted(&self, room: &RoomName) -> bool {
+        self.room_grants.iter().any(|g| g == room.as_str())
+    }
 }
 
 /// What this node knows about one of its connections, beyond its socket:

@@ -1,6 +1,6 @@
-//! The operator API: `GET /api/rooms`, `GET /api/rooms/{room}`,
-//! `GET /api/workers`, `POST /api/connect`, and the guard that covers every
-//! operator endpoint ([`admin_guard`]).
+//! The operator API: `GET /api/workers`, `POST /api/connect`, and the guard
+//! that covers every operator endpoint ([`admin_guard`]), the room reads of
+//! [`super::rooms`] included.
 //!
 //! These read what an operator reads (peers' addresses and endpoints, room
 //! members) or do what an operator does (pair two workers). The router
@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -26,7 +26,7 @@ use super::AppState;
 use crate::error::ErrorCode;
 use crate::metrics as m;
 use crate::store::{PairError, Which, WorkerRecord};
-use crate::types::{PeerId, RoomName};
+use crate::types::PeerId;
 
 /// The operator API's routes, without the guard (the router adds it over
 /// these and the legacy listing at once).
@@ -34,8 +34,6 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/workers", get(list_workers))
         .route("/api/connect", post(connect_workers))
-        .route("/api/rooms", get(list_rooms))
-        .route("/api/rooms/{room}", get(get_room))
 }
 
 /// Forwarding headers: a request carrying one came through a proxy (or says
@@ -63,18 +61,39 @@ pub async fn admin_guard(
     }
 }
 
-fn check_admin(st: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The guard's decision for a request, counted in
+/// `switchboard_admin_refused_total` when it refuses.
+pub(super) fn check_admin(
+    st: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    admin_check(st, peer, headers).map_err(|(reason, e)| {
+        metrics::counter!(m::ADMIN_REFUSED, "reason" => reason).increment(1);
+        e
+    })
+}
+
+/// The guard's decision, uncounted (for endpoints that admit others too,
+/// `POST /api/rooms`): the refusal carries its metric label.
+pub(super) fn admin_check(
+    st: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), (&'static str, ApiError)> {
     let token = &st.node.core.cfg.http.admin_token;
     if token.is_empty() {
         let forwarded = FORWARDING_HEADERS.iter().any(|h| headers.contains_key(*h));
         if peer.ip().to_canonical().is_loopback() && !forwarded {
             return Ok(());
         }
-        metrics::counter!(m::ADMIN_REFUSED, "reason" => "forbidden").increment(1);
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "operator endpoints answer only local requests without a forwarding header \
-             while http.admin_token is not set; set it and send `Authorization: Bearer <token>`",
+        return Err((
+            "forbidden",
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "operator endpoints answer only local requests without a forwarding header \
+                 while http.admin_token is not set; set it and send `Authorization: Bearer <token>`",
+            ),
         ));
     }
     let given = headers
@@ -84,10 +103,12 @@ fn check_admin(st: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(
     if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
         Ok(())
     } else {
-        metrics::counter!(m::ADMIN_REFUSED, "reason" => "unauthorized").increment(1);
-        Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "a valid admin bearer token is required",
+        Err((
+            "unauthorized",
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "a valid admin bearer token is required",
+            ),
         ))
     }
 }
@@ -176,36 +197,5 @@ async fn connect_workers(State(st): State<AppState>, body: Bytes) -> Result<Resp
             "worker_a_id and worker_b_id name the same worker",
         )),
         Err(e) => Err(ApiError::store_unavailable(e)),
-    }
-}
-
-/// `GET /api/rooms`: every room in the cluster and its size.
-async fn list_rooms(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let rooms = crate::store::all_rooms(st.node.core.store.as_ref())
-        .await
-        .map_err(ApiError::store_unavailable)?;
-    Ok(Json(json!({"rooms": rooms})).into_response())
-}
-
-/// `GET /api/rooms/{room}`: one room's members with their metadata.
-async fn get_room(
-    State(st): State<AppState>,
-    Path(room): Path<String>,
-) -> Result<Response, ApiError> {
-    let room = RoomName::parse(&room, st.node.core.cfg.limits.max_name_bytes)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRoom, format!("room name {e}")))?;
-    match st
-        .node
-        .core
-        .store
-        .room_members(&room)
-        .await
-        .map_err(ApiError::store_unavailable)?
-    {
-        Some(members) => Ok(Json(json!({"room": room, "members": members})).into_response()),
-        None => Err(ApiError::new(
-            ErrorCode::RoomNotFound,
-            format!("room `{room}` has no members"),
-        )),
     }
 }

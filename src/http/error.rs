@@ -55,7 +55,10 @@ pub fn status(code: ErrorCode) -> StatusCode {
         NotFound | RoomNotFound | PeerNotFound | WorkerNotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         AlreadyHello | RoomFull | TooManyRooms | NotInRoom | AlreadyPaired | NotPaired
-        | SameWorker | PeerIdTaken => StatusCode::CONFLICT,
+        | SameWorker | PeerIdTaken | RoomExists => StatusCode::CONFLICT,
+        RoomTokenRequired => StatusCode::UNAUTHORIZED,
+        RoomTokenInvalid => StatusCode::FORBIDDEN,
+        RoomExpired => StatusCode::GONE,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -222,6 +225,10 @@ mod tests {
             (PayloadTooLarge, "payload-too-large", 413),
             (BadRequest, "bad-request", 400),
             (UpgradeRequired, "upgrade-required", 426),
+            (RoomExists, "room-exists", 409),
+            (RoomTokenRequired, "room-token-required", 401),
+            (RoomTokenInvalid, "room-token-invalid", 403),
+            (RoomExpired, "room-expired", 410),
         ];
         assert_eq!(table.len(), ErrorCode::ALL.len(), "a code has no row");
         for &code in ErrorCode::ALL {

@@ -5,8 +5,10 @@
 //!   connection limit);
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics`, open to orchestrators
 //!   and scrapers;
-//! - [`api`]: the operator API (`/api/rooms`, `/api/rooms/{room}`,
-//!   `/api/workers`, `/api/connect`) and the admin guard;
+//! - [`api`]: the operator API (`/api/workers`, `/api/connect`) and the
+//!   admin guard;
+//! - [`rooms`]: rooms over HTTP (`/api/rooms`, `/api/rooms/{room}`): the
+//!   reads behind the guard, creating and deleting as `rooms.create` says;
 //! - [`legacy`]: the older rendezvous service's `/`, `/debug/list_workers`
 //!   and worker door `/ws/register/{worker_id}`;
 //! - [`room_signaling`] and [`dashboard`]: the doors of the room signaling
@@ -32,6 +34,7 @@ pub mod forwarded;
 pub mod legacy;
 pub mod probes;
 pub mod room_signaling;
+pub mod rooms;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -69,12 +72,16 @@ pub fn router(state: AppState) -> Router {
     // a peer id or an address.
     let operator = Router::new()
         .merge(api::routes())
+        .merge(rooms::read_routes())
         .merge(legacy::operator_routes())
         .route_layer(from_fn_with_state(state.clone(), api::admin_guard));
     let mut main = Router::new()
         .merge(upgrade::routes())
         .merge(probes::routes())
         .merge(legacy::routes())
+        // Before the guarded routes of the same paths: the merged path's
+        // fallback (405) is the guarded one, so the guard answers first.
+        .merge(rooms::record_routes())
         .merge(operator);
     let doors = &state.node.core.cfg.doors;
     if !doors.room_signaling.prefix.is_empty() {

@@ -3,7 +3,7 @@
 //! operation is atomic by construction. It serves one process, so every node
 //! it knows is alive (see [`Liveness`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 
 use async_trait::async_trait;
@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use super::{
     now_ms, Claim, Claimed, Directory, EndpointUpdate, Enqueued, Liveness, LostPairing, Membership,
-    PairError, PeerLocation, Reaped, RoomPage, RoomRecord, RoomSummary, Rooms, SecretHash, Store,
-    StoreError, Unpaired, Which, WorkerConn, WorkerRecord, WorkerState, Workers,
+    PairError, PeerLocation, Reaped, RoomAccess, RoomPage, RoomRecord, RoomSummary, Rooms,
+    SecretHash, Store, StoreError, Unpaired, Which, WorkerConn, WorkerRecord, WorkerState, Workers,
 };
 use crate::types::Member;
 use crate::types::{NodeId, PeerId, PoolName, RoomName};
@@ -35,6 +35,10 @@ struct Inner {
     /// Every room with its record; ordered by name so `list_rooms` pages
     /// with a range, and listings are stable.
     rooms: BTreeMap<RoomName, Room>,
+    /// `(expires_at, room)` of every room with a lifetime, soonest first:
+    /// what the sweeper reads. Only explicit rooms have one, and they leave
+    /// only through `delete_room` / `expire_room`, which take them out.
+    expiry: BTreeSet<(u64, RoomName)>,
     /// Worker records; ordered so listings are stable.
     workers: BTreeMap<PeerId, WorkerRecord>,
     /// Pool -> queued worker ids, oldest first. Entries can go stale (the
@@ -75,6 +79,24 @@ impl Room {
 }
 
 impl Inner {
+    /// Removes a room whole (record, members, its expiry entry) and returns
+    /// its memberships.
+    fn remove_room(&mut self, room: &RoomName) -> Option<Vec<Membership>> {
+        let r = self.rooms.remove(room)?;
+        if let Some(x) = r.record.expires_at {
+            self.expiry.remove(&(x, room.clone()));
+        }
+        Some(
+            r.members
+                .into_iter()
+                .map(|(peer_id, (epoch, meta))| Membership {
+                    member: Member { peer_id, meta },
+                    epoch,
+                })
+                .collect(),
+        )
+    }
+
     /// Frees the partner of `w` if it is still paired with it; returns it.
     fn free_partner(&mut self, w: &WorkerRecord) -> Option<LostPairing> {
         let (Some(pid), Some(partner)) = (&w.pairing_id, &w.partner) else {
@@ -178,6 +200,9 @@ impl Rooms for MemoryStore {
             explicit: true,
             ..record.clone()
         };
+        if let Some(x) = record.expires_at {
+            inner.expiry.insert((x, record.name.clone()));
+        }
         inner.rooms.insert(
             record.name.clone(),
             Room {
@@ -193,18 +218,37 @@ impl Rooms for MemoryStore {
     }
 
     async fn delete_room(&self, room: &RoomName) -> Result<Option<Vec<Membership>>, StoreError> {
-        let Some(r) = self.inner.lock().rooms.remove(room) else {
-            return Ok(None);
-        };
-        Ok(Some(
-            r.members
-                .into_iter()
-                .map(|(peer_id, (epoch, meta))| Membership {
-                    member: Member { peer_id, meta },
-                    epoch,
-                })
-                .collect(),
-        ))
+        Ok(self.inner.lock().remove_room(room))
+    }
+
+    async fn expiring_rooms(&self, now_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .expiry
+            .iter()
+            .take_while(|(x, _)| *x <= now_ms)
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    async fn expire_room(
+        &self,
+        room: &RoomName,
+        now_ms: u64,
+    ) -> Result<Option<Vec<Membership>>, StoreError> {
+        let mut inner = self.inner.lock();
+        let expired = inner
+            .rooms
+            .get(room)
+            .and_then(|r| r.record.expires_at)
+            .is_some_and(|x| x <= now_ms);
+        Ok(if expired {
+            inner.remove_room(room)
+        } else {
+            None
+        })
     }
 
     async fn list_rooms(
@@ -221,6 +265,9 @@ impl Rooms for MemoryStore {
             .map(|(name, r)| RoomSummary {
                 room: name.clone(),
                 members: r.members.len(),
+                explicit: r.record.explicit,
+                expires_at: r.record.expires_at,
+                max_peers: r.record.max_peers,
             })
             .collect();
         let next = match (it.next(), rooms.last()) {
@@ -230,14 +277,29 @@ impl Rooms for MemoryStore {
         Ok(RoomPage { rooms, next })
     }
 
-    async fn join_room(
+    async fn join_room_with(
         &self,
         room: &RoomName,
         member: &Member,
         epoch: u64,
         max_peers: usize,
+        access: &RoomAccess,
+        now_ms: u64,
     ) -> Result<Vec<Member>, StoreError> {
         let mut inner = self.inner.lock();
+        if let Some(r) = inner.rooms.get(room) {
+            if r.record.expires_at.is_some_and(|x| x <= now_ms) {
+                return Err(StoreError::RoomExpired);
+            }
+            if let Some(t) = &r.record.token_hash {
+                match access.token {
+                    _ if access.granted => {}
+                    None => return Err(StoreError::RoomTokenRequired),
+                    Some(given) if given != *t => return Err(StoreError::RoomTokenInvalid),
+                    Some(_) => {}
+                }
+            }
+        }
         let r = inner
             .rooms
             .entry(room.clone())
@@ -327,6 +389,15 @@ impl Liveness for MemoryStore {
 
     async fn goodbye(&self, _node: &NodeId) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn try_lease(
+        &self,
+        _name: &str,
+        _holder: &NodeId,
+        _ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
     }
 }
 

@@ -85,13 +85,37 @@ pub fn secret_hex(h: &SecretHash) -> String {
     s
 }
 
-/// A room and its size, for listings (also the `GET /api/rooms` item).
+/// A room and its size, for listings (what `GET /api/rooms` shows of it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoomSummary {
     /// The room.
     pub room: RoomName,
     /// How many members it has (0 only for an explicit room).
     pub members: usize,
+    /// Made by [`Rooms::create_room`] (see [`RoomRecord::explicit`]); the
+    /// fields below are set only on such a room.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub explicit: bool,
+    /// Unix milliseconds when the room expires, if it has a lifetime.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// The record's own member limit, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_peers: Option<usize>,
+}
+
+impl RoomSummary {
+    /// The summary of a room without a record of its own making (implicit):
+    /// a name and a size.
+    pub fn implicit(room: RoomName, members: usize) -> Self {
+        Self {
+            room,
+            members,
+            explicit: false,
+            expires_at: None,
+            max_peers: None,
+        }
+    }
 }
 
 /// One page of [`Rooms::list_rooms`].
@@ -117,16 +141,17 @@ pub struct RoomRecord {
     pub name: RoomName,
     /// Unix milliseconds when the record was made.
     pub created_at: u64,
-    /// Unix milliseconds when the room should go. Stored, not enforced here:
-    /// rooms with a TTL (HTTP rooms) come with the next issue, which will
-    /// give the Redis keys a matching `PEXPIREAT` and sweep expired rooms
-    /// (telling their members) from a node holding a lease.
+    /// Unix milliseconds when the room goes. From then on a join is refused
+    /// ([`StoreError::RoomExpired`]), [`Rooms::expiring_rooms`] lists it and
+    /// [`Rooms::expire_room`] removes it: the node holding the sweeper's
+    /// lease does, and tells the members. The Redis keys also expire on
+    /// their own a while later ([`ROOM_KEY_GRACE_MS`]), should no node sweep.
     pub expires_at: Option<u64>,
     /// Most members at once; when set it replaces the caller's limit in
     /// [`Rooms::join_room`].
     pub max_peers: Option<usize>,
-    /// SHA-256 of the token a joiner must show (never the token itself).
-    /// Stored, not checked here (the next issue's HTTP rooms check it).
+    /// SHA-256 of the token a joiner must show (never the token itself):
+    /// [`Rooms::join_room_with`] checks it against the [`RoomAccess`] given.
     pub token_hash: Option<SecretHash>,
     /// What the room's creator attached: opaque to the store (Redis keeps it
     /// as JSON text that no script parses).
@@ -148,6 +173,24 @@ impl RoomRecord {
             explicit: false,
         }
     }
+}
+
+/// How long the Redis keys of a room with a lifetime outlive its
+/// `expires_at`: they carry a `PEXPIREAT` that much later, a backstop for
+/// when no node sweeps (every node down). Not at `expires_at` itself: Redis
+/// would then race the sweeper, and a room whose keys Redis dropped first
+/// can no longer tell its members (the members hash is gone with it).
+pub const ROOM_KEY_GRACE_MS: u64 = 60_000;
+
+/// What a joiner shows for a room that has a token (see
+/// [`Rooms::join_room_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomAccess {
+    /// SHA-256 of the token the joiner gave, if it gave one.
+    pub token: Option<SecretHash>,
+    /// The joiner's credentials grant it this room (a JWT's `rooms` claim):
+    /// no token is needed.
+    pub granted: bool,
 }
 
 /// A membership [`Rooms::delete_room`] removed, for the caller to tell.
@@ -424,6 +467,18 @@ pub enum StoreError {
     /// because it has members). Nothing was written.
     #[error("room exists")]
     RoomExists,
+    /// A join into a room that has a token, without a token or a grant.
+    /// Nothing was written.
+    #[error("room needs a token")]
+    RoomTokenRequired,
+    /// A join into a room that has a token, with another token. Nothing was
+    /// written.
+    #[error("wrong room token")]
+    RoomTokenInvalid,
+    /// A join into a room whose `expires_at` has passed (the sweeper has not
+    /// removed it yet). Nothing was written.
+    #[error("room expired")]
+    RoomExpired,
     /// The backend is unreachable (or too slow or busy to answer): trying
     /// again later may work.
     #[error("store unavailable: {0}")]
@@ -527,10 +582,17 @@ pub trait Directory: Send + Sync + 'static {
 ///   nothing;
 /// - [`Rooms::create_room`] succeeds for exactly one of several concurrent
 ///   creators of a name, and never over a room that exists;
-/// - [`Rooms::delete_room`] returns each removed membership exactly once
-///   (to the one caller whose delete removed it);
-/// - the record's token and TTL are stored and returned, never enforced
-///   (the callers of the next issue will).
+/// - [`Rooms::delete_room`] and [`Rooms::expire_room`] return each removed
+///   membership exactly once (to the one caller whose call removed it),
+///   whichever of them, on whichever node, ran first;
+/// - a join checks the record in the same atomic step as it writes: a room
+///   whose `expires_at` has passed admits nobody ([`StoreError::RoomExpired`]),
+///   and a room with a token admits only a joiner that shows it or whose
+///   [`RoomAccess`] grants the room; a restore after an outage checks
+///   neither (the member was admitted before);
+/// - a room with `expires_at` is listed by [`Rooms::expiring_rooms`] from
+///   that time until it is removed; on Redis its keys also expire by
+///   themselves [`ROOM_KEY_GRACE_MS`] later.
 #[async_trait]
 pub trait Rooms: Send + Sync + 'static {
     /// Creates an explicit room from `record` (its `explicit` flag is
@@ -555,16 +617,53 @@ pub trait Rooms: Send + Sync + 'static {
         after: Option<&RoomName>,
         limit: usize,
     ) -> Result<RoomPage, StoreError>;
-    /// Adds a member (replacing an older connection of the same peer) and
-    /// returns the other members; fails with `RoomFull` at the record's
-    /// `max_peers`, or at `max_peers` when the record has none.
+    /// [`Rooms::join_room_with`] showing no token, now: a room with a
+    /// token refuses it.
     async fn join_room(
         &self,
         room: &RoomName,
         member: &Member,
         epoch: u64,
         max_peers: usize,
+    ) -> Result<Vec<Member>, StoreError> {
+        self.join_room_with(
+            room,
+            member,
+            epoch,
+            max_peers,
+            &RoomAccess::default(),
+            now_ms(),
+        )
+        .await
+    }
+    /// Adds a member (replacing an older connection of the same peer) and
+    /// returns the other members. Refuses, writing nothing: with
+    /// `RoomExpired` when the record's `expires_at` is at or before
+    /// `now_ms`; with `RoomTokenRequired` / `RoomTokenInvalid` when the
+    /// record has a token and `access` neither shows it nor grants the room;
+    /// with `RoomFull` at the record's `max_peers`, or at `max_peers` when
+    /// the record has none.
+    async fn join_room_with(
+        &self,
+        room: &RoomName,
+        member: &Member,
+        epoch: u64,
+        max_peers: usize,
+        access: &RoomAccess,
+        now_ms: u64,
     ) -> Result<Vec<Member>, StoreError>;
+    /// Rooms whose `expires_at` is at or before `now_ms`, soonest first, at
+    /// most `limit` (what the sweeper removes next).
+    async fn expiring_rooms(&self, now_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError>;
+    /// Removes a room as [`Rooms::delete_room`] does, but only if its
+    /// record's `expires_at` is at or before `now_ms` (a room made under the
+    /// same name since is left alone); returns the memberships it removed,
+    /// or `None` when it removed nothing.
+    async fn expire_room(
+        &self,
+        room: &RoomName,
+        now_ms: u64,
+    ) -> Result<Option<Vec<Membership>>, StoreError>;
     /// Removes `peer` from `room` if its membership is connection `epoch`.
     async fn leave_room(
         &self,
@@ -599,11 +698,14 @@ pub trait Rooms: Send + Sync + 'static {
 ///   one `peer-left` / `pair-lost`. Reaping removes the node's directory
 ///   entries, memberships (and the implicit records of rooms it emptied,
 ///   never an explicit record) and worker records in one atomic step;
-/// - [`Liveness::own_entries`] is read-only.
+/// - [`Liveness::own_entries`] is read-only;
+/// - a lease ([`Liveness::try_lease`]) has at most one holder at a time, so
+///   work that must run on one node at a time (the room sweeper) runs there.
 ///
 /// The memory store serves one process, so every node it knows is alive:
-/// `heartbeat` is always fresh, nothing is ever dead or reaped, and
-/// `own_entries` is empty (it cannot lose a node's state).
+/// `heartbeat` is always fresh, nothing is ever dead or reaped,
+/// `own_entries` is empty (it cannot lose a node's state), and every lease
+/// is the caller's.
 #[async_trait]
 pub trait Liveness: Send + Sync + 'static {
     /// Refreshes this node's heartbeat (alive for `ttl`); returns false when the
@@ -630,6 +732,18 @@ pub trait Liveness: Send + Sync + 'static {
     }
     /// Removes this node's heartbeat on a graceful stop.
     async fn goodbye(&self, node: &NodeId) -> Result<(), StoreError>;
+    /// Takes or keeps the lease `name` for `holder` for `ttl`: true when
+    /// `holder` holds it now (it was free or expired, or `holder` held it
+    /// and the lease is renewed), false when another holder does. At most
+    /// one holder at a time, as long as each renews within its `ttl` (a
+    /// holder that stalls longer may find it taken, and learns so at its
+    /// next call). One process (the memory store) always holds it.
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Rendezvous workers and their pairing.

@@ -69,8 +69,8 @@ async fn method_not_allowed_is_json_and_keeps_allow() {
         (Method::DELETE, "/metrics", "GET,HEAD"),
         (Method::POST, "/ws", "GET,HEAD,CONNECT"),
         (Method::GET, "/api/connect", "POST"),
-        (Method::PUT, "/api/rooms", "GET,HEAD"),
-        (Method::POST, "/api/rooms/r", "GET,HEAD"),
+        (Method::PUT, "/api/rooms", "POST,GET,HEAD"),
+        (Method::POST, "/api/rooms/r", "DELETE,GET,HEAD"),
         (Method::POST, "/", "GET,HEAD"),
         (Method::POST, "/debug/list_workers", "GET,HEAD"),
         (Method::PUT, "/ws/register/w1", "GET,HEAD,CONNECT"),
@@ -100,7 +100,7 @@ async fn the_admin_guard_answers_before_the_method_check() {
     let (status, headers, body) =
         request(&node, Method::PUT, "/api/rooms", &auth, Vec::new()).await;
     assert_eq!(status, 405, "{body}");
-    assert_eq!(headers[ALLOW], "GET,HEAD");
+    assert_eq!(headers[ALLOW], "POST,GET,HEAD");
     assert_error("PUT /api/rooms", &headers, &body, "method-not-allowed");
 }
 

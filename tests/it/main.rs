@@ -10,6 +10,7 @@ mod helpers;
 // Multi-node tests against a real redis-server (their own fixtures in cluster_helpers).
 mod cluster;
 mod cluster_helpers;
+mod room_records_cluster;
 mod sec_cluster;
 // The store's conformance suite: the library against memory and a real redis-server.
 mod store;
@@ -25,6 +26,7 @@ mod http_errors;
 mod limits;
 mod protocol;
 mod rendezvous;
+mod room_records;
 mod rooms;
 mod sec_auth;
 mod sec_http;

@@ -20,8 +20,8 @@ use switchboard::store::memory::MemoryStore;
 use switchboard::store::redis::RedisStore;
 use switchboard::store::{
     all_rooms, now_ms, Claim, Claimed, Door, EndpointUpdate, Enqueued, Membership, PairError,
-    PeerLocation, RoomRecord, RoomSummary, Store, StoreError, Unpaired, Which, WorkerConn,
-    WorkerState,
+    PeerLocation, RoomAccess, RoomRecord, RoomSummary, Store, StoreError, Unpaired, Which,
+    WorkerConn, WorkerState, ROOM_KEY_GRACE_MS,
 };
 use switchboard::types::Member;
 use switchboard::types::{NodeId, PeerId, PoolName, RoomName};
@@ -112,6 +112,9 @@ conformance!(
     a_held_peer_id_is_taken_only_with_proof,
     implicit_rooms_come_and_go_with_their_members,
     explicit_rooms_stay_until_deleted,
+    joins_check_the_token_and_the_lifetime,
+    expired_rooms_are_removed_once,
+    a_lease_has_one_holder,
     joins_replace_older_connections_and_restore_ignores_limits,
     room_listing_pages_by_name,
     reaping_a_dead_node_is_exactly_once,
@@ -153,11 +156,21 @@ fn ids(members: &[Member]) -> Vec<&str> {
 }
 
 fn summary(r: &str, members: usize) -> RoomSummary {
+    RoomSummary::implicit(room(r), members)
+}
+
+/// The summary of a room made from [`explicit`].
+fn made(r: &str, members: usize, max_peers: Option<usize>) -> RoomSummary {
     RoomSummary {
-        room: room(r),
-        members,
+        explicit: true,
+        expires_at: Some(FAR),
+        max_peers,
+        ..summary(r, members)
     }
 }
+
+/// An `expires_at` no test reaches (2100-01-01).
+const FAR: u64 = 4_102_444_800_000;
 
 async fn directory_newest_wins_and_epochs(fx: Fixture) {
     let (a, b) = (fx.node("a").await, fx.node("b").await);
@@ -351,9 +364,9 @@ fn explicit(r: &str, max_peers: Option<usize>) -> RoomRecord {
     RoomRecord {
         name: room(r),
         created_at: 1_700_000_000_000,
-        expires_at: Some(1_700_000_600_000),
+        expires_at: Some(FAR),
         max_peers,
-        token_hash: Some([0xab; 32]),
+        token_hash: None,
         meta: json!({"title": "standup", "deep": [[[1]]]}),
         explicit: false,
     }
@@ -388,7 +401,7 @@ async fn explicit_rooms_stay_until_deleted(fx: Fixture) {
     assert_eq!(s.room_members(&e).await.unwrap(), None);
     assert_eq!(
         all_rooms(s.as_ref()).await.unwrap(),
-        vec![summary("busy", 1), summary("e", 0)]
+        vec![summary("busy", 1), made("e", 0, Some(2))]
     );
     // The record's max_peers replaces the caller's limit, both ways.
     s.join_room(&e, &member("a"), 1, 1).await.unwrap();
@@ -403,7 +416,7 @@ async fn explicit_rooms_stay_until_deleted(fx: Fixture) {
     assert_eq!(s.get_room(&e).await.unwrap(), Some(stored.clone()));
     assert_eq!(
         all_rooms(s.as_ref()).await.unwrap(),
-        vec![summary("busy", 1), summary("e", 0)]
+        vec![summary("busy", 1), made("e", 0, Some(2))]
     );
     // Deleting returns every membership once, with its epoch.
     s.join_room(&e, &member("a"), 4, 10).await.unwrap();
@@ -454,6 +467,246 @@ async fn explicit_rooms_stay_until_deleted(fx: Fixture) {
     }
 }
 
+/// A record with a token (`[7; 32]`) and `expires_at`.
+fn guarded(r: &str, expires_at: u64) -> RoomRecord {
+    RoomRecord {
+        name: room(r),
+        created_at: now_ms(),
+        expires_at: Some(expires_at),
+        max_peers: None,
+        token_hash: Some([7; 32]),
+        meta: json!(null),
+        explicit: true,
+    }
+}
+
+/// The PTTL of `key`, in ms (-2: no such key, -1: no expiry).
+fn pttl(fx: &Fixture, key: &str) -> i64 {
+    fx.raw(&["PTTL", key])[1..].trim().parse().unwrap()
+}
+
+async fn joins_check_the_token_and_the_lifetime(fx: Fixture) {
+    let (s, t) = (fx.node("n").await, fx.node("m").await);
+    let now = now_ms();
+    let x = now + 3_600_000;
+    let r = room("t");
+    s.create_room(&guarded("t", x)).await.unwrap();
+    let shows = |token: Option<u8>, granted| RoomAccess {
+        token: token.map(|b| [b; 32]),
+        granted,
+    };
+    // No token, another token: refused, and nothing written.
+    for (access, want) in [
+        (shows(None, false), "required"),
+        (shows(Some(8), false), "invalid"),
+    ] {
+        let r = t
+            .join_room_with(&r, &member("a"), 1, 10, &access, now)
+            .await;
+        match (want, r) {
+            ("required", Err(StoreError::RoomTokenRequired))
+            | ("invalid", Err(StoreError::RoomTokenInvalid)) => {}
+            (_, other) => panic!("{want}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        s.join_room(&r, &member("a"), 1, 10).await,
+        Err(StoreError::RoomTokenRequired)
+    ));
+    assert_eq!(s.room_members(&r).await.unwrap(), None);
+    // The token, or a grant without one, admits.
+    assert!(t
+        .join_room_with(&r, &member("a"), 1, 10, &shows(Some(7), false), now)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids(&s
+            .join_room_with(&r, &member("b"), 2, 10, &shows(None, true), now)
+            .await
+            .unwrap()),
+        ["a"]
+    );
+    // At `expires_at` the room admits nobody, token or not; a moment
+    // before it still does.
+    for access in [shows(Some(7), false), shows(None, true)] {
+        assert!(matches!(
+            s.join_room_with(&r, &member("c"), 3, 10, &access, x).await,
+            Err(StoreError::RoomExpired)
+        ));
+    }
+    assert_eq!(
+        ids(&s
+            .join_room_with(&r, &member("c"), 3, 10, &shows(Some(7), false), x - 1)
+            .await
+            .unwrap()),
+        ["a", "b"]
+    );
+    // A restore after an outage checks neither (the member was admitted).
+    assert!(s.leave_room(&r, &pid("c"), 3).await.unwrap());
+    assert!(s.restore_member(&r, &member("c"), 3).await.unwrap());
+    assert_eq!(
+        ids(&s.room_members(&r).await.unwrap().unwrap()),
+        ["a", "b", "c"]
+    );
+    // Rooms without a token are open to any access.
+    s.create_room(&explicit("open", None)).await.unwrap();
+    s.join_room_with(
+        &room("open"),
+        &member("a"),
+        1,
+        10,
+        &shows(Some(9), false),
+        now,
+    )
+    .await
+    .unwrap();
+    s.join_room(&room("open"), &member("b"), 2, 10)
+        .await
+        .unwrap();
+    if fx.is_redis() {
+        // Every key of a room with a lifetime expires a grace period after it.
+        let k = fx.keys();
+        for key in [k.room_record(&r), k.room_members(&r), k.room_nodes(&r)] {
+            let left = pttl(&fx, &key);
+            let due = (x + ROOM_KEY_GRACE_MS - now_ms()) as i64;
+            assert!(
+                (due - 60_000..=due).contains(&left),
+                "{key}: PTTL {left}, expected about {due}"
+            );
+        }
+        let due: i64 = fx
+            .raw(&["ZSCORE", &k.room_expiry(), "t"])
+            .lines()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(due, x as i64);
+    }
+}
+
+async fn expired_rooms_are_removed_once(fx: Fixture) {
+    let (s, t) = (fx.node("n").await, fx.node("m").await);
+    let now = now_ms();
+    let (t1, t2, later) = (now + 10_000, now + 20_000, now + 30_000);
+    let open = |r: &str, x: Option<u64>| RoomRecord {
+        token_hash: None,
+        expires_at: x,
+        ..guarded(r, 0)
+    };
+    s.create_room(&open("b", Some(t2))).await.unwrap();
+    s.create_room(&open("a", Some(t1))).await.unwrap();
+    s.create_room(&open("c", None)).await.unwrap();
+    s.create_room(&open("d", Some(later))).await.unwrap();
+    // Due rooms, soonest first, bounded; none before their time.
+    assert_eq!(s.expiring_rooms(now, 10).await.unwrap(), vec![]);
+    assert_eq!(
+        s.expiring_rooms(t2, 10).await.unwrap(),
+        [room("a"), room("b")]
+    );
+    assert_eq!(s.expiring_rooms(t2, 1).await.unwrap(), [room("a")]);
+    assert_eq!(s.expiring_rooms(t2, 0).await.unwrap(), vec![]);
+    // Members on two nodes; two sweepers at once: one gets every membership.
+    s.join_room_with(&room("a"), &member("p"), 1, 10, &RoomAccess::default(), now)
+        .await
+        .unwrap();
+    t.join_room_with(&room("a"), &member("q"), 2, 10, &RoomAccess::default(), now)
+        .await
+        .unwrap();
+    let a = room("a");
+    let (x, y) = tokio::join!(s.expire_room(&a, t2), t.expire_room(&a, t2));
+    let mut got: Vec<_> = [x.unwrap(), y.unwrap()].into_iter().flatten().collect();
+    assert_eq!(got.len(), 1, "exactly one sweeper removes the room");
+    assert_eq!(
+        got.pop().unwrap(),
+        vec![
+            Membership {
+                member: member("p"),
+                epoch: 1
+            },
+            Membership {
+                member: member("q"),
+                epoch: 2
+            },
+        ]
+    );
+    assert_eq!(s.get_room(&room("a")).await.unwrap(), None);
+    // Not due yet, or no lifetime: left alone.
+    assert_eq!(s.expire_room(&room("d"), t2).await.unwrap(), None);
+    assert_eq!(s.expire_room(&room("c"), later).await.unwrap(), None);
+    assert!(s.get_room(&room("d")).await.unwrap().is_some());
+    assert!(s.get_room(&room("c")).await.unwrap().is_some());
+    // An empty room expires too (nobody to tell).
+    assert_eq!(s.expire_room(&room("b"), t2).await.unwrap(), Some(vec![]));
+    assert_eq!(s.expiring_rooms(later, 10).await.unwrap(), [room("d")]);
+    // Deleting a room with a lifetime takes it out of the expiry index.
+    assert_eq!(s.delete_room(&room("d")).await.unwrap(), Some(vec![]));
+    assert_eq!(s.expiring_rooms(later, 10).await.unwrap(), vec![]);
+    // A room made again under an expired name lives its own lifetime.
+    s.create_room(&open("a", Some(later))).await.unwrap();
+    assert_eq!(s.expire_room(&room("a"), t2).await.unwrap(), None);
+    assert!(s.get_room(&room("a")).await.unwrap().is_some());
+    assert_eq!(
+        all_rooms(s.as_ref())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.room.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+    if fx.is_redis() {
+        let k = fx.keys();
+        for r in ["b", "d"] {
+            let r = room(r);
+            for key in [k.room_record(&r), k.room_members(&r), k.room_nodes(&r)] {
+                assert_eq!(fx.raw(&["EXISTS", &key]), ":0\r\n", "{key} left behind");
+            }
+        }
+        for n in ["n", "m"] {
+            assert_eq!(fx.raw(&["SMEMBERS", &k.node_rooms(&node(n))]), "*0\r\n");
+        }
+        assert_eq!(
+            fx.raw(&["ZRANGE", &k.room_expiry(), "0", "-1"]),
+            "*1\r\n$1\r\na\r\n"
+        );
+        // A name left in the expiry index without its record (Redis expired
+        // the keys) is taken out by the next sweep, which removes nothing.
+        fx.raw(&["DEL", &k.room_record(&room("a"))]);
+        assert_eq!(s.expiring_rooms(later, 10).await.unwrap(), [room("a")]);
+        assert_eq!(s.expire_room(&room("a"), later).await.unwrap(), None);
+        assert_eq!(fx.raw(&["EXISTS", &k.room_expiry()]), ":0\r\n");
+    }
+}
+
+async fn a_lease_has_one_holder(fx: Fixture) {
+    let (s, t) = (fx.node("n").await, fx.node("m").await);
+    let ttl = Duration::from_secs(30);
+    assert!(s.try_lease("sweeper", &node("n"), ttl).await.unwrap());
+    if !fx.is_redis() {
+        // One process: every caller holds it.
+        assert!(t.try_lease("sweeper", &node("m"), ttl).await.unwrap());
+        return;
+    }
+    // Held: others are refused, the holder renews, other leases are apart.
+    assert!(!t.try_lease("sweeper", &node("m"), ttl).await.unwrap());
+    assert!(s.try_lease("sweeper", &node("n"), ttl).await.unwrap());
+    assert!(t.try_lease("other", &node("m"), ttl).await.unwrap());
+    let k = fx.keys();
+    let left = pttl(&fx, &k.lease("sweeper"));
+    assert!((1..=30_000).contains(&left), "PTTL {left}");
+    // Renewing puts the full lifetime back.
+    fx.raw(&["PEXPIRE", &k.lease("sweeper"), "5000"]);
+    assert!(s.try_lease("sweeper", &node("n"), ttl).await.unwrap());
+    assert!(pttl(&fx, &k.lease("sweeper")) > 5_000);
+    // Once it lapses (as if the holder stopped renewing), the next caller takes it.
+    fx.raw(&["DEL", &k.lease("sweeper")]);
+    assert!(t.try_lease("sweeper", &node("m"), ttl).await.unwrap());
+    assert!(!s.try_lease("sweeper", &node("n"), ttl).await.unwrap());
+    assert_eq!(fx.raw(&["GET", &k.lease("sweeper")]), "$1\r\nm\r\n");
+}
+
 async fn joins_replace_older_connections_and_restore_ignores_limits(fx: Fixture) {
     let s = fx.node("n").await;
     let r = room("r");
@@ -502,7 +755,7 @@ async fn room_listing_pages_by_name(fx: Fixture) {
         let name = format!("room-{i:02}");
         if i % 3 == 0 {
             s.create_room(&explicit(&name, None)).await.unwrap();
-            expected.push(summary(&name, 0));
+            expected.push(made(&name, 0, None));
         } else {
             let n = 1 + i % 2;
             for m in 0..n {
@@ -521,7 +774,7 @@ async fn room_listing_pages_by_name(fx: Fixture) {
     s.create_room(&explicit("room-15a", None)).await.unwrap();
     let second = s.list_rooms(first.next.as_ref(), 10).await.unwrap();
     let mut tail = expected[10..].to_vec();
-    tail.insert(6, summary("room-15a", 0));
+    tail.insert(6, made("room-15a", 0, None));
     assert_eq!(second.rooms, tail[..10]);
     assert_eq!(second.next, Some(room("room-18")));
     let third = s.list_rooms(second.next.as_ref(), 10).await.unwrap();
@@ -606,7 +859,7 @@ async fn reaping_a_dead_node_is_exactly_once(fx: Fixture) {
     assert!(!b.get_room(&room("s")).await.unwrap().unwrap().explicit);
     assert_eq!(
         all_rooms(b.as_ref()).await.unwrap(),
-        vec![summary("e", 0), summary("s", 1)]
+        vec![made("e", 0, None), summary("s", 1)]
     );
     assert_eq!(b.locate_peer(&pid("a1")).await.unwrap(), None);
     assert_eq!(b.locate_peer(&pid("b1")).await.unwrap(), Some(at("b", 2)));

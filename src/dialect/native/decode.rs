@@ -94,7 +94,7 @@ pub struct RawClientMsg<'a, D = Box<RawValue>> {
     /// `hello`, `join`: opaque metadata.
     #[serde(default, deserialize_with = "crate::payload::opt")]
     pub meta: Option<Value>,
-    /// `hello`: a JWT.
+    /// `hello`: a JWT; `join`: the room's token.
     pub token: Option<String>,
     /// `join`, `leave`, `broadcast`: the room.
     #[serde(borrow)]
@@ -247,6 +247,7 @@ impl<D: Into<Opaque>> RawClientMsg<'_, D> {
                 "join" => Command::Join {
                     room: room(self.room)?,
                     meta: meta(self.meta)?,
+                    token: self.token,
                 },
                 "leave" => Command::Leave {
                     room: room(self.room)?,

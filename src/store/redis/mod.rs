@@ -46,9 +46,9 @@ use tracing::warn;
 
 use super::{
     now_ms, secret_hex, Claim, Claimed, Directory, Door, EndpointUpdate, Enqueued, Liveness,
-    LostPairing, Membership, OwnEntries, PairError, PeerLocation, Reaped, RoomPage, RoomRecord,
-    RoomSummary, Rooms, SecretHash, Store, StoreError, Unpaired, Which, WorkerConn, WorkerRecord,
-    WorkerState, Workers,
+    LostPairing, Membership, OwnEntries, PairError, PeerLocation, Reaped, RoomAccess, RoomPage,
+    RoomRecord, RoomSummary, Rooms, SecretHash, Store, StoreError, Unpaired, Which, WorkerConn,
+    WorkerRecord, WorkerState, Workers, ROOM_KEY_GRACE_MS,
 };
 use crate::bus::WarnEvery;
 use crate::cluster::{Keys, Redis};
@@ -68,6 +68,8 @@ pub(crate) const LUA_FILES: &[(&str, &str)] = &[
     ("live_nodes.lua", include_str!("lua/live_nodes.lua")),
     ("create_room.lua", include_str!("lua/create_room.lua")),
     ("delete_room.lua", include_str!("lua/delete_room.lua")),
+    ("expire_room.lua", include_str!("lua/expire_room.lua")),
+    ("lease.lua", include_str!("lua/lease.lua")),
     ("list_rooms.lua", include_str!("lua/list_rooms.lua")),
     ("join.lua", include_str!("lua/join.lua")),
     ("leave.lua", include_str!("lua/leave.lua")),
@@ -106,6 +108,8 @@ struct Scripts {
     live_nodes: Script,
     create_room: Script,
     delete_room: Script,
+    expire_room: Script,
+    lease: Script,
     list_rooms: Script,
     join: Script,
     leave: Script,
@@ -135,7 +139,9 @@ impl Scripts {
             unregister: build(&[], "unregister.lua"),
             live_nodes: build(&[], "live_nodes.lua"),
             create_room: build(&[], "create_room.lua"),
-            delete_room: build(&[MEMBER], "delete_room.lua"),
+            delete_room: build(&[MEMBER, ROOM], "delete_room.lua"),
+            expire_room: build(&[MEMBER, ROOM], "expire_room.lua"),
+            lease: build(&[], "lease.lua"),
             list_rooms: build(&[], "list_rooms.lua"),
             join: build(&[MEMBER, ROOM], "join.lua"),
             leave: build(&[MEMBER, ROOM], "leave.lua"),
@@ -163,6 +169,8 @@ impl Scripts {
             &self.live_nodes,
             &self.create_room,
             &self.delete_room,
+            &self.expire_room,
+            &self.lease,
             &self.list_rooms,
             &self.join,
             &self.leave,
@@ -332,6 +340,30 @@ fn members_from(flat: Vec<Value>) -> Vec<Member> {
         .collect()
 }
 
+/// The memberships in a `{1, {peer, member value, ...}}` reply of
+/// `delete_room.lua` / `expire_room.lua`, by peer id; `None` for `{0}`.
+fn removed_members(out: Vec<Value>) -> Option<Vec<Membership>> {
+    let mut it = out.into_iter();
+    if it.next().and_then(|v| v.as_i64()) != Some(1) {
+        return None;
+    }
+    let strs: Vec<String> = match it.next() {
+        Some(Value::Array(a)) => a.into_iter().filter_map(|v| v.as_string()).collect(),
+        _ => Vec::new(),
+    };
+    let mut removed: Vec<Membership> = strs
+        .chunks_exact(2)
+        .filter_map(|c| {
+            Some(Membership {
+                epoch: member_epoch(&c[1])?,
+                member: member_from(&c[0], &c[1])?,
+            })
+        })
+        .collect();
+    removed.sort_by(|a, b| a.member.peer_id.cmp(&b.member.peer_id));
+    Some(removed)
+}
+
 /// The fields of a room record hash (see `lua/room.lua`), in `HMGET` order.
 const RECORD_FIELDS: [&str; 6] = ["c", "x", "max", "tok", "m", "ex"];
 
@@ -391,13 +423,15 @@ impl RedisStore {
     }
 
     /// `JOIN` for `member` (connection `epoch`, this node); `limit` `None`
-    /// admits it whatever the room's size (a restore).
+    /// admits it whatever the room's size, lifetime or token (a restore).
     async fn join(
         &self,
         room: &RoomName,
         member: &Member,
         epoch: u64,
         limit: Option<usize>,
+        access: &RoomAccess,
+        now_ms: u64,
     ) -> Result<Vec<Value>, StoreError> {
         let k = &self.r.keys;
         self.scripts
@@ -416,7 +450,10 @@ impl RedisStore {
                     room.to_string(),
                     self.me.to_string(),
                     epoch.to_string(),
-                    now_ms().to_string(),
+                    now_ms.to_string(),
+                    access.token.as_ref().map_or(String::new(), secret_hex),
+                    if access.granted { "1" } else { "0" }.to_string(),
+                    ROOM_KEY_GRACE_MS.to_string(),
                 ],
             )
             .await
@@ -601,6 +638,9 @@ impl Rooms for RedisStore {
                     opt(record.max_peers.map(|m| m.min(i64::MAX as usize) as u64)),
                     record.token_hash.as_ref().map_or(String::new(), secret_hex),
                     record.meta.to_string(),
+                    opt(record
+                        .expires_at
+                        .map(|x| x.saturating_add(ROOM_KEY_GRACE_MS))),
                 ],
             )
             .await
@@ -628,34 +668,50 @@ impl Rooms for RedisStore {
             .delete_room
             .evalsha_with_reload(
                 self.r.client(),
-                vec![
-                    k.room_record(room),
-                    k.room_members(room),
-                    k.room_nodes(room),
-                ],
+                vec![k.room_record(room), k.room_members(room)],
                 vec![room.to_string()],
             )
             .await
             .map_err(classify)?;
-        let mut it = out.into_iter();
-        if it.next().and_then(|v| v.as_i64()) != Some(1) {
-            return Ok(None);
+        Ok(removed_members(out))
+    }
+
+    async fn expiring_rooms(&self, now_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
         }
-        let strs: Vec<String> = match it.next() {
-            Some(Value::Array(a)) => a.into_iter().filter_map(|v| v.as_string()).collect(),
-            _ => Vec::new(),
-        };
-        let mut removed: Vec<Membership> = strs
-            .chunks_exact(2)
-            .filter_map(|c| {
-                Some(Membership {
-                    epoch: member_epoch(&c[1])?,
-                    member: member_from(&c[0], &c[1])?,
-                })
-            })
-            .collect();
-        removed.sort_by(|a, b| a.member.peer_id.cmp(&b.member.peer_id));
-        Ok(Some(removed))
+        let names: Vec<String> = self
+            .r
+            .client()
+            .zrangebyscore(
+                self.r.keys.room_expiry(),
+                "-inf",
+                // An integer bound (fred writes a string as a lex bound).
+                now_ms.min(i64::MAX as u64) as i64,
+                false,
+                Some((0, limit.min(i64::MAX as usize) as i64)),
+            )
+            .await
+            .map_err(classify)?;
+        Ok(names.into_iter().map(RoomName::from_trusted).collect())
+    }
+
+    async fn expire_room(
+        &self,
+        room: &RoomName,
+        now_ms: u64,
+    ) -> Result<Option<Vec<Membership>>, StoreError> {
+        let out: Vec<Value> = self
+            .scripts
+            .expire_room
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![self.r.keys.room_record(room)],
+                vec![room.to_string(), now_ms.to_string()],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(removed_members(out))
     }
 
     async fn list_rooms(
@@ -681,13 +737,19 @@ impl Rooms for RedisStore {
             )
             .await
             .map_err(classify)?;
-        let mut rooms = Vec::with_capacity(out.len() / 2);
+        let mut rooms = Vec::with_capacity(out.len() / 5);
         let mut it = out.into_iter();
-        while let (Some(name), Some(n)) = (it.next(), it.next()) {
+        let num = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok());
+        while let (Some(name), Some(n), Some(ex), Some(x), Some(max)) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        {
             if let (Some(name), Some(n)) = (name.as_string(), n.as_i64()) {
                 rooms.push(RoomSummary {
                     room: RoomName::from_trusted(name),
                     members: n.max(0) as usize,
+                    explicit: ex.as_string().as_deref() == Some("1"),
+                    expires_at: num(x.as_string()),
+                    max_peers: num(max.as_string()).map(|m| m as usize),
                 });
             }
         }
@@ -700,17 +762,24 @@ impl Rooms for RedisStore {
         Ok(RoomPage { rooms, next })
     }
 
-    async fn join_room(
+    async fn join_room_with(
         &self,
         room: &RoomName,
         member: &Member,
         epoch: u64,
         max_peers: usize,
+        access: &RoomAccess,
+        now_ms: u64,
     ) -> Result<Vec<Member>, StoreError> {
-        let out = self.join(room, member, epoch, Some(max_peers)).await?;
+        let out = self
+            .join(room, member, epoch, Some(max_peers), access, now_ms)
+            .await?;
         let mut it = out.into_iter();
         match it.next().and_then(|v| v.as_i64()) {
             Some(-1) => Err(StoreError::RoomFull),
+            Some(-2) => Err(StoreError::RoomTokenRequired),
+            Some(-3) => Err(StoreError::RoomTokenInvalid),
+            Some(-4) => Err(StoreError::RoomExpired),
             Some(_) => {
                 let flat = match it.next() {
                     Some(Value::Array(a)) => a,
@@ -771,7 +840,9 @@ impl Rooms for RedisStore {
         member: &Member,
         epoch: u64,
     ) -> Result<bool, StoreError> {
-        let out = self.join(room, member, epoch, None).await?;
+        let out = self
+            .join(room, member, epoch, None, &RoomAccess::default(), now_ms())
+            .await?;
         Ok(out.first().and_then(|v| v.as_i64()) == Some(1))
     }
 }
@@ -945,6 +1016,28 @@ impl Liveness for RedisStore {
                 })
                 .collect(),
         })
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &NodeId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let held: i64 = self
+            .scripts
+            .lease
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![self.r.keys.lease(name)],
+                vec![
+                    holder.to_string(),
+                    (ttl.as_millis().max(1) as u64).to_string(),
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(held == 1)
     }
 
     async fn goodbye(&self, node: &NodeId) -> Result<(), StoreError> {

@@ -4,7 +4,10 @@
 -- unix ms, `max` most members, `tok` token SHA-256 hex, `m` meta JSON text
 -- that no script parses, `ex` '1' explicit / '0' implicit; absent values
 -- are ''), its members (hash k_room_members), a count of members per node
--- (hash k_room_nodes) and its name in the index (sorted set k_room_index).
+-- (hash k_room_nodes) and its name in the index (sorted set k_room_index),
+-- and, when it has a lifetime, in the expiry index (sorted set
+-- k_room_expiry, scored by `x`); its keys then carry a PEXPIREAT a grace
+-- period after `x` (store::ROOM_KEY_GRACE_MS), in case no node sweeps.
 
 -- Node `n` has one member fewer in `room`: at none, the room leaves the
 -- node's room set (which tells its reaper where to look).
@@ -28,4 +31,20 @@ local function vanish_if_empty(room)
     redis.call('DEL', rk)
     redis.call('ZREM', k_room_index(), room)
   end
+end
+
+-- Removes room `room` whole: record, members, per-node counts, its place in
+-- both indexes, and its name from its members' nodes' room sets. Returns the
+-- members as they were ({peer, member value, ...}). Needs member.lua.
+local function remove_room(room)
+  local mk = k_room_members(room)
+  local all = redis.call('HGETALL', mk)
+  for i = 1, #all, 2 do
+    local _, n = member_conn(all[i + 1])
+    if n then redis.call('SREM', k_node_rooms(n), room) end
+  end
+  redis.call('DEL', k_room_record(room), mk, k_room_nodes(room))
+  redis.call('ZREM', k_room_index(), room)
+  redis.call('ZREM', k_room_expiry(), room)
+  return all
 end
