@@ -120,6 +120,12 @@ error_codes! {
     /// HTTP: a WebSocket upgrade request on a connection that cannot be
     /// upgraded (no upgrade state: for example HTTP/1.0).
     UpgradeRequired => "upgrade-required",
+    /// HTTP: `POST /api/auth/anonymous` while sign-in is off
+    /// (`auth.signin.enabled`).
+    SigninUnavailable => "signin-unavailable",
+    /// HTTP: too many sign-ins from this client address
+    /// (`auth.signin.rate_per_minute`); `Retry-After` says when to retry.
+    RateLimited => "rate-limited",
 }
 
 /// An error addressed to one client: a code and a human-readable message.

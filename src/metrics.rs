@@ -139,6 +139,17 @@ pub const MAX_CONNECTIONS: &str = "switchboard_max_connections";
 pub const OPEN_FILES_LIMIT: &str = "switchboard_open_files_limit";
 /// Counter: failed `accept` calls, by `kind` (`emfile`, `enfile`, `other`).
 pub const ACCEPT_ERRORS: &str = "switchboard_accept_errors_total";
+/// Counter: sign-in requests (`POST /api/auth/anonymous`, the room signaling
+/// door's `/anonymous-signin`), by `outcome` (`issued`, `rate-limited`,
+/// `disabled`, `failed`).
+pub const SIGNINS: &str = "switchboard_signins_total";
+/// Counter: frames of the room signaling door not forwarded, by `reason`
+/// (`spoofed-sender`, `bad-target`, `unregistered`, `invalid`, `unknown-type`).
+pub const ROOM_SIGNALING_DROPPED: &str = "switchboard_room_signaling_dropped_total";
+/// Counter: room signaling `register` messages, by `outcome` (`registered`,
+/// `missing-fields`, `invalid-id-token`, `room-not-found`, `invalid-token`,
+/// `room-expired`, `storage-error`, `refused`).
+pub const ROOM_SIGNALING_REGISTERS: &str = "switchboard_room_signaling_registers_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -396,4 +407,13 @@ fn describe() {
     );
     describe_gauge!(OPEN_FILES_LIMIT, "Open-file soft limit of the process");
     describe_counter!(ACCEPT_ERRORS, "Failed accept calls, by kind");
+    describe_counter!(SIGNINS, "Sign-in requests, by outcome");
+    describe_counter!(
+        ROOM_SIGNALING_DROPPED,
+        "Room signaling frames not forwarded, by reason"
+    );
+    describe_counter!(
+        ROOM_SIGNALING_REGISTERS,
+        "Room signaling register messages, by outcome"
+    );
 }

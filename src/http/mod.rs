@@ -9,6 +9,7 @@
 //!   `/api/workers`, `/api/connect`) and the admin guard;
 //! - [`legacy`]: the older rendezvous service's `/`, `/debug/list_workers`
 //!   and worker door `/ws/register/{worker_id}`;
+//! - [`signin`]: `POST /api/auth/anonymous`, open, rate-limited per address;
 //! - [`room_signaling`] and [`dashboard`]: the doors of the room signaling
 //!   and dashboard servers' clients, on listeners of their own
 //!   ([`door_router`]) and/or under a prefix on the main listener
@@ -32,6 +33,7 @@ pub mod forwarded;
 pub mod legacy;
 pub mod probes;
 pub mod room_signaling;
+pub mod signin;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -75,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .merge(upgrade::routes())
         .merge(probes::routes())
         .merge(legacy::routes())
+        .merge(signin::routes())
         .merge(operator);
     let doors = &state.node.core.cfg.doors;
     if !doors.room_signaling.prefix.is_empty() {

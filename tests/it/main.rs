@@ -30,3 +30,4 @@ mod sec_auth;
 mod sec_http;
 mod sec_memory;
 mod shutdown;
+mod signin;
