@@ -25,6 +25,7 @@ mod http_errors;
 mod limits;
 mod protocol;
 mod rendezvous;
+mod room_signaling;
 mod rooms;
 mod sec_auth;
 mod sec_http;
