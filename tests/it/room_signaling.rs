@@ -699,6 +699,40 @@ async fn v2_discover_peers_and_peer_message() {
             c.id, workers[0].id
         )
     );
+    // Metadata is bounded as a native `meta` is (limits.max_meta_bytes).
+    let (big_token, big_id) = sign_in(&d).await;
+    let mut big = Client::connect(&d.ws).await;
+    big.send_raw_text(&format!(
+        r#"{{"type": "register", "peer_id": "{big_id}", "room_id": "{room}", "token": "{token}", "id_token": "{big_token}", "metadata": {{"blob": "{}"}}}}"#,
+        "x".repeat(5000)
+    ))
+    .await;
+    assert_eq!(
+        big.recv_text().await,
+        r#"{"type": "error", "reason": "Metadata too large"}"#
+    );
+    c.ws.send_raw_text(&format!(
+        r#"{{"type": "update_metadata", "peer_id": "{}", "metadata": {{"blob": "{}"}}}}"#,
+        c.id,
+        "x".repeat(5000)
+    ))
+    .await;
+    assert_eq!(
+        c.ws.recv_text().await,
+        r#"{"type": "error", "code": "INVALID_MESSAGE", "message": "metadata must be at most 4096 bytes as JSON"}"#
+    );
+    c.ws.send_raw_text(&format!(
+        r#"{{"type": "update_metadata", "peer_id": "{}", "metadata": {{"tags": ["t"], "properties": {{"k": 1}}}}}}"#,
+        c.id
+    ))
+    .await;
+    assert_eq!(
+        c.ws.recv_text().await,
+        format!(
+            r#"{{"type": "metadata_updated", "peer_id": "{}", "metadata": {{"properties": {{"k": 1}}, "tags": ["t"]}}}}"#,
+            c.id
+        )
+    );
     // Not registered: v2's error shape.
     let mut stranger = Client::connect(&d.ws).await;
     stranger

@@ -148,6 +148,12 @@ fn member_meta(role: &str, metadata: Value, connected_at: f64) -> Value {
     Value::Object(m)
 }
 
+/// True when a member's metadata is within `limits.max_meta_bytes` as JSON
+/// (as a native `meta` must be: every `joined` list repeats it).
+fn meta_fits(node: &Node, meta: &Value) -> bool {
+    serde_json::to_string(meta).is_ok_and(|t| t.len() <= node.core.cfg.limits.max_meta_bytes)
+}
+
 /// Where a registered connection is.
 #[derive(Debug, Clone)]
 struct Registered {
@@ -423,6 +429,10 @@ impl RoomSignaling {
             _ => Value::Object(Default::default()),
         };
         let meta = member_meta(&role, metadata, now_ms() as f64 / 1000.0);
+        if !meta_fits(node, &meta) {
+            // v2's role and metadata are what every member's list repeats.
+            return reason("refused", "Metadata too large");
+        }
         let answer = Dict::new()
             .with("type", "registered_auth")
             .with("room_id", room.as_str())
@@ -745,6 +755,19 @@ impl RoomSignaling {
             Py::Dict(update.clone()).to_json(),
         );
         meta["metadata"] = merged.clone();
+        if !meta_fits(node, &meta) {
+            send_text(
+                handle,
+                code_frame(
+                    "INVALID_MESSAGE",
+                    &format!(
+                        "metadata must be at most {} bytes as JSON",
+                        node.core.cfg.limits.max_meta_bytes
+                    ),
+                ),
+            );
+            return;
+        }
         // Same peer and connection: the store replaces the member's value
         // (no event: v2 told no one either); the hub keeps it for
         // re-registration after an outage.
