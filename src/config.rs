@@ -951,6 +951,9 @@ impl Config {
                 ));
             }
         }
+        if d.room_signaling.room_ttl_s == 0 {
+            errs.push("doors.room_signaling.room_ttl_s: must be greater than 0".into());
+        }
         let mut seen: Vec<(&str, SocketAddr)> = vec![("server.listen", self.server.listen)];
         for (key, addr) in self.door_listeners() {
             if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr && addr.port() != 0) {
@@ -980,9 +983,6 @@ impl Config {
                 "auth.signin.burst: must be greater than 0 while auth.signin.rate_per_minute is set (0 there disables the limit)"
                     .into(),
             );
-        }
-        if self.doors.room_signaling.room_ttl_s == 0 {
-            errs.push("doors.room_signaling.room_ttl_s: must be greater than 0".into());
         }
     }
 
