@@ -377,6 +377,136 @@ pub struct AuthConfig {
     /// Who may connect without a token while no `auth.jwt` key is configured
     /// (with a key, every peer needs a token and this is not consulted).
     pub anonymous: AnonymousPolicy,
+    /// Sign-in: tokens the node issues itself (`POST /api/auth/anonymous`,
+    /// and the room signaling door's `/anonymous-signin`).
+    pub signin: SigninConfig,
+}
+
+/// `[auth.signin]`: anonymous sign-in, for apps without an identity
+/// provider of their own. Off by default: a node that mints a token for
+/// anyone who asks lets anyone in, so it is a decision, like
+/// `auth.anonymous = "allow"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigninConfig {
+    /// Issue tokens at `POST /api/auth/anonymous` (and the room signaling
+    /// door's `/anonymous-signin`); off: those answer 503 `signin-unavailable`.
+    pub enabled: bool,
+    /// Lifetime of an issued token, in seconds (its `exp`).
+    pub token_ttl_s: u64,
+    /// Sign-ins answered per minute per client address (an IPv4 address, or
+    /// an IPv6 /64), after a burst of `burst`; above it 429. 0: no limit.
+    pub rate_per_minute: u32,
+    /// Sign-ins a client address may make at once above `rate_per_minute`.
+    pub burst: u32,
+    /// A private key (PEM text, or the path of a PEM file: RSA, EC P-256 /
+    /// P-384, Ed25519) to sign with; its public key must be in
+    /// `auth.jwt.public_keys`, so every node verifies what any node
+    /// issued. Empty: tokens are signed with `auth.jwt.hs256_secret` (HS256).
+    pub private_key: Secret,
+    /// `private_key`, read and checked when the configuration is loaded.
+    #[serde(skip)]
+    pub key: Option<SigningKey>,
+}
+
+/// The private key of `auth.signin.private_key`, read and checked at load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SigningKey {
+    /// The algorithm tokens are signed with (RS256, ES256, ES384 or EdDSA).
+    pub alg: jsonwebtoken::Algorithm,
+    /// The key as PEM text.
+    pub pem: Secret,
+}
+
+/// Longest `auth.signin.token_ttl_s`: a week. A sign-in token cannot be
+/// revoked, so its lifetime is its exposure.
+pub const MAX_SIGNIN_TTL_S: u64 = 7 * 24 * 3600;
+
+impl Default for SigninConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token_ttl_s: 3600,
+            rate_per_minute: 10,
+            burst: 10,
+            private_key: Secret::default(),
+            key: None,
+        }
+    }
+}
+
+impl SigninConfig {
+    /// Reads and checks `private_key` into [`Self::key`]: it must be a
+    /// private key in PEM whose tokens one of `jwt`'s loaded public keys
+    /// verifies (so that every node accepts what this one signs). One
+    /// message per problem.
+    pub fn load_key(&mut self, jwt: &JwtConfig) -> Vec<String> {
+        use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+        self.key = None;
+        let entry = self.private_key.expose();
+        if entry.is_empty() {
+            return Vec::new();
+        }
+        let key = "auth.signin.private_key";
+        let pem = match pem_or_file(entry) {
+            Ok(p) => p,
+            // A path is not secret; PEM text would not have failed to read.
+            Err(e) => return vec![format!("{key}: cannot read `{entry}`: {e}")],
+        };
+        let b = pem.as_bytes();
+        let candidates: Vec<(EncodingKey, Algorithm)> = [
+            EncodingKey::from_rsa_pem(b).map(|k| vec![(k, Algorithm::RS256)]),
+            EncodingKey::from_ec_pem(b)
+                .map(|k| vec![(k.clone(), Algorithm::ES256), (k, Algorithm::ES384)]),
+            EncodingKey::from_ed_pem(b).map(|k| vec![(k, Algorithm::EdDSA)]),
+        ]
+        .into_iter()
+        .filter_map(Result::ok)
+        .flatten()
+        .collect();
+        // A probe token signed with the key (the first algorithm the key
+        // signs with), checked against each public key of its family.
+        #[derive(Serialize, Deserialize)]
+        struct Probe {
+            sub: String,
+            exp: u64,
+        }
+        let probe = Probe {
+            sub: "probe".into(),
+            exp: u64::MAX / 2,
+        };
+        let Some((alg, token)) = candidates.iter().find_map(|(k, alg)| {
+            jsonwebtoken::encode(&Header::new(*alg), &probe, k)
+                .ok()
+                .map(|t| (*alg, t))
+        }) else {
+            return vec![format!(
+                "{key}: not an RSA, EC (P-256, P-384) or Ed25519 private key in PEM (PKCS#8 for EC and Ed25519)"
+            )];
+        };
+        let mut v = Validation::new(alg);
+        v.validate_aud = false;
+        v.iss = None;
+        let verified = jwt.keys.iter().any(|pk| {
+            let b = pk.pem.as_bytes();
+            let dk = match pk.family {
+                KeyFamily::Rsa => DecodingKey::from_rsa_pem(b),
+                KeyFamily::Ec => DecodingKey::from_ec_pem(b),
+                KeyFamily::Ed => DecodingKey::from_ed_pem(b),
+            };
+            dk.is_ok_and(|dk| jsonwebtoken::decode::<Probe>(&token, &dk, &v).is_ok())
+        });
+        if !verified {
+            return vec![format!(
+                "{key}: no key in auth.jwt.public_keys verifies its tokens; add its public key there, so every node accepts the tokens any node issues"
+            )];
+        }
+        self.key = Some(SigningKey {
+            alg,
+            pem: Secret::new(pem),
+        });
+        Vec::new()
+    }
 }
 
 /// `auth.anonymous`: peers without a token when no JWT key is configured.
@@ -658,7 +788,7 @@ pub struct DoorsConfig {
 }
 
 /// `[doors.room_signaling]`
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoomSignalingDoor {
     /// Its HTTP listener (the old server's was port 8001); empty: none.
@@ -672,6 +802,28 @@ pub struct RoomSignalingDoor {
     /// (`/signaling`: HTTP at `/signaling/create-room`, ..., the WebSocket at
     /// `/signaling/ws`); empty: not on the main listener.
     pub prefix: String,
+    /// Lifetime of a room made by `/create-room`, in seconds (the old
+    /// server's was two hours). A `register` into a room past it is refused
+    /// with `Room expired`.
+    pub room_ttl_s: u64,
+}
+
+impl Default for RoomSignalingDoor {
+    fn default() -> Self {
+        Self {
+            http_listen: None,
+            ws_listen: None,
+            prefix: String::new(),
+            room_ttl_s: 7200,
+        }
+    }
+}
+
+impl RoomSignalingDoor {
+    /// True when the door is served anywhere (a listener or a prefix).
+    pub fn is_served(&self) -> bool {
+        self.http_listen.is_some() || self.ws_listen.is_some() || !self.prefix.is_empty()
+    }
 }
 
 /// `[doors.dashboard]`
@@ -814,6 +966,7 @@ impl Config {
     pub fn redacted(&self) -> Self {
         let mut c = self.clone();
         c.auth.jwt.hs256_secret = c.auth.jwt.hs256_secret.redact();
+        c.auth.signin.private_key = c.auth.signin.private_key.redact();
         c.http.admin_token = c.http.admin_token.redact();
         c.cluster.redis_url = c.cluster.redis_url.redact();
         c
@@ -855,12 +1008,38 @@ impl Config {
                 ));
             }
         }
+        if d.room_signaling.room_ttl_s == 0 {
+            errs.push("doors.room_signaling.room_ttl_s: must be greater than 0".into());
+        }
         let mut seen: Vec<(&str, SocketAddr)> = vec![("server.listen", self.server.listen)];
         for (key, addr) in self.door_listeners() {
             if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr && addr.port() != 0) {
                 errs.push(format!("{key}: {addr} is also {other}"));
             }
             seen.push((key, addr));
+        }
+    }
+
+    /// Sign-in has a key to sign with, a bounded token lifetime and a
+    /// usable rate limit.
+    fn validate_signin(&self, errs: &mut Vec<String>) {
+        let si = &self.auth.signin;
+        if si.enabled && si.private_key.is_empty() && self.auth.jwt.hs256_secret.is_empty() {
+            errs.push(
+                "auth.signin.enabled: sign-in needs a key to sign with: auth.jwt.hs256_secret, or auth.signin.private_key (with its public key in auth.jwt.public_keys)"
+                    .into(),
+            );
+        }
+        if !(1..=MAX_SIGNIN_TTL_S).contains(&si.token_ttl_s) {
+            errs.push(format!(
+                "auth.signin.token_ttl_s: must be between 1 and {MAX_SIGNIN_TTL_S} (a week)"
+            ));
+        }
+        if si.rate_per_minute > 0 && si.burst == 0 {
+            errs.push(
+                "auth.signin.burst: must be greater than 0 while auth.signin.rate_per_minute is set (0 there disables the limit)"
+                    .into(),
+            );
         }
     }
 
@@ -988,6 +1167,7 @@ impl Config {
             ));
         }
         self.validate_doors(&mut errs);
+        self.validate_signin(&mut errs);
         let url = self.cluster.redis_url.expose();
         if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
             // fred parses these, but the store's scripts touch keys of
@@ -1111,6 +1291,8 @@ fn from_figment(fig: &Figment) -> Result<Config, ConfigErrors> {
         Ok(mut cfg) => {
             let mut errs = cfg.validate();
             errs.extend(cfg.auth.jwt.load_keys());
+            let jwt = cfg.auth.jwt.clone();
+            errs.extend(cfg.auth.signin.load_key(&jwt));
             if errs.is_empty() {
                 Ok(cfg)
             } else {
@@ -1160,6 +1342,8 @@ fn per_key_errors(merged: &Value) -> Vec<String> {
     if let Ok(mut cfg) = serde_json::from_value::<Config>(well_typed) {
         errs.extend(cfg.validate());
         errs.extend(cfg.auth.jwt.load_keys());
+        let jwt = cfg.auth.jwt.clone();
+        errs.extend(cfg.auth.signin.load_key(&jwt));
     }
     errs
 }

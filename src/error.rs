@@ -132,6 +132,12 @@ error_codes! {
     /// `join` into a room whose lifetime has run out (it is closed within
     /// a moment, if it is not already).
     RoomExpired => "room-expired",
+    /// HTTP: `POST /api/auth/anonymous` while sign-in is off
+    /// (`auth.signin.enabled`).
+    SigninUnavailable => "signin-unavailable",
+    /// HTTP: too many sign-ins from this client address
+    /// (`auth.signin.rate_per_minute`); `Retry-After` says when to retry.
+    RateLimited => "rate-limited",
 }
 
 /// An error addressed to one client: a code and a human-readable message.

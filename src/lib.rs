@@ -27,8 +27,8 @@
 //! - [`bus`] and [`store`]: the two cluster seams, with in-process backends
 //!   for the embedded single node and Redis backends ([`cluster`]) for a
 //!   cluster.
-//! - [`config`], [`auth`], [`metrics`], [`error`], [`types`], [`payload`]:
-//!   the supporting cast.
+//! - [`config`], [`auth`], [`signin`], [`metrics`], [`error`], [`types`],
+//!   [`payload`]: the supporting cast.
 //!
 //! [`start`] builds and starts everything a node runs; [`Started::serve`]
 //! serves until a shutdown future resolves, then drains. The binary in
@@ -52,6 +52,7 @@ pub mod relay;
 pub mod rendezvous;
 pub mod rooms;
 pub mod server;
+pub mod signin;
 pub mod store;
 pub mod stun;
 pub mod tasks;
@@ -243,6 +244,16 @@ fn log_admission(node: &Node) {
             %listen,
             "rooms: anyone who reaches this port may create rooms (rooms.create = \"anyone\")"
         ),
+    }
+    if node.signin.is_enabled() {
+        tracing::info!(
+            ttl_s = node.core.cfg.auth.signin.token_ttl_s,
+            "auth: sign-in is on: anyone who reaches the node gets a token for a fresh peer id (auth.signin)"
+        );
+    } else if node.core.cfg.doors.room_signaling.is_served() {
+        tracing::warn!(
+            "doors.room_signaling: its clients sign in at /anonymous-signin, which answers 503 while auth.signin.enabled is off"
+        );
     }
 }
 

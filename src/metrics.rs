@@ -149,6 +149,17 @@ pub const ROOMS_DELETED: &str = "switchboard_rooms_deleted_total";
 /// Counter: `room-closed` announcements to other nodes dropped unpublished
 /// because too many were waiting for the bus.
 pub const ROOM_CLOSED_DROPPED: &str = "switchboard_room_closed_dropped_total";
+/// Counter: sign-in requests (`POST /api/auth/anonymous`, the room signaling
+/// door's `/anonymous-signin`), by `outcome` (`issued`, `rate-limited`,
+/// `disabled`, `failed`).
+pub const SIGNINS: &str = "switchboard_signins_total";
+/// Counter: frames of the room signaling door not forwarded, by `reason`
+/// (`spoofed-sender`, `bad-target`, `unregistered`, `invalid`, `unknown-type`).
+pub const ROOM_SIGNALING_DROPPED: &str = "switchboard_room_signaling_dropped_total";
+/// Counter: room signaling `register` messages, by `outcome` (`registered`,
+/// `missing-fields`, `invalid-id-token`, `room-not-found`, `invalid-token`,
+/// `room-expired`, `storage-error`, `refused`).
+pub const ROOM_SIGNALING_REGISTERS: &str = "switchboard_room_signaling_registers_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -415,5 +426,14 @@ fn describe() {
     describe_counter!(
         ROOM_CLOSED_DROPPED,
         "room-closed announcements dropped because too many waited for the bus"
+    );
+    describe_counter!(SIGNINS, "Sign-in requests, by outcome");
+    describe_counter!(
+        ROOM_SIGNALING_DROPPED,
+        "Room signaling frames not forwarded, by reason"
+    );
+    describe_counter!(
+        ROOM_SIGNALING_REGISTERS,
+        "Room signaling register messages, by outcome"
     );
 }

@@ -41,6 +41,7 @@ use crate::metrics as m;
 use crate::relay::Relay;
 use crate::rendezvous::Rendezvous;
 use crate::rooms::Rooms;
+use crate::signin::SignIn;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Claim, Claimed, Door, PeerLocation, Reaped, SecretHash, Store, StoreError};
@@ -161,6 +162,8 @@ pub struct Node {
     pub rdv: Arc<Rendezvous>,
     /// Verifies tokens; `None` without a configured key.
     auth: Option<Authenticator>,
+    /// Issues sign-in tokens (`auth.signin`), verified by `auth`.
+    pub signin: SignIn,
     /// Whether peers without a token are admitted, decided once at start.
     anonymous: AnonymousMode,
     /// Parsed `http.trusted_proxies` (read by the HTTP doors).
@@ -205,6 +208,7 @@ impl Node {
         tasks: Tasks,
     ) -> Result<Arc<Self>, Vec<String>> {
         let auth = Authenticator::from_config(&cfg.auth.jwt)?;
+        let signin = SignIn::from_config(&cfg.auth)?;
         let anonymous = cfg.anonymous_mode();
         let trusted_proxies = cfg.http.trusted_proxies.clone();
         let core = Arc::new(Core::new(cfg, id, store, bus, tasks));
@@ -214,6 +218,7 @@ impl Node {
             rdv: Rendezvous::new(core.clone()),
             core: core.clone(),
             auth,
+            signin,
             anonymous,
             trusted_proxies,
         });
@@ -347,12 +352,6 @@ impl Node {
         Ok(Registered { session, welcome })
     }
 
-    /// Verifies a JWT with the node's `auth.jwt` keys, for any subject (the
-    /// HTTP door's signed-in callers); `None` when no key is configured.
-    pub fn verify_token(&self, token: Option<&str>) -> Option<Result<Claims, AuthError>> {
-        self.auth.as_ref().map(|a| a.verify(token, None))
-    }
-
     /// How this node treats peers without a token (from `auth.anonymous`,
     /// `auth.jwt` and `server.listen`).
     pub fn anonymous_mode(&self) -> AnonymousMode {
@@ -371,6 +370,26 @@ impl Node {
                 .map_err(|e| e.to_string()),
             None if self.anonymous.allows_anonymous() => Ok(false),
             None => Err(ANONYMOUS_REFUSED.into()),
+        }
+    }
+
+    /// True when a key is configured to verify tokens with (`auth.jwt`).
+    pub fn verifies_tokens(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// Verifies `token` with the configured keys (operator-issued tokens and
+    /// sign-in tokens alike), for `peer` when given (its `sub` must be it).
+    /// Without a configured key nothing verifies: a door that needs a
+    /// verified identity (the room signaling door's `id_token`) refuses.
+    pub fn verify_token(
+        &self,
+        token: Option<&str>,
+        peer: Option<&str>,
+    ) -> Result<Claims, AuthError> {
+        match &self.auth {
+            Some(auth) => auth.verify(token, peer),
+            None => Err(AuthError::Invalid("no key is configured to verify tokens")),
         }
     }
 

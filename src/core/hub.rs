@@ -48,6 +48,14 @@ impl CloseReason {
         reason: "slow-consumer",
         leave: LeaveReason::Disconnected,
     };
+    /// The door's only room was closed (its lifetime ran out, or it was
+    /// deleted): a door whose clients know no room-closed message (the room
+    /// signaling door) ends the connection after telling it why.
+    pub const ROOM_CLOSED: Self = Self {
+        code: close::NORMAL,
+        reason: "room-closed",
+        leave: LeaveReason::Disconnected,
+    };
     /// A newer connection took the peer id.
     pub const REPLACED: Self = Self {
         code: close::REPLACED,

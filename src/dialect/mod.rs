@@ -21,6 +21,7 @@
 
 pub mod legacy_worker;
 pub mod native;
+pub mod room_signaling;
 
 use std::future::Future;
 use std::net::SocketAddr;

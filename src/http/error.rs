@@ -62,7 +62,10 @@ pub fn status(code: ErrorCode) -> StatusCode {
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        ClusterUnavailable | Draining | TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+        ClusterUnavailable | Draining | TooManyConnections | SigninUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        RateLimited => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
@@ -229,6 +232,8 @@ mod tests {
             (RoomTokenRequired, "room-token-required", 401),
             (RoomTokenInvalid, "room-token-invalid", 403),
             (RoomExpired, "room-expired", 410),
+            (SigninUnavailable, "signin-unavailable", 503),
+            (RateLimited, "rate-limited", 429),
         ];
         assert_eq!(table.len(), ErrorCode::ALL.len(), "a code has no row");
         for &code in ErrorCode::ALL {

@@ -11,6 +11,7 @@
 //!   reads behind the guard, creating and deleting as `rooms.create` says;
 //! - [`legacy`]: the older rendezvous service's `/`, `/debug/list_workers`
 //!   and worker door `/ws/register/{worker_id}`;
+//! - [`signin`]: `POST /api/auth/anonymous`, open, rate-limited per address;
 //! - [`room_signaling`] and [`dashboard`]: the doors of the room signaling
 //!   and dashboard servers' clients, on listeners of their own
 //!   ([`door_router`]) and/or under a prefix on the main listener
@@ -35,6 +36,7 @@ pub mod legacy;
 pub mod probes;
 pub mod room_signaling;
 pub mod rooms;
+pub mod signin;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -82,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         // Before the guarded routes of the same paths: the merged path's
         // fallback (405) is the guarded one, so the guard answers first.
         .merge(rooms::record_routes())
+        .merge(signin::routes())
         .merge(operator);
     let doors = &state.node.core.cfg.doors;
     if !doors.room_signaling.prefix.is_empty() {

@@ -235,6 +235,9 @@ pub enum Door {
     /// The older rendezvous service's worker protocol at `/ws/register/{worker_id}`.
     #[serde(rename = "legacy")]
     LegacyWorker,
+    /// The room signaling server's protocol (`[doors.room_signaling]`).
+    #[serde(rename = "room-signaling")]
+    RoomSignaling,
 }
 
 impl Door {
@@ -243,6 +246,7 @@ impl Door {
         match self {
             Self::Native => "native",
             Self::LegacyWorker => "legacy",
+            Self::RoomSignaling => "room-signaling",
         }
     }
 
@@ -251,6 +255,7 @@ impl Door {
         match s {
             "native" => Some(Self::Native),
             "legacy" => Some(Self::LegacyWorker),
+            "room-signaling" => Some(Self::RoomSignaling),
             _ => None,
         }
     }
