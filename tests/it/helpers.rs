@@ -1125,6 +1125,26 @@ impl RawWs {
         Some((h[0] & 0x0f, payload))
     }
 
+    /// Sends one masked text frame holding `v` as JSON.
+    pub fn send_json(&mut self, v: &Value) {
+        self.send(&client_frame(true, 1, v.to_string().as_bytes(), true));
+    }
+
+    /// The next data frame, decoded (text as JSON, binary as MessagePack).
+    /// Pings are skipped and not answered (this client never writes on its
+    /// own); a close frame or the end of the stream fails the test.
+    pub fn recv_json(&mut self) -> Value {
+        for _ in 0..10_000 {
+            match self.read_frame() {
+                Some((1, p)) => return serde_json::from_slice(&p).expect("a JSON text frame"),
+                Some((2, p)) => return rmp_serde::from_slice(&p).expect("a MessagePack frame"),
+                Some((9 | 10, _)) => continue,
+                other => panic!("expected a data frame, got {other:?}"),
+            }
+        }
+        panic!("no data frame within 10,000 frames");
+    }
+
     /// Reads frames until a close frame; returns its code and reason
     /// (`None`: the stream ended first). Data frames before it are skipped.
     pub fn read_close(&mut self) -> Option<(u16, String)> {
