@@ -275,18 +275,12 @@ async fn thousand_workers_auto_pair_exactly_once_across_three_nodes() {
             c.hello(&me).await;
             c.send_json(json!({"type": "pair", "id": 1, "meta": {"i": i}}))
                 .await;
-            // The `ack` and the `paired`, in either order: another node may
-            // match this worker before its own node has read the store's answer.
-            let (mut acked, mut paired) = (false, None);
-            while !acked || paired.is_none() {
-                let m = c.recv().await;
-                match m["type"].as_str() {
-                    Some("ack") if !acked => acked = true,
-                    Some("paired") if paired.is_none() => paired = Some(m),
-                    _ => panic!("{me}: unexpected {m}"),
-                }
-            }
-            (me, paired.unwrap(), c)
+            // The `ack` first, then the `paired`, even when another node
+            // matches this worker before its own node has read the store's
+            // answer (PROTOCOL.md "Rendezvous", RENDEZVOUS.md ordering note).
+            assert_eq!(c.recv().await, json!({"type": "ack", "id": 1}), "{me}");
+            let paired = c.recv_type("paired").await;
+            (me, paired, c)
         }));
     }
     let mut got = Vec::new();
@@ -317,12 +311,20 @@ async fn thousand_workers_auto_pair_exactly_once_across_three_nodes() {
         assert!(seen.insert(a.0.clone()) && seen.insert(b.0.clone()));
     }
     assert_eq!(seen.len(), N);
-    // Nothing more arrives for anyone (no second `paired`).
+    // Nothing more arrives for anyone (no second `paired`): every worker's
+    // next message is the pong to a ping sent now (all pings go out first,
+    // so the round trips overlap).
     let mut clients: HashMap<String, (Client, Value)> =
         got.into_iter().map(|(me, p, c)| (me, (c, p))).collect();
-    for (c, _) in clients.values_mut().take(50) {
-        c.timeout = Duration::from_secs(5);
-        c.ping().await;
+    for (c, _) in clients.values_mut() {
+        c.send_json(json!({"type": "ping", "id": "after"})).await;
+    }
+    for (me, (c, _)) in clients.iter_mut() {
+        assert_eq!(
+            c.recv().await,
+            json!({"type": "pong", "id": "after"}),
+            "{me}: something came before the pong"
+        );
     }
 
     // Partner loss across nodes: w0 leaves, its partner hears `disconnected`.
