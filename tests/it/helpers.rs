@@ -27,10 +27,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long a single expected event may take before the test fails.
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a single expected event may take before the test fails:
+/// generous, because the suite runs many nodes at once on a shared machine
+/// (functional tests are not timing gates).
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node may take to bind and log its address.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The MessagePack subprotocol.
 pub const MSGPACK: &str = "switchboard.v1.msgpack";
 /// The JSON subprotocol.
@@ -548,6 +550,23 @@ pub fn http_client() -> reqwest::Client {
         .timeout(TIMEOUT)
         .build()
         .expect("reqwest client")
+}
+
+/// Awaits `fut` for at most [`TIMEOUT`]; panics naming `what` otherwise.
+/// For network calls that have no timeout of their own (a WebSocket
+/// handshake, an HTTP/2 request), so that no test can hang.
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {TIMEOUT:?}"))
+}
+
+/// A TCP connection to `addr`, bounded by [`TIMEOUT`] (a full accept queue
+/// would otherwise keep a connect waiting for minutes).
+pub async fn tcp_connect(addr: SocketAddr) -> TcpStream {
+    within(&format!("connect to {addr}"), TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
 }
 
 // ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::cluster_helpers::{spawn_cluster, unique_prefix, wait_ready, RedisServer};
-use crate::helpers::{http_client, metric, Client, TestNode};
+use crate::helpers::{http_client, metric, within, Client, TestNode};
 
 // ---------------------------------------------------------------------------
 // STUN helpers (requests built and responses checked by stun_codec)
@@ -139,16 +139,19 @@ async fn welcome_with_headers(url: &str, headers: &[(&str, &str)]) -> Value {
         req.headers_mut()
             .append(name, HeaderValue::from_str(v).unwrap());
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+    let (mut ws, _) = within("connect", tokio_tungstenite::connect_async(req))
         .await
         .expect("connect");
     use futures_util::SinkExt;
-    ws.send(tokio_tungstenite::tungstenite::Message::text(
-        json!({"type": "hello"}).to_string(),
-    ))
+    within(
+        "send hello",
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "hello"}).to_string(),
+        )),
+    )
     .await
     .unwrap();
-    loop {
+    for _ in 0..100 {
         let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
             .expect("welcome in time")
@@ -158,6 +161,7 @@ async fn welcome_with_headers(url: &str, headers: &[(&str, &str)]) -> Value {
             return serde_json::from_str(&t).unwrap();
         }
     }
+    panic!("no text frame among the first 100 frames")
 }
 
 // ---------------------------------------------------------------------------
@@ -864,7 +868,9 @@ async fn forwarded_for_is_honoured_only_from_trusted_proxies() {
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
         .insert("x-forwarded-for", HeaderValue::from_static("203.0.113.10"));
-    let (_ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let (_ws, _) = within("connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
     let mut list = Value::Null;
     for _ in 0..100 {
         list = trusting.get("/debug/list_workers").await.1;

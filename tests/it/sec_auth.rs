@@ -120,11 +120,16 @@ async fn welcome_with_headers(node: &TestNode, headers: &[(&'static str, &'stati
     for (k, v) in headers {
         req.headers_mut().append(*k, HeaderValue::from_static(v));
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let (mut ws, _) = crate::helpers::within("connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
     use futures_util::{SinkExt, StreamExt};
-    ws.send(tokio_tungstenite::tungstenite::Message::text(
-        json!({"type": "hello"}).to_string(),
-    ))
+    crate::helpers::within(
+        "send hello",
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "hello"}).to_string(),
+        )),
+    )
     .await
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
