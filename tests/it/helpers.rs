@@ -1178,6 +1178,24 @@ impl RawWs {
     }
 }
 
+/// Records that (part of) a test did not run here, and why: printed as a
+/// `SKIPPED` line, and appended to the file named by `TEST_SKIPS_FILE` when
+/// it is set (tests/run-all.sh sets it and lists every skip at the end, so a
+/// skip is never silent in the summary).
+pub fn skipped(test: &str, reason: &str) {
+    let line = format!("SKIPPED {test}: {reason}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("TEST_SKIPS_FILE") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open TEST_SKIPS_FILE");
+        writeln!(f, "{line}").expect("write TEST_SKIPS_FILE");
+    }
+}
+
 /// True when `s` is a UUID in its hyphenated form.
 pub fn is_uuid(s: &str) -> bool {
     uuid::Uuid::try_parse(s).is_ok_and(|u| u.hyphenated().to_string() == s.to_ascii_lowercase())
