@@ -1408,14 +1408,20 @@ mod tests {
 
         #[tokio::test]
         async fn garbage_and_truncated_datagrams_get_no_reply_ipv4() {
-            garbage_gets_no_reply("127.0.0.1:0", "garbage_and_truncated_datagrams_get_no_reply_ipv4")
-                .await;
+            garbage_gets_no_reply(
+                "127.0.0.1:0",
+                "garbage_and_truncated_datagrams_get_no_reply_ipv4",
+            )
+            .await;
         }
 
         #[tokio::test]
         async fn garbage_and_truncated_datagrams_get_no_reply_ipv6() {
-            garbage_gets_no_reply("[::1]:0", "garbage_and_truncated_datagrams_get_no_reply_ipv6")
-                .await;
+            garbage_gets_no_reply(
+                "[::1]:0",
+                "garbage_and_truncated_datagrams_get_no_reply_ipv6",
+            )
+            .await;
         }
 
         #[tokio::test]

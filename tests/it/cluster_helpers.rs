@@ -54,7 +54,10 @@ fn wait_started(child: &mut Child, what: &str, mut ready: impl FnMut() -> bool) 
         if child.try_wait().expect("try_wait").is_some() {
             return false;
         }
-        assert!(Instant::now() < deadline, "{what} did not start within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start within 20 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -25,13 +25,12 @@ type H2Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// else the JSON body.
 async fn h2_connect(node: &TestNode, protocol: Option<&str>) -> (StatusCode, Result<H2Ws, Value>) {
     let tcp = crate::helpers::tcp_connect(node.addr()).await;
-    let (mut send, conn) =
-        crate::helpers::within(
-            "h2 handshake",
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
-        )
-        .await
-        .expect("h2 handshake");
+    let (mut send, conn) = crate::helpers::within(
+        "h2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+    )
+    .await
+    .expect("h2 handshake");
     tokio::spawn(conn);
     let mut req = Request::builder()
         .method(Method::CONNECT)

@@ -58,7 +58,11 @@ async fn oversized_frame_still_being_written_gets_its_1009() {
     raw.stream.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     std::io::Read::read_to_end(&mut raw.stream, &mut rest).expect("a clean end of stream");
-    assert!(rest.is_empty(), "{} bytes after the close frame", rest.len());
+    assert!(
+        rest.is_empty(),
+        "{} bytes after the close frame",
+        rest.len()
+    );
 }
 
 #[tokio::test]

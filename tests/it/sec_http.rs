@@ -524,9 +524,7 @@ async fn http2_connections_idle_out_unless_they_carry_a_websocket() {
 
     // Plain: one GET, then nothing.
     let tcp = crate::helpers::tcp_connect(node.addr()).await;
-    let (mut send, conn) = within("h2 handshake", h2(tcp))
-        .await
-        .expect("h2 handshake");
+    let (mut send, conn) = within("h2 handshake", h2(tcp)).await.expect("h2 handshake");
     let plain = tokio::spawn(conn);
     let req = hyper::Request::get(format!("{uri}/healthz"))
         .body(Empty::new())
@@ -539,9 +537,7 @@ async fn http2_connections_idle_out_unless_they_carry_a_websocket() {
 
     // Carrier: an extended CONNECT for /ws, kept open.
     let tcp = crate::helpers::tcp_connect(node.addr()).await;
-    let (mut send_ws, conn) = within("h2 handshake", h2(tcp))
-        .await
-        .expect("h2 handshake");
+    let (mut send_ws, conn) = within("h2 handshake", h2(tcp)).await.expect("h2 handshake");
     let carrier = tokio::spawn(conn);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut res = loop {
@@ -551,9 +547,7 @@ async fn http2_connections_idle_out_unless_they_carry_a_websocket() {
             .unwrap();
         req.extensions_mut()
             .insert(Protocol::from_static("websocket"));
-        within("h2 ready", send_ws.ready())
-            .await
-            .expect("h2 ready");
+        within("h2 ready", send_ws.ready()).await.expect("h2 ready");
         match within("extended CONNECT", send_ws.send_request(req)).await {
             Ok(r) => break r,
             // The server's SETTINGS (ENABLE_CONNECT_PROTOCOL) may not be here yet.
