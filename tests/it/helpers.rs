@@ -827,6 +827,14 @@ impl Client {
         }
     }
 
+    /// The next binary frame as sent by the server (not decoded).
+    pub async fn recv_binary(&mut self) -> Vec<u8> {
+        match self.next_raw(self.timeout).await {
+            Some(Ok(Message::Binary(b))) => b.to_vec(),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+
     /// The next data message, decoded.
     pub async fn recv(&mut self) -> Value {
         self.recv_frame().await.msg
