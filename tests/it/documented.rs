@@ -787,3 +787,143 @@ async fn the_drain_closes_members_with_peer_left_disconnected() {
         json!({"type": "peer-left", "room": "r", "peer_id": "leaving", "reason": "disconnected"})
     );
 }
+
+/// Publishes `count` copies of `payload` to `channel` in one pipeline (one
+/// write), then waits for the replies.
+fn publish_burst(redis: &RedisServer, channel: &str, payload: &str, count: usize) {
+    use std::io::{Read, Write};
+    let port: u16 = redis.url().rsplit(':').next().unwrap().parse().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let one = format!(
+        "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
+        channel.len(),
+        payload.len()
+    );
+    let mut all = one.repeat(count);
+    all.push_str("*1\r\n$4\r\nPING\r\n");
+    s.write_all(all.as_bytes()).expect("write the burst");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !got.ends_with(b"+PONG\r\n") {
+        let n = s.read(&mut buf).expect("redis replies");
+        assert!(n > 0, "redis closed the connection");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// DESIGN.md / `cluster.subscriber_buffer`: when pub/sub messages arrive
+/// faster than the node takes them from a buffer that small, the overflow is
+/// counted in `switchboard_bus_lagged_total` (and logged), and reading goes
+/// on: the node's readiness probe still makes its round trip afterwards.
+#[tokio::test]
+async fn a_lagging_subscriber_is_counted_and_keeps_reading() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("lag");
+    let nodes = spawn_cluster(
+        &redis,
+        &prefix,
+        1,
+        &[("SWITCHBOARD_CLUSTER__SUBSCRIBER_BUFFER", "1")],
+    )
+    .await;
+    let channel = format!("{prefix}:ch:node:node-1");
+    let lagged = "switchboard_bus_lagged_total";
+    for _ in 0..20 {
+        publish_burst(&redis, &channel, "not an envelope", 5000);
+        if metric(&nodes[0], lagged).await >= 1.0 {
+            break;
+        }
+    }
+    assert!(
+        metric(&nodes[0], lagged).await >= 1.0,
+        "no lag counted after 100,000 messages through a buffer of 1"
+    );
+    nodes[0].wait_log("pub/sub receiver lagged", Duration::from_secs(10));
+    // Still reading: what was not lost was decoded (and refused), and the
+    // probe's round trip works.
+    assert!(metric(&nodes[0], "switchboard_bus_decode_errors_total").await >= 1.0);
+    crate::cluster_helpers::wait_ready(&nodes[0], true, Duration::from_secs(20)).await;
+    let mut a = nodes[0].peer("a").await;
+    a.join("r").await;
+    a.ping().await;
+}
+
+/// RENDEZVOUS.md `pair-lost`: reason `replaced` when the partner's id is
+/// taken over by a newer connection (its proven reconnect), `timeout` when
+/// the partner misses its heartbeats; on the embedded store and on Redis.
+async fn pair_lost_replaced_and_timeout(node: &TestNode) {
+    // Replaced.
+    let mut w1 = node.peer("w1").await;
+    let mut w2 = Client::connect(&node.ws_url()).await;
+    let welcome = w2.hello("w2").await;
+    w1.send_json(json!({"type": "pair", "id": "1", "pool": "lost"}))
+        .await;
+    assert_eq!(w1.recv().await, json!({"type": "ack", "id": "1"}));
+    w2.send_json(json!({"type": "pair", "id": "2", "pool": "lost"}))
+        .await;
+    assert_eq!(w2.recv().await, json!({"type": "ack", "id": "2"}));
+    let p = w1.recv_type("paired").await;
+    assert_eq!(w2.recv_type("paired").await["pairing_id"], p["pairing_id"]);
+    let mut again = Client::connect(&node.ws_url()).await;
+    again
+        .hello_with(json!({"type": "hello", "peer_id": "w2", "reconnect_secret": welcome["reconnect_secret"]}))
+        .await;
+    assert_eq!(w2.expect_close().await, (4002, "replaced".to_string()));
+    assert_eq!(
+        w1.recv().await,
+        json!({"type": "pair-lost", "pairing_id": p["pairing_id"], "reason": "replaced"})
+    );
+    w1.close().await;
+    again.close().await;
+
+    // Timeout: w4 says hello and pairs over a raw socket, then goes silent.
+    let mut w3 = node.peer("w3").await;
+    w3.timeout = Duration::from_secs(30);
+    w3.send_json(json!({"type": "pair", "id": "3", "pool": "lost"}))
+        .await;
+    assert_eq!(w3.recv().await, json!({"type": "ack", "id": "3"}));
+    let mut w4 = crate::helpers::RawWs::connect(node.addr(), "/ws");
+    w4.send_json(&json!({"type": "hello", "id": 1, "peer_id": "w4"}));
+    assert_eq!(w4.recv_json()["type"], "welcome");
+    w4.send_json(&json!({"type": "pair", "id": 4, "pool": "lost"}));
+    assert_eq!(w4.recv_json(), json!({"type": "ack", "id": 4}));
+    assert_eq!(w4.recv_json()["type"], "paired");
+    let p = w3.recv_type("paired").await;
+    assert_eq!(
+        w3.recv().await,
+        json!({"type": "pair-lost", "pairing_id": p["pairing_id"], "reason": "timeout"})
+    );
+    assert_eq!(
+        w4.read_close(),
+        Some((4004, "heartbeat-timeout".to_string()))
+    );
+    assert!(
+        metric(
+            node,
+            r#"switchboard_pairings_lost_total{reason="replaced"}"#
+        )
+        .await
+            >= 1.0
+    );
+    assert!(metric(node, r#"switchboard_pairings_lost_total{reason="timeout"}"#).await >= 1.0);
+}
+
+/// Heartbeats short enough for the timeout case, long enough for a reading
+/// client on a busy machine.
+const PAIR_HEARTBEAT: [(&str, &str); 2] = [
+    ("SWITCHBOARD_LIMITS__HEARTBEAT_INTERVAL_MS", "500"),
+    ("SWITCHBOARD_LIMITS__HEARTBEAT_TIMEOUT_MS", "3000"),
+];
+
+#[tokio::test]
+async fn pair_lost_replaced_and_timeout_on_the_embedded_store() {
+    pair_lost_replaced_and_timeout(&TestNode::spawn(&PAIR_HEARTBEAT)).await;
+}
+
+#[tokio::test]
+async fn pair_lost_replaced_and_timeout_on_redis() {
+    let redis = RedisServer::start();
+    let nodes = spawn_cluster(&redis, &unique_prefix("pair-lost"), 1, &PAIR_HEARTBEAT).await;
+    pair_lost_replaced_and_timeout(&nodes[0]).await;
+}
