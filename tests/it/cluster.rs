@@ -148,7 +148,7 @@ async fn signal_crosses_nodes_exactly_once_and_in_order() {
 
 /// Waits until `node` holds no registered peer (bounded).
 async fn wait_no_peers(node: &TestNode) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while metric(node, "switchboard_peers").await > 0.0 {
         assert!(Instant::now() < deadline, "peers stayed registered");
         tokio::time::sleep(Duration::from_millis(20)).await;
