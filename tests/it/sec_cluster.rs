@@ -554,8 +554,10 @@ async fn a_leave_that_timed_out_is_announced_once_redis_is_back() {
     x.join("r").await;
     assert_eq!(w.recv_type("peer-joined").await["peer_id"], "x");
 
+    // Paused until the leave has timed out (an explicit UNPAUSE below): a
+    // short pause could end before a starved test sends the leave.
     assert!(redis
-        .command(&["CLIENT", "PAUSE", "1500", "WRITE"])
+        .command(&["CLIENT", "PAUSE", "60000", "WRITE"])
         .starts_with("+OK"));
     x.send_json(json!({"type": "leave", "id": 1, "room": "r"}))
         .await;
@@ -567,6 +569,7 @@ async fn a_leave_that_timed_out_is_announced_once_redis_is_back() {
         Duration::from_secs(20),
     )
     .await;
+    assert!(redis.command(&["CLIENT", "UNPAUSE"]).starts_with("+OK"));
 
     w.timeout = Duration::from_secs(15);
     let left = next_skipping_joins(&mut w).await;
