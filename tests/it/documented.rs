@@ -846,16 +846,15 @@ async fn a_lagging_subscriber_is_counted_and_keeps_reading() {
     .await;
     let channel = format!("{prefix}:ch:node:node-1");
     let lagged = "switchboard_bus_lagged_total";
+    // Bursts until a lag is counted (the node may read them well after
+    // Redis has sent them, on a busy machine: the last wait is long).
     for _ in 0..20 {
         publish_burst(&redis, &channel, "not an envelope", 5000);
         if metric(&nodes[0], lagged).await >= 1.0 {
             break;
         }
     }
-    assert!(
-        metric(&nodes[0], lagged).await >= 1.0,
-        "no lag counted after 100,000 messages through a buffer of 1"
-    );
+    wait_metric(&nodes[0], lagged, 1.0, Duration::from_secs(60)).await;
     nodes[0].wait_log("pub/sub receiver lagged", Duration::from_secs(10));
     // Still reading: what was not lost was decoded (and refused), and the
     // probe's round trip works.
