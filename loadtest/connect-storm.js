@@ -12,7 +12,8 @@
 //   SB_HOLD        time at the plateau (default 30s; smoke 3s)
 //   SB_ROOMS       rooms the sessions spread over (default 50)
 //   SB_MAX_VUS     most VUs k6 may use (default 1000; smoke 50)
-//   SB_P95_MS      connect-to-welcome p95 target (default 100; smoke 500)
+//   SB_P95_MS      connect-to-welcome p95 target (default 100); a benchmark's
+//                  threshold, not applied in the smoke profile
 
 import { check } from 'k6';
 import exec from 'k6/execution';
@@ -25,7 +26,7 @@ const RAMP = __ENV.SB_RAMP || (SMOKE ? '1s' : '10s');
 const HOLD = __ENV.SB_HOLD || (SMOKE ? '3s' : '30s');
 const ROOMS = Math.max(1, envInt('SB_ROOMS', 50));
 const MAX_VUS = envInt('SB_MAX_VUS', SMOKE ? 50 : 1000);
-const P95_MS = envInt('SB_P95_MS', SMOKE ? 500 : 100);
+const P95_MS = envInt('SB_P95_MS', 100);
 const SESSION_TIMEOUT_MS = 10000;
 
 const helloTime = new Trend('storm_hello_time', true);
@@ -52,7 +53,7 @@ export const options = {
   thresholds: {
     storm_ok: ['rate>0.99'],
     storm_errors: ['count==0'],
-    storm_hello_time: [`p(95)<${P95_MS}`],
+    ...(SMOKE ? {} : { storm_hello_time: [`p(95)<${P95_MS}`] }),
     checks: ['rate>0.99'],
   },
 };

@@ -27,15 +27,18 @@
 //   SB_START_MS    time from setup to the common `pair` moment, for the
 //                  workers to connect (default 3000 + SB_WORKERS / 2; smoke 1500)
 //   SB_MAX_MS      most time from `pair` to `paired` for any worker: the
-//                  threshold on max(pair_latency) (default 2000, the issue's target)
+//                  threshold on max(pair_latency) (default 2000, the issue's
+//                  target); a benchmark's threshold, not applied in the smoke
+//                  profile (a worker that is never paired still fails it, by
+//                  SB_WAIT_MS and pairs_ok)
 //   SB_WAIT_MS     how long a worker waits for `paired` before giving up
 //                  (default 10000)
 //   SB_EXCHANGE    1 (default): exchange a signal with the partner; 0: local checks only
 //   SB_LINGER_MS   after the exchange, stay connected this long to catch a
 //                  second `paired` (default 200)
 //
-// Thresholds (k6 exits 99 when one is crossed): pair_latency max < SB_MAX_MS,
-// pairs_ok (paired / `pair` sent) == 100 %, pair_symmetric == 100 %,
+// Thresholds (k6 exits 99 when one is crossed): pair_latency max < SB_MAX_MS
+// (not in the smoke profile), pairs_ok (paired / `pair` sent) == 100 %, pair_symmetric == 100 %,
 // pair_errors == 0.
 
 import { check } from 'k6';
@@ -70,7 +73,7 @@ export const options = {
   },
   setupTimeout: '60s',
   thresholds: {
-    pair_latency: [`max<${MAX_MS}`],
+    ...(SMOKE ? {} : { pair_latency: [`max<${MAX_MS}`] }),
     pairs_ok: ['rate==1'],
     pair_symmetric: ['rate==1'],
     pair_errors: ['count==0'],

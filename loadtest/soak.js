@@ -7,8 +7,14 @@
 // closes early (heartbeat timeout, slow consumer, crash) fails the run.
 //
 // The default is short (60 s); set SB_SOAK_SECS for a real soak, e.g. 3600.
-// Sockets idle longer than twice the server's heartbeat interval (from
-// `welcome.heartbeat_ms`) must have seen at least one server ping.
+// Every socket is held at least twice the server's heartbeat interval (from
+// `welcome.heartbeat_ms`) plus a ping interval, however short SB_SOAK_SECS
+// is, and must have seen at least one server ping by then: the heartbeat
+// check is sampled on every run (`soak_heartbeat_checked` must be > 0).
+//
+// The round-trip threshold (p95 < 100 ms) is a benchmark's: it applies
+// outside the smoke profile only (SB_SMOKE=1 runs on debug builds in CI,
+// where it would measure the machine, not the broker).
 //
 // Environment (besides SB_URL / SB_URLS / SB_SMOKE, see lib/switchboard.js):
 //   SB_VUS         sockets (default 200; smoke 5)
@@ -36,6 +42,7 @@ const soakDrops = new Counter('soak_drops');
 const soakErrors = new Counter('soak_errors');
 const soakOk = new Rate('soak_ok');
 const heartbeatOk = new Rate('soak_heartbeat_ok');
+const heartbeatChecked = new Counter('soak_heartbeat_checked');
 
 export const options = {
   scenarios: {
@@ -43,15 +50,16 @@ export const options = {
       executor: 'per-vu-iterations',
       vus: VUS,
       iterations: 1,
-      maxDuration: `${SOAK_SECS + RAMP_SECS + 60}s`,
+      maxDuration: `${SOAK_SECS + RAMP_SECS + 120}s`,
     },
   },
   thresholds: {
     soak_ok: ['rate>0.99'],
     soak_drops: ['count==0'],
     soak_errors: ['count==0'],
-    soak_ping_rtt: ['p(95)<100'],
+    ...(SMOKE ? {} : { soak_ping_rtt: ['p(95)<100'] }),
     soak_heartbeat_ok: ['rate>0.99'],
+    soak_heartbeat_checked: ['count>0'],
     checks: ['rate>0.99'],
   },
 };
@@ -85,6 +93,7 @@ export default function (data) {
     if (!ok) soakErrors.add(1, { code });
     if (ok && heartbeatMs > 0 && Date.now() - joinedAt > 2 * heartbeatMs) {
       heartbeatOk.add(pings > 0);
+      heartbeatChecked.add(1);
     }
     ws.close();
   };
@@ -116,10 +125,11 @@ export default function (data) {
           pending[id] = Date.now();
           send(ws, { type: 'ping', id });
         }, PING_MS);
+        // Long enough for the heartbeat check (two intervals and a ping).
         endTimer = setTimeout(() => {
           stepTimer = setTimeout(() => finish(false, 'leave-timeout'), STEP_TIMEOUT_MS);
           send(ws, { type: 'leave', room, id: 'leave' });
-        }, SOAK_SECS * 1000);
+        }, Math.max(SOAK_SECS * 1000, 2 * heartbeatMs + PING_MS));
         break;
       case 'pong':
         if (pending[m.id] !== undefined) {

@@ -321,6 +321,14 @@ pub struct Limits {
     /// `nesting-too-deep`): value trees are handled recursively, and parsers
     /// further on (Redis's Lua cjson, other nodes) have limits of their own.
     pub max_nesting_depth: usize,
+    /// How long the server keeps trying to end a connection it closes: to
+    /// write what is queued and its close frame, then to read the client's
+    /// answering close frame (so the socket is not reset while the client
+    /// still has bytes in flight, which would destroy the close frame).
+    /// A client that does not read within this time never sees the close
+    /// frame.
+    #[serde(rename = "close_timeout_ms", with = "millis")]
+    pub close_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -339,6 +347,7 @@ impl Default for Limits {
             outbound_queue_bytes: 1 << 20,
             max_write_buffer_bytes: 256 * 1024,
             max_nesting_depth: 64,
+            close_timeout: Duration::from_millis(1_000),
         }
     }
 }
@@ -1131,6 +1140,7 @@ impl Config {
             ),
             ("limits.heartbeat_timeout_ms", self.limits.heartbeat_timeout),
             ("rooms.sweep_interval_ms", self.rooms.sweep_interval),
+            ("limits.close_timeout_ms", self.limits.close_timeout),
         ] {
             if d.is_zero() {
                 errs.push(format!("{k}: must be greater than 0"));

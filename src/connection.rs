@@ -186,7 +186,10 @@ fn serve<D: Dialect>(
             }
         };
         Box::pin(async {
-            tokio::join!(disconnect, close(&mut ws, &mut rx, &enc, why));
+            tokio::join!(
+                disconnect,
+                close(&mut ws, &mut rx, &enc, why, limits.close_timeout)
+            );
         })
         .await;
         drop(rx);
@@ -284,11 +287,20 @@ fn poll_socket<E: Encoder>(
     ws.poll_read(cx)
 }
 
-/// Ends the connection on the wire within a second: flushes the answer to a
-/// client's close, or delivers what was queued (an error, a reconnect notice;
-/// not for a client closed for not reading) and then the close frame.
-async fn close<E: Encoder>(ws: &mut WebSocket, rx: &mut OutboundRx, enc: &E, why: CloseReason) {
-    let deadline = TokioInstant::now() + Duration::from_secs(1);
+/// Ends the connection on the wire within `limits.close_timeout_ms`:
+/// flushes the answer to a client's close, or delivers what was queued (an
+/// error, a reconnect notice; not for a client closed for not reading) and
+/// then the close frame, and reads until the client answers it (closing a
+/// socket with unread input resets it, and the reset destroys what the
+/// client had not read yet: see [`WebSocket::read_until_closed`]).
+async fn close<E: Encoder>(
+    ws: &mut WebSocket,
+    rx: &mut OutboundRx,
+    enc: &E,
+    why: CloseReason,
+    within: Duration,
+) {
+    let deadline = TokioInstant::now() + within;
     let closing = async {
         if why != CloseReason::CLIENT_CLOSED {
             if why != CloseReason::SLOW {
@@ -302,7 +314,13 @@ async fn close<E: Encoder>(ws: &mut WebSocket, rx: &mut OutboundRx, enc: &E, why
             }
             ws.queue_close(enc.close_frame(why));
         }
-        let _ = ws.shutdown().await;
+        let shut = ws.shutdown().await;
+        // The server started the close on a socket that still works: wait for
+        // the client's answer. (The client's own close is answered already; a
+        // socket that ended or failed has nothing more to say.)
+        if shut.is_ok() && why != CloseReason::CLIENT_CLOSED && why != CloseReason::CLIENT_GONE {
+            ws.read_until_closed().await;
+        }
     };
     tokio::select! {
         _ = closing => {}

@@ -499,6 +499,45 @@ impl WebSocket {
         poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await
     }
 
+    /// After the server's own close frame is written: reads (and drops)
+    /// what the client still sends until its answering close frame, the end
+    /// of the stream or a framing error. A socket closed while unread bytes
+    /// wait in its receive buffer is reset, and a reset makes the client's
+    /// system drop what it had not read yet, the server's close frame
+    /// included; so the server reads until the client has said its last word.
+    ///
+    /// When the framing cannot be followed (the close was for a frame too
+    /// big or a protocol violation), the bytes are dropped unparsed until the
+    /// end of the stream. The caller bounds the wait.
+    pub async fn read_until_closed(&mut self) {
+        loop {
+            match poll_fn(|cx| self.poll_read(cx)).await {
+                Event::Message | Event::Control => {}
+                Event::End(ReadEnd::Closed | ReadEnd::Gone | ReadEnd::WriteFailed) => return,
+                Event::End(ReadEnd::TooBig | ReadEnd::Protocol | ReadEnd::InvalidUtf8) => break,
+            }
+        }
+        self.release();
+        self.rbuf = Vec::new();
+        self.rpos = 0;
+        poll_fn(|cx| loop {
+            let read = SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.is_empty() {
+                    s.resize(READ_CHUNK, 0);
+                }
+                let mut rb = ReadBuf::new(&mut s[..]);
+                ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+                Poll::Ready(Ok::<_, io::Error>(rb.filled().len()))
+            });
+            match ready!(read) {
+                Ok(0) | Err(_) => return Poll::Ready(()),
+                Ok(_) => {}
+            }
+        })
+        .await
+    }
+
     /// The message of the last [`Event::Message`]; `None` for text that is
     /// not UTF-8 (a protocol violation: end the connection).
     pub fn data(&self) -> Option<Data<'_>> {

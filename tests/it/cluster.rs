@@ -148,7 +148,7 @@ async fn signal_crosses_nodes_exactly_once_and_in_order() {
 
 /// Waits until `node` holds no registered peer (bounded).
 async fn wait_no_peers(node: &TestNode) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while metric(node, "switchboard_peers").await > 0.0 {
         assert!(Instant::now() < deadline, "peers stayed registered");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -289,12 +289,7 @@ async fn room_spans_three_nodes_with_presence_and_broadcast() {
     // The room looks the same from every node.
     let mut views = Vec::new();
     for n in &nodes {
-        let v: Value = reqwest::get(n.http("/api/rooms/r"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = n.get("/api/rooms/r").await.1;
         views.push(v);
     }
     assert!(views.iter().all(|v| *v == views[0]), "{views:?}");
@@ -392,6 +387,7 @@ async fn killed_node_is_cleaned_up_once_within_the_bound() {
     nodes[0].sigkill();
     // Heartbeat TTL 3 s + scan every 0.25 s: each watcher hears each victim leave once.
     for w in [&mut w2, &mut w3] {
+        w.timeout = Duration::from_secs(30);
         let mut left = Vec::new();
         for _ in 0..2 {
             let m = w.recv_type("peer-left").await;
@@ -401,19 +397,37 @@ async fn killed_node_is_cleaned_up_once_within_the_bound() {
         left.sort();
         assert_eq!(left, ["victim-1", "victim-2"]);
     }
+    // The bound is the TTL plus a scan (3.25 s); the check is generous (a
+    // loaded machine), and still far below the reaper claim's minute.
     let took = killed_at.elapsed();
-    assert!(took < Duration::from_secs(6), "cleanup took {took:?}");
+    assert!(took < Duration::from_secs(20), "cleanup took {took:?}");
 
-    // Exactly one survivor reaped the dead node...
-    let reaped = metric(&nodes[1], "switchboard_nodes_reaped_total").await
-        + metric(&nodes[2], "switchboard_nodes_reaped_total").await;
-    assert_eq!(reaped, 1.0);
-    // ...and no second `peer-left` follows: after two more scan periods, a ping's
-    // pong is the next message.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Exactly one survivor reaped the dead node, and no other can: the
+    // reaper's claim (`SET NX`, for a minute) names it, and the dead node is
+    // gone from the node set the scans read.
+    let prefix = unique_prefix("kill");
+    let claim = redis.command(&["GET", &format!("{prefix}:node:node-1:reaper")]);
+    let reaper = if claim.contains("node-2") {
+        1
+    } else {
+        assert!(claim.contains("node-3"), "no reaper claim: {claim:?}");
+        2
+    };
+    assert_eq!(
+        redis.command(&["SISMEMBER", &format!("{prefix}:nodes"), "node-1"]),
+        ":0\r\n"
+    );
+    assert_eq!(
+        metric(&nodes[reaper], "switchboard_nodes_reaped_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&nodes[3 - reaper], "switchboard_nodes_reaped_total").await,
+        0.0
+    );
+    // No second `peer-left` follows: a ping's pong is the next message.
     for w in [&mut w2, &mut w3] {
-        w.send_json(json!({"type": "ping", "id": 1})).await;
-        assert_eq!(w.recv().await, json!({"type": "pong", "id": 1}));
+        w.ping().await;
     }
     // The directory forgot the victims and the room lists only the survivors;
     // the routes both survivors cached do not turn that into another error.
@@ -424,12 +438,7 @@ async fn killed_node_is_cleaned_up_once_within_the_bound() {
             (json!("peer-not-found"), json!(3))
         );
     }
-    let room: Value = reqwest::get(nodes[1].http("/api/rooms/r"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let room: Value = nodes[1].get("/api/rooms/r").await.1;
     assert_eq!(room["members"].as_array().unwrap().len(), 2, "{room}");
 }
 
@@ -446,8 +455,7 @@ async fn redis_outage_keeps_local_relay_and_recovers_by_itself() {
 
     redis.stop();
     for n in &nodes {
-        let took = wait_ready(n, false, Duration::from_secs(5)).await;
-        assert!(took < Duration::from_secs(5));
+        wait_ready(n, false, Duration::from_secs(20)).await;
     }
     // Same-node relay needs no Redis.
     assert_eq!(signal(&mut a, 1, "c", json!("local")).await["type"], "ack");
@@ -487,12 +495,7 @@ async fn redis_outage_keeps_local_relay_and_recovers_by_itself() {
     assert_eq!(next_of(&mut b, "signal").await["data"]["after"], id);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let room: Value = reqwest::get(nodes[1].http("/api/rooms/r"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let room: Value = nodes[1].get("/api/rooms/r").await.1;
         if room["members"].as_array().map(|m| m.len()) == Some(3) {
             break;
         }
@@ -514,9 +517,8 @@ async fn killed_subscriber_connection_resumes_and_readiness_reflects_the_gap() {
     let mut seen_unready = false;
     while start.elapsed() < Duration::from_secs(8) {
         redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-        let r = reqwest::get(nodes[1].http("/readyz")).await.unwrap();
-        if r.status() == 503 {
-            let body: Value = r.json().await.unwrap();
+        let (status, body) = nodes[1].get("/readyz").await;
+        if status == 503 {
             assert_eq!(body["reason"], "bus-unavailable");
             seen_unready = true;
             break;
@@ -528,14 +530,17 @@ async fn killed_subscriber_connection_resumes_and_readiness_reflects_the_gap() {
     // Once the kills stop, fred reconnects and resubscribes by itself.
     wait_ready(&nodes[0], true, Duration::from_secs(10)).await;
     wait_ready(&nodes[1], true, Duration::from_secs(10)).await;
-    let mut delivered = 0;
+    let signals_out = r#"switchboard_messages_out_total{type="signal"}"#;
+    let before = metric(&nodes[1], signals_out).await;
     for i in 0..50u64 {
         let r = signal(&mut a, i, "b", json!({"i": i})).await;
         assert_eq!(r["type"], "ack", "{r}");
         assert_eq!(next_of(&mut b, "signal").await["data"]["i"], i);
-        delivered += 1;
     }
-    assert_eq!(delivered, 50);
+    // Each arrived once: nothing more is queued for b, and b's node wrote
+    // exactly 50 signals (b is its only client).
+    b.ping().await;
+    assert_eq!(metric(&nodes[1], signals_out).await - before, 50.0);
     let subs = redis.command(&[
         "PUBSUB",
         "NUMSUB",
@@ -592,19 +597,24 @@ async fn three_nodes_300_peers_each_no_loss_duplicate_or_reordering() {
                     _ => {}
                 }
             }
-            (next, errors)
+            // Nothing after the last one (no late duplicate).
+            c.ping().await;
+            errors
         }));
     }
-    let mut delivered = 0;
     for t in tasks {
-        let (n, errors) = tokio::time::timeout(Duration::from_secs(60), t)
+        let errors = tokio::time::timeout(Duration::from_secs(60), t)
             .await
             .expect("bounded")
             .unwrap();
         assert!(errors.is_empty(), "errors: {errors:?}");
-        delivered += n;
     }
-    assert_eq!(delivered, total as u64 * SIGNALS);
+    // What the nodes wrote to their sockets: every signal once.
+    let mut written = 0.0;
+    for n in &nodes {
+        written += metric(n, r#"switchboard_messages_out_total{type="signal"}"#).await;
+    }
+    assert_eq!(written, (total as u64 * SIGNALS) as f64);
 }
 
 #[tokio::test]

@@ -1,8 +1,17 @@
 //! A real redis-server per test, and node processes clustered through it.
 //!
-//! Each test gets its own redis-server on a free port (no Docker here, so no
+//! Each test gets its own redis-server (no Docker here, so no
 //! testcontainers), started with persistence off and killed on drop, and its
 //! own key prefix, so nothing leaks between tests.
+//!
+//! Ports: redis-server and nginx cannot be handed a bound socket, and cannot
+//! report a port the system picked. So a port is chosen below the system's
+//! ephemeral range (where nodes bound to port 0 and every outgoing
+//! connection take theirs, so none of those can take it meanwhile), and the
+//! server is started on it; if something else got the port first, the
+//! server fails to bind and exits, and another port is tried. "Ready" means
+//! *this* server answers: redis-server's `INFO server` names the child's
+//! process id, nginx answers a location with a token of this instance.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,25 +24,59 @@ use crate::helpers::TestNode;
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Holds the port while the server is stopped, so that nothing takes it
+    /// before [`RedisServer::restart`].
+    held: Option<TcpListener>,
 }
 
+/// Ports tried for servers that must bind a port themselves: below the
+/// ephemeral range (32768-60999 by default on Linux).
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port in [`PORTS`] that is free right now (bound and released).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    for _ in 0..1000 {
+        let port = PORTS.start + rand::random::<u16>() % (PORTS.end - PORTS.start);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?} after 1000 tries");
+}
+
+/// Waits (bounded) until `ready` holds or `child` exits; true when ready.
+fn wait_started(child: &mut Child, what: &str, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if ready() {
+            return true;
+        }
+        if child.try_wait().expect("try_wait").is_some() {
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl RedisServer {
-    /// Starts a redis-server on a free port and waits until it answers PING.
+    /// Starts a redis-server on a free port and waits until it answers
+    /// (this server, by its process id); another port if that one was taken.
     pub fn start() -> Self {
-        let mut r = Self {
-            port: free_port(),
-            child: None,
-        };
-        r.restart();
-        r
+        for _ in 0..20 {
+            let mut r = Self {
+                port: free_port(),
+                child: None,
+                held: None,
+            };
+            if r.try_start() {
+                return r;
+            }
+        }
+        panic!("redis-server did not start on any of 20 ports");
     }
 
     /// The `redis://` URL of this server.
@@ -41,11 +84,23 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Starts the server (again, on the same port: a restart loses all data,
+    /// Starts the server again, on the same port (a restart loses all data,
     /// as a real restart without persistence does).
     pub fn restart(&mut self) {
+        assert!(
+            self.try_start(),
+            "redis-server did not start again on port {}",
+            self.port
+        );
+    }
+
+    /// Starts redis-server on `self.port`; false when it exited (the port
+    /// was taken).
+    fn try_start(&mut self) -> bool {
         assert!(self.child.is_none(), "redis-server already running");
-        let child = Command::new("redis-server")
+        // Released just before the server binds it (SO_REUSEADDR on both).
+        self.held = None;
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -60,28 +115,26 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (tests/run-all.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if self
-                .try_command(&["PING"])
-                .is_some_and(|r| r.contains("PONG"))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let pid = format!("process_id:{}\r\n", child.id());
+        let port = self.port;
+        let ours = wait_started(&mut child, "redis-server", || {
+            try_command(port, &["INFO", "server"]).is_some_and(|r| r.contains(&pid))
+        });
+        if ours {
+            self.child = Some(child);
+        } else {
+            let _ = child.wait();
         }
+        ours
     }
 
-    /// Kills the server (SIGKILL: no goodbye, like a crash).
+    /// Kills the server (SIGKILL: no goodbye, like a crash), and holds its
+    /// port until [`RedisServer::restart`].
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            self.held = TcpListener::bind(("127.0.0.1", self.port)).ok();
         }
     }
 
@@ -112,18 +165,23 @@ impl RedisServer {
     }
 
     fn try_command(&self, args: &[&str]) -> Option<String> {
-        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
-        }
-        s.write_all(req.as_bytes()).ok()?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = s.read(&mut buf).ok()?;
-        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+        try_command(self.port, args)
     }
+}
+
+/// Sends one command to the redis-server on `port`; `None` when nothing answers.
+fn try_command(port: u16, args: &[&str]) -> Option<String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 impl Drop for RedisServer {
@@ -177,7 +235,7 @@ pub async fn spawn_cluster(
 /// Polls `/readyz` until it reports `ready` (bounded by `within`); returns how long it took.
 pub async fn wait_ready(node: &TestNode, ready: bool, within: Duration) -> Duration {
     let start = Instant::now();
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     loop {
         let ok = match client.get(node.http("/readyz")).send().await {
             Ok(r) => r.status().is_success(),
@@ -204,21 +262,34 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Starts nginx balancing over `nodes` and waits until it accepts connections.
+    /// Starts nginx balancing over `nodes` and waits until it answers (this
+    /// instance, by a token); another port if that one was taken.
     pub fn start(nodes: &[TestNode]) -> Self {
+        for _ in 0..20 {
+            if let Some(n) = Self::try_start(nodes, free_port()) {
+                return n;
+            }
+        }
+        panic!("nginx did not start on any of 20 ports");
+    }
+
+    fn try_start(nodes: &[TestNode], port: u16) -> Option<Self> {
         assert_eq!(
             nodes.len(),
             3,
             "config/nginx.conf names three upstream nodes"
         );
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
+        let token = format!("nginx-{}", rand::random::<u64>());
         let mut conf =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/nginx.conf"))
                 .expect("config/nginx.conf");
+        assert!(conf.contains("listen 127.0.0.1:8080;"));
         conf = conf.replace(
             "listen 127.0.0.1:8080;",
-            &format!("listen 127.0.0.1:{port};"),
+            &format!(
+                "listen 127.0.0.1:{port};\n        location = /__test_instance {{ return 200 \"{token}\"; }}"
+            ),
         );
         for (i, node) in nodes.iter().enumerate() {
             let upstream = format!("server 127.0.0.1:{} ", 8081 + i);
@@ -234,7 +305,7 @@ impl Nginx {
         );
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf).expect("write nginx.conf");
-        let child = Command::new("nginx")
+        let mut child = Command::new("nginx")
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
@@ -245,20 +316,17 @@ impl Nginx {
             .stderr(std::fs::File::create(dir.path().join("error.log")).expect("nginx log file"))
             .spawn()
             .expect("nginx must be installed (tests/run-all.sh installs nginx-light)");
-        let deadline = Instant::now() + Duration::from_secs(10);
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
+        let ours = wait_started(&mut child, "nginx", || {
+            http_get(addr, "/__test_instance").is_some_and(|body| body.ends_with(&token))
+        });
+        let n = Self {
             child,
             port,
             _dir: dir,
-        }
+        };
+        // Dropped when not ours: stops what may be left of it.
+        ours.then_some(n)
     }
 
     /// The balanced WebSocket URL.
@@ -286,4 +354,16 @@ impl Drop for Nginx {
             }
         }
     }
+}
+
+/// A plain `GET path` over HTTP/1.0; the raw response, `None` when nothing
+/// answers (bounded by short timeouts).
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    Some(String::from_utf8_lossy(&out).into_owned())
 }

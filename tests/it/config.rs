@@ -212,12 +212,8 @@ async fn config_file_is_layered_under_the_environment() {
 
 /// The node's `switchboard_worker_threads` gauge, from `/metrics`.
 async fn worker_threads_of(node: &TestNode) -> f64 {
-    let body = reqwest::get(node.http("/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let (status, body) = node.get_text("/metrics").await;
+    assert_eq!(status, 200);
     body.lines()
         .find_map(|l| l.strip_prefix("switchboard_worker_threads "))
         .unwrap_or_else(|| panic!("no switchboard_worker_threads in:\n{body}"))

@@ -27,10 +27,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long a single expected event may take before the test fails.
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a single expected event may take before the test fails:
+/// generous, because the suite runs many nodes at once on a shared machine
+/// (functional tests are not timing gates).
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node may take to bind and log its address.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The MessagePack subprotocol.
 pub const MSGPACK: &str = "switchboard.v1.msgpack";
 /// The JSON subprotocol.
@@ -550,6 +552,23 @@ pub fn http_client() -> reqwest::Client {
         .expect("reqwest client")
 }
 
+/// Awaits `fut` for at most [`TIMEOUT`]; panics naming `what` otherwise.
+/// For network calls that have no timeout of their own (a WebSocket
+/// handshake, an HTTP/2 request), so that no test can hang.
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {TIMEOUT:?}"))
+}
+
+/// A TCP connection to `addr`, bounded by [`TIMEOUT`] (a full accept queue
+/// would otherwise keep a connect waiting for minutes).
+pub async fn tcp_connect(addr: SocketAddr) -> TcpStream {
+    within(&format!("connect to {addr}"), TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
 // ---------------------------------------------------------------------------
 // Metrics
 // ---------------------------------------------------------------------------
@@ -805,6 +824,14 @@ impl Client {
         match self.next_raw(self.timeout).await {
             Some(Ok(Message::Text(t))) => t.to_string(),
             other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next binary frame as sent by the server (not decoded).
+    pub async fn recv_binary(&mut self) -> Vec<u8> {
+        match self.next_raw(self.timeout).await {
+            Some(Ok(Message::Binary(b))) => b.to_vec(),
+            other => panic!("expected a binary frame, got {other:?}"),
         }
     }
 
@@ -1125,6 +1152,26 @@ impl RawWs {
         Some((h[0] & 0x0f, payload))
     }
 
+    /// Sends one masked text frame holding `v` as JSON.
+    pub fn send_json(&mut self, v: &Value) {
+        self.send(&client_frame(true, 1, v.to_string().as_bytes(), true));
+    }
+
+    /// The next data frame, decoded (text as JSON, binary as MessagePack).
+    /// Pings are skipped and not answered (this client never writes on its
+    /// own); a close frame or the end of the stream fails the test.
+    pub fn recv_json(&mut self) -> Value {
+        for _ in 0..10_000 {
+            match self.read_frame() {
+                Some((1, p)) => return serde_json::from_slice(&p).expect("a JSON text frame"),
+                Some((2, p)) => return rmp_serde::from_slice(&p).expect("a MessagePack frame"),
+                Some((9 | 10, _)) => continue,
+                other => panic!("expected a data frame, got {other:?}"),
+            }
+        }
+        panic!("no data frame within 10,000 frames");
+    }
+
     /// Reads frames until a close frame; returns its code and reason
     /// (`None`: the stream ended first). Data frames before it are skipped.
     pub fn read_close(&mut self) -> Option<(u16, String)> {
@@ -1136,6 +1183,24 @@ impl RawWs {
             }
         }
         panic!("no close frame within 10,000 frames");
+    }
+}
+
+/// Records that (part of) a test did not run here, and why: printed as a
+/// `SKIPPED` line, and appended to the file named by `TEST_SKIPS_FILE` when
+/// it is set (tests/run-all.sh sets it and lists every skip at the end, so a
+/// skip is never silent in the summary).
+pub fn skipped(test: &str, reason: &str) {
+    let line = format!("SKIPPED {test}: {reason}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("TEST_SKIPS_FILE") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open TEST_SKIPS_FILE");
+        writeln!(f, "{line}").expect("write TEST_SKIPS_FILE");
     }
 }
 

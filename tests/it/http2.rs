@@ -10,7 +10,6 @@ use hyper::ext::Protocol;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -25,11 +24,13 @@ type H2Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// CONNECT for `/ws`; returns the response status and, on 2xx, the socket,
 /// else the JSON body.
 async fn h2_connect(node: &TestNode, protocol: Option<&str>) -> (StatusCode, Result<H2Ws, Value>) {
-    let tcp = TcpStream::connect(node.addr()).await.expect("tcp connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
+    let tcp = crate::helpers::tcp_connect(node.addr()).await;
+    let (mut send, conn) = crate::helpers::within(
+        "h2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+    )
+    .await
+    .expect("h2 handshake");
     tokio::spawn(conn);
     let mut req = Request::builder()
         .method(Method::CONNECT)
@@ -45,8 +46,10 @@ async fn h2_connect(node: &TestNode, protocol: Option<&str>) -> (StatusCode, Res
     // the way: the request is refused locally until they arrive. Bounded retry.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let mut res = loop {
-        send.ready().await.expect("h2 connection ready");
-        match send.send_request(clone_request(&req)).await {
+        crate::helpers::within("h2 ready", send.ready())
+            .await
+            .expect("h2 connection ready");
+        match crate::helpers::within("h2 CONNECT", send.send_request(clone_request(&req))).await {
             Ok(res) => break res,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 assert!(!e.is_closed(), "h2 connection closed: {e}");

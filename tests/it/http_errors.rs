@@ -9,7 +9,6 @@ use reqwest::header::{HeaderMap, ALLOW, CONTENT_TYPE};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::helpers::{http_client, TestNode};
 
@@ -170,7 +169,7 @@ async fn a_request_that_is_not_an_upgrade_is_json() {
 #[tokio::test]
 async fn an_upgrade_over_http_1_0_is_426_json() {
     let node = TestNode::spawn(&[]);
-    let mut s = TcpStream::connect(node.addr()).await.unwrap();
+    let mut s = crate::helpers::tcp_connect(node.addr()).await;
     s.write_all(
         b"GET /ws HTTP/1.0\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",

@@ -19,6 +19,7 @@ mod auth;
 mod bad_input;
 mod codecs;
 mod config;
+mod documented;
 mod doors;
 mod http;
 mod http2;

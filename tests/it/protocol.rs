@@ -184,7 +184,7 @@ async fn signal_to_unknown_peer_is_peer_not_found() {
         // The server may still be cleaning up the closed socket.
         assert_eq!(r, json!({"type": "ack", "id": tries}));
         assert!(
-            tries < 100,
+            tries < 1000,
             "closed peer still reachable after {tries} signals"
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -238,7 +238,7 @@ async fn a_client_close_is_answered_with_a_close_frame() {
         &node,
         "switchboard_disconnects_total{reason=\"client-closed\"}",
         1.0,
-        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(20),
     )
     .await;
 }

@@ -120,14 +120,19 @@ async fn welcome_with_headers(node: &TestNode, headers: &[(&'static str, &'stati
     for (k, v) in headers {
         req.headers_mut().append(*k, HeaderValue::from_static(v));
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let (mut ws, _) = crate::helpers::within("connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
     use futures_util::{SinkExt, StreamExt};
-    ws.send(tokio_tungstenite::tungstenite::Message::text(
-        json!({"type": "hello"}).to_string(),
-    ))
+    crate::helpers::within(
+        "send hello",
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "hello"}).to_string(),
+        )),
+    )
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let m = tokio::time::timeout(left, ws.next())
@@ -350,7 +355,7 @@ async fn legacy_worker_id_held_by_a_live_connection_is_refused_until_it_leaves()
     let node = TestNode::spawn(&[]);
     let first = legacy(&node, "w1", None).await;
     // Wait until it is registered (its record shows in the listing).
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while node.get("/api/workers").await.1["count"] != 1 {
         assert!(Instant::now() < deadline, "w1 never registered");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -368,7 +373,7 @@ async fn legacy_worker_id_held_by_a_live_connection_is_refused_until_it_leaves()
     // The retry loop of the older service's worker: refused (409) until the
     // old connection's clean-up has run, then admitted.
     let url = format!("ws://{}/ws/register/w1", node.addr());
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let mut again = loop {
         match Client::try_connect(&url, None).await {
             Ok(c) => break c,
@@ -388,7 +393,7 @@ async fn legacy_worker_id_held_by_a_live_connection_is_refused_until_it_leaves()
     let jwt = TestNode::spawn(&[("SWITCHBOARD_AUTH__JWT__HS256_SECRET", JWT_SECRET)]);
     let t = token_for("w2");
     let mut a = legacy(&jwt, "w2", Some(&t)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while jwt.get("/api/workers").await.1["count"] != 1 {
         assert!(Instant::now() < deadline, "w2 never registered");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -411,7 +416,7 @@ async fn anonymous_peers_are_admitted_on_loopback_and_the_log_says_why() {
     let node = TestNode::spawn(&[]);
     node.wait_log_async(
         "anonymous peers allowed because listening on loopback",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
     )
     .await;
     let (_, w) = hello(&node, "anyone").await;
@@ -424,7 +429,7 @@ async fn anonymous_peers_are_admitted_on_loopback_and_the_log_says_why() {
 #[tokio::test]
 async fn deny_refuses_every_anonymous_peer() {
     let node = TestNode::spawn(&[("SWITCHBOARD_AUTH__ANONYMOUS", "deny")]);
-    node.wait_log_async("every hello will be refused", Duration::from_secs(5))
+    node.wait_log_async("every hello will be refused", Duration::from_secs(20))
         .await;
     let msg = expect_unauthorized(&node.ws_url(), json!({"peer_id": "x"})).await;
     assert!(msg.contains("token is required"), "{msg}");
@@ -442,7 +447,7 @@ async fn a_node_on_every_interface_refuses_anonymous_peers_unless_allowed() {
     let node = TestNode::spawn(&open);
     node.wait_log_async(
         "anonymous peers refused: every peer needs a token",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
     )
     .await;
     expect_unauthorized(&node.ws_url(), json!({"peer_id": "x"})).await;
@@ -456,7 +461,7 @@ async fn a_node_on_every_interface_refuses_anonymous_peers_unless_allowed() {
     allowed
         .wait_log_async(
             "anonymous peers allowed by auth.anonymous=allow",
-            Duration::from_secs(5),
+            Duration::from_secs(20),
         )
         .await;
     let (_, w) = hello(&allowed, "x").await;
@@ -663,7 +668,7 @@ fn binding_request(username: Option<&str>) -> Vec<u8> {
 /// The STUN address a node logged (`127.0.0.1:port`).
 async fn stun_addr(node: &TestNode) -> SocketAddr {
     let line = node
-        .wait_log_async("STUN responder bound to udp 127.", Duration::from_secs(5))
+        .wait_log_async("STUN responder bound to udp 127.", Duration::from_secs(20))
         .await;
     let rest = &line[line.find("udp ").unwrap() + 4..];
     let end = rest
@@ -791,7 +796,7 @@ async fn a_forged_stun_username_naming_no_live_node_publishes_nothing() {
         &nodes[0],
         "switchboard_stun_unknown_node_total",
         forged as f64,
-        Duration::from_secs(5),
+        Duration::from_secs(20),
     )
     .await;
     assert_eq!(dropped, forged as f64);
@@ -805,7 +810,7 @@ async fn a_forged_stun_username_naming_no_live_node_publishes_nothing() {
     );
 
     // The positive control: a username naming node-2 (alive) is forwarded.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let u = format!("{}:node-2", "a".repeat(32));
         sock.send_to(&binding_request(Some(&u)), stun)
