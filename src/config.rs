@@ -869,8 +869,14 @@ impl Config {
                 dash.max_channels_per_socket as u64,
             ),
             ("doors.dashboard.max_rooms", dash.max_rooms as u64),
-            ("doors.dashboard.max_participants", dash.max_participants as u64),
-            ("doors.dashboard.max_field_bytes", dash.max_field_bytes as u64),
+            (
+                "doors.dashboard.max_participants",
+                dash.max_participants as u64,
+            ),
+            (
+                "doors.dashboard.max_field_bytes",
+                dash.max_field_bytes as u64,
+            ),
             ("doors.dashboard.max_list_bytes", dash.max_list_bytes as u64),
             (
                 "doors.dashboard.messages_per_second",
@@ -896,7 +902,9 @@ impl Config {
             ));
         }
         for (i, stun) in dash.stun_servers.iter().enumerate() {
-            if !(stun.starts_with("stun:") || stun.starts_with("turn:") || stun.starts_with("turns:"))
+            if !(stun.starts_with("stun:")
+                || stun.starts_with("turn:")
+                || stun.starts_with("turns:"))
                 || stun.chars().any(|c| c.is_control() || c.is_whitespace())
             {
                 errs.push(format!(

@@ -42,6 +42,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod core;
+pub mod dashboard;
 pub mod dialect;
 pub mod error;
 pub mod http;

@@ -139,6 +139,18 @@ pub const MAX_CONNECTIONS: &str = "switchboard_max_connections";
 pub const OPEN_FILES_LIMIT: &str = "switchboard_open_files_limit";
 /// Counter: failed `accept` calls, by `kind` (`emfile`, `enfile`, `other`).
 pub const ACCEPT_ERRORS: &str = "switchboard_accept_errors_total";
+/// Counter: frames from dashboard sockets, by `kind` (`subscribe`,
+/// `unsubscribe`, `ping`, `room-created`, `user-joined-room`,
+/// `user-left-room`, `room-list-request`, `relay`, `dropped`: JSON the old
+/// server ignored too, `echo`: not JSON, `rate-limited`, `invalid`).
+pub const DASHBOARD_FRAMES: &str = "switchboard_dashboard_frames_total";
+/// Counter: dashboard room lists sent to this node's subscribers (one per
+/// fan-out, whatever the number of subscribers), by `trigger` (`change`,
+/// `periodic`, `request`).
+pub const DASHBOARD_ROOM_LISTS: &str = "switchboard_dashboard_room_lists_total";
+/// Counter: dead nodes whose dashboard entries (count, participants) this
+/// node removed.
+pub const DASHBOARD_NODES_SWEPT: &str = "switchboard_dashboard_nodes_swept_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -396,4 +408,13 @@ fn describe() {
     );
     describe_gauge!(OPEN_FILES_LIMIT, "Open-file soft limit of the process");
     describe_counter!(ACCEPT_ERRORS, "Failed accept calls, by kind");
+    describe_counter!(DASHBOARD_FRAMES, "Frames from dashboard sockets, by kind");
+    describe_counter!(
+        DASHBOARD_ROOM_LISTS,
+        "Dashboard room lists sent to this node's subscribers (one per fan-out), by trigger"
+    );
+    describe_counter!(
+        DASHBOARD_NODES_SWEPT,
+        "Dead nodes whose dashboard entries this node removed"
+    );
 }

@@ -34,6 +34,7 @@ use crate::core::event::Event;
 use crate::core::hub::{CloseReason, ConnHandle};
 use crate::core::session::Session;
 use crate::core::{cleanup_failed, skip_refused, Core};
+use crate::dashboard::Dashboard;
 use crate::error::{ClientError, ErrorCode};
 use crate::metrics as m;
 use crate::relay::Relay;
@@ -157,6 +158,8 @@ pub struct Node {
     pub rooms: Rooms,
     /// Workers, pairing, STUN observations.
     pub rdv: Arc<Rendezvous>,
+    /// The dashboard door's channels and room registry.
+    pub dashboard: Dashboard,
     /// Verifies tokens; `None` without a configured key.
     auth: Option<Authenticator>,
     /// Whether peers without a token are admitted, decided once at start.
@@ -210,6 +213,7 @@ impl Node {
             relay: Relay::new(core.clone()),
             rooms: Rooms::new(core.clone()),
             rdv: Rendezvous::new(core.clone()),
+            dashboard: Dashboard::new(core.clone()),
             core: core.clone(),
             auth,
             anonymous,
@@ -218,6 +222,7 @@ impl Node {
         core.spawn(inbox_loop(Arc::downgrade(&node), inbox));
         core.spawn(maintenance(Arc::downgrade(&node)));
         core.spawn(keep_views(Arc::downgrade(&node)));
+        node.dashboard.start();
         Ok(node)
     }
 
@@ -358,6 +363,23 @@ impl Node {
                 .map_err(|e| e.to_string()),
             None if self.anonymous.allows_anonymous() => Ok(false),
             None => Err(ANONYMOUS_REFUSED.into()),
+        }
+    }
+
+    /// Admits a connection of a door whose clients have no identity of
+    /// their own (the dashboard's): `anonymous` says whether the door's
+    /// listener admits peers without a token (see
+    /// [`crate::config::Config::anonymous_mode_at`]); otherwise a token
+    /// verified against `auth.jwt` (any `sub`) is needed.
+    pub fn admit_door(&self, token: Option<&str>, anonymous: bool) -> Result<(), String> {
+        match (&self.auth, token) {
+            (Some(auth), Some(t)) => auth
+                .verify(Some(t), None)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            _ if anonymous => Ok(()),
+            (Some(_), None) => Err("a token is required (auth.jwt is configured)".into()),
+            (None, _) => Err(ANONYMOUS_REFUSED.into()),
         }
     }
 
@@ -718,6 +740,9 @@ impl Node {
                 .rdv
                 .deliver(&to, to_epoch, Event::PairLost { pairing_id, reason }),
             NodeEvent::Observed { token, udp } => self.rdv.forwarded(token, &udp),
+            e @ (NodeEvent::DashRelay { .. }
+            | NodeEvent::DashRooms { .. }
+            | NodeEvent::DashCount {}) => self.dashboard.deliver_remote(e),
         }
     }
 
@@ -804,6 +829,8 @@ impl Node {
         }
         self.rooms.remove_stale(&own.memberships).await?;
         self.rdv.reconcile().await?;
+        let restored = self.dashboard.restore().await;
+        skip_refused("reregister", &"dashboard", restored)?;
         info!(
             peers = self.core.hub.peer_count(),
             rooms = self.core.hub.room_count(),

@@ -197,6 +197,23 @@ pub enum NodeEvent {
         /// The request's source (`ip:port`): the connection's public UDP endpoint.
         udp: String,
     },
+    /// A frame relayed on a dashboard channel, for the receiving node's
+    /// subscribers of that channel (see `crate::dashboard`).
+    DashRelay {
+        /// The channel (any characters).
+        channel: String,
+        /// The frame, as its sender wrote it.
+        text: String,
+    },
+    /// The dashboard room list changed (see `crate::dashboard`).
+    DashRooms {
+        /// Its version: a receiver drops a list older than one it delivered.
+        version: u64,
+        /// The `rooms` array as JSON text.
+        rooms: String,
+    },
+    /// The number of dashboard sockets changed: receivers read it again.
+    DashCount {},
     /// Never sent: what the receiver makes of an event it could not decode.
     #[serde(skip)]
     Undecodable(Box<Undecodable>),
@@ -221,6 +238,9 @@ impl NodeEvent {
             Self::Paired { .. } => "paired",
             Self::PairLost { .. } => "pair-lost",
             Self::Observed { .. } => "observed",
+            Self::DashRelay { .. } => "dash-relay",
+            Self::DashRooms { .. } => "dash-rooms",
+            Self::DashCount {} => "dash-count",
             Self::Undecodable(_) => "undecodable",
         }
     }
@@ -508,7 +528,7 @@ impl Undecodable {
 }
 
 fn kind_of_tag(tag: &str) -> &'static str {
-    const KINDS: [&str; 15] = [
+    const KINDS: [&str; 18] = [
         "signal",
         "bounced",
         "delivered",
@@ -524,6 +544,9 @@ fn kind_of_tag(tag: &str) -> &'static str {
         "paired",
         "pair-lost",
         "observed",
+        "dash-relay",
+        "dash-rooms",
+        "dash-count",
     ];
     KINDS.into_iter().find(|k| *k == tag).unwrap_or("unknown")
 }

@@ -55,7 +55,8 @@ pub fn status(code: ErrorCode) -> StatusCode {
         NotFound | RoomNotFound | PeerNotFound | WorkerNotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         AlreadyHello | RoomFull | TooManyRooms | NotInRoom | AlreadyPaired | NotPaired
-        | SameWorker | PeerIdTaken => StatusCode::CONFLICT,
+        | SameWorker | PeerIdTaken | TooManyChannels | RegistryFull => StatusCode::CONFLICT,
+        RateLimited => StatusCode::TOO_MANY_REQUESTS,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -222,6 +223,9 @@ mod tests {
             (PayloadTooLarge, "payload-too-large", 413),
             (BadRequest, "bad-request", 400),
             (UpgradeRequired, "upgrade-required", 426),
+            (TooManyChannels, "too-many-channels", 409),
+            (RateLimited, "rate-limited", 429),
+            (RegistryFull, "registry-full", 409),
         ];
         assert_eq!(table.len(), ErrorCode::ALL.len(), "a code has no row");
         for &code in ErrorCode::ALL {

@@ -362,10 +362,10 @@ impl DashState {
     }
 
     fn set_count(&mut self, node: &NodeId, count: DashCount) {
-        let cur = self.clients.entry(node.clone()).or_insert(DashCount {
-            gen: 0,
-            count: 0,
-        });
+        let cur = self
+            .clients
+            .entry(node.clone())
+            .or_insert(DashCount { gen: 0, count: 0 });
         if count.gen > cur.gen {
             *cur = count;
         }
@@ -472,14 +472,20 @@ mod tests {
         let v0 = s.list().version;
         s.create(&room("a"), &LIMITS).unwrap();
         s.create(&room("b"), &LIMITS).unwrap();
-        assert!(matches!(s.join(&n, &person("a", "u"), &LIMITS), DashJoin::Joined(_)));
+        assert!(matches!(
+            s.join(&n, &person("a", "u"), &LIMITS),
+            DashJoin::Joined(_)
+        ));
         let l = s.create(&room("a"), &LIMITS).unwrap();
         assert!(l.version > v0);
         assert_eq!(
             l.json,
             r#"[{"id":"a","participantCount":0,"participants":[]},{"id":"b","participantCount":0,"participants":[]}]"#
         );
-        assert_eq!(s.create(&room("c"), &LIMITS), Err(DashRefusal::TooManyRooms));
+        assert_eq!(
+            s.create(&room("c"), &LIMITS),
+            Err(DashRefusal::TooManyRooms)
+        );
     }
 
     #[test]

@@ -196,6 +196,9 @@ pub enum Door {
     /// The older rendezvous service's worker protocol at `/ws/register/{worker_id}`.
     #[serde(rename = "legacy")]
     LegacyWorker,
+    /// The dashboard server's clients (`[doors.dashboard]`; never a worker).
+    #[serde(rename = "dashboard")]
+    Dashboard,
 }
 
 impl Door {
@@ -204,6 +207,7 @@ impl Door {
         match self {
             Self::Native => "native",
             Self::LegacyWorker => "legacy",
+            Self::Dashboard => "dashboard",
         }
     }
 
@@ -212,6 +216,7 @@ impl Door {
         match s {
             "native" => Some(Self::Native),
             "legacy" => Some(Self::LegacyWorker),
+            "dashboard" => Some(Self::Dashboard),
             _ => None,
         }
     }

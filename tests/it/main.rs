@@ -18,6 +18,7 @@ mod auth;
 mod bad_input;
 mod codecs;
 mod config;
+mod dashboard;
 mod doors;
 mod http;
 mod http2;

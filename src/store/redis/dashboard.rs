@@ -69,7 +69,11 @@ fn refusal(code: u64) -> Option<DashRefusal> {
 }
 
 impl RedisStore {
-    async fn dash_call(&self, script: &Script, args: Vec<String>) -> Result<Vec<Value>, StoreError> {
+    async fn dash_call(
+        &self,
+        script: &Script,
+        args: Vec<String>,
+    ) -> Result<Vec<Value>, StoreError> {
         script
             .evalsha_with_reload(self.r.client(), Vec::<String>::new(), args)
             .await
@@ -172,9 +176,7 @@ impl DashRegistry for RedisStore {
             args.push(user.clone());
             args.push(crate::store::dashboard::pair_key(room, user));
         }
-        let out = self
-            .dash_call(&self.scripts.dash.disconnect, args)
-            .await?;
+        let out = self.dash_call(&self.scripts.dash.disconnect, args).await?;
         list_from(&out, "disconnect")
     }
 

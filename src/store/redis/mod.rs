@@ -86,7 +86,10 @@ pub(crate) const LUA_FILES: &[(&str, &str)] = &[
     ("dash_create.lua", include_str!("lua/dash_create.lua")),
     ("dash_join.lua", include_str!("lua/dash_join.lua")),
     ("dash_leave.lua", include_str!("lua/dash_leave.lua")),
-    ("dash_disconnect.lua", include_str!("lua/dash_disconnect.lua")),
+    (
+        "dash_disconnect.lua",
+        include_str!("lua/dash_disconnect.lua"),
+    ),
     ("dash_count.lua", include_str!("lua/dash_count.lua")),
     ("dash_list.lua", include_str!("lua/dash_list.lua")),
     ("dash_sweep.lua", include_str!("lua/dash_sweep.lua")),
