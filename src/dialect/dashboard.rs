@@ -18,7 +18,7 @@
 //!    byte to the other subscribers of that channel, on every node;
 //! 9. other JSON: ignored;
 //! 10. not JSON (and JSON `null`, which made the old server throw):
-//!    `{"type":"echo","original":"<text>","timestamp":"<iso>"}`.
+//!     `{"type":"echo","original":"<text>","timestamp":"<iso>"}`.
 //!
 //! Room fields come from `data`, or from the frame itself when `data` is
 //! missing or falsy (`data.data || data`). What the old server did not

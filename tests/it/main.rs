@@ -13,6 +13,7 @@ mod cluster_helpers;
 mod sec_cluster;
 // The store's conformance suite: the library against memory and a real redis-server.
 mod store;
+mod store_dashboard;
 
 mod auth;
 mod bad_input;
