@@ -18,6 +18,8 @@
 #   SWITCHBOARD    path to the node binary, when the script starts the node itself
 #   SB_SERVER_PID  server pid(s), comma-separated, for loadgen's RSS/CPU figures
 #   SB_STUN        ip:port of a node's STUN responder for the loadgen `stun` step
+#   SB_DASHBOARD_URLS  the dashboard door's /ws/ URL(s) for the loadgen `dashboard`
+#                  step (a node smoke starts serves it under /dashboard)
 #                  (found in the log when the script starts its own node; the
 #                  step is skipped when unknown)
 #   SKIP_K6=1      skip the k6 scripts;  SKIP_LOADGEN=1  skip the loadgen scenarios
@@ -74,7 +76,8 @@ if [ -z "$urls" ]; then
   # sends from one address: no per-source STUN limit (stun.rate_per_ip = 0).
   (cd "$root" && SWITCHBOARD_SERVER__LISTEN=127.0.0.1:0 SWITCHBOARD_LOG__LEVEL=info \
     SWITCHBOARD_STUN__LISTEN=127.0.0.1:0 SWITCHBOARD_STUN__LISTEN_V6="" \
-    SWITCHBOARD_STUN__RATE_PER_IP=0 \
+    SWITCHBOARD_STUN__RATE_PER_IP=0 SWITCHBOARD_DOORS__DASHBOARD__PREFIX=/dashboard \
+    SWITCHBOARD_DOORS__DASHBOARD__ROOM_LIST_INTERVAL_MS=500 \
     SWITCHBOARD_SHUTDOWN__GRACE_PERIOD_MS=500 exec "$node") >"$node_log" 2>&1 &
   node_pid=$!
   addr=""
@@ -90,6 +93,7 @@ if [ -z "$urls" ]; then
     exit 2
   fi
   urls="ws://$addr/ws"
+  SB_DASHBOARD_URLS="${SB_DASHBOARD_URLS:-ws://$addr/dashboard/ws/}"
   SB_STUN="${SB_STUN:-$(sed -nE 's/.*STUN responder listening.*Some\(([0-9.]+:[0-9]+)\).*/\1/p' "$node_log" | head -n 1)}"
   export SB_SERVER_PID="${SB_SERVER_PID:-$node_pid}"
   log "smoke: started a node at $urls (pid $node_pid)"
@@ -161,6 +165,10 @@ if [ "${SKIP_LOADGEN:-0}" != "1" ]; then
   run_step "loadgen pairing" "$loadgen" pairing --urls "$urls" --workers 40 --pool "smoke-$$" --wait-secs 10 "${pid[@]}"
   if [ -n "${SB_STUN:-}" ]; then
     run_step "loadgen stun" "$loadgen" stun --target "$SB_STUN" --sockets 1 --window 8 --secs 1 "${pid[@]}"
+  fi
+  if [ -n "${SB_DASHBOARD_URLS:-}" ]; then
+    run_step "loadgen dashboard" "$loadgen" dashboard --urls "$SB_DASHBOARD_URLS" --subscribers 50 \
+      --changes 3 --change-interval-ms 100 --hold-secs 1 "${pid[@]}"
   fi
 fi
 
