@@ -245,7 +245,9 @@ impl Dialect for DashboardConn {
         handle.open_gate(None, None);
         let session = match registered {
             Ok(r) => r.session,
-            Err(refused) => return Err(refused.close.unwrap_or(CloseReason::DRAINING)),
+            // Draining (1012); a fresh id cannot be taken, but should it be,
+            // the socket closes as a legacy worker's would.
+            Err(refused) => return Err(refused.close.unwrap_or(CloseReason::PEER_ID_TAKEN)),
         };
         node.dashboard.connect(handle).await;
         self.epoch = Some(handle.epoch);

@@ -940,3 +940,71 @@ async fn a_dead_nodes_participants_and_count_are_removed() {
         (Some(1), Some(1))
     );
 }
+
+/// Redis restarts empty: every node writes its count and its sockets'
+/// participants again (the rooms themselves are gone, as the old server's
+/// restart forgot them), tells its subscribers the list it finds, and later
+/// changes reach every node again.
+#[tokio::test]
+async fn after_redis_loses_everything_counts_return_and_changes_flow() {
+    let mut redis = RedisServer::start();
+    let nodes = dash_cluster(
+        &redis,
+        "dash-restart",
+        2,
+        &[(
+            "SWITCHBOARD_DOORS__DASHBOARD__ROOM_LIST_INTERVAL_MS",
+            "60000",
+        )],
+    )
+    .await;
+    let mut a = Dash::connect(&url(&nodes[0])).await;
+    a.subscribe(ROOMS).await;
+    let mut b = Dash::connect(&url(&nodes[1])).await;
+    b.subscribe(ROOMS).await;
+    a.send(&created("before", "B")).await;
+    assert!(b
+        .next_of("server-room-list")
+        .await
+        .contains(r#""id":"before""#));
+
+    redis.stop();
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if parse(&b.next_of_within("server-room-list", left).await)["rooms"] == json!([]) {
+            break;
+        }
+    }
+    // The counts come back with the re-registration (bounded poll: no event
+    // tells the test when the second node has written its count).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, h) = get_json(&nodes[0], "/health").await;
+        if status == 200 && h["connected_clients"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "count not restored: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.send(&created("after", "A")).await;
+    // (Lists the re-registrations sent may still be on their way.)
+    let mut l = Value::Null;
+    for _ in 0..10 {
+        l = parse(&b.next_of("server-room-list").await);
+        if l["rooms"] != json!([]) {
+            break;
+        }
+    }
+    let ids: Vec<&str> = l["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["after"]);
+}
