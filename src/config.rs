@@ -836,7 +836,7 @@ impl RoomSignalingDoor {
 }
 
 /// `[doors.dashboard]`
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DashboardDoor {
     /// Its listener (the old server's was port 3001); empty: none.
@@ -846,6 +846,64 @@ pub struct DashboardDoor {
     /// (`/dashboard`: the WebSocket at `/dashboard/ws/`, `/dashboard/api/config`,
     /// `/dashboard/health`); empty: not on the main listener.
     pub prefix: String,
+    /// The `WEBSOCKET_URL` that `/api/config` gives the browser (the
+    /// address clients reach the door at, through whatever proxy); empty:
+    /// built from the request's `Host`, the prefix and `/ws/`.
+    pub websocket_url: String,
+    /// The `STUN_SERVERS` that `/api/config` gives the browser
+    /// (`stun:host:port` URLs); empty: `null`, as the old server without
+    /// its `STUN_SERVERS` variable.
+    pub stun_servers: Vec<String>,
+    /// How often every subscriber of `webrtc-dashboard-rooms` gets the room
+    /// list while rooms exist (the old server: 5 s).
+    #[serde(rename = "room_list_interval_ms", with = "millis")]
+    pub room_list_interval: Duration,
+    /// Most channels one socket may subscribe to (`too-many-channels`).
+    pub max_channels_per_socket: usize,
+    /// Most rooms in the registry (`registry-full`).
+    pub max_rooms: usize,
+    /// Most participants in one room (`room-full`).
+    pub max_participants: usize,
+    /// Longest text field of a room or a participant (id, name,
+    /// description, host, hostId, createdAt, userId, userName), in bytes.
+    pub max_field_bytes: usize,
+    /// Largest room list (its `rooms` array as JSON), in bytes: it goes to
+    /// every subscriber on each change and every `room_list_interval_ms`
+    /// (`registry-full` beyond it).
+    pub max_list_bytes: usize,
+    /// Frames one socket may send per second, on average; frames beyond
+    /// it (and `burst`) are dropped with `rate-limited`.
+    pub messages_per_second: u32,
+    /// Frames one socket may send at once above `messages_per_second`; a
+    /// socket that has a further `burst` frames dropped in a row is closed
+    /// with 1008.
+    pub burst: u32,
+}
+
+impl Default for DashboardDoor {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            prefix: String::new(),
+            websocket_url: String::new(),
+            stun_servers: Vec::new(),
+            room_list_interval: Duration::from_millis(5_000),
+            max_channels_per_socket: 16,
+            max_rooms: 1_000,
+            max_participants: 100,
+            max_field_bytes: 256,
+            max_list_bytes: 64 * 1024,
+            messages_per_second: 50,
+            burst: 200,
+        }
+    }
+}
+
+impl DashboardDoor {
+    /// True when the door is served somewhere (its own listener or a prefix).
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some() || !self.prefix.is_empty()
+    }
 }
 
 /// Paths of the main listener a door prefix must not take (or shadow).
@@ -984,12 +1042,18 @@ impl Config {
     /// Whether peers without a token are accepted, and why (see
     /// [`AnonymousPolicy`]). With a JWT key configured nobody is anonymous.
     pub fn anonymous_mode(&self) -> AnonymousMode {
+        self.anonymous_mode_at(self.server.listen)
+    }
+
+    /// [`Self::anonymous_mode`] for a listener bound to `listen` (a door's
+    /// own listener is loopback or not by its own address).
+    pub fn anonymous_mode_at(&self, listen: SocketAddr) -> AnonymousMode {
         let has_key =
             !self.auth.jwt.hs256_secret.is_empty() || !self.auth.jwt.public_keys.is_empty();
         if has_key {
             return AnonymousMode::TokenRequired;
         }
-        let loopback = self.server.listen.ip().to_canonical().is_loopback();
+        let loopback = listen.ip().to_canonical().is_loopback();
         match self.auth.anonymous {
             AnonymousPolicy::Allow => AnonymousMode::Allowed,
             AnonymousPolicy::Loopback if loopback => AnonymousMode::LoopbackOnly,
@@ -1019,6 +1083,56 @@ impl Config {
         }
         if d.room_signaling.room_ttl_s == 0 {
             errs.push("doors.room_signaling.room_ttl_s: must be greater than 0".into());
+        }
+        let dash = &d.dashboard;
+        for (k, v) in [
+            (
+                "doors.dashboard.max_channels_per_socket",
+                dash.max_channels_per_socket as u64,
+            ),
+            ("doors.dashboard.max_rooms", dash.max_rooms as u64),
+            (
+                "doors.dashboard.max_participants",
+                dash.max_participants as u64,
+            ),
+            (
+                "doors.dashboard.max_field_bytes",
+                dash.max_field_bytes as u64,
+            ),
+            ("doors.dashboard.max_list_bytes", dash.max_list_bytes as u64),
+            (
+                "doors.dashboard.messages_per_second",
+                u64::from(dash.messages_per_second),
+            ),
+            ("doors.dashboard.burst", u64::from(dash.burst)),
+            (
+                "doors.dashboard.room_list_interval_ms",
+                dash.room_list_interval.as_millis() as u64,
+            ),
+        ] {
+            if v == 0 {
+                errs.push(format!("{k}: must be greater than 0"));
+            }
+        }
+        let url = &dash.websocket_url;
+        if !url.is_empty()
+            && (!(url.starts_with("ws://") || url.starts_with("wss://"))
+                || url.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            errs.push(format!(
+                "doors.dashboard.websocket_url: `{url}` must be a ws:// or wss:// URL, or empty"
+            ));
+        }
+        for (i, stun) in dash.stun_servers.iter().enumerate() {
+            if !(stun.starts_with("stun:")
+                || stun.starts_with("turn:")
+                || stun.starts_with("turns:"))
+                || stun.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                errs.push(format!(
+                    "doors.dashboard.stun_servers[{i}]: `{stun}` must be a stun:, turn: or turns: URL"
+                ));
+            }
         }
         let mut seen: Vec<(&str, SocketAddr)> = vec![("server.listen", self.server.listen)];
         for (key, addr) in self.door_listeners() {

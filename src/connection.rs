@@ -184,6 +184,7 @@ fn serve<D: Dialect>(
             if let Some(s) = &session {
                 node.disconnect(s, why).await;
             }
+            dialect.closed(&node).await;
         };
         Box::pin(async {
             tokio::join!(

@@ -137,7 +137,16 @@ error_codes! {
     SigninUnavailable => "signin-unavailable",
     /// HTTP: too many sign-ins from this client address
     /// (`auth.signin.rate_per_minute`); `Retry-After` says when to retry.
+    /// Dashboard door: a frame beyond the socket's rate
+    /// (`doors.dashboard.messages_per_second` and `burst`); it was dropped.
     RateLimited => "rate-limited",
+    /// Dashboard door: a `subscribe` beyond
+    /// `doors.dashboard.max_channels_per_socket` channels on one socket.
+    TooManyChannels => "too-many-channels",
+    /// Dashboard door: a room beyond `doors.dashboard.max_rooms`, or a
+    /// change that would make the room list larger than
+    /// `doors.dashboard.max_list_bytes`.
+    RegistryFull => "registry-full",
 }
 
 /// An error addressed to one client: a code and a human-readable message.
@@ -167,6 +176,9 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text message or a close reason that is not UTF-8 (RFC 6455 8.1).
     pub const INVALID_DATA: u16 = 1007;
+    /// A client that broke a policy: a dashboard socket that kept sending
+    /// far beyond its rate.
+    pub const POLICY: u16 = 1008;
     /// A frame or message larger than `limits.max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
     /// The node is shutting down (drain); reconnect, to any node.

@@ -22,8 +22,9 @@
 //!   vocabulary (commands in, events out).
 //! - [`relay`] (direct signals across nodes), [`rooms`] (rooms and
 //!   presence), [`rendezvous`] (workers, pairing, STUN observations; [`stun`]
-//!   is the UDP responder): the parts built on the core, which know it and
-//!   not each other.
+//!   is the UDP responder), [`dashboard`] (the dashboard door's channels and
+//!   room registry): the parts built on the core, which know it and not each
+//!   other.
 //! - [`bus`] and [`store`]: the two cluster seams, with in-process backends
 //!   for the embedded single node and Redis backends ([`cluster`]) for a
 //!   cluster.
@@ -42,6 +43,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod core;
+pub mod dashboard;
 pub mod dialect;
 pub mod error;
 pub mod http;

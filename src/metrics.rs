@@ -160,6 +160,18 @@ pub const ROOM_SIGNALING_DROPPED: &str = "switchboard_room_signaling_dropped_tot
 /// `missing-fields`, `invalid-id-token`, `room-not-found`, `invalid-token`,
 /// `room-expired`, `storage-error`, `refused`).
 pub const ROOM_SIGNALING_REGISTERS: &str = "switchboard_room_signaling_registers_total";
+/// Counter: frames from dashboard sockets, by `kind` (`subscribe`,
+/// `unsubscribe`, `ping`, `room-created`, `user-joined-room`,
+/// `user-left-room`, `room-list-request`, `relay`, `dropped`: JSON the old
+/// server ignored too, `echo`: not JSON, `rate-limited`, `invalid`).
+pub const DASHBOARD_FRAMES: &str = "switchboard_dashboard_frames_total";
+/// Counter: dashboard room lists sent to this node's subscribers (one per
+/// fan-out, whatever the number of subscribers), by `trigger` (`change`,
+/// `periodic`, `request`).
+pub const DASHBOARD_ROOM_LISTS: &str = "switchboard_dashboard_room_lists_total";
+/// Counter: dead nodes whose dashboard entries (count, participants) this
+/// node removed.
+pub const DASHBOARD_NODES_SWEPT: &str = "switchboard_dashboard_nodes_swept_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -435,5 +447,14 @@ fn describe() {
     describe_counter!(
         ROOM_SIGNALING_REGISTERS,
         "Room signaling register messages, by outcome"
+    );
+    describe_counter!(DASHBOARD_FRAMES, "Frames from dashboard sockets, by kind");
+    describe_counter!(
+        DASHBOARD_ROOM_LISTS,
+        "Dashboard room lists sent to this node's subscribers (one per fan-out), by trigger"
+    );
+    describe_counter!(
+        DASHBOARD_NODES_SWEPT,
+        "Dead nodes whose dashboard entries this node removed"
     );
 }

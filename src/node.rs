@@ -36,6 +36,7 @@ use crate::core::event::Event;
 use crate::core::hub::{CloseReason, ConnHandle};
 use crate::core::session::Session;
 use crate::core::{cleanup_failed, skip_refused, Core};
+use crate::dashboard::Dashboard;
 use crate::error::{ClientError, ErrorCode};
 use crate::metrics as m;
 use crate::relay::Relay;
@@ -160,6 +161,8 @@ pub struct Node {
     pub rooms: Rooms,
     /// Workers, pairing, STUN observations.
     pub rdv: Arc<Rendezvous>,
+    /// The dashboard door's channels and room registry.
+    pub dashboard: Dashboard,
     /// Verifies tokens; `None` without a configured key.
     auth: Option<Authenticator>,
     /// Issues sign-in tokens (`auth.signin`), verified by `auth`.
@@ -216,6 +219,7 @@ impl Node {
             relay: Relay::new(core.clone()),
             rooms: Rooms::new(core.clone()),
             rdv: Rendezvous::new(core.clone()),
+            dashboard: Dashboard::new(core.clone()),
             core: core.clone(),
             auth,
             signin,
@@ -226,6 +230,7 @@ impl Node {
         core.spawn(maintenance(Arc::downgrade(&node)));
         core.spawn(keep_views(Arc::downgrade(&node)));
         core.spawn(sweep_rooms(Arc::downgrade(&node)));
+        node.dashboard.start();
         Ok(node)
     }
 
@@ -390,6 +395,23 @@ impl Node {
         match &self.auth {
             Some(auth) => auth.verify(token, peer),
             None => Err(AuthError::Invalid("no key is configured to verify tokens")),
+        }
+    }
+
+    /// Admits a connection of a door whose clients have no identity of
+    /// their own (the dashboard's): `anonymous` says whether the door's
+    /// listener admits peers without a token (see
+    /// [`crate::config::Config::anonymous_mode_at`]); otherwise a token
+    /// verified against `auth.jwt` (any `sub`) is needed.
+    pub fn admit_door(&self, token: Option<&str>, anonymous: bool) -> Result<(), String> {
+        match (&self.auth, token) {
+            (Some(auth), Some(t)) => auth
+                .verify(Some(t), None)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            _ if anonymous => Ok(()),
+            (Some(_), None) => Err("a token is required (auth.jwt is configured)".into()),
+            (None, _) => Err(ANONYMOUS_REFUSED.into()),
         }
     }
 
@@ -755,6 +777,9 @@ impl Node {
                 .rdv
                 .deliver(&to, to_epoch, Event::PairLost { pairing_id, reason }),
             NodeEvent::Observed { token, udp } => self.rdv.forwarded(token, &udp),
+            e @ (NodeEvent::DashRelay { .. }
+            | NodeEvent::DashRooms { .. }
+            | NodeEvent::DashCount {}) => self.dashboard.deliver_remote(e),
         }
     }
 
@@ -841,6 +866,8 @@ impl Node {
         }
         self.rooms.remove_stale(&own.memberships).await?;
         self.rdv.reconcile().await?;
+        let restored = self.dashboard.restore().await;
+        skip_refused("reregister", &"dashboard", restored)?;
         info!(
             peers = self.core.hub.peer_count(),
             rooms = self.core.hub.room_count(),

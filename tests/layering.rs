@@ -158,6 +158,7 @@ fn the_core_knows_nothing_built_on_it() {
         "relay",
         "rooms",
         "rendezvous",
+        "dashboard",
         "dialect",
         "connection",
         "http",
@@ -169,9 +170,17 @@ fn the_core_knows_nothing_built_on_it() {
             deps("core")
         );
     }
-    for part in ["relay", "rooms", "rendezvous"] {
+    for part in ["relay", "rooms", "rendezvous", "dashboard"] {
         assert!(deps(part).contains("core"), "{part} does not use the core?");
-        for other in ["node", "relay", "rooms", "rendezvous", "dialect", "http"] {
+        for other in [
+            "node",
+            "relay",
+            "rooms",
+            "rendezvous",
+            "dashboard",
+            "dialect",
+            "http",
+        ] {
             if other != part {
                 assert!(
                     !deps(part).contains(other),

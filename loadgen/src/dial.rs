@@ -124,7 +124,7 @@ impl Dialer {
     }
 
     /// TCP connect and WebSocket upgrade to target `ti` (modulo the target count).
-    async fn dial(&self, ti: usize) -> Result<Ws, String> {
+    pub async fn dial(&self, ti: usize) -> Result<Ws, String> {
         let t = &self.targets[ti % self.targets.len()];
         let sock = if t.addr.is_ipv4() {
             TcpSocket::new_v4()

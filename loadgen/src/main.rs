@@ -1,6 +1,6 @@
 //! `loadgen`: a load generator for Switchboard's native protocol (`/ws`).
 //!
-//! Five scenarios, each bounded in count and time, each printing one JSON
+//! Six scenarios, each bounded in count and time, each printing one JSON
 //! summary object on stdout (human progress goes to stderr):
 //!
 //! - `idle`: opens N sockets, each sends `hello` and one `join`, then holds
@@ -18,6 +18,9 @@
 //!   checks that every worker was paired exactly once and symmetrically.
 //! - `stun`: STUN Binding requests over UDP from a few sockets, each keeping
 //!   `--window` requests in flight; reports responses/s and round-trip times.
+//! - `dashboard`: the dashboard door (`/ws/`): N subscribers of its room
+//!   list; the latency of a room change to every subscriber, and the
+//!   nodes' CPU for the periodic list (see its module).
 //!
 //! Sockets can be bound to a range of source addresses (`--source-ips
 //! 127.0.0.2-127.0.0.40`, round robin) so that tens of thousands of sockets do
@@ -31,13 +34,14 @@
 //!
 //! The code: this file parses the command line and runs one scenario. Each
 //! scenario is a module ([`idle`], [`relay`], [`connect`], [`pairing`],
-//! [`stun`]) holding its flags and its run; they share [`wire`] (the protocol
+//! [`stun`], [`dashboard`]) holding its flags and its run; they share [`wire`] (the protocol
 //! messages the generator sends and reads), [`dial`] (sockets, source
 //! addresses and the WebSocket set-up), [`report`] (histograms, failure counts
 //! and figures for the JSON summary) and [`procstat`] (CPU time and RSS of the
 //! servers, of the generator and of the machine, from /proc).
 
 mod connect;
+mod dashboard;
 mod dial;
 mod idle;
 mod pairing;
@@ -53,6 +57,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use connect::{connect, ConnectArgs};
+use dashboard::{dashboard, DashboardArgs};
 use idle::{idle, IdleArgs};
 use pairing::{pairing, PairingArgs};
 use relay::{relay, RelayArgs};
@@ -78,6 +83,8 @@ enum Scenario {
     Pairing(PairingArgs),
     /// STUN Binding requests over UDP at a node's STUN port; report responses/s and RTT.
     Stun(StunArgs),
+    /// Dashboard door: N subscribers of the room list; change latency and the periodic list's cost.
+    Dashboard(DashboardArgs),
 }
 
 /// Flags every scenario takes.
@@ -123,6 +130,7 @@ fn main() -> ExitCode {
             Scenario::Connect(a) => connect(a).await,
             Scenario::Pairing(a) => pairing(a).await,
             Scenario::Stun(a) => stun(a).await,
+            Scenario::Dashboard(a) => dashboard(a).await,
         }
     });
     // Sockets still held by aborted tasks are dropped here, bounded.

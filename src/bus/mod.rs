@@ -209,6 +209,23 @@ pub enum NodeEvent {
         /// keeps that membership).
         members: Vec<(PeerId, u64)>,
     },
+    /// A frame relayed on a dashboard channel, for the receiving node's
+    /// subscribers of that channel (see `crate::dashboard`).
+    DashRelay {
+        /// The channel (any characters).
+        channel: String,
+        /// The frame, as its sender wrote it.
+        text: String,
+    },
+    /// The dashboard room list changed (see `crate::dashboard`).
+    DashRooms {
+        /// Its version: a receiver drops a list older than one it delivered.
+        version: u64,
+        /// The `rooms` array as JSON text.
+        rooms: String,
+    },
+    /// The number of dashboard sockets changed: receivers read it again.
+    DashCount {},
     /// Never sent: what the receiver makes of an event it could not decode.
     #[serde(skip)]
     Undecodable(Box<Undecodable>),
@@ -234,6 +251,9 @@ impl NodeEvent {
             Self::PairLost { .. } => "pair-lost",
             Self::Observed { .. } => "observed",
             Self::RoomClosed { .. } => "room-closed",
+            Self::DashRelay { .. } => "dash-relay",
+            Self::DashRooms { .. } => "dash-rooms",
+            Self::DashCount {} => "dash-count",
             Self::Undecodable(_) => "undecodable",
         }
     }
@@ -521,7 +541,7 @@ impl Undecodable {
 }
 
 fn kind_of_tag(tag: &str) -> &'static str {
-    const KINDS: [&str; 16] = [
+    const KINDS: [&str; 19] = [
         "signal",
         "bounced",
         "delivered",
@@ -538,6 +558,9 @@ fn kind_of_tag(tag: &str) -> &'static str {
         "pair-lost",
         "observed",
         "room-closed",
+        "dash-relay",
+        "dash-rooms",
+        "dash-count",
     ];
     KINDS.into_iter().find(|k| *k == tag).unwrap_or("unknown")
 }

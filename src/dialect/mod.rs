@@ -19,6 +19,7 @@
 //! [`native`]; translators for clients of older systems sit beside it, each
 //! holding no state another door or node would need.
 
+pub mod dashboard;
 pub mod legacy_worker;
 pub mod native;
 pub mod room_signaling;
@@ -79,6 +80,12 @@ pub trait Dialect: Send + 'static {
         frame: Data<'_>,
         received: Instant,
     ) -> impl Future<Output = Flow> + Send;
+    /// Runs once when the connection has ended, after the node's own
+    /// cleanup ([`Node::disconnect`]): a door that keeps state of its own
+    /// per connection (the dashboard's channels) lets go of it here.
+    fn closed(&mut self, _node: &Arc<Node>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// A wire format on one connection: the writer half.

@@ -55,7 +55,9 @@ pub fn status(code: ErrorCode) -> StatusCode {
         NotFound | RoomNotFound | PeerNotFound | WorkerNotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         AlreadyHello | RoomFull | TooManyRooms | NotInRoom | AlreadyPaired | NotPaired
-        | SameWorker | PeerIdTaken | RoomExists => StatusCode::CONFLICT,
+        | SameWorker | PeerIdTaken | RoomExists | TooManyChannels | RegistryFull => {
+            StatusCode::CONFLICT
+        }
         RoomTokenRequired => StatusCode::UNAUTHORIZED,
         RoomTokenInvalid => StatusCode::FORBIDDEN,
         RoomExpired => StatusCode::GONE,
@@ -234,6 +236,8 @@ mod tests {
             (RoomExpired, "room-expired", 410),
             (SigninUnavailable, "signin-unavailable", 503),
             (RateLimited, "rate-limited", 429),
+            (TooManyChannels, "too-many-channels", 409),
+            (RegistryFull, "registry-full", 409),
         ];
         assert_eq!(table.len(), ErrorCode::ALL.len(), "a code has no row");
         for &code in ErrorCode::ALL {

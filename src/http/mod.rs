@@ -94,7 +94,10 @@ pub fn router(state: AppState) -> Router {
         );
     }
     if !doors.dashboard.prefix.is_empty() {
-        main = main.nest(&doors.dashboard.prefix, dashboard::routes());
+        main = main.nest(
+            &doors.dashboard.prefix,
+            dashboard::routes(dashboard::Mount::Prefix(doors.dashboard.prefix.clone())),
+        );
     }
     finish(main, state)
 }
@@ -106,7 +109,7 @@ pub fn door_router(state: AppState, key: &str) -> Router {
     let routes = match key {
         "doors.room_signaling.http_listen" => room_signaling::http_routes(),
         "doors.room_signaling.ws_listen" => room_signaling::ws_routes(),
-        "doors.dashboard.listen" => dashboard::routes(),
+        "doors.dashboard.listen" => dashboard::routes(dashboard::Mount::Own),
         other => unreachable!("no door listener is configured as {other}"),
     };
     finish(routes, state)

@@ -24,6 +24,8 @@ use crate::types::{NodeId, PeerId, PoolName, RoomName};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// The dashboard door's registry (its own lock: no operation touches both).
+    dash: Mutex<super::dashboard::DashState>,
 }
 
 #[derive(Debug, Default)]
@@ -594,6 +596,78 @@ impl Workers for MemoryStore {
 impl Store for MemoryStore {
     fn name(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[async_trait]
+impl super::dashboard::DashRegistry for MemoryStore {
+    async fn dash_create(
+        &self,
+        room: &super::dashboard::DashRoom,
+        limits: &super::dashboard::DashLimits,
+    ) -> Result<Result<super::dashboard::DashList, super::dashboard::DashRefusal>, StoreError> {
+        Ok(self.dash.lock().create(room, limits))
+    }
+
+    async fn dash_join(
+        &self,
+        node: &NodeId,
+        p: &super::dashboard::DashParticipant,
+        limits: &super::dashboard::DashLimits,
+    ) -> Result<super::dashboard::DashJoin, StoreError> {
+        Ok(self.dash.lock().join(node, p, limits))
+    }
+
+    async fn dash_leave(
+        &self,
+        node: &NodeId,
+        room: &str,
+        user: &str,
+    ) -> Result<super::dashboard::DashList, StoreError> {
+        Ok(self.dash.lock().leave(node, room, user))
+    }
+
+    async fn dash_disconnect(
+        &self,
+        node: &NodeId,
+        joined: &[(String, String)],
+        count: super::dashboard::DashCount,
+    ) -> Result<super::dashboard::DashList, StoreError> {
+        Ok(self.dash.lock().disconnect(node, joined, count))
+    }
+
+    async fn dash_set_count(
+        &self,
+        node: &NodeId,
+        count: super::dashboard::DashCount,
+    ) -> Result<u64, StoreError> {
+        Ok(self.dash.lock().count(node, count))
+    }
+
+    async fn dash_list(&self) -> Result<super::dashboard::DashList, StoreError> {
+        Ok(self.dash.lock().list())
+    }
+
+    async fn dash_clients(&self) -> Result<u64, StoreError> {
+        Ok(self.dash.lock().clients_total())
+    }
+
+    /// One process: every node this store knows is alive, nothing to sweep.
+    async fn dash_sweep(
+        &self,
+        _me: &NodeId,
+        _stale: Duration,
+    ) -> Result<super::dashboard::DashSwept, StoreError> {
+        Ok(super::dashboard::DashSwept::default())
+    }
+
+    async fn dash_restore(
+        &self,
+        node: &NodeId,
+        count: super::dashboard::DashCount,
+        held: &[super::dashboard::DashParticipant],
+    ) -> Result<super::dashboard::DashList, StoreError> {
+        Ok(self.dash.lock().restore(node, count, held))
     }
 }
 

@@ -8,7 +8,9 @@
 //! - [`Rooms`]: room records and their members;
 //! - [`Liveness`]: node heartbeats, and the cleanup of a dead node's entries
 //!   (and of a node's own entries after an outage);
-//! - [`Workers`]: rendezvous workers and their pairing.
+//! - [`Workers`]: rendezvous workers and their pairing;
+//! - [`dashboard::DashRegistry`]: the dashboard door's rooms and socket
+//!   counts.
 //!
 //! [`Store`] is their union (plus a name for logs): the node holds an
 //! `Arc<dyn Store>`, on which every trait's methods can be called as they
@@ -21,6 +23,7 @@
 //! Every backend runs the same behaviour tests (`tests/it/store.rs`, against
 //! the memory store and a real `redis-server`).
 
+pub mod dashboard;
 pub mod memory;
 pub mod redis;
 
@@ -36,6 +39,7 @@ use crate::types::{NodeId, PeerId, PoolName, RoomName};
 /// The store's traits, for code that calls a concrete backend (a trait
 /// object's supertrait methods need no import): `use crate::store::prelude::*;`.
 pub mod prelude {
+    pub use super::dashboard::DashRegistry;
     pub use super::{Directory, Liveness, Rooms, Store, Workers};
 }
 
@@ -238,6 +242,9 @@ pub enum Door {
     /// The room signaling server's protocol (`[doors.room_signaling]`).
     #[serde(rename = "room-signaling")]
     RoomSignaling,
+    /// The dashboard server's clients (`[doors.dashboard]`; never a worker).
+    #[serde(rename = "dashboard")]
+    Dashboard,
 }
 
 impl Door {
@@ -247,6 +254,7 @@ impl Door {
             Self::Native => "native",
             Self::LegacyWorker => "legacy",
             Self::RoomSignaling => "room-signaling",
+            Self::Dashboard => "dashboard",
         }
     }
 
@@ -256,6 +264,7 @@ impl Door {
             "native" => Some(Self::Native),
             "legacy" => Some(Self::LegacyWorker),
             "room-signaling" => Some(Self::RoomSignaling),
+            "dashboard" => Some(Self::Dashboard),
             _ => None,
         }
     }
@@ -819,7 +828,7 @@ pub trait Workers: Send + Sync + 'static {
 }
 
 /// The whole store, as the node holds it (`Arc<dyn Store>`).
-pub trait Store: Directory + Rooms + Liveness + Workers {
+pub trait Store: Directory + Rooms + Liveness + Workers + dashboard::DashRegistry {
     /// A short name for logs (`memory`, `redis`).
     fn name(&self) -> &'static str;
 }

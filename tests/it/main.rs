@@ -14,11 +14,13 @@ mod room_records_cluster;
 mod sec_cluster;
 // The store's conformance suite: the library against memory and a real redis-server.
 mod store;
+mod store_dashboard;
 
 mod auth;
 mod bad_input;
 mod codecs;
 mod config;
+mod dashboard;
 mod documented;
 mod doors;
 mod http;

@@ -35,6 +35,8 @@
 //! type) becomes [`StoreError::Rejected`]; Redis being unreachable, slow or
 //! busy becomes [`StoreError::Unavailable`] (see `classify`).
 
+mod dashboard;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,11 +84,24 @@ pub(crate) const LUA_FILES: &[(&str, &str)] = &[
     ("remove_worker.lua", include_str!("lua/remove_worker.lua")),
     ("list_workers.lua", include_str!("lua/list_workers.lua")),
     ("node_workers.lua", include_str!("lua/node_workers.lua")),
+    ("dash.lua", DASH),
+    ("dash_create.lua", include_str!("lua/dash_create.lua")),
+    ("dash_join.lua", include_str!("lua/dash_join.lua")),
+    ("dash_leave.lua", include_str!("lua/dash_leave.lua")),
+    (
+        "dash_disconnect.lua",
+        include_str!("lua/dash_disconnect.lua"),
+    ),
+    ("dash_count.lua", include_str!("lua/dash_count.lua")),
+    ("dash_list.lua", include_str!("lua/dash_list.lua")),
+    ("dash_sweep.lua", include_str!("lua/dash_sweep.lua")),
+    ("dash_restore.lua", include_str!("lua/dash_restore.lua")),
 ];
 
 const MEMBER: &str = include_str!("lua/member.lua");
 const ROOM: &str = include_str!("lua/room.lua");
 const WORKER: &str = include_str!("lua/worker.lua");
+const DASH: &str = include_str!("lua/dash.lua");
 
 /// The Lua file `name` of [`LUA_FILES`].
 fn lua(name: &str) -> &'static str {
@@ -122,6 +137,7 @@ struct Scripts {
     remove_worker: Script,
     list_workers: Script,
     node_workers: Script,
+    dash: dashboard::DashScripts,
 }
 
 impl Scripts {
@@ -154,6 +170,16 @@ impl Scripts {
             remove_worker: build(&[WORKER], "remove_worker.lua"),
             list_workers: build(&[], "list_workers.lua"),
             node_workers: build(&[], "node_workers.lua"),
+            dash: dashboard::DashScripts {
+                create: build(&[DASH], "dash_create.lua"),
+                join: build(&[DASH], "dash_join.lua"),
+                leave: build(&[DASH], "dash_leave.lua"),
+                disconnect: build(&[DASH], "dash_disconnect.lua"),
+                count: build(&[DASH], "dash_count.lua"),
+                list: build(&[DASH], "dash_list.lua"),
+                sweep: build(&[DASH], "dash_sweep.lua"),
+                restore: build(&[DASH], "dash_restore.lua"),
+            },
         }
     }
 
@@ -183,6 +209,14 @@ impl Scripts {
             &self.remove_worker,
             &self.list_workers,
             &self.node_workers,
+            &self.dash.create,
+            &self.dash.join,
+            &self.dash.leave,
+            &self.dash.disconnect,
+            &self.dash.count,
+            &self.dash.list,
+            &self.dash.sweep,
+            &self.dash.restore,
         ]
     }
 }
