@@ -221,10 +221,13 @@ async fn msgpack_answers_are_type_first_as_in_the_documented_bytes() {
 #[tokio::test]
 async fn offered_both_subprotocols_the_server_picks_json() {
     let node = TestNode::spawn(&[]);
-    for offer in [
+    for (i, offer) in [
         "switchboard.v1.msgpack, switchboard.v1.json",
         "chat, switchboard.v1.msgpack, switchboard.v1.json",
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut req = node.ws_url().into_client_request().unwrap();
         req.headers_mut()
             .insert("sec-websocket-protocol", HeaderValue::from_static(offer));
@@ -239,7 +242,8 @@ async fn offered_both_subprotocols_the_server_picks_json() {
         // A binary hello is decoded as MessagePack, but the answer is JSON text.
         use futures_util::SinkExt;
         let hello =
-            rmp_serde::to_vec_named(&json!({"type": "hello", "peer_id": "p", "id": 1})).unwrap();
+            rmp_serde::to_vec_named(&json!({"type": "hello", "peer_id": format!("p{i}"), "id": 1}))
+                .unwrap();
         within(
             "send",
             ws.send(tokio_tungstenite::tungstenite::Message::binary(hello)),
@@ -860,8 +864,29 @@ async fn a_lagging_subscriber_is_counted_and_keeps_reading() {
     // probe's round trip works.
     assert!(metric(&nodes[0], "switchboard_bus_decode_errors_total").await >= 1.0);
     crate::cluster_helpers::wait_ready(&nodes[0], true, Duration::from_secs(20)).await;
+    // And its store calls work again (a node busy with the backlog may
+    // still time one out: `cluster-unavailable` means retry, so retry).
     let mut a = nodes[0].peer("a").await;
-    a.join("r").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for id in 0.. {
+        a.send_json(json!({"type": "join", "id": id, "room": "r"}))
+            .await;
+        let m = a.recv().await;
+        if m["type"] == "joined" {
+            assert_eq!(m["id"], id);
+            break;
+        }
+        assert_eq!(
+            (&m["code"], &m["id"]),
+            (&json!("cluster-unavailable"), &json!(id)),
+            "{m}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "join kept failing: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     a.ping().await;
 }
 
