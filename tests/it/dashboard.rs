@@ -410,6 +410,10 @@ async fn joins_leaves_and_list_requests() {
     assert!(l.contains(head), "{l}");
     b.next_of("server-room-list").await;
     a.send(&joined("r1", "u1", "Alice")).await;
+    // u1 is in before b sends: two sockets' frames have no order between
+    // them, and the participants are listed in the order they joined.
+    let l = a.next_of("server-room-list").await;
+    assert!(l.contains(r#"{"id":"u1","name":"Alice"}"#), "{l}");
     b.send(&joined("r1", "u2", "Bob")).await;
     // A second join of u1 keeps its first name.
     b.send(&joined("r1", "u1", "Mallory")).await;
@@ -422,11 +426,12 @@ async fn joins_leaves_and_list_requests() {
         json!([{"id": "u1", "name": "Alice"}, {"id": "u2", "name": "Bob"}])
     );
     assert_eq!(l["rooms"][0]["participantCount"], 2);
-    // Only the requester got that list.
+    // Only the requester got that list (a saw one per join: u1's above,
+    // then u2's and the second u1's).
     let a_saw = a.sync().await;
     assert_eq!(
         a_saw.iter().filter(|t| ty(t) == "server-room-list").count(),
-        3,
+        2,
         "{a_saw:?}"
     );
     let leave = r#"{"type":"user-left-room","data":{"roomId":"r1","userId":"u1"},"sender":"tab-a","channel":"webrtc-dashboard-rooms"}"#;
@@ -884,7 +889,12 @@ async fn the_periodic_list_reaches_each_subscriber_once_per_period() {
             .filter(|t| ty(t) == "server-room-list")
             .count();
         // 3 s / 500 ms = 6 periods; once per node per period would be 18.
-        assert!((5..=7).contains(&lists), "subscriber {i} got {lists} lists");
+        // The bounds tell the two apart without timing the ticks: a loaded
+        // machine delays some (fewer lists) and may bunch the window's edges.
+        assert!(
+            (2..=10).contains(&lists),
+            "subscriber {i} got {lists} lists"
+        );
     }
 }
 
@@ -914,6 +924,10 @@ async fn a_dead_nodes_participants_and_count_are_removed() {
     doomed.send(&joined("survives", "d2", "D2")).await;
     doomed.sync().await;
     watcher.count_becomes(2).await;
+    // The lists of the watcher's own changes (one room, before "doomed"
+    // existed) are all before this pong: none can be mistaken below for the
+    // list after the death.
+    watcher.sync().await;
     let (_, h) = get_json(&nodes[0], "/health").await;
     assert_eq!(h["rooms"]["total"], 2, "{h}");
 
