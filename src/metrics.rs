@@ -172,6 +172,17 @@ pub const DASHBOARD_ROOM_LISTS: &str = "switchboard_dashboard_room_lists_total";
 /// Counter: dead nodes whose dashboard entries (count, participants) this
 /// node removed.
 pub const DASHBOARD_NODES_SWEPT: &str = "switchboard_dashboard_nodes_swept_total";
+/// Gauge, set at every scrape: 1 while `/readyz` would answer 200 (alert
+/// rules and dashboards read it; a scrape that fails reads as `up == 0`).
+pub const READY: &str = "switchboard_ready";
+/// Gauge, set at every scrape: 1 once shutdown has begun (the node drains).
+pub const DRAINING: &str = "switchboard_draining";
+/// Gauge, set at every scrape: 1 while the bus delivers (a pub/sub probe made
+/// the round trip through Redis within `cluster.probe_window_ms`; always 1 on
+/// the embedded bus).
+pub const BUS_READY: &str = "switchboard_bus_ready";
+/// Gauge: when the process started (Unix seconds), for uptime.
+pub const START_TIME: &str = "switchboard_start_time_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -256,6 +267,41 @@ pub fn install() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             describe();
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            metrics::gauge!(START_TIME).set(started);
+            // Counters without labels exist from the start at 0, so that
+            // rate() and increase() in alert rules see their first event
+            // (a series born at 1 has no earlier sample to differ from).
+            for name in [
+                QUEUE_OVERFLOWS,
+                READ_PAUSES,
+                BUS_LAGGED,
+                BUS_DECODE_ERRORS,
+                BUS_VERSION_MISMATCH,
+                BUS_OUTAGES,
+                ANNOUNCEMENTS_DROPPED,
+                NODES_REAPED,
+                REREGISTRATIONS,
+                RELAY_OUTBOX_FULL,
+                STUN_OBSERVATIONS,
+                STUN_OBSERVATIONS_DROPPED,
+                STUN_RATE_LIMITED,
+                STUN_UNKNOWN_NODE,
+                HTTP_ACCEPT_PAUSED,
+                HELD_FOR_REFUSED_DROPPED,
+                ROOMS_CREATED,
+                ROOMS_EXPIRED,
+                ROOMS_DELETED,
+                ROOM_CLOSED_DROPPED,
+                DASHBOARD_NODES_SWEPT,
+            ] {
+                metrics::counter!(name).absolute(0);
+            }
+            for name in [CONNECTIONS, PEERS, ROOMS] {
+                metrics::gauge!(name).set(0.0);
+            }
             let upkeep = handle.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
@@ -428,6 +474,10 @@ fn describe() {
         "WebSocket connections allowed (server.max_connections fitted to the open-file limit)"
     );
     describe_gauge!(OPEN_FILES_LIMIT, "Open-file soft limit of the process");
+    describe_gauge!(READY, "1 while the node is ready for traffic (/readyz 200)");
+    describe_gauge!(DRAINING, "1 once the node has begun to drain");
+    describe_gauge!(BUS_READY, "1 while the cluster bus delivers");
+    describe_gauge!(START_TIME, "Process start time, in Unix seconds");
     describe_counter!(ACCEPT_ERRORS, "Failed accept calls, by kind");
     describe_counter!(ROOMS_CREATED, "Rooms created over HTTP on this node");
     describe_counter!(

@@ -58,6 +58,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "cargo test --workspace"
 timeout --kill-after=30 3600 cargo test --workspace --all-targets
 
+# Deployment files (k8s/, docker-compose.yml, alert rules, the Grafana
+# dashboard), offline, and the compose topology without containers (nodes,
+# nginx, a real Prometheus).
+log "deployment checks (tests/deploy/check.sh)"
+bash tests/deploy/check.sh
+
 if [ -x loadtest/smoke.sh ] || [ -f loadtest/smoke.sh ]; then
   log "load-test smoke (k6 scripts and the Rust load generator, seconds each)"
   bash loadtest/smoke.sh

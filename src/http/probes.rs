@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::AppState;
+use crate::metrics as m;
 
 /// The Prometheus text exposition format's content type.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -43,6 +44,13 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(st): State<AppState>) -> impl IntoResponse {
+    // State gauges are read at the scrape itself, so they are never stale
+    // and cost nothing between scrapes.
+    let core = &st.node.core;
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    metrics::gauge!(m::READY).set(flag(core.not_ready_reason().is_none()));
+    metrics::gauge!(m::DRAINING).set(flag(core.is_draining()));
+    metrics::gauge!(m::BUS_READY).set(flag(core.bus.is_ready()));
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         st.metrics.render(),

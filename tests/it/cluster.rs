@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::cluster_helpers::{spawn_cluster, unique_prefix, wait_ready, Nginx, RedisServer};
-use crate::helpers::{metric, Client, TestNode};
+use crate::helpers::{metric, sum_samples, Client, TestNode};
 use tokio_tungstenite::tungstenite::Message;
 
 async fn hello(node: &TestNode, peer: &str) -> (Client, Value) {
@@ -526,6 +526,30 @@ async fn killed_subscriber_connection_resumes_and_readiness_reflects_the_gap() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(seen_unready, "readiness never reflected the subscriber gap");
+    // The gauges alert rules read show the gap too: one scrape with the bus
+    // down and the node not ready (and not draining).
+    let start = Instant::now();
+    let mut seen_gauges = false;
+    while start.elapsed() < Duration::from_secs(8) {
+        redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        let (_, text) = nodes[1].get_text("/metrics").await;
+        // Present, not absent (an absent series would also sum to 0).
+        for name in ["switchboard_ready ", "switchboard_bus_ready "] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "no {name}");
+        }
+        let ready = sum_samples(&text, "switchboard_ready");
+        let bus = sum_samples(&text, "switchboard_bus_ready");
+        if ready == 0.0 && bus == 0.0 {
+            assert_eq!(sum_samples(&text, "switchboard_draining"), 0.0);
+            seen_gauges = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen_gauges,
+        "switchboard_ready/bus_ready never showed the gap"
+    );
 
     // Once the kills stop, fred reconnects and resubscribes by itself.
     wait_ready(&nodes[0], true, Duration::from_secs(10)).await;

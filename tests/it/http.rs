@@ -41,6 +41,25 @@ async fn metrics_expose_connections_and_messages() {
     }
     assert_eq!(metric(&node, "switchboard_connections").await, 1.0);
     assert_eq!(metric(&node, "switchboard_peers").await, 1.0);
+    // State gauges, read at the scrape, and counters that exist at 0 before
+    // their first event (so rate() in alert rules sees that event).
+    assert_eq!(metric(&node, "switchboard_ready").await, 1.0);
+    assert_eq!(metric(&node, "switchboard_bus_ready").await, 1.0);
+    assert_eq!(metric(&node, "switchboard_draining").await, 0.0);
+    assert!(
+        text.lines()
+            .any(|l| l == "switchboard_queue_overflows_total 0"),
+        "/metrics lacks switchboard_queue_overflows_total at 0:\n{text}"
+    );
+    let started = metric(&node, "switchboard_start_time_seconds").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now && now - started < 600.0,
+        "start time {started}, now {now}"
+    );
     assert_eq!(
         metric(&node, r#"switchboard_messages_in_total{type="hello"}"#).await,
         1.0

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
 
-use crate::helpers::{Client, TestNode};
+use crate::helpers::{metric, Client, TestNode};
 
 /// Polls /readyz until it answers 503 (bounded); returns the body.
 async fn wait_not_ready(node: &TestNode, within: Duration) -> serde_json::Value {
@@ -50,6 +50,10 @@ async fn sigterm_drains_and_serves_during_the_grace_period() {
     let body = wait_not_ready(&node, Duration::from_secs(10)).await;
     assert_eq!(body["ready"], false);
     assert_eq!(body["reason"], "draining");
+    // The state gauges say the same at the scrape (alert rules read them).
+    assert_eq!(metric(&node, "switchboard_draining").await, 1.0);
+    assert_eq!(metric(&node, "switchboard_ready").await, 0.0);
+    assert_eq!(metric(&node, "switchboard_bus_ready").await, 1.0);
 
     // New sockets are refused while draining.
     let (status, body) = node.raw_upgrade().await;
