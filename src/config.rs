@@ -203,6 +203,9 @@ pub struct Config {
     /// The doors for older systems' clients that need listeners or paths of
     /// their own (the room signaling server's, the dashboard server's).
     pub doors: DoorsConfig,
+    /// ICE servers handed to clients in `welcome`: STUN URLs and TURN relays
+    /// with ephemeral credentials.
+    pub turn: TurnConfig,
 }
 
 /// `[server]`
@@ -676,6 +679,33 @@ impl ClientIpHeader {
     }
 }
 
+/// `[turn]`: what `welcome.ice_servers` holds (see [`crate::turn`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// TURN URLs (`turn:host:port?transport=udp`, `turns:host:5349`) of
+    /// relays that share `secret` (coturn `use-auth-secret`). Empty: none.
+    pub urls: Vec<String>,
+    /// STUN URLs clients should use (the public address of this cluster's
+    /// STUN responder, which the node cannot know itself). Empty: none.
+    pub stun_urls: Vec<String>,
+    /// The shared secret (coturn `static-auth-secret`). Required with `urls`.
+    pub secret: Secret,
+    /// Lifetime of an issued credential, in seconds.
+    pub ttl_s: u64,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            stun_urls: Vec::new(),
+            secret: Secret::default(),
+            ttl_s: 86_400,
+        }
+    }
+}
+
 /// `[stun]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -1036,7 +1066,35 @@ impl Config {
         c.auth.signin.private_key = c.auth.signin.private_key.redact();
         c.http.admin_token = c.http.admin_token.redact();
         c.cluster.redis_url = c.cluster.redis_url.redact();
+        c.turn.secret = c.turn.secret.redact();
         c
+    }
+
+    /// `[turn]`: URL schemes, a secret with relays, a lifetime in bounds.
+    fn validate_turn(&self, errs: &mut Vec<String>) {
+        let t = &self.turn;
+        for (key, urls, schemes) in [
+            ("turn.urls", &t.urls, &["turn:", "turns:"][..]),
+            ("turn.stun_urls", &t.stun_urls, &["stun:", "stuns:"][..]),
+        ] {
+            for u in urls {
+                if !schemes.iter().any(|s| u.starts_with(s)) || u.chars().any(char::is_whitespace) {
+                    errs.push(format!(
+                        "{key}: `{u}` is not a {} URL",
+                        schemes.join(" or ")
+                    ));
+                }
+            }
+        }
+        if !t.urls.is_empty() && t.secret.expose().len() < 16 {
+            errs.push(
+                "turn.secret: TURN URLs need the relays' shared secret (coturn static-auth-secret), at least 16 bytes"
+                    .into(),
+            );
+        }
+        if !(60..=604_800).contains(&t.ttl_s) {
+            errs.push(format!("turn.ttl_s: {} is outside 60..=604800", t.ttl_s));
+        }
     }
 
     /// Whether peers without a token are accepted, and why (see
@@ -1185,6 +1243,7 @@ impl Config {
     /// Semantic checks serde cannot express; one message per bad key.
     pub fn validate(&self) -> Vec<String> {
         let mut errs = Vec::new();
+        self.validate_turn(&mut errs);
         if self.server.node_id.chars().any(char::is_control) {
             // It ends a field in the store's member values (`store::redis`).
             errs.push("server.node_id: must not contain control characters".into());

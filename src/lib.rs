@@ -58,6 +58,7 @@ pub mod signin;
 pub mod store;
 pub mod stun;
 pub mod tasks;
+pub mod turn;
 pub mod types;
 pub mod ws;
 

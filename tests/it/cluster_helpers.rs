@@ -34,7 +34,7 @@ pub struct RedisServer {
 const PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// A port in [`PORTS`] that is free right now (bound and released).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     for _ in 0..1000 {
         let port = PORTS.start + rand::random::<u16>() % (PORTS.end - PORTS.start);
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {

@@ -236,3 +236,41 @@ async fn worker_threads_setting_sizes_the_runtime() {
     let node = TestNode::spawn(&[("TOKIO_WORKER_THREADS", "2")]);
     assert_eq!(worker_threads_of(&node).await, 2.0);
 }
+
+#[test]
+fn turn_urls_need_a_secret_and_the_right_schemes() {
+    let out = run_cli(
+        &["--check-config"],
+        &[
+            (
+                "SWITCHBOARD_TURN__URLS",
+                r#"["turn:relay.example:3478", "http://x"]"#,
+            ),
+            ("SWITCHBOARD_TURN__STUN_URLS", r#"["turn:wrong.example"]"#),
+            ("SWITCHBOARD_TURN__TTL_S", "10"),
+        ],
+        CLI_TIMEOUT,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    for needle in [
+        "turn.secret:",
+        "turn.urls: `http://x`",
+        "turn.stun_urls: `turn:wrong.example`",
+        "turn.ttl_s: 10",
+    ] {
+        assert!(stderr.contains(needle), "no `{needle}` in:\n{stderr}");
+    }
+    // With a secret the same relays are accepted, and --check-config never
+    // prints the secret.
+    let out = run_cli(
+        &["--check-config"],
+        &[
+            ("SWITCHBOARD_TURN__URLS", r#"["turn:relay.example:3478"]"#),
+            ("SWITCHBOARD_TURN__SECRET", "a-long-enough-shared-secret"),
+        ],
+        CLI_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("a-long-enough-shared-secret"));
+}

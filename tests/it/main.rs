@@ -37,3 +37,4 @@ mod sec_http;
 mod sec_memory;
 mod shutdown;
 mod signin;
+mod turn;
