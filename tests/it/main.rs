@@ -35,6 +35,7 @@ mod rooms;
 mod sec_auth;
 mod sec_http;
 mod sec_memory;
+mod sentinel;
 mod shutdown;
 mod signin;
 mod turn;
