@@ -296,7 +296,7 @@ export class SwitchboardClient {
         this._pending.delete(id);
         reject(new SwitchboardError("timeout", `no answer to \`${msg.type}\` within ${timeoutMs} ms`, { request: msg }));
       }, timeoutMs);
-      this._pending.set(id, { session: s, expect: ANSWERS[msg.type], resolve, reject, timer, type: msg.type });
+      this._pending.set(id, { session: s, expect: ANSWERS[msg.type] ?? "ack", resolve, reject, timer, type: msg.type });
       try {
         this._send(s, { ...msg, id });
       } catch (e) {
@@ -395,6 +395,7 @@ export class SwitchboardClient {
       ws.onopen = async () => {
         try {
           const token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
+          s.helloSent = true;
           const welcome = await this._requestOn(
             s,
             {
@@ -482,7 +483,11 @@ export class SwitchboardClient {
     this._rejectPending(s, lost);
     if (s.retired || s !== this._current) return;
     this._current = null;
-    const fatal = ev.code in FATAL_CLOSE_CODES;
+    // 4002 while this client's own new connection has said `hello`: that
+    // connection is what replaced this one (its close can overtake the new
+    // socket's `welcome`), so it is no reason to stop.
+    const ownTakeover = ev.code === 4002 && [...this._opening].some((o) => o.helloSent);
+    const fatal = ev.code in FATAL_CLOSE_CODES && !ownTakeover;
     const willReconnect = !this._closedByUser && !fatal && this.options.reconnect !== false;
     this._emit("close", { code: ev.code, reason: ev.reason, url: s.url, willReconnect });
     if (!willReconnect) {
@@ -616,14 +621,12 @@ export class SwitchboardClient {
       case "room-closed":
         if (!this._rooms.delete(msg.room)) return;
         break;
-      case "reconnect":
-        this._onReconnectHint(msg);
-        break;
       default:
         break;
     }
     this._emit(msg.type, msg);
     this._emit("*", msg);
+    if (msg.type === "reconnect") this._onReconnectHint(msg);
   }
 
   /**

@@ -393,3 +393,24 @@ test("constructor arguments are checked", () => {
   assert.throws(() => new SwitchboardClient("ws://a", { WebSocket: FakeWebSocket, encoding: "xml" }), TypeError);
   assert.throws(() => new SwitchboardClient("ws://a", { WebSocket: 42 }), TypeError);
 });
+
+test("the drain hint: the old socket's 4002 may overtake the new socket's welcome; still no stop", async () => {
+  const { client, clock } = makeClient(["ws://a/ws", "ws://b/ws"]);
+  const ws = await connected(client, { reconnect_secret: "s1" });
+  const closes = record(client, ["close"]);
+  ws.deliver({ type: "reconnect", reason: "draining", after_ms: 10 });
+  await clock.advance(10);
+  const ws2 = FakeWebSocket.last();
+  ws2.open();
+  await settle();
+  assert.equal(ws2.lastOf("hello").reconnect_secret, "s1");
+  ws.serverClose(4002, "replaced");
+  await settle();
+  assert.deepEqual(closes, [["close", { code: 4002, reason: "replaced", url: "ws://a/ws", willReconnect: true }]]);
+  assert.equal(client.state, "reconnecting");
+  ws2.welcome({ node: "node-b" });
+  await settle();
+  assert.equal(client.state, "open");
+  assert.equal(client.node, "node-b");
+  client.close();
+});
