@@ -47,7 +47,16 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/demo/", get(|| asset(HTML, INDEX_HTML)))
         .route("/demo/demo.js", get(|| asset(JS, DEMO_JS)))
         .route("/demo/demo.css", get(|| asset(CSS, DEMO_CSS)))
-        .route("/demo/switchboard.js", get(|| asset(JS, CLIENT_JS)))
+        .route("/demo/switchboard.js", get(client_module))
+}
+
+/// The client module, importable from pages of any origin (a module script
+/// from another origin needs CORS): it is public code, the same for all.
+async fn client_module() -> impl IntoResponse {
+    (
+        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        asset(JS, CLIENT_JS).await,
+    )
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {

@@ -108,7 +108,6 @@ test("the client reconnects to the other node by itself after SIGTERM and keeps 
   assert.ok(!events.some(([t, ev]) => t === "close" && !ev.willReconnect), JSON.stringify(events));
 
   // Every signal was acked, or (at most the one in flight at the takeover) lost with the old socket.
-  if (process.env.SB_DEBUG) console.log(JSON.stringify({ types, outcomes }));
   const failed = outcomes.filter(([, o]) => o !== "ack");
   assert.ok(failed.every(([, o]) => o === "connection-lost"), JSON.stringify(failed));
   assert.ok(failed.length <= 1, JSON.stringify(failed));

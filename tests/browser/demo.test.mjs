@@ -7,7 +7,10 @@
 import test from "node:test";
 import assert from "node:assert/strict";
 
-import { cleanup, launchChromium, startNode, startRedis, uniquePrefix } from "./harness.mjs";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+
+import { REPO, cleanup, launchChromium, startNode, startRedis, uniquePrefix } from "./harness.mjs";
 
 test("two demo tabs on two nodes connect over WebRTC and exchange data-channel messages", async (t) => {
   const redis = await startRedis();
@@ -19,6 +22,17 @@ test("two demo tabs on two nodes connect over WebRTC and exchange data-channel m
     await browser.close();
     cleanup();
   });
+
+  // The assets as served: the client module is the one in clients/js, byte for byte.
+  const mod = await fetch(`${a.http}/demo/switchboard.js`);
+  assert.equal(mod.status, 200);
+  assert.equal(mod.headers.get("content-type"), "text/javascript; charset=utf-8");
+  assert.equal(mod.headers.get("access-control-allow-origin"), "*");
+  assert.equal(mod.headers.get("x-content-type-options"), "nosniff");
+  assert.equal(await mod.text(), readFileSync(path.join(REPO, "clients/js/switchboard.js"), "utf8"));
+  const missing = await fetch(`${a.http}/demo/nope.js`);
+  assert.equal(missing.status, 404);
+  assert.equal((await missing.json()).error.code, "not-found");
 
   const pageErrors = [];
   const open = async (node, query) => {
