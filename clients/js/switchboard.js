@@ -203,9 +203,7 @@ export class SwitchboardClient {
 
   /** Joins `room` and resolves with the `joined` answer (`peers`: the other members). */
   async join(room, { meta, token } = {}) {
-    const joined = await this._request({ type: "join", room, meta, token });
-    this._rooms.set(room, { meta, token, peers: peerMap(joined.peers) });
-    return joined;
+    return this._request({ type: "join", room, meta, token });
   }
 
   /** Leaves `room`; resolves on the server's `ack`. */
@@ -296,7 +294,7 @@ export class SwitchboardClient {
         this._pending.delete(id);
         reject(new SwitchboardError("timeout", `no answer to \`${msg.type}\` within ${timeoutMs} ms`, { request: msg }));
       }, timeoutMs);
-      this._pending.set(id, { session: s, expect: ANSWERS[msg.type] ?? "ack", resolve, reject, timer, type: msg.type });
+      this._pending.set(id, { session: s, expect: ANSWERS[msg.type] ?? "ack", resolve, reject, timer, type: msg.type, msg });
       try {
         this._send(s, { ...msg, id });
       } catch (e) {
@@ -422,8 +420,7 @@ export class SwitchboardClient {
           const failed = [];
           for (const [room, r] of [...this._rooms]) {
             try {
-              const joined = await this._requestOn(s, { type: "join", room, meta: r.meta, token: r.token }, this.options.requestTimeoutMs);
-              r.peers = peerMap(joined.peers);
+              await this._requestOn(s, { type: "join", room, meta: r.meta, token: r.token }, this.options.requestTimeoutMs);
             } catch (e) {
               if (e.code === "connection-lost" || e.code === "timeout") throw e;
               this._rooms.delete(room);
@@ -592,6 +589,11 @@ export class SwitchboardClient {
       if (p.session === s && (msg.type === p.expect || msg.type === "error")) {
         this._pending.delete(msg.id);
         this._clearTimeout(p.timer);
+        if (msg.type === "joined") {
+          // Recorded here, not when the promise's continuation runs: the
+          // room's next events may be handled before that.
+          this._rooms.set(msg.room, { meta: p.msg.meta, token: p.msg.token, peers: peerMap(msg.peers) });
+        }
         if (msg.type === "error") p.reject(new SwitchboardError(msg.code, msg.message, { request: p.type }));
         else p.resolve(msg);
         if (msg.type === "joined") this._emit("joined", msg);

@@ -414,3 +414,15 @@ test("the drain hint: the old socket's 4002 may overtake the new socket's welcom
   assert.equal(client.node, "node-b");
   client.close();
 });
+
+test("a room's events handled before join()'s caller resumes are not lost", async () => {
+  const { client } = makeClient(["ws://a/ws"]);
+  const ws = await connected(client);
+  const join = client.join("r");
+  await settle();
+  // Both frames in one go, as a Node WebSocket may emit them in one tick.
+  ws.deliver({ type: "joined", id: 2, room: "r", peers: [] });
+  ws.deliver({ type: "peer-joined", room: "r", peer_id: "bob", meta: null });
+  await join;
+  assert.deepEqual([...client.rooms.get("r").keys()], ["bob"]);
+});
