@@ -202,6 +202,7 @@ async function join(e) {
   const client = new SwitchboardClient(urls.length ? urls : [ownNode], {
     peerId: $("peer").value,
     encoding: $("encoding").value,
+    token: $("token").value || undefined,
     trace,
   });
   demo.client = client;
