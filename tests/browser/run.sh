@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the JS client's unit tests (clients/js/test/, under Node) and the
-# browser tests (tests/browser/*.test.mjs: the /demo page and the JS client
-# in real headless Chromium against real node processes and a real
-# redis-server). Installs what is missing first: Debian's chromium and
-# redis-server, the pinned playwright-core (npm ci), and the debug binary
+# tests in tests/browser/*.test.mjs (the /demo page and the JS client in
+# real headless Chromium, and the client under Node, against real node
+# processes and a real redis-server). Installs what is missing first:
+# Debian's chromium and redis-server, the pinned playwright-core and ws
+# (npm ci), and the debug binary
 # (cargo build, a no-op when it is current; set SWITCHBOARD_BIN to use
 # another binary).
 set -euo pipefail
