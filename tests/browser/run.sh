@@ -33,6 +33,6 @@ fi
 cd "$repo"
 echo "== clients/js unit tests"
 node --test clients/js/test/
-echo "== browser tests (Chromium)"
+echo "== tests/browser (Chromium and Node, against real nodes)"
 cd "$here"
 node --test --test-concurrency=1 ./*.test.mjs
