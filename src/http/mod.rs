@@ -12,6 +12,8 @@
 //! - [`legacy`]: the older rendezvous service's `/`, `/debug/list_workers`
 //!   and worker door `/ws/register/{worker_id}`;
 //! - [`signin`]: `POST /api/auth/anonymous`, open, rate-limited per address;
+//! - [`demo`]: `GET /demo`, the WebRTC demo page and the browser client
+//!   (`/demo/switchboard.js`), compiled in, open;
 //! - [`room_signaling`] and [`dashboard`]: the doors of the room signaling
 //!   and dashboard servers' clients, on listeners of their own
 //!   ([`door_router`]) and/or under a prefix on the main listener
@@ -30,6 +32,7 @@
 
 pub mod api;
 pub mod dashboard;
+pub mod demo;
 pub mod error;
 pub mod forwarded;
 pub mod legacy;
@@ -85,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         // fallback (405) is the guarded one, so the guard answers first.
         .merge(rooms::record_routes())
         .merge(signin::routes())
+        .merge(demo::routes())
         .merge(operator);
     let doors = &state.node.core.cfg.doors;
     if !doors.room_signaling.prefix.is_empty() {
