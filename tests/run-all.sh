@@ -68,6 +68,11 @@ timeout --kill-after=30 3600 cargo test --workspace --all-targets
 log "deployment checks (tests/deploy/check.sh)"
 bash tests/deploy/check.sh
 
+# The JS client's unit tests, and the demo and the client in real headless
+# Chromium against real nodes (in a network namespace of their own).
+log "browser tests (tests/browser/run.sh)"
+bash tests/browser/run.sh
+
 if [ -x loadtest/smoke.sh ] || [ -f loadtest/smoke.sh ]; then
   log "load-test smoke (k6 scripts and the Rust load generator, seconds each)"
   bash loadtest/smoke.sh

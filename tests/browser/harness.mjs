@@ -197,6 +197,10 @@ export async function launchChromium() {
       // Host candidates as plain addresses rather than mDNS names, which
       // nothing resolves in a headless sandbox.
       "--disable-features=WebRtcHideLocalIpsWithMdns",
+      // run.sh runs the tests in a network namespace of their own (loopback
+      // and a veth pair): loopback candidates too, so peers on 127.0.0.1
+      // can also pair.
+      "--allow-loopback-in-peer-connection",
       "--no-sandbox",
     ],
   });
