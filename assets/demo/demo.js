@@ -23,6 +23,7 @@ const demo = {
   client: null,
   room: null,
   pcs: new Map(), // remote peer id -> RTCPeerConnection
+  iceServers: [], // welcome.ice_servers of the last welcome ([turn] on the node)
   channel: null,
   joined: null, // the `joined` answer, once in the room
   received: [], // data-channel messages received, in order
@@ -101,7 +102,9 @@ function setPcState(pc) {
 
 function makePc(peer) {
   demo.pcs.get(peer)?.close();
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  // The node's STUN and TURN servers when its operator configured [turn]
+  // (welcome.ice_servers has RTCIceServer's shape); none on one machine.
+  const pc = new RTCPeerConnection({ iceServers: demo.iceServers });
   pc.pendingCandidates = [];
   demo.pcs.set(peer, pc);
   $("remote-peer").textContent = peer;
@@ -208,7 +211,10 @@ async function join(e) {
   demo.client = client;
   demo.room = room;
   client.on("state", ({ state }) => ($("client-state").textContent = state));
-  client.on("welcome", (w) => ($("node").textContent = w.node));
+  client.on("welcome", (w) => {
+    $("node").textContent = w.node;
+    demo.iceServers = w.ice_servers ?? [];
+  });
   client.on("reconnected", (r) => note(`reconnected to ${r.node}; rooms joined again: ${r.rooms.join(", ")}`));
   client.on("close", (c) => note(`socket closed (${c.code}${c.reason ? " " + c.reason : ""})${c.willReconnect ? ", reconnecting" : ""}`));
   client.on("peer-left", (m) => {
