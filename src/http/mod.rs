@@ -16,6 +16,8 @@
 //!   and dashboard servers' clients, on listeners of their own
 //!   ([`door_router`]) and/or under a prefix on the main listener
 //!   (`[doors]` in the configuration);
+//! - [`console`]: the operator console (`/admin`, `/admin/chat`,
+//!   `/ws/admin`, `/ws/chat/...`), behind its own login (docs/ADMIN.md);
 //! - [`forwarded`]: the client's address behind a trusted proxy;
 //! - [`error`]: every error answer, JSON `{"error": {"code", "message"}}`
 //!   with a code from [`crate::error::ErrorCode`] and the status one
@@ -29,6 +31,7 @@
 //! included.
 
 pub mod api;
+pub mod console;
 pub mod dashboard;
 pub mod error;
 pub mod forwarded;
@@ -85,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         // fallback (405) is the guarded one, so the guard answers first.
         .merge(rooms::record_routes())
         .merge(signin::routes())
+        .merge(console::routes())
         .merge(operator);
     let doors = &state.node.core.cfg.doors;
     if !doors.room_signaling.prefix.is_empty() {
