@@ -313,9 +313,11 @@ impl Rendezvous {
             .await
             .map_err(store_unavailable)?;
         if !c.worker.swap(true, Ordering::AcqRel) {
-            self.core.activity.note(crate::core::Note::WorkerRegistered {
-                peer: c.peer.clone(),
-            });
+            self.core
+                .activity
+                .note(crate::core::Note::WorkerRegistered {
+                    peer: c.peer.clone(),
+                });
             let label = *c.pool_label.lock();
             metrics::gauge!(m::WORKERS, "pool" => label).increment(1.0);
         }

@@ -108,7 +108,10 @@ pub struct LogEntry {
     /// The other worker of a pairing, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other: Option<String>,
-    /// More words (an address, a reason, a pairing id).
+    /// The pairing it is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairing: Option<String>,
+    /// More words (an address, a reason).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
@@ -182,7 +185,10 @@ pub struct Console {
     /// Local chat sockets, by (admin session, worker).
     chats: Mutex<HashMap<(String, PeerId), Vec<ChatTx>>>,
     /// Chat history by (admin session, worker), oldest conversation first.
-    history: Mutex<(HashMap<(String, PeerId), VecDeque<ChatLine>>, VecDeque<(String, PeerId)>)>,
+    history: Mutex<(
+        HashMap<(String, PeerId), VecDeque<ChatLine>>,
+        VecDeque<(String, PeerId)>,
+    )>,
     /// For each local worker, the admin sessions that wrote to it (newest
     /// last) and their nodes: where its replies go.
     reply_to: Mutex<HashMap<PeerId, VecDeque<(String, NodeId)>>>,
@@ -236,9 +242,14 @@ impl Console {
         &self.core.id
     }
 
-    /// The nodes in the view, by id.
+    /// The nodes in the view, by id; this node's entry as it is now.
     pub fn nodes(&self) -> Vec<NodeView> {
-        self.nodes.lock().values().map(|(v, _)| v.clone()).collect()
+        let mut nodes = self.nodes.lock();
+        let rate = nodes
+            .get(&self.core.id)
+            .map_or(0.0, |(v, _)| v.signals_per_s);
+        nodes.insert(self.core.id.clone(), (self.own_view(rate), Instant::now()));
+        nodes.values().map(|(v, _)| v.clone()).collect()
     }
 
     /// The last log entries, oldest first.
@@ -308,6 +319,7 @@ impl Console {
             kind: kind.into(),
             peer: None,
             other: None,
+            pairing: None,
             detail: String::new(),
         }
     }
@@ -362,9 +374,7 @@ impl Console {
         let mut nodes = self.nodes.lock();
         let joined = !nodes.contains_key(&view.id);
         let id = view.id.clone();
-        let was_draining = nodes
-            .get(&id)
-            .is_some_and(|(v, _)| v.state == "draining");
+        let was_draining = nodes.get(&id).is_some_and(|(v, _)| v.state == "draining");
         let draining = view.state == "draining";
         nodes.insert(id.clone(), (view, Instant::now()));
         drop(nodes);
@@ -444,7 +454,11 @@ impl Console {
 
     /// Opens a chat socket of `session` with `worker`: its history so far,
     /// and the feed of what follows.
-    pub fn chat_open(&self, session: &str, worker: &PeerId) -> (Vec<ChatLine>, mpsc::Receiver<Frame>) {
+    pub fn chat_open(
+        &self,
+        session: &str,
+        worker: &PeerId,
+    ) -> (Vec<ChatLine>, mpsc::Receiver<Frame>) {
         let (tx, rx) = mpsc::channel(256);
         let key = (session.to_string(), worker.clone());
         self.chats.lock().entry(key.clone()).or_default().push(tx);
@@ -683,7 +697,7 @@ fn note_entry(c: &Console, n: Note) -> LogEntry {
             e.kind = "pairing".into();
             e.peer = Some(initiator.to_string());
             e.other = Some(responder.to_string());
-            e.detail = pairing_id;
+            e.pairing = Some(pairing_id);
         }
         Note::PairEnded {
             pairing_id,
@@ -692,7 +706,8 @@ fn note_entry(c: &Console, n: Note) -> LogEntry {
         } => {
             e.kind = "unpairing".into();
             e.peer = Some(peer.to_string());
-            e.detail = format!("{reason} ({pairing_id})");
+            e.pairing = Some(pairing_id);
+            e.detail = reason.into();
         }
     }
     e
@@ -704,7 +719,8 @@ fn note_entry(c: &Console, n: Note) -> LogEntry {
 async fn run(console: Weak<Console>, mut notes: broadcast::Receiver<Note>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut subscribed, mut n, mut last_signals, mut last_at) = (false, 0u32, 0u64, Instant::now());
+    let (mut subscribed, mut n, mut last_signals, mut last_at) =
+        (false, 0u32, 0u64, Instant::now());
     let (mut was_connected, mut was_draining) = (true, false);
     loop {
         tick.tick().await;
@@ -729,7 +745,11 @@ async fn run(console: Weak<Console>, mut notes: broadcast::Receiver<Note>) {
         let connected = c.core.bus.is_connected();
         if connected != was_connected {
             was_connected = connected;
-            c.local(c.entry(if connected { "redis-back" } else { "redis-unavailable" }));
+            c.local(c.entry(if connected {
+                "redis-back"
+            } else {
+                "redis-unavailable"
+            }));
         }
         let draining = c.core.is_draining();
         if draining && !was_draining {
@@ -754,8 +774,7 @@ async fn run(console: Weak<Console>, mut notes: broadcast::Receiver<Note>) {
                 events: events.clone(),
             };
             let text = serde_json::to_string(&w).expect("console messages serialize");
-            if c
-                .core
+            if c.core
                 .publish_room(&c.bus_room, NodeEvent::Console { text })
                 .await
                 .is_err()

@@ -325,11 +325,17 @@ impl Dialect for LegacyWorker {
                 let text = [&msg.content, &msg.message, &msg.text]
                     .into_iter()
                     .find_map(|v| v.as_ref().and_then(Value::as_str))
-                    .map(|t| t.chars().take(crate::console::MAX_CHAT_BYTES).collect::<String>());
+                    .map(|t| {
+                        t.chars()
+                            .take(crate::console::MAX_CHAT_BYTES)
+                            .collect::<String>()
+                    });
                 let session = msg.admin_session_id.as_ref().and_then(Value::as_str);
                 match text {
                     Some(t) => node.console.chat_reply(&s.peer, session, t).await,
-                    None => info!(worker = %s.peer, "chat_response without a text `content`; ignored"),
+                    None => {
+                        info!(worker = %s.peer, "chat_response without a text `content`; ignored")
+                    }
                 }
             }
             Some(other) => {

@@ -217,6 +217,7 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// Security headers of every console page.
 fn page(status: StatusCode, html: &'static str) -> Response {
     let mut r = (status, html).into_response();
+    r.extensions_mut().insert(super::error::OwnErrorPage);
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -230,10 +231,7 @@ fn page(status: StatusCode, html: &'static str) -> Response {
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -531,7 +529,11 @@ impl Handler for ChatConn {
                 ErrorCode::InvalidMessage,
                 "expected {\"type\":\"chat\",\"text\":\"...\"}",
             )),
-            Err(_) => Some(error_frame(None, ErrorCode::InvalidMessage, "a frame must be JSON")),
+            Err(_) => Some(error_frame(
+                None,
+                ErrorCode::InvalidMessage,
+                "a frame must be JSON",
+            )),
         };
         if let Some(f) = reply {
             let _ = self.tx.send(f).await;
@@ -600,7 +602,11 @@ impl AdminConn {
             .map(|l| {
                 l.iter()
                     // Each pairing once: from its smaller id's side.
-                    .filter(|w| w.partner.as_ref().is_some_and(|p| w.peer_id.as_str() < p.as_str()))
+                    .filter(|w| {
+                        w.partner
+                            .as_ref()
+                            .is_some_and(|p| w.peer_id.as_str() < p.as_str())
+                    })
                     .take(crate::console::MAX_PAGE)
                     .map(|w| json!({"pairing_id": w.pairing_id, "a": w.peer_id, "b": w.partner}))
                     .collect()
@@ -630,7 +636,11 @@ impl AdminConn {
         let v: Value = match serde_json::from_str(&text) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
-                let f = error_frame(None, ErrorCode::InvalidMessage, "a frame must be a JSON object");
+                let f = error_frame(
+                    None,
+                    ErrorCode::InvalidMessage,
+                    "a frame must be a JSON object",
+                );
                 return self.send(f).await;
             }
         };
@@ -638,7 +648,11 @@ impl AdminConn {
         let max = self.node.core.cfg.limits.max_name_bytes;
         let worker = |field: &str| -> Result<PeerId, Frame> {
             let s = v.get(field).and_then(Value::as_str).ok_or_else(|| {
-                error_frame(id, ErrorCode::InvalidMessage, format!("`{field}` (a string) is required"))
+                error_frame(
+                    id,
+                    ErrorCode::InvalidMessage,
+                    format!("`{field}` (a string) is required"),
+                )
             })?;
             PeerId::parse(s, max)
                 .map_err(|e| error_frame(id, ErrorCode::InvalidPeerId, format!("`{field}` {e}")))
@@ -647,7 +661,11 @@ impl AdminConn {
             Some("query") => {
                 let search = v.get("search").and_then(Value::as_str).unwrap_or("");
                 if search.len() > 256 {
-                    error_frame(id, ErrorCode::InvalidMessage, "`search` is at most 256 bytes")
+                    error_frame(
+                        id,
+                        ErrorCode::InvalidMessage,
+                        "`search` is at most 256 bytes",
+                    )
                 } else {
                     self.search = search.to_string();
                     self.offset = v.get("offset").and_then(Value::as_u64).unwrap_or(0) as usize;
@@ -656,7 +674,8 @@ impl AdminConn {
                         .and_then(Value::as_u64)
                         .map_or(50, |l| l as usize)
                         .clamp(1, crate::console::MAX_PAGE);
-                    match workers_page(&self.node, &self.search, self.offset, self.limit, id).await {
+                    match workers_page(&self.node, &self.search, self.offset, self.limit, id).await
+                    {
                         Some(f) => f,
                         None => return,
                     }
@@ -678,7 +697,11 @@ impl AdminConn {
                     format!("unknown message type `{shown}` (query, pair, unpair)"),
                 )
             }
-            None => error_frame(id, ErrorCode::InvalidMessage, "`type` (a string) is required"),
+            None => error_frame(
+                id,
+                ErrorCode::InvalidMessage,
+                "`type` (a string) is required",
+            ),
         };
         self.send(reply).await;
     }
@@ -688,7 +711,8 @@ impl AdminConn {
         match self.node.rdv.connect_workers(a, b).await {
             Ok((pairing_id, _, _)) => {
                 self.node.console.workers_changed().await;
-                let mut v = json!({"type": "result", "op": "pair", "ok": true, "pairing_id": pairing_id});
+                let mut v =
+                    json!({"type": "result", "op": "pair", "ok": true, "pairing_id": pairing_id});
                 if let Some(id) = id {
                     v["id"] = id.clone();
                 }
@@ -696,15 +720,25 @@ impl AdminConn {
             }
             Err(PairError::NotFound(w)) => {
                 let (f, w) = name(w);
-                error_frame(id, ErrorCode::WorkerNotFound, format!("worker `{w}` (`{f}`) is not a connected worker"))
+                error_frame(
+                    id,
+                    ErrorCode::WorkerNotFound,
+                    format!("worker `{w}` (`{f}`) is not a connected worker"),
+                )
             }
             Err(PairError::AlreadyPaired(w)) => {
                 let (f, w) = name(w);
-                error_frame(id, ErrorCode::AlreadyPaired, format!("worker `{w}` (`{f}`) is already paired"))
+                error_frame(
+                    id,
+                    ErrorCode::AlreadyPaired,
+                    format!("worker `{w}` (`{f}`) is already paired"),
+                )
             }
-            Err(PairError::SameWorker) => {
-                error_frame(id, ErrorCode::SameWorker, "`a` and `b` name the same worker")
-            }
+            Err(PairError::SameWorker) => error_frame(
+                id,
+                ErrorCode::SameWorker,
+                "`a` and `b` name the same worker",
+            ),
             Err(e) => {
                 let e = crate::core::cluster_err(format!("{e:?}"));
                 error_frame(id, e.code, e.message)
@@ -721,7 +755,11 @@ impl AdminConn {
         let rec = match store.get_worker(w).await {
             Ok(Some(r)) => r,
             Ok(None) => {
-                return error_frame(id, ErrorCode::WorkerNotFound, format!("worker `{w}` is not a connected worker"))
+                return error_frame(
+                    id,
+                    ErrorCode::WorkerNotFound,
+                    format!("worker `{w}` is not a connected worker"),
+                )
             }
             Err(e) => return unavailable(&e),
         };
@@ -733,12 +771,22 @@ impl AdminConn {
                     pairing_id: lost.pairing_id.clone(),
                     partner: rec,
                 };
-                self.node.rdv.notify_lost(lost, PairLostReason::Unpaired).await;
-                self.node.rdv.notify_lost(me, PairLostReason::Unpaired).await;
+                self.node
+                    .rdv
+                    .notify_lost(lost, PairLostReason::Unpaired)
+                    .await;
+                self.node
+                    .rdv
+                    .notify_lost(me, PairLostReason::Unpaired)
+                    .await;
             }
             Ok(Unpaired::Dequeued) => {}
             Err(PairError::NotPaired) => {
-                return error_frame(id, ErrorCode::NotPaired, format!("worker `{w}` is neither paired nor queued"))
+                return error_frame(
+                    id,
+                    ErrorCode::NotPaired,
+                    format!("worker `{w}` is neither paired nor queued"),
+                )
             }
             Err(PairError::Store(e)) => return unavailable(&e),
             Err(e) => return unavailable(&format!("{e:?}")),
@@ -795,7 +843,11 @@ async fn chat_socket(
         let _ = tx.send(hello.to_string().into()).await;
         if connected.is_none() {
             let _ = tx
-                .send(error_frame(None, ErrorCode::WorkerNotFound, format!("worker `{worker}` is not connected")))
+                .send(error_frame(
+                    None,
+                    ErrorCode::WorkerNotFound,
+                    format!("worker `{worker}` is not connected"),
+                ))
                 .await;
         }
         // The conversation's lines (from any socket of the session) and this
@@ -868,17 +920,33 @@ async fn serve<H: Handler>(
         })
         .await;
         match step {
-            Step::Stop => break Some(CloseFrame { code: 1012, reason: "draining" }),
-            Step::Out(None) => break Some(CloseFrame { code: 1011, reason: "internal" }),
+            Step::Stop => {
+                break Some(CloseFrame {
+                    code: 1012,
+                    reason: "draining",
+                })
+            }
+            Step::Out(None) => {
+                break Some(CloseFrame {
+                    code: 1011,
+                    reason: "internal",
+                })
+            }
             Step::Out(Some(f)) => {
                 ws.queue_text(&f);
                 if ws.write_pending() > MAX_BACKLOG {
-                    break Some(CloseFrame { code: 1008, reason: "slow" });
+                    break Some(CloseFrame {
+                        code: 1008,
+                        reason: "slow",
+                    });
                 }
             }
             Step::Ping => {
                 if heard.elapsed() > limits.heartbeat_timeout {
-                    break Some(CloseFrame { code: 1001, reason: "timeout" });
+                    break Some(CloseFrame {
+                        code: 1001,
+                        reason: "timeout",
+                    });
                 }
                 ws.queue_ping();
             }
@@ -887,20 +955,39 @@ async fn serve<H: Handler>(
                 heard = tokio::time::Instant::now();
                 let text = match ws.data() {
                     Some(Data::Text(t)) => t.to_string(),
-                    Some(Data::Binary(_)) => break Some(CloseFrame { code: 1003, reason: "text frames only" }),
-                    None => break Some(CloseFrame { code: 1007, reason: "invalid utf-8" }),
+                    Some(Data::Binary(_)) => {
+                        break Some(CloseFrame {
+                            code: 1003,
+                            reason: "text frames only",
+                        })
+                    }
+                    None => {
+                        break Some(CloseFrame {
+                            code: 1007,
+                            reason: "invalid utf-8",
+                        })
+                    }
                 };
                 handler.text(text).await;
             }
             Step::In(crate::ws::Event::End(ReadEnd::Closed)) => break None,
             Step::In(crate::ws::Event::End(ReadEnd::TooBig)) => {
-                break Some(CloseFrame { code: 1009, reason: "too big" })
+                break Some(CloseFrame {
+                    code: 1009,
+                    reason: "too big",
+                })
             }
             Step::In(crate::ws::Event::End(ReadEnd::Protocol)) => {
-                break Some(CloseFrame { code: 1002, reason: "protocol error" })
+                break Some(CloseFrame {
+                    code: 1002,
+                    reason: "protocol error",
+                })
             }
             Step::In(crate::ws::Event::End(ReadEnd::InvalidUtf8)) => {
-                break Some(CloseFrame { code: 1007, reason: "invalid utf-8" })
+                break Some(CloseFrame {
+                    code: 1007,
+                    reason: "invalid utf-8",
+                })
             }
             Step::In(crate::ws::Event::End(_)) => return,
         }
