@@ -321,6 +321,12 @@ impl Rendezvous {
             let label = *c.pool_label.lock();
             metrics::gauge!(m::WORKERS, "pool" => label).increment(1.0);
         }
+        if ep.udp.is_some() || ep.public_ip.is_some() {
+            self.core.activity.note(crate::core::Note::Endpoint {
+                peer: c.peer.clone(),
+                udp: ep.udp.clone(),
+            });
+        }
         if let Some(lost) = lost {
             // An older connection of this worker was paired: its partner is free now.
             self.notify_lost(lost, PairLostReason::Replaced).await;

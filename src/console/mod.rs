@@ -98,7 +98,7 @@ pub struct LogEntry {
     pub ts: u64,
     /// The node it happened on.
     pub node: NodeId,
-    /// `connect`, `disconnect`, `register`, `pairing`, `unpairing`,
+    /// `connect`, `disconnect`, `register`, `endpoint`, `pairing`, `unpairing`,
     /// `node-joined`, `node-left`, `node-draining`, `redis-unavailable`,
     /// `redis-back`, `dropped`.
     pub kind: String,
@@ -348,7 +348,7 @@ impl Console {
         let workers = entries.iter().any(|e| {
             matches!(
                 e.kind.as_str(),
-                "register" | "disconnect" | "pairing" | "unpairing" | "node-left"
+                "register" | "endpoint" | "disconnect" | "pairing" | "unpairing" | "node-left"
             )
         });
         {
@@ -684,6 +684,13 @@ fn note_entry(c: &Console, n: Note) -> LogEntry {
             e.kind = "disconnect".into();
             e.peer = Some(peer.to_string());
             e.detail = reason.into();
+        }
+        Note::Endpoint { peer, udp } => {
+            e.kind = "endpoint".into();
+            e.peer = Some(peer.to_string());
+            if let Some(u) = udp {
+                e.detail = format!("udp {u}");
+            }
         }
         Note::WorkerRegistered { peer } => {
             e.kind = "register".into();

@@ -333,6 +333,13 @@ pub enum Note {
         /// The worker.
         peer: crate::types::PeerId,
     },
+    /// A worker's endpoints changed (it reported them, or STUN observed it).
+    Endpoint {
+        /// The worker.
+        peer: crate::types::PeerId,
+        /// Its UDP endpoint, when this change set it.
+        udp: Option<String>,
+    },
     /// Two workers were paired (told by the node that made the pairing).
     Paired {
         /// The pairing.
