@@ -163,6 +163,12 @@ pub type Frame = Arc<str>;
 /// A chat socket's feed.
 type ChatTx = mpsc::Sender<Frame>;
 
+/// Chat lines by (admin session, worker), and the conversations oldest first.
+type History = (
+    HashMap<(String, PeerId), VecDeque<ChatLine>>,
+    VecDeque<(String, PeerId)>,
+);
+
 /// The console's state on this node; see the module docs.
 pub struct Console {
     core: Arc<Core>,
@@ -185,10 +191,7 @@ pub struct Console {
     /// Local chat sockets, by (admin session, worker).
     chats: Mutex<HashMap<(String, PeerId), Vec<ChatTx>>>,
     /// Chat history by (admin session, worker), oldest conversation first.
-    history: Mutex<(
-        HashMap<(String, PeerId), VecDeque<ChatLine>>,
-        VecDeque<(String, PeerId)>,
-    )>,
+    history: Mutex<History>,
     /// For each local worker, the admin sessions that wrote to it (newest
     /// last) and their nodes: where its replies go.
     reply_to: Mutex<HashMap<PeerId, VecDeque<(String, NodeId)>>>,
@@ -892,4 +895,46 @@ pub fn worker_view(w: &WorkerRecord) -> serde_json::Value {
         "pairing_id": w.pairing_id,
         "since": w.since_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Door, WorkerConn};
+
+    fn w(id: &str, node: &str) -> WorkerRecord {
+        WorkerRecord::new(&WorkerConn {
+            peer_id: PeerId::from_trusted(id),
+            node: NodeId::from_trusted(node),
+            epoch: 1,
+            door: Door::LegacyWorker,
+            observed_addr: "198.51.100.1:5000".into(),
+        })
+    }
+
+    #[test]
+    fn pages_search_and_count_on_the_server() {
+        let list: Vec<WorkerRecord> = (0..120)
+            .map(|i| {
+                w(
+                    &format!("w{i:03}"),
+                    if i % 2 == 0 { "node-a" } else { "node-b" },
+                )
+            })
+            .collect();
+        let (total, items) = page(&list, "", 100, 50);
+        assert_eq!(total, 120);
+        let ids: Vec<&str> = items.iter().map(|w| w.peer_id.as_str()).collect();
+        assert_eq!(ids.first(), Some(&"w100"));
+        assert_eq!(ids.len(), 20);
+        let (total, items) = page(&list, "NODE-B", 10, 5);
+        assert_eq!(total, 60);
+        assert_eq!(items[0].peer_id.as_str(), "w021");
+        assert_eq!(items.len(), 5);
+        let (total, items) = page(&list, "w11", 0, 1000);
+        assert_eq!((total, items.len()), (10, 10));
+        assert_eq!(page(&list, "nothing", 0, 10).0, 0);
+        // The limit is bounded.
+        assert_eq!(page(&list, "", 0, 10_000).1.len(), MAX_PAGE.min(120));
+    }
 }

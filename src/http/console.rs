@@ -1001,3 +1001,51 @@ async fn serve<H: Handler>(
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_and_cookies_verify_only_unaltered() {
+        // RFC 4231 test case 2 (a short key is zero-padded, as HMAC does).
+        let mut jefe = [0u8; 32];
+        jefe[..4].copy_from_slice(b"Jefe");
+        assert_eq!(
+            hex(&hmac(&jefe, b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // HMAC with a 32-byte key differs for different messages and keys.
+        let k = cookie_key("t");
+        assert_ne!(hmac(&k, b"a"), hmac(&k, b"b"));
+        assert_ne!(hmac(&k, b"a"), hmac(&cookie_key("u"), b"a"));
+        let later = now_s() + 60;
+        let c = make_cookie("secret", "abc", later);
+        assert_eq!(check_cookie("secret", &c).as_deref(), Some("abc"));
+        assert_eq!(check_cookie("other", &c), None, "another token's key");
+        let expired = make_cookie("secret", "abc", now_s() - 1);
+        assert_eq!(check_cookie("secret", &expired), None);
+        // Moving the expiry breaks the MAC.
+        let moved = c.replacen(&later.to_string(), &(later + 1000).to_string(), 1);
+        assert_eq!(check_cookie("secret", &moved), None);
+        assert_eq!(check_cookie("secret", "v1.abc"), None);
+        assert_eq!(check_cookie("secret", ""), None);
+    }
+
+    #[test]
+    fn form_values_are_decoded() {
+        assert_eq!(form_decode("a%2Db+c%zz%4"), "a-b c%zz%4");
+        assert_eq!(form_decode("%E2%9C%93"), "✓");
+    }
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("x=1; sb_console=v1.a.2.ff; y=2"),
+        );
+        assert_eq!(cookie_value(&h, COOKIE), Some("v1.a.2.ff"));
+        assert_eq!(cookie_value(&h, "sb"), None);
+    }
+}
