@@ -70,7 +70,15 @@ async function main() {
     const t0 = Date.now();
     wb.send({ type: "update_udp_endpoint", udp_ip: stun.ip, udp_port: stun.port });
     const row = page.locator('#workers tbody tr[data-worker="worker-b"]');
-    await row.locator("td.stun", { hasText: stun.udp }).waitFor({ timeout: 5000 });
+    // Checked on every animation frame (a locator's wait polls every 500 ms).
+    await page.waitForFunction(
+      (udp) => {
+        const td = document.querySelector('#workers tbody tr[data-worker="worker-b"] td.stun');
+        return td && td.textContent === udp;
+      },
+      stun.udp,
+      { polling: "raf", timeout: 5000 },
+    );
     const shownAfter = Date.now() - t0;
     console.log(`  shown after ${shownAfter} ms (STUN endpoint ${stun.udp})`);
     assert.ok(shownAfter <= 1000, `worker shown after ${shownAfter} ms, over 1 s`);
