@@ -206,6 +206,8 @@ pub struct Config {
     /// ICE servers handed to clients in `welcome`: STUN URLs and TURN relays
     /// with ephemeral credentials.
     pub turn: TurnConfig,
+    /// The operator console (`/admin`, `/admin/chat`, their WebSockets).
+    pub console: ConsoleConfig,
 }
 
 /// `[server]`
@@ -752,6 +754,35 @@ pub struct RendezvousConfig {
 impl Default for RendezvousConfig {
     fn default() -> Self {
         Self { auto_pair: true }
+    }
+}
+
+/// `[console]`: the operator console (docs/ADMIN.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console at all (with `http.admin_token` set, or
+    /// `loopback_without_token`); off: every console path answers 404.
+    pub enabled: bool,
+    /// Without `http.admin_token` the console is off, since nothing could
+    /// tell an operator from anyone who reaches the port. This turns it on
+    /// for plain loopback requests only (TCP peer on loopback, no
+    /// forwarding header): a developer's own machine.
+    pub loopback_without_token: bool,
+    /// Lifetime of a console login (its cookie), in seconds.
+    pub session_ttl_s: u64,
+    /// Chat lines kept per admin session and worker (on the session's node).
+    pub chat_history: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            loopback_without_token: false,
+            session_ttl_s: 12 * 3600,
+            chat_history: 200,
+        }
     }
 }
 

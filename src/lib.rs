@@ -42,6 +42,7 @@ pub mod bus;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod core;
 pub mod dashboard;
 pub mod dialect;
@@ -181,6 +182,7 @@ pub async fn start(mut cfg: Config) -> Result<Started, StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
+    node.console.set_addr(addr);
     tracing::info!(
         worker_threads = workers,
         open_files_limit = fds.limit,

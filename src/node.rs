@@ -169,6 +169,8 @@ pub struct Node {
     pub rdv: Arc<Rendezvous>,
     /// The dashboard door's channels and room registry.
     pub dashboard: Dashboard,
+    /// The operator console's cluster view, live log and chat routing.
+    pub console: Arc<crate::console::Console>,
     /// Verifies tokens; `None` without a configured key.
     auth: Option<Authenticator>,
     /// Issues sign-in tokens (`auth.signin`), verified by `auth`.
@@ -226,6 +228,7 @@ impl Node {
             rooms: Rooms::new(core.clone()),
             rdv: Rendezvous::new(core.clone()),
             dashboard: Dashboard::new(core.clone()),
+            console: crate::console::Console::new(core.clone()),
             core: core.clone(),
             auth,
             signin,
@@ -352,6 +355,11 @@ impl Node {
             });
         };
         session.room_grants = grants.into_boxed_slice();
+        self.core.activity.note(crate::core::Note::Connected {
+            peer: session.peer.clone(),
+            door: door.as_str(),
+            observed: observed.to_string(),
+        });
         let welcome = Welcome {
             peer_id: session.peer.clone(),
             node: self.core.id.clone(),
@@ -623,6 +631,10 @@ impl Node {
             }
             Command::Leave { room } => self.rooms.leave(s, &room).await.map(|()| ack(&id)),
             Command::Signal { to, kind, data } => {
+                self.core
+                    .activity
+                    .signals
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.relay
                     .signal(&s.peer, s.epoch, id.clone(), to, kind, data, received)
                     .await
@@ -673,6 +685,10 @@ impl Node {
                 .await;
         }
         self.rdv.disconnect(s, why).await;
+        self.core.activity.note(crate::core::Note::Disconnected {
+            peer: s.peer.clone(),
+            reason: why.reason,
+        });
         self.core.hub.unregister(&s.peer, s.epoch);
         if let Err(e) = self.core.store.unregister_peer(&s.peer, s.epoch).await {
             cleanup_failed("unregister", &s.peer, &e);
@@ -791,6 +807,7 @@ impl Node {
             e @ (NodeEvent::DashRelay { .. }
             | NodeEvent::DashRooms { .. }
             | NodeEvent::DashCount {}) => self.dashboard.deliver_remote(e),
+            NodeEvent::Console { text } => self.console.remote(origin, &text),
         }
     }
 

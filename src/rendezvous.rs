@@ -313,8 +313,19 @@ impl Rendezvous {
             .await
             .map_err(store_unavailable)?;
         if !c.worker.swap(true, Ordering::AcqRel) {
+            self.core
+                .activity
+                .note(crate::core::Note::WorkerRegistered {
+                    peer: c.peer.clone(),
+                });
             let label = *c.pool_label.lock();
             metrics::gauge!(m::WORKERS, "pool" => label).increment(1.0);
+        }
+        if ep.udp.is_some() || ep.public_ip.is_some() {
+            self.core.activity.note(crate::core::Note::Endpoint {
+                peer: c.peer.clone(),
+                udp: ep.udp.clone(),
+            });
         }
         if let Some(lost) = lost {
             // An older connection of this worker was paired: its partner is free now.
@@ -397,6 +408,11 @@ impl Rendezvous {
         responder: &WorkerRecord,
     ) {
         debug!(pairing = pairing_id, initiator = %initiator.peer_id, responder = %responder.peer_id, "paired");
+        self.core.activity.note(crate::core::Note::Paired {
+            pairing_id: pairing_id.to_string(),
+            initiator: initiator.peer_id.clone(),
+            responder: responder.peer_id.clone(),
+        });
         let note = |role, other: &WorkerRecord| PairedNote {
             pairing_id: pairing_id.to_string(),
             role,
@@ -446,6 +462,11 @@ impl Rendezvous {
     /// Tells the partner of a pairing that ended, through its node.
     pub async fn notify_lost(&self, lost: LostPairing, reason: PairLostReason) {
         metrics::counter!(m::PAIRINGS_LOST, "reason" => reason.as_str()).increment(1);
+        self.core.activity.note(crate::core::Note::PairEnded {
+            pairing_id: lost.pairing_id.clone(),
+            peer: lost.partner.peer_id.clone(),
+            reason: reason.as_str(),
+        });
         let to = lost.partner;
         if to.node == self.core.id {
             let msg = Event::PairLost {

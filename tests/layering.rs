@@ -159,6 +159,7 @@ fn the_core_knows_nothing_built_on_it() {
         "rooms",
         "rendezvous",
         "dashboard",
+        "console",
         "dialect",
         "connection",
         "http",
@@ -170,7 +171,7 @@ fn the_core_knows_nothing_built_on_it() {
             deps("core")
         );
     }
-    for part in ["relay", "rooms", "rendezvous", "dashboard"] {
+    for part in ["relay", "rooms", "rendezvous", "dashboard", "console"] {
         assert!(deps(part).contains("core"), "{part} does not use the core?");
         for other in [
             "node",
@@ -178,6 +179,7 @@ fn the_core_knows_nothing_built_on_it() {
             "rooms",
             "rendezvous",
             "dashboard",
+            "console",
             "dialect",
             "http",
         ] {

@@ -226,6 +226,14 @@ pub enum NodeEvent {
     },
     /// The number of dashboard sockets changed: receivers read it again.
     DashCount {},
+    /// A message of the operator console (`crate::console`): node stats
+    /// and log entries on the console's bus channel, chat lines to one
+    /// node. JSON text the console reads itself (a malformed one is
+    /// dropped there).
+    Console {
+        /// The console message as JSON text.
+        text: String,
+    },
     /// Never sent: what the receiver makes of an event it could not decode.
     #[serde(skip)]
     Undecodable(Box<Undecodable>),
@@ -254,6 +262,7 @@ impl NodeEvent {
             Self::DashRelay { .. } => "dash-relay",
             Self::DashRooms { .. } => "dash-rooms",
             Self::DashCount {} => "dash-count",
+            Self::Console { .. } => "console",
             Self::Undecodable(_) => "undecodable",
         }
     }
@@ -541,7 +550,7 @@ impl Undecodable {
 }
 
 fn kind_of_tag(tag: &str) -> &'static str {
-    const KINDS: [&str; 19] = [
+    const KINDS: [&str; 20] = [
         "signal",
         "bounced",
         "delivered",
@@ -561,6 +570,7 @@ fn kind_of_tag(tag: &str) -> &'static str {
         "dash-relay",
         "dash-rooms",
         "dash-count",
+        "console",
     ];
     KINDS.into_iter().find(|k| *k == tag).unwrap_or("unknown")
 }

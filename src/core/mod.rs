@@ -75,6 +75,9 @@ pub struct Core {
     /// STUN; the seams' own tasks too), so shutdown can stop them and wait
     /// for them.
     pub tasks: Tasks,
+    /// What happens on this node that an operator watches (the console's
+    /// live log and signal rate); see [`Activity`].
+    pub activity: Activity,
 }
 
 impl std::fmt::Debug for Core {
@@ -110,6 +113,7 @@ impl Core {
             tracker: TaskTracker::new(),
             conn_limit: Arc::new(Semaphore::new(cfg.server.max_connections)),
             tasks,
+            activity: Activity::new(),
             cfg: Arc::new(cfg),
         }
     }
@@ -299,5 +303,91 @@ pub fn skip_refused<T>(
             cleanup_failed(op, what, &e);
             Ok(None)
         }
+    }
+}
+
+/// Something that happened on this node that an operator watches: the
+/// parts tell it here ([`Activity::note`]) and the console
+/// (`crate::console`), the only listener, turns it into its live log. Core
+/// vocabulary, so the parts need not know the console.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Note {
+    /// A connection registered a peer id.
+    Connected {
+        /// The peer.
+        peer: crate::types::PeerId,
+        /// Its door (`native`, `legacy`, ...).
+        door: &'static str,
+        /// The address it came from.
+        observed: String,
+    },
+    /// A registered connection ended.
+    Disconnected {
+        /// The peer.
+        peer: crate::types::PeerId,
+        /// The close reason (a bounded label).
+        reason: &'static str,
+    },
+    /// A peer became a worker (its record was written the first time).
+    WorkerRegistered {
+        /// The worker.
+        peer: crate::types::PeerId,
+    },
+    /// A worker's endpoints changed (it reported them, or STUN observed it).
+    Endpoint {
+        /// The worker.
+        peer: crate::types::PeerId,
+        /// Its UDP endpoint, when this change set it.
+        udp: Option<String>,
+    },
+    /// Two workers were paired (told by the node that made the pairing).
+    Paired {
+        /// The pairing.
+        pairing_id: String,
+        /// Its initiator.
+        initiator: crate::types::PeerId,
+        /// Its responder.
+        responder: crate::types::PeerId,
+    },
+    /// A pairing ended (told by the node that ended it).
+    PairEnded {
+        /// The pairing.
+        pairing_id: String,
+        /// The worker whose partner went away.
+        peer: crate::types::PeerId,
+        /// Why (a bounded label).
+        reason: &'static str,
+    },
+}
+
+/// Notes waiting for the console before the oldest are dropped (a burst of
+/// connections costs memory up to this, never more).
+const NOTE_BUFFER: usize = 4096;
+
+/// The node's activity feed: a bounded, lossy broadcast of [`Note`]s (no
+/// cost beyond a failed send while nobody listens) and a signal counter.
+#[derive(Debug)]
+pub struct Activity {
+    notes: tokio::sync::broadcast::Sender<Note>,
+    /// Signals routed by this node since start (the console's signals/s).
+    pub signals: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            notes: tokio::sync::broadcast::channel(NOTE_BUFFER).0,
+            signals: AtomicU64::new(0),
+        }
+    }
+
+    /// Tells the listeners, if any (never waits).
+    pub fn note(&self, n: Note) {
+        let _ = self.notes.send(n);
+    }
+
+    /// A new listener of the notes from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Note> {
+        self.notes.subscribe()
     }
 }

@@ -19,11 +19,15 @@
 //!   `X` being the JSON text the worker sent, byte for byte (it is never
 //!   built into a value tree, so a queued answer holds about its size);
 //! - `{"type":"update_udp_endpoint","udp_ip":"...","udp_port":N}`: records its
-//!   UDP endpoint and, with `rendezvous.auto_pair`, queues it in pool `default`.
+//!   UDP endpoint and, with `rendezvous.auto_pair`, queues it in pool `default`;
+//! - `{"type":"chat_response","content":"...","admin_session_id":"..."}`: a
+//!   reply to the operator console's chat, routed to the admin session
+//!   (docs/ADMIN.md).
 //!
 //! Messages out: `paired` becomes
 //! `{"type":"p2p_connection_offer","peer_worker_id","peer_udp_ip","peer_udp_port"}`
-//! and `echo` becomes `echo_response`; every other core event has no
+//! and `echo` becomes `echo_response`; the console's `chat_message` is a
+//! frame of its own, passed through; every other core event has no
 //! equivalent in this protocol and is not sent. A connection replaced by a
 //! newer one closes with 1000 and the older service's reason text.
 
@@ -95,6 +99,12 @@ struct LegacyMsg<'a> {
     payload: Option<&'a RawValue>,
     udp_ip: Option<Value>,
     udp_port: Option<Value>,
+    /// `chat_response`: the admin session it answers (else the last one
+    /// that wrote), and its text (`content`, or `message` / `text`).
+    admin_session_id: Option<Value>,
+    content: Option<Value>,
+    message: Option<Value>,
+    text: Option<Value>,
 }
 
 /// `echo_response`, its keys in the order the server always wrote them.
@@ -151,6 +161,7 @@ fn type_label(ty: Option<&str>) -> &'static str {
         Some("register_public_ip") => "register_public_ip",
         Some("echo_request") => "echo_request",
         Some("update_udp_endpoint") => "update_udp_endpoint",
+        Some("chat_response") => "chat_response",
         _ => "invalid",
     }
 }
@@ -306,6 +317,25 @@ impl Dialect for LegacyWorker {
                 debug!(worker = %s.peer, %udp, "UDP endpoint updated");
                 if node.core.cfg.rendezvous.auto_pair {
                     node.rdv.auto_pair(s).await;
+                }
+            }
+            Some("chat_response") => {
+                // The operator console's chat (docs/ADMIN.md): to the admin
+                // session that wrote, on whatever node it sits.
+                let text = [&msg.content, &msg.message, &msg.text]
+                    .into_iter()
+                    .find_map(|v| v.as_ref().and_then(Value::as_str))
+                    .map(|t| {
+                        t.chars()
+                            .take(crate::console::MAX_CHAT_BYTES)
+                            .collect::<String>()
+                    });
+                let session = msg.admin_session_id.as_ref().and_then(Value::as_str);
+                match text {
+                    Some(t) => node.console.chat_reply(&s.peer, session, t).await,
+                    None => {
+                        info!(worker = %s.peer, "chat_response without a text `content`; ignored")
+                    }
                 }
             }
             Some(other) => {

@@ -136,7 +136,10 @@ const MAX_FRAMEWORK_TEXT: usize = 512;
 /// is logged, never sent.
 pub async fn framework_errors_as_json(res: Response) -> Response {
     let st = res.status();
-    if !(st.is_client_error() || st.is_server_error()) || is_json(res.headers()) {
+    if !(st.is_client_error() || st.is_server_error())
+        || is_json(res.headers())
+        || res.extensions().get::<OwnErrorPage>().is_some()
+    {
         return res;
     }
     let code = code_for_framework_status(st);
@@ -165,6 +168,12 @@ pub async fn framework_errors_as_json(res: Response) -> Response {
     }
     out
 }
+
+/// Marks an error response that is a page of its own on purpose (the
+/// console's login page, answered with 401 to a browser):
+/// [`framework_errors_as_json`] leaves it as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnErrorPage;
 
 fn is_json(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)

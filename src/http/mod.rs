@@ -18,6 +18,8 @@
 //!   and dashboard servers' clients, on listeners of their own
 //!   ([`door_router`]) and/or under a prefix on the main listener
 //!   (`[doors]` in the configuration);
+//! - [`console`]: the operator console (`/admin`, `/admin/chat`,
+//!   `/ws/admin`, `/ws/chat/...`), behind its own login (docs/ADMIN.md);
 //! - [`forwarded`]: the client's address behind a trusted proxy;
 //! - [`error`]: every error answer, JSON `{"error": {"code", "message"}}`
 //!   with a code from [`crate::error::ErrorCode`] and the status one
@@ -31,6 +33,7 @@
 //! included.
 
 pub mod api;
+pub mod console;
 pub mod dashboard;
 pub mod demo;
 pub mod error;
@@ -89,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .merge(rooms::record_routes())
         .merge(signin::routes())
         .merge(demo::routes())
+        .merge(console::routes())
         .merge(operator);
     let doors = &state.node.core.cfg.doors;
     if !doors.room_signaling.prefix.is_empty() {
