@@ -128,7 +128,7 @@ export async function startNode(redis, { nodeId, prefix, env = {} }) {
   });
   const child = spawn(BIN, [], { cwd: dir, env: childEnv, stdio: ["ignore", "pipe", "pipe"] });
   children.add(child);
-  const node = { id: nodeId, child, log: [], addr: null, exit: null };
+  const node = { id: nodeId, child, log: [], addr: null, stun: null, exit: null };
   node.exited = new Promise((resolve) =>
     child.once("exit", (code, signal) => {
       node.exit = { code, signal };
@@ -140,6 +140,8 @@ export async function startNode(redis, { nodeId, prefix, env = {} }) {
     if (node.log.length > 2000) node.log.shift();
     const m = /listening on ([0-9.]+:\d+)/.exec(line);
     if (m && !node.addr) node.addr = m[1];
+    const stun = /STUN responder bound to udp ([0-9.]+:\d+)/.exec(line);
+    if (stun && !node.stun) node.stun = stun[1];
   };
   for (const stream of [child.stdout, child.stderr]) {
     let rest = "";
