@@ -2,7 +2,7 @@
 //! its two WebSockets, over the cluster part in [`crate::console`].
 //!
 //! - `GET /admin`, `GET /admin/chat`: the pages (HTML, CSS and JS embedded
-//!   in the binary, `assets/console/`; no CDN, no build step);
+//!   in the binary, `src/assets/console/`; no CDN, no build step);
 //!   `GET /admin/assets/{file}` their scripts and style (not secret, open).
 //! - `GET|POST /admin/login`, `POST /admin/logout`: the login form trades
 //!   `http.admin_token` for a session cookie (`sb_console`: HttpOnly,
@@ -52,12 +52,12 @@ const MAX_FRAME: usize = 64 * 1024;
 /// Bytes waiting to be written to an admin socket before it is closed as slow.
 const MAX_BACKLOG: usize = 8 * 1024 * 1024;
 
-const ADMIN_HTML: &str = include_str!("../../assets/console/admin.html");
-const CHAT_HTML: &str = include_str!("../../assets/console/chat.html");
-const LOGIN_HTML: &str = include_str!("../../assets/console/login.html");
-const CONSOLE_CSS: &str = include_str!("../../assets/console/console.css");
-const ADMIN_JS: &str = include_str!("../../assets/console/admin.js");
-const CHAT_JS: &str = include_str!("../../assets/console/chat.js");
+const ADMIN_HTML: &str = include_str!("../assets/console/admin.html");
+const CHAT_HTML: &str = include_str!("../assets/console/chat.html");
+const LOGIN_HTML: &str = include_str!("../assets/console/login.html");
+const CONSOLE_CSS: &str = include_str!("../assets/console/console.css");
+const ADMIN_JS: &str = include_str!("../assets/console/admin.js");
+const CHAT_JS: &str = include_str!("../assets/console/chat.js");
 
 /// The console's routes (the router adds them to the main listener).
 pub(super) fn routes() -> Router<AppState> {

@@ -2,7 +2,7 @@
 //! join a room and open a WebRTC connection to each other through the
 //! native door (`/ws`), a data channel and a test-pattern video track, and
 //! list the signaling messages as they pass; the tabs may sit on two nodes
-//! of a cluster. The page, its script and style (`assets/demo/`) and the
+//! of a cluster. The page, its script and style (`src/assets/demo/`) and the
 //! browser client it uses (`clients/js/switchboard.js`, also served here
 //! as `/demo/switchboard.js` so a developer can import it straight from a
 //! node) are compiled into the binary: no build step, no CDN.
@@ -22,11 +22,11 @@ use axum::Router;
 use super::AppState;
 
 /// The page.
-const INDEX_HTML: &str = include_str!("../../assets/demo/index.html");
+const INDEX_HTML: &str = include_str!("../assets/demo/index.html");
 /// The page's script (WebRTC and the log).
-const DEMO_JS: &str = include_str!("../../assets/demo/demo.js");
+const DEMO_JS: &str = include_str!("../assets/demo/demo.js");
 /// The page's style.
-const DEMO_CSS: &str = include_str!("../../assets/demo/demo.css");
+const DEMO_CSS: &str = include_str!("../assets/demo/demo.css");
 /// The browser client, an ES module (clients/js).
 const CLIENT_JS: &str = include_str!("../../clients/js/switchboard.js");
 
