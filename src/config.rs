@@ -203,6 +203,40 @@ pub struct Config {
     /// The doors for older systems' clients that need listeners or paths of
     /// their own (the room signaling server's, the dashboard server's).
     pub doors: DoorsConfig,
+    /// The game coordinator's signaling WebSocket (`/api[/v1]/signaling/ws`).
+    pub coordinator_signaling: CoordinatorSignalingConfig,
+    /// `POST /api/publish`: server-side messages to a room, a zone, a
+    /// signaling session or a dashboard channel, on every node.
+    pub publish: PublishConfig,
+}
+
+/// `[coordinator_signaling]`: the coordinator's signaling WebSocket
+/// (docs/DOORS.md, "Coordinator signaling").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorSignalingConfig {
+    /// An `offer`, `answer` or `ice-candidate` reaches only a peer that
+    /// shares a signaling session with the sender (the old service let any
+    /// connected peer id be targeted); `false` restores that.
+    pub shared_session_only: bool,
+}
+
+impl Default for CoordinatorSignalingConfig {
+    fn default() -> Self {
+        Self {
+            shared_session_only: true,
+        }
+    }
+}
+
+/// `[publish]`: who may call `POST /api/publish` besides an admin
+/// (`http.admin_token` as a bearer, or plain loopback without one).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    /// A key a publisher sends as `X-API-Key` (a world service that should
+    /// not hold the admin token); empty: admins only.
+    pub api_key: Secret,
 }
 
 /// `[server]`
@@ -1036,6 +1070,7 @@ impl Config {
         c.auth.signin.private_key = c.auth.signin.private_key.redact();
         c.http.admin_token = c.http.admin_token.redact();
         c.cluster.redis_url = c.cluster.redis_url.redact();
+        c.publish.api_key = c.publish.api_key.redact();
         c
     }
 

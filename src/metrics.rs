@@ -13,7 +13,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const CONNECTIONS: &str = "switchboard_connections";
 /// Counter: WebSocket connections accepted, by `dialect`.
 pub const CONNECTIONS_TOTAL: &str = "switchboard_connections_total";
-/// Counter: upgrade requests refused, by `reason` (`limit`, `draining`).
+/// Counter: upgrade requests refused, by `reason` (`limit`, `draining`;
+/// the coordinator door adds `no-peer-id`, `unauthorized`, `peer-id-taken`).
 pub const CONNECTIONS_REFUSED: &str = "switchboard_connections_refused_total";
 /// Counter: sockets closed by the server or the client, by `reason`.
 pub const DISCONNECTS: &str = "switchboard_disconnects_total";
@@ -172,6 +173,13 @@ pub const DASHBOARD_ROOM_LISTS: &str = "switchboard_dashboard_room_lists_total";
 /// Counter: dead nodes whose dashboard entries (count, participants) this
 /// node removed.
 pub const DASHBOARD_NODES_SWEPT: &str = "switchboard_dashboard_nodes_swept_total";
+/// Counter: coordinator signaling `offer`/`answer`/`ice-candidate` frames
+/// not relayed, by `reason` (`other-session`, `not-connected`,
+/// `invalid-target`).
+pub const COORDINATOR_UNDELIVERED: &str = "switchboard_coordinator_undelivered_total";
+/// Counter: `POST /api/publish` calls answered, by `target` (`room`,
+/// `zone`, `session`, `channel`, `invalid`: refused before publishing).
+pub const PUBLISHES: &str = "switchboard_publishes_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -457,4 +465,9 @@ fn describe() {
         DASHBOARD_NODES_SWEPT,
         "Dead nodes whose dashboard entries this node removed"
     );
+    describe_counter!(
+        COORDINATOR_UNDELIVERED,
+        "Coordinator signaling frames not relayed, by reason"
+    );
+    describe_counter!(PUBLISHES, "POST /api/publish calls, by target");
 }

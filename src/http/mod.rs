@@ -16,6 +16,10 @@
 //!   and dashboard servers' clients, on listeners of their own
 //!   ([`door_router`]) and/or under a prefix on the main listener
 //!   (`[doors]` in the configuration);
+//! - [`coordinator_ws`]: the game coordinator's signaling WebSocket at
+//!   `/api/signaling/ws` and `/api/v1/signaling/ws`;
+//! - [`publish`]: `POST /api/publish`, server-side messages to a room, a
+//!   zone, a signaling session or a dashboard channel, on every node;
 //! - [`forwarded`]: the client's address behind a trusted proxy;
 //! - [`error`]: every error answer, JSON `{"error": {"code", "message"}}`
 //!   with a code from [`crate::error::ErrorCode`] and the status one
@@ -29,11 +33,13 @@
 //! included.
 
 pub mod api;
+pub mod coordinator_ws;
 pub mod dashboard;
 pub mod error;
 pub mod forwarded;
 pub mod legacy;
 pub mod probes;
+pub mod publish;
 pub mod room_signaling;
 pub mod rooms;
 pub mod signin;
@@ -85,7 +91,11 @@ pub fn router(state: AppState) -> Router {
         // fallback (405) is the guarded one, so the guard answers first.
         .merge(rooms::record_routes())
         .merge(signin::routes())
-        .merge(operator);
+        .merge(operator)
+        // The coordinator's signaling WebSocket (its own admission) and
+        // the publish API (admins or `publish.api_key`, checked inside).
+        .merge(coordinator_ws::routes())
+        .merge(publish::routes());
     let doors = &state.node.core.cfg.doors;
     if !doors.room_signaling.prefix.is_empty() {
         main = main.nest(
