@@ -546,9 +546,8 @@ impl Rooms {
     /// something from the server side. No member anywhere is not an error:
     /// the publish reaches nobody.
     pub async fn publish(&self, room: &RoomName, data: Value) -> Result<(), ClientError> {
-        let text = serde_json::to_string(&data).map_err(|e| {
-            ClientError::new(ErrorCode::InvalidMessage, format!("data: {e}"))
-        })?;
+        let text = serde_json::to_string(&data)
+            .map_err(|e| ClientError::new(ErrorCode::InvalidMessage, format!("data: {e}")))?;
         let raw = serde_json::value::RawValue::from_string(text)
             .map_err(|e| ClientError::new(ErrorCode::InvalidMessage, format!("data: {e}")))?;
         let data = Opaque::Json(raw);

@@ -622,7 +622,11 @@ impl Coordinator {
             }
             return;
         }
-        match node.rooms.join(s, None, room.clone(), Value::Null, None).await {
+        match node
+            .rooms
+            .join(s, None, room.clone(), Value::Null, None)
+            .await
+        {
             Ok(answer) => {
                 if let Some(ev) = answer {
                     handle.send(ev);
@@ -653,12 +657,22 @@ impl Coordinator {
         send_text(handle, pair_frame("session-left", "session_id", sid));
     }
 
-    async fn join_zone(&mut self, node: &Arc<Node>, handle: &ConnHandle, s: &mut Session, zid: &str) {
+    async fn join_zone(
+        &mut self,
+        node: &Arc<Node>,
+        handle: &ConnHandle,
+        s: &mut Session,
+        zid: &str,
+    ) {
         let room = match Self::room(node, zid, ZONE_PREFIX, "zone_id") {
             Ok(r) => r,
             Err(text) => return send_text(handle, error_frame(&text)),
         };
-        match node.rooms.join(s, None, room.clone(), Value::Null, None).await {
+        match node
+            .rooms
+            .join(s, None, room.clone(), Value::Null, None)
+            .await
+        {
             Ok(Some(_)) => send_text(handle, pair_frame("zone-joined", "zone_id", zid)),
             Ok(None) => {}
             Err(e) => {
@@ -671,7 +685,13 @@ impl Coordinator {
         }
     }
 
-    async fn leave_zone(&mut self, node: &Arc<Node>, handle: &ConnHandle, s: &mut Session, zid: &str) {
+    async fn leave_zone(
+        &mut self,
+        node: &Arc<Node>,
+        handle: &ConnHandle,
+        s: &mut Session,
+        zid: &str,
+    ) {
         let room = match Self::room(node, zid, ZONE_PREFIX, "zone_id") {
             Ok(r) => r,
             Err(text) => return send_text(handle, error_frame(&text)),
@@ -771,12 +791,18 @@ mod tests {
             naive_iso(1_762_833_432_491_630),
             "2025-11-11T03:57:12.491630"
         );
-        assert_eq!(naive_iso(1_709_164_800_000_001), "2024-02-29T00:00:00.000001");
+        assert_eq!(
+            naive_iso(1_709_164_800_000_001),
+            "2024-02-29T00:00:00.000001"
+        );
     }
 
     #[test]
     fn frames_are_compact_in_the_old_key_order() {
-        assert_eq!(error_frame("Invalid JSON"), r#"{"type":"error","message":"Invalid JSON"}"#);
+        assert_eq!(
+            error_frame("Invalid JSON"),
+            r#"{"type":"error","message":"Invalid JSON"}"#
+        );
         assert_eq!(
             session_joined("S1", &["B", "A"]),
             r#"{"type":"session-joined","session_id":"S1","peers":["B","A"]}"#
@@ -793,7 +819,9 @@ mod tests {
 
     #[test]
     fn truthiness_and_type_names_are_pythons() {
-        for f in ["null", "false", "0", "0.0", "\"\"", "[]", "[ ]", "{}", "{ }"] {
+        for f in [
+            "null", "false", "0", "0.0", "\"\"", "[]", "[ ]", "{}", "{ }",
+        ] {
             assert!(!truthy(&raw(f)), "{f}");
         }
         for t in ["true", "1", "-0.5", "\"a\"", "[0]", "{\"a\":1}"] {
@@ -819,13 +847,12 @@ mod tests {
         };
         assert_eq!(
             e.encode(&joined(&session)),
-            Some(Encoded::Text(r#"{"type":"peer-joined","peer_id":"B"}"#.into()))
+            Some(Encoded::Text(
+                r#"{"type":"peer-joined","peer_id":"B"}"#.into()
+            ))
         );
         assert_eq!(e.encode(&joined(&zone)), None);
-        assert_eq!(
-            e.encode(&joined(&RoomName::from_trusted("lobby"))),
-            None
-        );
+        assert_eq!(e.encode(&joined(&RoomName::from_trusted("lobby"))), None);
         let sig = |kind: &str| Event::Signal {
             from: b.clone(),
             kind: SignalKind::from_trusted(kind),
@@ -839,7 +866,10 @@ mod tests {
             head,
             r#"{"type":"offer","from":"B","sdp":{"type":"offer","sdp":"v=0"}"#
         );
-        assert!(tail.starts_with(",\"timestamp\":\"20") && tail.ends_with("\"}"), "{tail}");
+        assert!(
+            tail.starts_with(",\"timestamp\":\"20") && tail.ends_with("\"}"),
+            "{tail}"
+        );
         assert_eq!(e.encode(&sig("candidate")), None);
         let msg = Event::Message {
             room: zone,

@@ -90,8 +90,8 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 /// The target and `data` of a body, checked.
 fn parse(body: &[u8]) -> Result<(&'static str, String, Value), ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|_| invalid("the body must be a JSON object"))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|_| invalid("the body must be a JSON object"))?;
     let Value::Object(mut obj) = v else {
         return Err(invalid("the body must be a JSON object"));
     };
