@@ -65,7 +65,7 @@ use crate::node::{Credentials, Node, Registration};
 use crate::payload::Opaque;
 use crate::store::Door;
 use crate::types::{LeaveReason, PeerId, RoomName, SignalKind};
-use crate::ws::{CloseFrame, Data};
+use crate::ws::Data;
 
 /// The prefix of a signaling session's core room.
 pub const SESSION_PREFIX: &str = "coordinator/session/";
@@ -221,7 +221,7 @@ fn truthy(raw: &RawValue) -> bool {
         _ if t.starts_with('[') => !compact(t).eq("[]"),
         _ if t.starts_with('{') => !compact(t).eq("{}"),
         _ if t.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
-            t.parse::<f64>().map_or(true, |n| n != 0.0)
+            !matches!(t.parse::<f64>(), Ok(n) if n == 0.0)
         }
         _ => true,
     }
@@ -369,13 +369,6 @@ impl Encoder for CoordinatorEncoder {
             _ => return None,
         };
         Some(Encoded::Text(text))
-    }
-
-    fn close_frame(&self, why: CloseReason) -> CloseFrame {
-        CloseFrame {
-            code: why.code,
-            reason: why.reason,
-        }
     }
 }
 

@@ -737,3 +737,39 @@ async fn the_members_of_a_dead_node_leave_its_sessions() {
     );
     drop(b);
 }
+
+#[tokio::test]
+async fn native_peers_in_a_session_signal_coordinator_clients() {
+    let node = TestNode::spawn(&[]);
+    let mut n = Client::connect(&node.ws_url()).await;
+    n.hello("native-1").await;
+    n.join("coordinator/session/S").await;
+    let mut c = Client::connect(&url(&node, "peer_id=C&session_id=S")).await;
+    assert_eq!(
+        c.recv_text().await,
+        r#"{"type":"session-joined","session_id":"S","peers":["native-1"]}"#
+    );
+    let joined = n.recv_type("peer-joined").await;
+    assert_eq!(joined["peer_id"], "C");
+    assert_eq!(joined["room"], "coordinator/session/S");
+    // Native → coordinator: a signal whose data is the sdp.
+    n.send_raw_text(
+        r#"{"type":"signal","to":"C","kind":"offer","data":{"type":"offer","sdp":"v=0"}}"#,
+    )
+    .await;
+    assert_eq!(
+        strip_ts(&c.recv_text().await),
+        r#"{"type":"offer","from":"native-1","sdp":{"type":"offer","sdp":"v=0"},"timestamp":"TS"}"#
+    );
+    // Coordinator → native: a signal of the frame's type, data = the value.
+    c.send_raw_text(r#"{"type":"ice-candidate","to":"native-1","candidate":{"candidate":"c1"}}"#)
+        .await;
+    assert_eq!(
+        n.recv().await,
+        json!({"type": "signal", "from": "C", "kind": "ice-candidate", "data": {"candidate": "c1"}})
+    );
+    // Other kinds have no frame here.
+    n.send_raw_text(r#"{"type":"signal","to":"C","kind":"chat","data":"hi"}"#)
+        .await;
+    nothing_pending(&mut c).await;
+}
