@@ -231,12 +231,75 @@ impl Default for CoordinatorSignalingConfig {
 
 /// `[publish]`: who may call `POST /api/publish` besides an admin
 /// (`http.admin_token` as a bearer, or plain loopback without one).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PublishConfig {
     /// A key a publisher sends as `X-API-Key` (a world service that should
     /// not hold the admin token); empty: admins only.
     pub api_key: Secret,
+    /// An `http://` URL polled every `poll_interval_ms` by one node of the
+    /// cluster at a time: its JSON object, `{zone_id: data, ...}`, is
+    /// published to each zone (what the old service's NPC broadcast task
+    /// promised). Empty: no polling.
+    pub poll_url: String,
+    /// How often `poll_url` is fetched.
+    #[serde(rename = "poll_interval_ms", with = "millis")]
+    pub poll_interval: Duration,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            api_key: Secret::default(),
+            poll_url: String::new(),
+            poll_interval: Duration::from_millis(5_000),
+        }
+    }
+}
+
+impl PublishConfig {
+    /// `poll_url` as (host, port, path), when set and well formed
+    /// (`http://host[:port][/path]`).
+    pub fn poll_target(&self) -> Option<Result<(String, u16, String), String>> {
+        if self.poll_url.is_empty() {
+            return None;
+        }
+        let parse = || {
+            let rest = self
+                .poll_url
+                .strip_prefix("http://")
+                .ok_or("must start with http:// (https is not supported)")?;
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            // `[v6]:port`, `host:port`, or either without the port (80).
+            let (host, port) = match authority.strip_prefix('[') {
+                Some(v6) => {
+                    let (h, after) = v6.split_once(']').ok_or("has an unclosed `[`")?;
+                    (h, after.strip_prefix(':'))
+                }
+                None => match authority.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (authority, None),
+                },
+            };
+            let port = match port {
+                Some(p) => p
+                    .parse::<u16>()
+                    .map_err(|_| "has a port that is not a number")?,
+                None => 80,
+            };
+            if host.is_empty() || port == 0 {
+                return Err("needs a host and a port other than 0");
+            }
+            if path.chars().any(|c| c.is_control() || c == ' ') {
+                return Err("has a path with spaces or control characters");
+            }
+            Ok((host.to_string(), port, path.to_string()))
+        };
+        Some(parse().map_err(|e: &str| format!("publish.poll_url: `{}` {e}", self.poll_url)))
+    }
 }
 
 /// `[server]`
@@ -1220,6 +1283,12 @@ impl Config {
     /// Semantic checks serde cannot express; one message per bad key.
     pub fn validate(&self) -> Vec<String> {
         let mut errs = Vec::new();
+        if let Some(Err(e)) = self.publish.poll_target() {
+            errs.push(e);
+        }
+        if self.publish.poll_interval < Duration::from_millis(100) {
+            errs.push("publish.poll_interval_ms: must be at least 100".into());
+        }
         if self.server.node_id.chars().any(char::is_control) {
             // It ends a field in the store's member values (`store::redis`).
             errs.push("server.node_id: must not contain control characters".into());

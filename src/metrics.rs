@@ -180,6 +180,10 @@ pub const COORDINATOR_UNDELIVERED: &str = "switchboard_coordinator_undelivered_t
 /// Counter: `POST /api/publish` calls answered, by `target` (`room`,
 /// `zone`, `session`, `channel`, `invalid`: refused before publishing).
 pub const PUBLISHES: &str = "switchboard_publishes_total";
+/// Counter: `publish.poll_url` fetches by the node holding the poller's
+/// lease, by `outcome` (`published`, `fetch-failed`, `invalid`), and zones
+/// skipped or not sent (`invalid-zone`, `publish-failed`).
+pub const PUBLISH_POLLS: &str = "switchboard_publish_polls_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -470,4 +474,8 @@ fn describe() {
         "Coordinator signaling frames not relayed, by reason"
     );
     describe_counter!(PUBLISHES, "POST /api/publish calls, by target");
+    describe_counter!(
+        PUBLISH_POLLS,
+        "publish.poll_url fetches and skipped zones, by outcome"
+    );
 }

@@ -20,6 +20,7 @@
 //!   `/api/signaling/ws` and `/api/v1/signaling/ws`;
 //! - [`publish`]: `POST /api/publish`, server-side messages to a room, a
 //!   zone, a signaling session or a dashboard channel, on every node;
+//!   [`publish_poll`] publishes a polled URL's JSON to zones;
 //! - [`forwarded`]: the client's address behind a trusted proxy;
 //! - [`error`]: every error answer, JSON `{"error": {"code", "message"}}`
 //!   with a code from [`crate::error::ErrorCode`] and the status one
@@ -40,6 +41,7 @@ pub mod forwarded;
 pub mod legacy;
 pub mod probes;
 pub mod publish;
+pub mod publish_poll;
 pub mod room_signaling;
 pub mod rooms;
 pub mod signin;

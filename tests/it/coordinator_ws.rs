@@ -773,3 +773,112 @@ async fn native_peers_in_a_session_signal_coordinator_clients() {
         .await;
     nothing_pending(&mut c).await;
 }
+
+/// A tiny HTTP server answering every request with `{"prontera": {"tick": n}}`
+/// (n counts the requests); returns its URL.
+async fn world_service() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            n += 1;
+            let body = format!(r#"{{"prontera":{{"tick":{n}}},"bad\u0001zone":1}}"#);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                // The head only (a GET has no body); bounded.
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16_384 {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+                let res = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(res.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/npc-state")
+}
+
+/// The `tick` of the next broadcast `c` gets for zone prontera.
+async fn next_tick(c: &mut Client) -> u64 {
+    let t = strip_ts(&c.recv_text().await);
+    let v: Value = serde_json::from_str(&t.replace("\"TS\"", "null")).unwrap();
+    assert_eq!(v["type"], "broadcast", "{t}");
+    assert_eq!(v["zone_id"], "prontera", "{t}");
+    v["data"]["tick"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_polled_url_is_published_to_its_zones_by_one_node_at_a_time() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("coord-poll");
+    let world = world_service().await;
+    let mut nodes = spawn_cluster(
+        &redis,
+        &prefix,
+        2,
+        &[
+            ("SWITCHBOARD_PUBLISH__POLL_URL", &world),
+            ("SWITCHBOARD_PUBLISH__POLL_INTERVAL_MS", "300"),
+        ],
+    )
+    .await;
+    let mut h1 = Client::connect(&url(&nodes[0], "peer_id=h1&zone_id=prontera")).await;
+    h1.recv_text().await;
+    let mut h2 = Client::connect(&url(&nodes[1], "peer_id=h2&zone_id=prontera")).await;
+    h2.recv_text().await;
+    // Both hosts, on their two nodes, get the same ticks, in order.
+    let first = next_tick(&mut h2).await;
+    let mut last = first;
+    for _ in 0..3 {
+        let t = next_tick(&mut h2).await;
+        assert!(t > last, "tick {t} after {last}");
+        last = t;
+    }
+    for _ in 0..100 {
+        if next_tick(&mut h1).await == last {
+            break;
+        }
+    }
+    // One node polls; the other does not.
+    let q = r#"switchboard_publish_polls_total{outcome="published"}"#;
+    let polls = [metric(&nodes[0], q).await, metric(&nodes[1], q).await];
+    let holder = if polls[0] > 0.0 { 0 } else { 1 };
+    assert!(polls[holder] >= 4.0, "{polls:?}");
+    assert_eq!(polls[1 - holder], 0.0, "{polls:?}");
+    // The zone id with a control character is skipped, counted.
+    assert!(
+        metric(
+            &nodes[holder],
+            r#"switchboard_publish_polls_total{outcome="invalid-zone"}"#
+        )
+        .await
+            >= 4.0
+    );
+    // The poller's node dies: the other takes the lease over and goes on.
+    nodes[holder].sigkill();
+    let survivor = &mut [&mut h1, &mut h2][1 - holder];
+    survivor.timeout = Duration::from_secs(30);
+    let mut seen = 0;
+    for _ in 0..1_000 {
+        if next_tick(survivor).await > last {
+            seen += 1;
+            if seen == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(seen, 2);
+    assert!(metric(&nodes[1 - holder], q).await >= 1.0);
+    drop(nodes.remove(holder));
+}
