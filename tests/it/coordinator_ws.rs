@@ -829,7 +829,7 @@ async fn a_polled_url_is_published_to_its_zones_by_one_node_at_a_time() {
         2,
         &[
             ("SWITCHBOARD_PUBLISH__POLL_URL", &world),
-            ("SWITCHBOARD_PUBLISH__POLL_INTERVAL_MS", "300"),
+            ("SWITCHBOARD_PUBLISH__POLL_INTERVAL_MS", "500"),
         ],
     )
     .await;
