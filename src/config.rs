@@ -208,6 +208,103 @@ pub struct Config {
     pub turn: TurnConfig,
     /// The operator console (`/admin`, `/admin/chat`, their WebSockets).
     pub console: ConsoleConfig,
+    /// The game coordinator's signaling WebSocket (`/api[/v1]/signaling/ws`).
+    pub coordinator_signaling: CoordinatorSignalingConfig,
+    /// `POST /api/publish`: server-side messages to a room, a zone, a
+    /// signaling session or a dashboard channel, on every node.
+    pub publish: PublishConfig,
+}
+
+/// `[coordinator_signaling]`: the coordinator's signaling WebSocket
+/// (docs/DOORS.md, "Coordinator signaling").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorSignalingConfig {
+    /// An `offer`, `answer` or `ice-candidate` reaches only a peer that
+    /// shares a signaling session with the sender (the old service let any
+    /// connected peer id be targeted); `false` restores that.
+    pub shared_session_only: bool,
+}
+
+impl Default for CoordinatorSignalingConfig {
+    fn default() -> Self {
+        Self {
+            shared_session_only: true,
+        }
+    }
+}
+
+/// `[publish]`: who may call `POST /api/publish` besides an admin
+/// (`http.admin_token` as a bearer, or plain loopback without one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    /// A key a publisher sends as `X-API-Key` (a world service that should
+    /// not hold the admin token); empty: admins only.
+    pub api_key: Secret,
+    /// An `http://` URL polled every `poll_interval_ms` by one node of the
+    /// cluster at a time: its JSON object, `{zone_id: data, ...}`, is
+    /// published to each zone (what the old service's NPC broadcast task
+    /// promised). Empty: no polling.
+    pub poll_url: String,
+    /// How often `poll_url` is fetched.
+    #[serde(rename = "poll_interval_ms", with = "millis")]
+    pub poll_interval: Duration,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            api_key: Secret::default(),
+            poll_url: String::new(),
+            poll_interval: Duration::from_millis(5_000),
+        }
+    }
+}
+
+impl PublishConfig {
+    /// `poll_url` as (host, port, path), when set and well formed
+    /// (`http://host[:port][/path]`).
+    pub fn poll_target(&self) -> Option<Result<(String, u16, String), String>> {
+        if self.poll_url.is_empty() {
+            return None;
+        }
+        let parse = || {
+            let rest = self
+                .poll_url
+                .strip_prefix("http://")
+                .ok_or("must start with http:// (https is not supported)")?;
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            // `[v6]:port`, `host:port`, or either without the port (80).
+            let (host, port) = match authority.strip_prefix('[') {
+                Some(v6) => {
+                    let (h, after) = v6.split_once(']').ok_or("has an unclosed `[`")?;
+                    (h, after.strip_prefix(':'))
+                }
+                None => match authority.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (authority, None),
+                },
+            };
+            let port = match port {
+                Some(p) => p
+                    .parse::<u16>()
+                    .map_err(|_| "has a port that is not a number")?,
+                None => 80,
+            };
+            if host.is_empty() || port == 0 {
+                return Err("needs a host and a port other than 0");
+            }
+            if path.chars().any(|c| c.is_control() || c == ' ') {
+                return Err("has a path with spaces or control characters");
+            }
+            Ok((host.to_string(), port, path.to_string()))
+        };
+        Some(parse().map_err(|e: &str| format!("publish.poll_url: `{}` {e}", self.poll_url)))
+    }
 }
 
 /// `[server]`
@@ -1098,6 +1195,7 @@ impl Config {
         c.http.admin_token = c.http.admin_token.redact();
         c.cluster.redis_url = c.cluster.redis_url.redact();
         c.turn.secret = c.turn.secret.redact();
+        c.publish.api_key = c.publish.api_key.redact();
         c
     }
 
@@ -1275,6 +1373,12 @@ impl Config {
     pub fn validate(&self) -> Vec<String> {
         let mut errs = Vec::new();
         self.validate_turn(&mut errs);
+        if let Some(Err(e)) = self.publish.poll_target() {
+            errs.push(e);
+        }
+        if self.publish.poll_interval < Duration::from_millis(100) {
+            errs.push("publish.poll_interval_ms: must be at least 100".into());
+        }
         if self.server.node_id.chars().any(char::is_control) {
             // It ends a field in the store's member values (`store::redis`).
             errs.push("server.node_id: must not contain control characters".into());

@@ -179,6 +179,7 @@ pub async fn start(mut cfg: Config) -> Result<Started, StartError> {
         StartError::Io(e)
     })?;
     node.rdv.start_stun(stun);
+    http::publish_poll::start(&node);
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;

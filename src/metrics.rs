@@ -13,7 +13,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const CONNECTIONS: &str = "switchboard_connections";
 /// Counter: WebSocket connections accepted, by `dialect`.
 pub const CONNECTIONS_TOTAL: &str = "switchboard_connections_total";
-/// Counter: upgrade requests refused, by `reason` (`limit`, `draining`).
+/// Counter: upgrade requests refused, by `reason` (`limit`, `draining`;
+/// the coordinator door adds `no-peer-id`, `unauthorized`, `peer-id-taken`).
 pub const CONNECTIONS_REFUSED: &str = "switchboard_connections_refused_total";
 /// Counter: sockets closed by the server or the client, by `reason`.
 pub const DISCONNECTS: &str = "switchboard_disconnects_total";
@@ -183,6 +184,17 @@ pub const DRAINING: &str = "switchboard_draining";
 pub const BUS_READY: &str = "switchboard_bus_ready";
 /// Gauge: when the process started (Unix seconds), for uptime.
 pub const START_TIME: &str = "switchboard_start_time_seconds";
+/// Counter: coordinator signaling `offer`/`answer`/`ice-candidate` frames
+/// not relayed, by `reason` (`other-session`, `not-connected`,
+/// `invalid-target`).
+pub const COORDINATOR_UNDELIVERED: &str = "switchboard_coordinator_undelivered_total";
+/// Counter: `POST /api/publish` calls answered, by `target` (`room`,
+/// `zone`, `session`, `channel`, `invalid`: refused before publishing).
+pub const PUBLISHES: &str = "switchboard_publishes_total";
+/// Counter: `publish.poll_url` fetches by the node holding the poller's
+/// lease, by `outcome` (`published`, `fetch-failed`, `invalid`), and zones
+/// skipped or not sent (`invalid-zone`, `publish-failed`).
+pub const PUBLISH_POLLS: &str = "switchboard_publish_polls_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -506,5 +518,14 @@ fn describe() {
     describe_counter!(
         DASHBOARD_NODES_SWEPT,
         "Dead nodes whose dashboard entries this node removed"
+    );
+    describe_counter!(
+        COORDINATOR_UNDELIVERED,
+        "Coordinator signaling frames not relayed, by reason"
+    );
+    describe_counter!(PUBLISHES, "POST /api/publish calls, by target");
+    describe_counter!(
+        PUBLISH_POLLS,
+        "publish.poll_url fetches and skipped zones, by outcome"
     );
 }

@@ -56,6 +56,12 @@ const MAX_PENDING_CLOSED: usize = 1_024;
 const SWEEP_PAGE: usize = 100;
 const SWEEP_PAGES: usize = 10;
 
+/// The sender of a message the server itself sends to a room
+/// ([`Rooms::publish`]): the empty id, which no peer can hold (a peer id is
+/// never empty), so no client passes for the server nor the server for a
+/// client.
+pub const SERVER_SENDER: &str = "";
+
 /// SHA-256 of a room's join token (the store keeps only this).
 pub fn token_hash(token: &str) -> SecretHash {
     use sha2::Digest;
@@ -528,6 +534,36 @@ impl Rooms {
                 NodeEvent::Message {
                     room: room.clone(),
                     from: s.peer.clone(),
+                    data,
+                },
+            )
+            .await
+    }
+
+    /// Sends `data` to every member of `room`, on every node, as a
+    /// `message` from [`SERVER_SENDER`] (the server itself: no peer can hold
+    /// that id). For `POST /api/publish`, and for telling a session's peers
+    /// something from the server side. No member anywhere is not an error:
+    /// the publish reaches nobody.
+    pub async fn publish(&self, room: &RoomName, data: Value) -> Result<(), ClientError> {
+        let text = serde_json::to_string(&data)
+            .map_err(|e| ClientError::new(ErrorCode::InvalidMessage, format!("data: {e}")))?;
+        let raw = serde_json::value::RawValue::from_string(text)
+            .map_err(|e| ClientError::new(ErrorCode::InvalidMessage, format!("data: {e}")))?;
+        let data = Opaque::Json(raw);
+        let from = PeerId::from_trusted(SERVER_SENDER);
+        let msg = Arc::new(Event::Message {
+            room: room.clone(),
+            from: from.clone(),
+            data: data.clone(),
+        });
+        self.core.hub.room_fanout(room.as_str(), None, &msg, None);
+        self.core
+            .publish_room(
+                room,
+                NodeEvent::Message {
+                    room: room.clone(),
+                    from,
                     data,
                 },
             )

@@ -19,6 +19,7 @@
 //! [`native`]; translators for clients of older systems sit beside it, each
 //! holding no state another door or node would need.
 
+pub mod coordinator;
 pub mod dashboard;
 pub mod legacy_worker;
 pub mod native;

@@ -20,6 +20,11 @@
 //!   (`[doors]` in the configuration);
 //! - [`console`]: the operator console (`/admin`, `/admin/chat`,
 //!   `/ws/admin`, `/ws/chat/...`), behind its own login (docs/ADMIN.md);
+//! - [`coordinator_ws`]: the game coordinator's signaling WebSocket at
+//!   `/api/signaling/ws` and `/api/v1/signaling/ws`;
+//! - [`publish`]: `POST /api/publish`, server-side messages to a room, a
+//!   zone, a signaling session or a dashboard channel, on every node;
+//!   [`publish_poll`] publishes a polled URL's JSON to zones;
 //! - [`forwarded`]: the client's address behind a trusted proxy;
 //! - [`error`]: every error answer, JSON `{"error": {"code", "message"}}`
 //!   with a code from [`crate::error::ErrorCode`] and the status one
@@ -34,12 +39,15 @@
 
 pub mod api;
 pub mod console;
+pub mod coordinator_ws;
 pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod forwarded;
 pub mod legacy;
 pub mod probes;
+pub mod publish;
+pub mod publish_poll;
 pub mod room_signaling;
 pub mod rooms;
 pub mod signin;
@@ -93,7 +101,11 @@ pub fn router(state: AppState) -> Router {
         .merge(signin::routes())
         .merge(demo::routes())
         .merge(console::routes())
-        .merge(operator);
+        .merge(operator)
+        // The coordinator's signaling WebSocket (its own admission) and
+        // the publish API (admins or `publish.api_key`, checked inside).
+        .merge(coordinator_ws::routes())
+        .merge(publish::routes());
     let doors = &state.node.core.cfg.doors;
     if !doors.room_signaling.prefix.is_empty() {
         main = main.nest(

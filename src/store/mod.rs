@@ -245,6 +245,10 @@ pub enum Door {
     /// The dashboard server's clients (`[doors.dashboard]`; never a worker).
     #[serde(rename = "dashboard")]
     Dashboard,
+    /// The game P2P coordinator's signaling clients
+    /// (`/api[/v1]/signaling/ws`; never a worker).
+    #[serde(rename = "coordinator")]
+    Coordinator,
 }
 
 impl Door {
@@ -255,6 +259,7 @@ impl Door {
             Self::LegacyWorker => "legacy",
             Self::RoomSignaling => "room-signaling",
             Self::Dashboard => "dashboard",
+            Self::Coordinator => "coordinator",
         }
     }
 
@@ -265,6 +270,7 @@ impl Door {
             "legacy" => Some(Self::LegacyWorker),
             "room-signaling" => Some(Self::RoomSignaling),
             "dashboard" => Some(Self::Dashboard),
+            "coordinator" => Some(Self::Coordinator),
             _ => None,
         }
     }

@@ -21,6 +21,7 @@ mod bad_input;
 mod codecs;
 mod config;
 mod console;
+mod coordinator_ws;
 mod dashboard;
 mod documented;
 mod doors;
