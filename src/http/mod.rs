@@ -29,6 +29,7 @@
 //! included.
 
 pub mod api;
+pub mod coordinator;
 pub mod dashboard;
 pub mod error;
 pub mod forwarded;
@@ -99,6 +100,9 @@ pub fn router(state: AppState) -> Router {
             dashboard::routes(dashboard::Mount::Prefix(doors.dashboard.prefix.clone())),
         );
     }
+    if doors.coordinator.on_main {
+        main = main.merge(coordinator::main_routes());
+    }
     finish(main, state)
 }
 
@@ -110,6 +114,7 @@ pub fn door_router(state: AppState, key: &str) -> Router {
         "doors.room_signaling.http_listen" => room_signaling::http_routes(),
         "doors.room_signaling.ws_listen" => room_signaling::ws_routes(),
         "doors.dashboard.listen" => dashboard::routes(dashboard::Mount::Own),
+        "doors.coordinator.listen" => coordinator::own_routes(),
         other => unreachable!("no door listener is configured as {other}"),
     };
     finish(routes, state)
