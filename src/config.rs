@@ -1039,6 +1039,7 @@ impl Config {
         c.auth.signin.private_key = c.auth.signin.private_key.redact();
         c.http.admin_token = c.http.admin_token.redact();
         c.cluster.redis_url = c.cluster.redis_url.redact();
+        c.doors.coordinator.api_key = c.doors.coordinator.api_key.redact();
         c
     }
 
@@ -1763,8 +1764,8 @@ pub struct CoordinatorDoor {
     pub on_main: bool,
     /// The v1 `X-API-Key` check: every path but its exemptions needs this
     /// value in `api_key_header`; empty: no check (the old service's tests
-    /// send no key, and v0 had none).
-    pub api_key: String,
+    /// send no key, and v0 had none). Redacted in logs.
+    pub api_key: Secret,
     /// The header the key comes in.
     pub api_key_header: String,
     /// A host without a heartbeat for this long is offline: skipped by
@@ -1798,7 +1799,7 @@ impl Default for CoordinatorDoor {
         Self {
             listen: None,
             on_main: false,
-            api_key: String::new(),
+            api_key: Secret::default(),
             api_key_header: "X-API-Key".into(),
             host_offline_after_s: 60,
             health_interval: Duration::from_secs(30),

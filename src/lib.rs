@@ -151,7 +151,16 @@ pub async fn start(mut cfg: Config) -> Result<Started, StartError> {
     if core.cfg.doors.coordinator.enabled() {
         // The game coordinator's configured zones and background work
         // (one node at a time, behind its lease).
-        core.spawn(coordinator::background(Arc::downgrade(&node)));
+        // Zones first, so the first request finds them; when the store does
+        // not answer yet, the background work tries again.
+        let seeded = match coordinator::seed_zones(core).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "doors.coordinator.zones: not created yet; retrying");
+                false
+            }
+        };
+        core.spawn(coordinator::background(Arc::downgrade(&node), seeded));
     }
     let (bus, store) = core.backend_names();
     tracing::info!(node = %core.id, bus, store, config = %effective, "starting switchboard {}", env!("CARGO_PKG_VERSION"));

@@ -280,14 +280,20 @@ impl std::fmt::Display for Unfit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Score { score, min } => {
-                write!(f, "host quality score {score} is below the zone's minimum {min}")
+                write!(
+                    f,
+                    "host quality score {score:?} is below the zone's minimum {min:?}"
+                )
             }
             Self::Bandwidth { mbps, min } => write!(
                 f,
                 "host network speed {mbps} Mbps is below the zone's minimum {min} Mbps"
             ),
             Self::Latency { ms, max } => {
-                write!(f, "host latency {ms} ms is above the zone's maximum {max} ms")
+                write!(
+                    f,
+                    "host latency {ms:?} ms is above the zone's maximum {max} ms"
+                )
             }
         }
     }
@@ -392,7 +398,9 @@ pub async fn list<T: DeserializeOwned>(core: &Core, kind: CoordKind) -> Res<Vec<
     for (key, v) in core.store.coord_list(kind).await? {
         match parse(&v.json) {
             Ok(t) => out.push(t),
-            Err(e) => debug!(kind = kind.as_str(), %key, error = %e, "skipping a coordinator record"),
+            Err(e) => {
+                debug!(kind = kind.as_str(), %key, error = %e, "skipping a coordinator record")
+            }
         }
     }
     Ok(out)
@@ -697,13 +705,18 @@ pub async fn list_zones(core: &Core, p2p: Option<bool>) -> Res<Vec<Zone>> {
 
 /// Sets a zone's `p2p_enabled`; `None` when there is no such zone.
 pub async fn set_p2p(core: &Core, zone_id: &str, on: bool) -> Res<Option<Zone>> {
-    modify(core, CoordKind::Zone, zone_id, |cur: Option<Zone>| match cur {
-        None => Step::Keep(None),
-        Some(mut z) => {
-            z.p2p_enabled = on;
-            Step::Write(z.clone(), Some(z))
-        }
-    })
+    modify(
+        core,
+        CoordKind::Zone,
+        zone_id,
+        |cur: Option<Zone>| match cur {
+            None => Step::Keep(None),
+            Some(mut z) => {
+                z.p2p_enabled = on;
+                Step::Write(z.clone(), Some(z))
+            }
+        },
+    )
     .await
 }
 
@@ -830,7 +843,9 @@ pub async fn create_session(
         .await?;
     if written.is_none() {
         // Ids are never reused: only a bug (or a wiped counter) gets here.
-        return Err(CoordError::Corrupt(format!("session id {id} already taken")));
+        return Err(CoordError::Corrupt(format!(
+            "session id {id} already taken"
+        )));
     }
     Ok(Ok(s.view))
 }
@@ -1085,21 +1100,18 @@ pub async fn mark_stale_hosts(core: &Core) -> Res<usize> {
     Ok(n)
 }
 
-/// The background work of one node: creates the configured zones, then
-/// every `lease_tick_ms` takes or renews [`LEASE`] (it lives three ticks,
+/// The background work of one node: creates the configured zones unless
+/// `seeded` (done at start), then every `lease_tick_ms` takes or renews [`LEASE`] (it lives three ticks,
 /// so a dead holder is replaced within about that) and, holding it, runs
 /// what is due: host staleness and session health every
 /// `health_interval_ms`, stale session cleanup every `cleanup_interval_ms`.
 /// A node that takes the lease over runs both at once. If two nodes ever
 /// ran at once (a holder stalled past its lease), each change is still a
 /// compare-and-set, so every session is failed once.
-pub async fn background(node: std::sync::Weak<Node>) {
+pub async fn background(node: std::sync::Weak<Node>, mut seeded: bool) {
     let (tick, health, cleanup, timeout) = match node.upgrade() {
         Some(n) => {
             let c = cfg(&n.core);
-            if let Err(e) = seed_zones(&n.core).await {
-                tracing::warn!(error = %e, "the configured coordinator zones could not be created");
-            }
             (
                 c.lease_tick,
                 c.health_interval,
@@ -1115,7 +1127,6 @@ pub async fn background(node: std::sync::Weak<Node>) {
     // When each task last ran while this node held the lease.
     let mut last_health: Option<tokio::time::Instant> = None;
     let mut last_cleanup: Option<tokio::time::Instant> = None;
-    let mut seeded = true;
     loop {
         timer.tick().await;
         let Some(node) = node.upgrade() else { return };

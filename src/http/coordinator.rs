@@ -114,10 +114,20 @@ const ROUTES: &[(&str, &str, Ep, Scope)] = &[
     ("GET", "/", Ep::Root, Scope::Root),
     ("GET", "/health", Ep::Health, Scope::Root),
     ("POST", "/hosts/register", Ep::HostRegister, Scope::Both),
-    ("POST", "/hosts/{}/heartbeat", Ep::HostHeartbeat, Scope::Both),
+    (
+        "POST",
+        "/hosts/{}/heartbeat",
+        Ep::HostHeartbeat,
+        Scope::Both,
+    ),
     ("GET", "/hosts/{}", Ep::HostGet, Scope::Both),
     ("GET", "/hosts/", Ep::HostList, Scope::Both),
-    ("GET", "/hosts/available/list", Ep::HostAvailable, Scope::Both),
+    (
+        "GET",
+        "/hosts/available/list",
+        Ep::HostAvailable,
+        Scope::Both,
+    ),
     ("GET", "/hosts/available/best", Ep::HostBest, Scope::Both),
     ("DELETE", "/hosts/{}", Ep::HostDelete, Scope::Both),
     ("POST", "/zones/", Ep::ZoneCreate, Scope::Both),
@@ -125,22 +135,52 @@ const ROUTES: &[(&str, &str, Ep, Scope)] = &[
     ("GET", "/zones/", Ep::ZoneList, Scope::Both),
     ("GET", "/zones/p2p/enabled", Ep::ZoneP2p, Scope::Both),
     ("POST", "/zones/{}/enable-p2p", Ep::ZoneEnable, Scope::Both),
-    ("POST", "/zones/{}/disable-p2p", Ep::ZoneDisable, Scope::Both),
+    (
+        "POST",
+        "/zones/{}/disable-p2p",
+        Ep::ZoneDisable,
+        Scope::Both,
+    ),
     ("PATCH", "/zones/{}/status", Ep::ZoneStatus, Scope::Both),
     ("POST", "/sessions/", Ep::SessionCreate, Scope::Both),
     ("GET", "/sessions/{}", Ep::SessionGet, Scope::Both),
-    ("POST", "/sessions/{}/activate", Ep::SessionActivate, Scope::Both),
+    (
+        "POST",
+        "/sessions/{}/activate",
+        Ep::SessionActivate,
+        Scope::Both,
+    ),
     ("POST", "/sessions/{}/end", Ep::SessionEnd, Scope::Both),
-    ("PATCH", "/sessions/{}/metrics", Ep::SessionMetrics, Scope::Both),
-    ("POST", "/sessions/{}/players", Ep::SessionAddPlayer, Scope::Both),
+    (
+        "PATCH",
+        "/sessions/{}/metrics",
+        Ep::SessionMetrics,
+        Scope::Both,
+    ),
+    (
+        "POST",
+        "/sessions/{}/players",
+        Ep::SessionAddPlayer,
+        Scope::Both,
+    ),
     (
         "DELETE",
         "/sessions/{}/players/{}",
         Ep::SessionRemovePlayer,
         Scope::Both,
     ),
-    ("GET", "/sessions/host/{}/active", Ep::SessionsOfHost, Scope::Both),
-    ("GET", "/sessions/zone/{}/active", Ep::SessionsOfZone, Scope::Both),
+    (
+        "GET",
+        "/sessions/host/{}/active",
+        Ep::SessionsOfHost,
+        Scope::Both,
+    ),
+    (
+        "GET",
+        "/sessions/zone/{}/active",
+        Ep::SessionsOfZone,
+        Scope::Both,
+    ),
     ("POST", "/sessions/cleanup", Ep::SessionCleanup, Scope::Both),
     ("GET", "/monitoring/dashboard", Ep::Dashboard, Scope::Both),
     ("GET", "/monitoring/hosts/stats", Ep::HostStats, Scope::Both),
@@ -265,7 +305,10 @@ fn json_res<T: Serialize>(status: StatusCode, body: &T) -> Response {
     let bytes = serde_json::to_vec(body).expect("answers serialize");
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         bytes,
     )
         .into_response()
@@ -306,10 +349,13 @@ struct Invalid {
 }
 
 fn unprocessable(errs: Vec<Invalid>) -> Response {
-    json_res(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        &json!({ "detail": serde_json::to_value(errs).expect("errors serialize") }),
-    )
+    // Serialized as a struct, not through a `Value` (whose maps sort their
+    // keys), so each entry keeps FastAPI's field order.
+    #[derive(Serialize)]
+    struct Detail {
+        detail: Vec<Invalid>,
+    }
+    json_res(StatusCode::UNPROCESSABLE_ENTITY, &Detail { detail: errs })
 }
 
 // ---------------------------------------------------------------------------
@@ -362,7 +408,13 @@ impl<'a> Fields<'a> {
             Value::String(s) => Some(s.clone()),
             Value::Null if !required => None,
             other => {
-                self.err("string_type", name, "Input should be a valid string", other, None);
+                self.err(
+                    "string_type",
+                    name,
+                    "Input should be a valid string",
+                    other,
+                    None,
+                );
                 None
             }
         }
@@ -377,11 +429,23 @@ impl<'a> Fields<'a> {
                 return None;
             }
         };
-        self.bounds(name, v, n as f64, ge.map(|g| (g as f64, json!(g))), le.map(|l| (l as f64, json!(l))))
-            .then_some(n)
+        self.bounds(
+            name,
+            v,
+            n as f64,
+            ge.map(|g| (g as f64, json!(g))),
+            le.map(|l| (l as f64, json!(l))),
+        )
+        .then_some(n)
     }
 
-    fn float(&mut self, name: &str, required: bool, ge: Option<Value>, le: Option<Value>) -> Option<f64> {
+    fn float(
+        &mut self,
+        name: &str,
+        required: bool,
+        ge: Option<Value>,
+        le: Option<Value>,
+    ) -> Option<f64> {
         let v = self.get(name, required)?;
         if v.is_null() && !required {
             return None;
@@ -397,18 +461,40 @@ impl<'a> Fields<'a> {
         self.bounds(name, v, x, num(ge), num(le)).then_some(x)
     }
 
-    fn bounds(&mut self, name: &str, v: &Value, x: f64, ge: Option<(f64, Value)>, le: Option<(f64, Value)>) -> bool {
+    fn bounds(
+        &mut self,
+        name: &str,
+        v: &Value,
+        x: f64,
+        ge: Option<(f64, Value)>,
+        le: Option<(f64, Value)>,
+    ) -> bool {
         if let Some((g, shown)) = ge {
             if x < g {
-                let msg = format!("Input should be greater than or equal to {}", py_num(&shown));
-                self.err("greater_than_equal", name, &msg, v, Some(json!({ "ge": shown })));
+                let msg = format!(
+                    "Input should be greater than or equal to {}",
+                    py_num(&shown)
+                );
+                self.err(
+                    "greater_than_equal",
+                    name,
+                    &msg,
+                    v,
+                    Some(json!({ "ge": shown })),
+                );
                 return false;
             }
         }
         if let Some((l, shown)) = le {
             if x > l {
                 let msg = format!("Input should be less than or equal to {}", py_num(&shown));
-                self.err("less_than_equal", name, &msg, v, Some(json!({ "le": shown })));
+                self.err(
+                    "less_than_equal",
+                    name,
+                    &msg,
+                    v,
+                    Some(json!({ "le": shown })),
+                );
                 return false;
             }
         }
@@ -466,7 +552,9 @@ fn lax_int(v: &Value) -> Lax<i64> {
 
 fn lax_float(v: &Value) -> Lax<f64> {
     match v {
-        Value::Number(n) => n.as_f64().ok_or(("float_type", "Input should be a valid number")),
+        Value::Number(n) => n
+            .as_f64()
+            .ok_or(("float_type", "Input should be a valid number")),
         Value::String(s) => s
             .trim()
             .parse::<f64>()
@@ -491,7 +579,10 @@ fn lax_bool(v: &Value) -> Lax<bool> {
         Value::Number(n) => match n.as_f64() {
             Some(x) if x == 0.0 => Ok(false),
             Some(x) if x == 1.0 => Ok(true),
-            _ => Err(("bool_parsing", "Input should be a valid boolean, unable to interpret input")),
+            _ => Err((
+                "bool_parsing",
+                "Input should be a valid boolean, unable to interpret input",
+            )),
         },
         Value::String(s) => str_bool(s).ok_or(PARSE),
         _ => Err(("bool_type", "Input should be a valid boolean")),
@@ -550,7 +641,12 @@ fn body_object(body: &Bytes) -> Result<Value, Response> {
 }
 
 /// A query parameter or path parameter error.
-fn param_error(place: &'static str, name: &str, (ty, msg): (&'static str, &'static str), input: &str) -> Response {
+fn param_error(
+    place: &'static str,
+    name: &str,
+    (ty, msg): (&'static str, &'static str),
+    input: &str,
+) -> Response {
     unprocessable(vec![Invalid {
         ty,
         loc: vec![json!(place), json!(name)],
@@ -577,7 +673,12 @@ fn path_int(raw: &str, name: &str) -> Result<u64, Response> {
 
 fn query_map(uri: &Uri) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let dec = |s: &str| percent_decode(&s.replace('+', " "));
         out.entry(dec(k)).or_insert_with(|| dec(v));
@@ -617,7 +718,13 @@ async fn dispatch(
     res
 }
 
-async fn handle(st: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Response {
+async fn handle(
+    st: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
     let cfg = &st.node.core.cfg.doors.coordinator;
     let path = uri.path();
     if !cfg.api_key.is_empty() && !exempt(path) {
@@ -629,7 +736,7 @@ async fn handle(st: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap, 
                     &json!({"detail": format!("Missing {name} header"), "error": "unauthorized"}),
                 )
             }
-            Some(got) if !constant_time_eq(got, cfg.api_key.as_bytes()) => {
+            Some(got) if !constant_time_eq(got, cfg.api_key.expose().as_bytes()) => {
                 return json_res(
                     StatusCode::UNAUTHORIZED,
                     &json!({"detail": "Invalid API key", "error": "unauthorized"}),
@@ -718,7 +825,11 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
                 &json!({"service": "p2p-coordinator", "version": "1.0.0", "status": "running", "p2p_enabled": true, "enabled_zones": zones}),
             )
         }
-        Ep::Health => match core.store.coord_get(crate::store::coordinator::CoordKind::Zone, "").await {
+        Ep::Health => match core
+            .store
+            .coord_get(crate::store::coordinator::CoordKind::Zone, "")
+            .await
+        {
             Ok(_) => {
                 #[derive(Serialize)]
                 struct Db {
@@ -770,7 +881,13 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
                 None | Some(Value::Null) => None,
                 Some(o @ Value::Object(_)) => Some(o.clone()),
                 Some(other) => {
-                    f.err("dict_type", "ice_servers", "Input should be a valid dictionary", other, None);
+                    f.err(
+                        "dict_type",
+                        "ice_servers",
+                        "Input should be a valid dictionary",
+                        other,
+                        None,
+                    );
                     None
                 }
             };
@@ -797,7 +914,12 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
             let v = valid!(body_object(body));
             let mut f = Fields::new(&v).expect("an object");
             let latency = f.float("latency_ms", true, Some(json!(0)), None);
-            let loss = f.float("packet_loss_percent", true, Some(json!(0)), Some(json!(100)));
+            let loss = f.float(
+                "packet_loss_percent",
+                true,
+                Some(json!(0)),
+                Some(json!(100)),
+            );
             let bw = f.float("bandwidth_usage_mbps", true, Some(json!(0)), None);
             let players = f.int("current_players", true, Some(0), None);
             let zones = f.int("current_zones", true, Some(0), None);
@@ -813,12 +935,18 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
             };
             match tri!(co::heartbeat(core, param(0), hb).await) {
                 Some(h) => json_res(StatusCode::OK, &h),
-                None => detail(StatusCode::NOT_FOUND, format!("Host not found: {}", param(0))),
+                None => detail(
+                    StatusCode::NOT_FOUND,
+                    format!("Host not found: {}", param(0)),
+                ),
             }
         }
         Ep::HostGet => match tri!(co::get_host(core, param(0)).await) {
             Some(h) => json_res(StatusCode::OK, &h),
-            None => detail(StatusCode::NOT_FOUND, format!("Host not found: {}", param(0))),
+            None => detail(
+                StatusCode::NOT_FOUND,
+                format!("Host not found: {}", param(0)),
+            ),
         },
         Ep::HostList => {
             let min = valid!(query_float(&q, "min_quality_score"));
@@ -827,7 +955,9 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
                 // clients and tests read the 400.
                 return detail(
                     StatusCode::BAD_REQUEST,
-                    format!("Invalid status: {s}. Must be one of: ONLINE, OFFLINE, BUSY, MAINTENANCE"),
+                    format!(
+                        "Invalid status: {s}. Must be one of: ONLINE, OFFLINE, BUSY, MAINTENANCE"
+                    ),
                 );
             }
             json_res(StatusCode::OK, &tri!(co::list_hosts(core, min).await))
@@ -838,7 +968,10 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
         }
         Ep::HostBest => {
             let min = valid!(query_float(&q, "min_quality_score"));
-            match tri!(co::available_hosts(core, min).await).into_iter().next() {
+            match tri!(co::available_hosts(core, min).await)
+                .into_iter()
+                .next()
+            {
                 Some(h) => json_res(StatusCode::OK, &h),
                 None => detail(StatusCode::NOT_FOUND, "No available hosts found"),
             }
@@ -847,7 +980,10 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
             if tri!(co::delete_host(core, param(0)).await) {
                 StatusCode::NO_CONTENT.into_response()
             } else {
-                detail(StatusCode::NOT_FOUND, format!("Host not found: {}", param(0)))
+                detail(
+                    StatusCode::NOT_FOUND,
+                    format!("Host not found: {}", param(0)),
+                )
             }
         }
         Ep::ZoneCreate => {
@@ -863,7 +999,12 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
             let p2p = f.boolean("p2p_enabled");
             let priority = f.int("p2p_priority", false, Some(1), Some(10));
             let fallback = f.boolean("fallback_enabled");
-            let min_score = f.float("min_host_quality_score", false, Some(json!(0.0)), Some(json!(10.0)));
+            let min_score = f.float(
+                "min_host_quality_score",
+                false,
+                Some(json!(0.0)),
+                Some(json!(10.0)),
+            );
             let min_bw = f.int("min_bandwidth_mbps", false, None, None);
             let max_lat = f.int("max_latency_ms", false, None, None);
             let description = f.string("description", false);
@@ -885,11 +1026,17 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
                 max_latency_ms: max_lat.unwrap_or(d.max_latency_ms),
                 description,
             };
-            json_res(StatusCode::CREATED, &tri!(co::upsert_zone(core, &z, false).await))
+            json_res(
+                StatusCode::CREATED,
+                &tri!(co::upsert_zone(core, &z, false).await),
+            )
         }
         Ep::ZoneGet => match tri!(co::get_zone(core, param(0)).await) {
             Some(z) => json_res(StatusCode::OK, &z),
-            None => detail(StatusCode::NOT_FOUND, format!("Zone not found: {}", param(0))),
+            None => detail(
+                StatusCode::NOT_FOUND,
+                format!("Zone not found: {}", param(0)),
+            ),
         },
         Ep::ZoneList => {
             let p2p = match q.get("p2p_enabled") {
@@ -900,7 +1047,10 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
                         return param_error(
                             "query",
                             "p2p_enabled",
-                            ("bool_parsing", "Input should be a valid boolean, unable to interpret input"),
+                            (
+                                "bool_parsing",
+                                "Input should be a valid boolean, unable to interpret input",
+                            ),
                             s,
                         )
                     }
@@ -924,7 +1074,10 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
         Ep::ZoneEnable | Ep::ZoneDisable => {
             match tri!(co::set_p2p(core, param(0), ep == Ep::ZoneEnable).await) {
                 Some(z) => json_res(StatusCode::OK, &z),
-                None => detail(StatusCode::NOT_FOUND, format!("Zone not found: {}", param(0))),
+                None => detail(
+                    StatusCode::NOT_FOUND,
+                    format!("Zone not found: {}", param(0)),
+                ),
             }
         }
         Ep::ZoneStatus => match q.get("new_status") {
@@ -968,7 +1121,13 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
                     Some(out)
                 }
                 Some(other) => {
-                    f.err("list_type", "player_ids", "Input should be a valid list", other, None);
+                    f.err(
+                        "list_type",
+                        "player_ids",
+                        "Input should be a valid list",
+                        other,
+                        None,
+                    );
                     None
                 }
             };
@@ -977,14 +1136,23 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
             }
             let zone_id = zone_id.unwrap_or_default();
             let made = tri!(
-                co::create_session(core, host_id.as_deref(), &zone_id, players.unwrap_or_default()).await
+                co::create_session(
+                    core,
+                    host_id.as_deref(),
+                    &zone_id,
+                    players.unwrap_or_default()
+                )
+                .await
             );
             match made {
                 Ok(s) => json_res(StatusCode::CREATED, &s),
-                Err(CreateRefused::Failed) => detail(StatusCode::BAD_REQUEST, "Failed to create session"),
-                Err(CreateRefused::Unfit(u)) => {
-                    detail(StatusCode::BAD_REQUEST, format!("Failed to create session: {u}"))
+                Err(CreateRefused::Failed) => {
+                    detail(StatusCode::BAD_REQUEST, "Failed to create session")
                 }
+                Err(CreateRefused::Unfit(u)) => detail(
+                    StatusCode::BAD_REQUEST,
+                    format!("Failed to create session: {u}"),
+                ),
                 Err(CreateRefused::NoHost) => detail(
                     StatusCode::BAD_REQUEST,
                     "Failed to create session: no available host meets the zone's requirements",
@@ -1003,7 +1171,10 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
             if tri!(co::activate(core, id).await) {
                 message(format!("Session {id} activated"))
             } else {
-                detail(StatusCode::BAD_REQUEST, format!("Failed to activate session {id}"))
+                detail(
+                    StatusCode::BAD_REQUEST,
+                    format!("Failed to activate session {id}"),
+                )
             }
         }
         Ep::SessionEnd => {
@@ -1011,7 +1182,10 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
             if tri!(co::end(core, id).await) {
                 message(format!("Session {id} ended"))
             } else {
-                detail(StatusCode::BAD_REQUEST, format!("Failed to end session {id}"))
+                detail(
+                    StatusCode::BAD_REQUEST,
+                    format!("Failed to end session {id}"),
+                )
             }
         }
         Ep::SessionMetrics => {
@@ -1075,7 +1249,10 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
         }
         Ep::SessionsOfHost | Ep::SessionsOfZone => {
             let by_host = ep == Ep::SessionsOfHost;
-            json_res(StatusCode::OK, &tri!(co::active_sessions(core, param(0), by_host).await))
+            json_res(
+                StatusCode::OK,
+                &tri!(co::active_sessions(core, param(0), by_host).await),
+            )
         }
         Ep::SessionCleanup => {
             let minutes = match q.get("timeout_minutes") {
@@ -1086,7 +1263,8 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
                     Err(e) => return param_error("query", "timeout_minutes", e, s),
                 },
             };
-            let n = tri!(co::cleanup_stale(core, std::time::Duration::from_secs(minutes * 60)).await);
+            let n =
+                tri!(co::cleanup_stale(core, std::time::Duration::from_secs(minutes * 60)).await);
             message(format!("Cleaned up {n} stale sessions"))
         }
         Ep::Dashboard => dashboard(st).await,
@@ -1112,7 +1290,10 @@ async fn endpoint(st: &AppState, ep: Ep, p: &[String], uri: &Uri, body: &Bytes) 
             }
             Err(e) => {
                 tracing::warn!(error = %e, "coordinator host stats failed");
-                json_res(StatusCode::OK, &json!({"error": "the store does not answer"}))
+                json_res(
+                    StatusCode::OK,
+                    &json!({"error": "the store does not answer"}),
+                )
             }
         },
         Ep::Metrics => metrics_text(st).await,
@@ -1154,7 +1335,10 @@ async fn counts(st: &AppState) -> Result<Counts, CoordError> {
         }
     };
     let scores: Vec<f64> = hosts.iter().map(|h| h.view.quality_score).collect();
-    let active: Vec<&co::Session> = sessions.iter().filter(|s| s.view.status == "active").collect();
+    let active: Vec<&co::Session> = sessions
+        .iter()
+        .filter(|s| s.view.status == "active")
+        .collect();
     let latencies: Vec<f64> = active.iter().map(|s| s.view.average_latency_ms).collect();
     Ok(Counts {
         hosts: hosts.len(),
@@ -1277,18 +1461,52 @@ async fn metrics_text(st: &AppState) -> Response {
     };
     let mut out = String::new();
     for (name, help, v) in [
-        ("p2p_hosts_total", "Total number of registered hosts", c.hosts as f64),
-        ("p2p_hosts_online", "Number of online hosts", c.online as f64),
-        ("p2p_host_quality_score_avg", "Average host quality score", c.avg_score),
+        (
+            "p2p_hosts_total",
+            "Total number of registered hosts",
+            c.hosts as f64,
+        ),
+        (
+            "p2p_hosts_online",
+            "Number of online hosts",
+            c.online as f64,
+        ),
+        (
+            "p2p_host_quality_score_avg",
+            "Average host quality score",
+            c.avg_score,
+        ),
         ("p2p_zones_total", "Total number of zones", c.zones as f64),
-        ("p2p_zones_enabled", "Number of P2P-enabled zones", c.zones_p2p as f64),
-        ("p2p_sessions_total", "Total number of sessions", c.sessions as f64),
-        ("p2p_sessions_active", "Number of active sessions", c.active as f64),
-        ("p2p_players_total", "Players in active sessions", c.players as f64),
-        ("p2p_session_latency_ms_avg", "Average latency of active sessions", c.avg_latency),
+        (
+            "p2p_zones_enabled",
+            "Number of P2P-enabled zones",
+            c.zones_p2p as f64,
+        ),
+        (
+            "p2p_sessions_total",
+            "Total number of sessions",
+            c.sessions as f64,
+        ),
+        (
+            "p2p_sessions_active",
+            "Number of active sessions",
+            c.active as f64,
+        ),
+        (
+            "p2p_players_total",
+            "Players in active sessions",
+            c.players as f64,
+        ),
+        (
+            "p2p_session_latency_ms_avg",
+            "Average latency of active sessions",
+            c.avg_latency,
+        ),
         ("p2p_coordinator_up", "The coordinator is up", 1.0),
     ] {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v:?}\n"));
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v:?}\n"
+        ));
     }
     (
         StatusCode::OK,
@@ -1351,7 +1569,10 @@ fn auth_token(st: &AppState, body: &Bytes) -> Response {
         return unprocessable(f.errs);
     }
     if !cfg.api_key.is_empty()
-        && !constant_time_eq(key.unwrap_or_default().as_bytes(), cfg.api_key.as_bytes())
+        && !constant_time_eq(
+            key.unwrap_or_default().as_bytes(),
+            cfg.api_key.expose().as_bytes(),
+        )
     {
         return detail(StatusCode::UNAUTHORIZED, "Invalid API key");
     }
@@ -1361,7 +1582,8 @@ fn auth_token(st: &AppState, body: &Bytes) -> Response {
     if let Some(u) = user {
         access["user_id"] = json!(u);
     }
-    let refresh = json!({"player_id": player, "type": "refresh", "exp": now + REFRESH_TTL_S, "iat": now});
+    let refresh =
+        json!({"player_id": player, "type": "refresh", "exp": now + REFRESH_TTL_S, "iat": now});
     match (sign(st, &access), sign(st, &refresh)) {
         (Some(a), Some(r)) => json_res(
             StatusCode::OK,
@@ -1418,7 +1640,8 @@ fn auth_refresh(st: &AppState, body: &Bytes) -> Response {
         );
     };
     let now = unix_now();
-    let access = json!({"player_id": player, "type": "access", "exp": now + cfg.token_ttl_s, "iat": now});
+    let access =
+        json!({"player_id": player, "type": "access", "exp": now + cfg.token_ttl_s, "iat": now});
     match sign(st, &access) {
         Some(a) => json_res(
             StatusCode::OK,
@@ -1446,7 +1669,10 @@ mod tests {
 
     #[test]
     fn both_prefixes_route_and_v1_only_routes_stay_v1() {
-        assert_eq!(ep(Method::GET, "/api/v1/hosts/"), Some((Ep::HostList, vec![])));
+        assert_eq!(
+            ep(Method::GET, "/api/v1/hosts/"),
+            Some((Ep::HostList, vec![]))
+        );
         assert_eq!(ep(Method::GET, "/api/hosts/"), Some((Ep::HostList, vec![])));
         assert_eq!(
             ep(Method::GET, "/api/v1/sessions/7"),
@@ -1471,7 +1697,10 @@ mod tests {
             Matched::Partial(allow) => assert_eq!(allow, "GET, DELETE"),
             _ => panic!("expected a partial match"),
         }
-        assert!(matches!(route(&Method::GET, "/api/v1/hosts"), Matched::None));
+        assert!(matches!(
+            route(&Method::GET, "/api/v1/hosts"),
+            Matched::None
+        ));
     }
 
     #[test]
@@ -1485,12 +1714,21 @@ mod tests {
         assert_eq!(f.boolean("b"), Some(true));
         assert_eq!(f.float("n", true, None, None), None);
         let types: Vec<&str> = f.errs.iter().map(|e| e.ty).collect();
-        assert_eq!(types, ["int_from_float", "int_parsing", "missing", "float_parsing"]);
+        assert_eq!(
+            types,
+            ["int_from_float", "int_parsing", "missing", "float_parsing"]
+        );
         let body = json!({"port": 0, "loss": 100.5, "score": 11});
         let mut f = Fields::new(&body).unwrap();
         assert_eq!(f.int("port", true, Some(1), Some(65535)), None);
-        assert_eq!(f.float("loss", true, Some(json!(0)), Some(json!(100))), None);
-        assert_eq!(f.float("score", true, Some(json!(0.0)), Some(json!(10.0))), None);
+        assert_eq!(
+            f.float("loss", true, Some(json!(0)), Some(json!(100))),
+            None
+        );
+        assert_eq!(
+            f.float("score", true, Some(json!(0.0)), Some(json!(10.0))),
+            None
+        );
         let out = serde_json::to_string(&f.errs).unwrap();
         assert_eq!(
             out,

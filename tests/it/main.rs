@@ -20,6 +20,7 @@ mod auth;
 mod bad_input;
 mod codecs;
 mod config;
+mod coordinator_rest;
 mod dashboard;
 mod documented;
 mod doors;
