@@ -14,6 +14,7 @@ mod room_records_cluster;
 mod sec_cluster;
 // The store's conformance suite: the library against memory and a real redis-server.
 mod store;
+mod store_coordinator;
 mod store_dashboard;
 
 mod auth;
