@@ -300,6 +300,9 @@ fn exempt(path: &str) -> bool {
 // Answers
 // ---------------------------------------------------------------------------
 
+/// A value, or the answer that refuses the request (boxed: a response is large).
+type Answer<T> = Result<T, Box<Response>>;
+
 /// A compact JSON answer.
 fn json_res<T: Serialize>(status: StatusCode, body: &T) -> Response {
     let bytes = serde_json::to_vec(body).expect("answers serialize");
@@ -577,8 +580,8 @@ fn lax_bool(v: &Value) -> Lax<bool> {
     match v {
         Value::Bool(b) => Ok(*b),
         Value::Number(n) => match n.as_f64() {
-            Some(x) if x == 0.0 => Ok(false),
-            Some(x) if x == 1.0 => Ok(true),
+            Some(0.0) => Ok(false),
+            Some(1.0) => Ok(true),
             _ => Err((
                 "bool_parsing",
                 "Input should be a valid boolean, unable to interpret input",
@@ -598,15 +601,15 @@ fn str_bool(s: &str) -> Option<bool> {
 }
 
 /// The request body as a JSON object, or the 422 FastAPI gives.
-fn body_object(body: &Bytes) -> Result<Value, Response> {
+fn body_object(body: &Bytes) -> Answer<Value> {
     if body.is_empty() {
-        return Err(unprocessable(vec![Invalid {
+        return Err(Box::new(unprocessable(vec![Invalid {
             ty: "missing",
             loc: vec![json!("body")],
             msg: "Field required".into(),
             input: Value::Null,
             ctx: None,
-        }]));
+        }])));
     }
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -619,23 +622,23 @@ fn body_object(body: &Bytes) -> Result<Value, Response> {
                 .map(|l| l.chars().count() + 1)
                 .sum::<usize>()
                 + e.column().saturating_sub(1);
-            return Err(unprocessable(vec![Invalid {
+            return Err(Box::new(unprocessable(vec![Invalid {
                 ty: "json_invalid",
                 loc: vec![json!("body"), json!(pos)],
                 msg: "JSON decode error".into(),
                 input: json!({}),
                 ctx: Some(json!({ "error": "Expecting value" })),
-            }]));
+            }])));
         }
     };
     if !v.is_object() {
-        return Err(unprocessable(vec![Invalid {
+        return Err(Box::new(unprocessable(vec![Invalid {
             ty: "model_attributes_type",
             loc: vec![json!("body")],
             msg: "Input should be a valid dictionary or object to extract fields from".into(),
             input: v,
             ctx: None,
-        }]));
+        }])));
     }
     Ok(v)
 }
@@ -657,9 +660,9 @@ fn param_error(
 }
 
 /// An integer path parameter (a session id).
-fn path_int(raw: &str, name: &str) -> Result<u64, Response> {
+fn path_int(raw: &str, name: &str) -> Answer<u64> {
     raw.parse::<u64>().map_err(|_| {
-        param_error(
+        Box::new(param_error(
             "path",
             name,
             (
@@ -667,7 +670,7 @@ fn path_int(raw: &str, name: &str) -> Result<u64, Response> {
                 "Input should be a valid integer, unable to parse string as an integer",
             ),
             raw,
-        )
+        ))
     })
 }
 
@@ -686,12 +689,12 @@ fn query_map(uri: &Uri) -> HashMap<String, String> {
     out
 }
 
-fn query_float(q: &HashMap<String, String>, name: &str) -> Result<Option<f64>, Response> {
+fn query_float(q: &HashMap<String, String>, name: &str) -> Answer<Option<f64>> {
     match q.get(name) {
         None => Ok(None),
         Some(s) => lax_float(&Value::String(s.clone()))
             .map(Some)
-            .map_err(|e| param_error("query", name, e, s)),
+            .map_err(|e| Box::new(param_error("query", name, e, s))),
     }
 }
 
@@ -797,12 +800,12 @@ macro_rules! tri {
     };
 }
 
-/// Tries `$e` (a `Result<T, Response>`), answering the response on failure.
+/// Tries `$e` (an [`Answer`]), answering the response on failure.
 macro_rules! valid {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(res) => return res,
+            Err(res) => return *res,
         }
     };
 }

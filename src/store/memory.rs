@@ -673,6 +673,47 @@ impl super::dashboard::DashRegistry for MemoryStore {
     }
 }
 
+#[async_trait]
+impl super::coordinator::CoordStore for MemoryStore {
+    async fn coord_next_id(&self, kind: super::coordinator::CoordKind) -> Result<u64, StoreError> {
+        Ok(self.coord.lock().next_id(kind))
+    }
+
+    async fn coord_get(
+        &self,
+        kind: super::coordinator::CoordKind,
+        key: &str,
+    ) -> Result<Option<super::coordinator::Versioned>, StoreError> {
+        Ok(self.coord.lock().get(kind, key))
+    }
+
+    async fn coord_list(
+        &self,
+        kind: super::coordinator::CoordKind,
+    ) -> Result<Vec<(String, super::coordinator::Versioned)>, StoreError> {
+        Ok(self.coord.lock().list(kind))
+    }
+
+    async fn coord_put(
+        &self,
+        kind: super::coordinator::CoordKind,
+        key: &str,
+        expected: u64,
+        json: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self.coord.lock().put(kind, key, expected, json))
+    }
+
+    async fn coord_delete(
+        &self,
+        kind: super::coordinator::CoordKind,
+        key: &str,
+        expected: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.coord.lock().delete(kind, key, expected))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -929,46 +970,5 @@ mod tests {
         assert_eq!(lost.partner.peer_id, pid("b"));
         let c = s.get_worker(&pid("c")).await.unwrap().unwrap();
         assert_eq!((c.epoch, c.state), (30, WorkerState::Idle));
-    }
-}
-
-#[async_trait]
-impl super::coordinator::CoordStore for MemoryStore {
-    async fn coord_next_id(&self, kind: super::coordinator::CoordKind) -> Result<u64, StoreError> {
-        Ok(self.coord.lock().next_id(kind))
-    }
-
-    async fn coord_get(
-        &self,
-        kind: super::coordinator::CoordKind,
-        key: &str,
-    ) -> Result<Option<super::coordinator::Versioned>, StoreError> {
-        Ok(self.coord.lock().get(kind, key))
-    }
-
-    async fn coord_list(
-        &self,
-        kind: super::coordinator::CoordKind,
-    ) -> Result<Vec<(String, super::coordinator::Versioned)>, StoreError> {
-        Ok(self.coord.lock().list(kind))
-    }
-
-    async fn coord_put(
-        &self,
-        kind: super::coordinator::CoordKind,
-        key: &str,
-        expected: u64,
-        json: &str,
-    ) -> Result<Option<u64>, StoreError> {
-        Ok(self.coord.lock().put(kind, key, expected, json))
-    }
-
-    async fn coord_delete(
-        &self,
-        kind: super::coordinator::CoordKind,
-        key: &str,
-        expected: u64,
-    ) -> Result<bool, StoreError> {
-        Ok(self.coord.lock().delete(kind, key, expected))
     }
 }
