@@ -892,3 +892,25 @@ fn check_config_reports_bad_coordinator_keys() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn on_the_main_listener_only_its_api_paths_are_the_doors() {
+    let node = TestNode::spawn(&[("SWITCHBOARD_DOORS__COORDINATOR__ON_MAIN", "true")]);
+    let a = node.addr();
+    let (s, h, _) = call(a, Method::GET, "/api/v1/hosts", None, &[]).await;
+    assert_eq!(s, 307);
+    assert!(h["location"].to_str().unwrap().ends_with("/api/v1/hosts/"));
+    let (s, b) = get(a, "/api/hosts/").await;
+    assert_eq!((s, b), (200, json!([])));
+    let (s, _, text) = call(a, Method::GET, "/api/v1/zones/nope/x", None, &[]).await;
+    assert_eq!((s, text.as_str()), (404, r#"{"detail":"Not Found"}"#));
+    // The node's own paths stay the node's: `/` is the worker door's, and
+    // the sign-in route next to the coordinator's /api/auth/... is served.
+    let (s, b) = get(a, "/").await;
+    assert_eq!(s, 200);
+    assert_ne!(b.get("service"), Some(&json!("p2p-coordinator")));
+    let (s, b) = post(a, "/api/auth/anonymous", json!({})).await;
+    assert_ne!(b, json!({"detail": "Not Found"}), "{s}");
+    let (s, _) = post(a, "/api/v1/auth/token", json!({"player_id": "p"})).await;
+    assert_eq!(s, 503, "no auth.jwt.hs256_secret: no tokens");
+}
