@@ -118,6 +118,13 @@ keys! {
     /// Set of `<len>:<room><user>`: the participants a node's dashboard
     /// sockets joined (its sweeper removes them when the node dies).
     fn dash_node_joins(n: NodeId) => "dash:node:{}:joins";
+    /// Hash key -> `"<version> <JSON>"`: the game coordinator's records of
+    /// one kind (`host`, `zone`, `session`; `store::coordinator`).
+    fn coord_records(kind: str) => "coord:{}";
+    /// Counter: the coordinator's integer ids of one kind.
+    fn coord_ids(kind: str) => "coord:{}:ids";
+    /// Counter: the versions of every coordinator record.
+    fn coord_version() => "coord:version";
 }
 
 impl Keys {

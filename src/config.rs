@@ -208,30 +208,9 @@ pub struct Config {
     pub turn: TurnConfig,
     /// The operator console (`/admin`, `/admin/chat`, their WebSockets).
     pub console: ConsoleConfig,
-    /// The game coordinator's signaling WebSocket (`/api[/v1]/signaling/ws`).
-    pub coordinator_signaling: CoordinatorSignalingConfig,
     /// `POST /api/publish`: server-side messages to a room, a zone, a
     /// signaling session or a dashboard channel, on every node.
     pub publish: PublishConfig,
-}
-
-/// `[coordinator_signaling]`: the coordinator's signaling WebSocket
-/// (docs/DOORS.md, "Coordinator signaling").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CoordinatorSignalingConfig {
-    /// An `offer`, `answer` or `ice-candidate` reaches only a peer that
-    /// shares a signaling session with the sender (the old service let any
-    /// connected peer id be targeted); `false` restores that.
-    pub shared_session_only: bool,
-}
-
-impl Default for CoordinatorSignalingConfig {
-    fn default() -> Self {
-        Self {
-            shared_session_only: true,
-        }
-    }
 }
 
 /// `[publish]`: who may call `POST /api/publish` besides an admin
@@ -952,6 +931,9 @@ pub struct DoorsConfig {
     /// The dashboard server's clients (WebSocket at `/ws/`, `/api/config`,
     /// `/health`).
     pub dashboard: DashboardDoor,
+    /// The game P2P coordinator's clients (REST under `/api/` and
+    /// `/api/v1/`, `/`, `/health`).
+    pub coordinator: CoordinatorDoor,
 }
 
 /// `[doors.room_signaling]`
@@ -1196,6 +1178,7 @@ impl Config {
         c.cluster.redis_url = c.cluster.redis_url.redact();
         c.turn.secret = c.turn.secret.redact();
         c.publish.api_key = c.publish.api_key.redact();
+        c.doors.coordinator.api_key = c.doors.coordinator.api_key.redact();
         c
     }
 
@@ -1363,6 +1346,7 @@ impl Config {
             ),
             ("doors.room_signaling.ws_listen", d.room_signaling.ws_listen),
             ("doors.dashboard.listen", d.dashboard.listen),
+            ("doors.coordinator.listen", d.coordinator.listen),
         ]
         .into_iter()
         .filter_map(|(k, a)| a.map(|a| (k, a)))
@@ -1485,6 +1469,7 @@ impl Config {
             ));
         }
         self.validate_doors(&mut errs);
+        self.doors.coordinator.validate(&mut errs);
         self.validate_signin(&mut errs);
         let url = self.cluster.redis_url.expose();
         if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
@@ -1935,5 +1920,186 @@ mod tests {
         c.auth.jwt.hs256_secret = Secret::new("hunter2");
         let shown = format!("{:?} {}", c, serde_json::to_string(&c.redacted()).unwrap());
         assert!(!shown.contains("hunter2"));
+    }
+}
+
+/// `[doors.coordinator]`: the game P2P coordinator's REST API
+/// (docs/DOORS.md, "Coordinator").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorDoor {
+    /// Its own listener (the old service's port was 8001), where it owns
+    /// `/`, `/health`, `/api/...` and `/api/v1/...`; empty: none.
+    #[serde(with = "opt_addr")]
+    pub listen: Option<SocketAddr>,
+    /// Also serve its `/api/...` and `/api/v1/...` paths on the main
+    /// listener (whose `/` and `/health` belong to the node).
+    pub on_main: bool,
+    /// Signaling: an `offer`, `answer` or `ice-candidate` reaches only a
+    /// peer that shares a signaling session with the sender (the old
+    /// service let any connected peer id be targeted); `false` restores that.
+    pub shared_session_only: bool,
+    /// The v1 `X-API-Key` check: every path but its exemptions needs this
+    /// value in `api_key_header`; empty: no check (the old service's tests
+    /// send no key, and v0 had none). Redacted in logs.
+    pub api_key: Secret,
+    /// The header the key comes in.
+    pub api_key_header: String,
+    /// A host without a heartbeat for this long is offline: skipped by
+    /// selection and session checks at once, and marked offline by the
+    /// background work.
+    pub host_offline_after_s: u64,
+    /// How often the node holding the coordinator's lease checks sessions'
+    /// hosts (the old service: 30 s).
+    #[serde(rename = "health_interval_ms", with = "millis")]
+    pub health_interval: Duration,
+    /// How often it fails stale sessions (the old service: 5 min).
+    #[serde(rename = "cleanup_interval_ms", with = "millis")]
+    pub cleanup_interval: Duration,
+    /// A pending or active session unchanged for this long is stale (the
+    /// old service: 30 min).
+    pub session_timeout_s: u64,
+    /// How often every node asks for the coordinator's lease; the lease
+    /// lives three of these, so a dead holder is replaced within that.
+    #[serde(rename = "lease_tick_ms", with = "millis")]
+    pub lease_tick: Duration,
+    /// Lifetime of the access tokens `/api/v1/auth/token` issues (the old
+    /// service: 3600 s); refresh tokens live 7 days.
+    pub token_ttl_s: u64,
+    /// Zones that exist from the start (created when absent, never
+    /// overwritten, so API changes survive a restart).
+    pub zones: Vec<CoordinatorZone>,
+}
+
+impl Default for CoordinatorDoor {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            on_main: false,
+            shared_session_only: true,
+            api_key: Secret::default(),
+            api_key_header: "X-API-Key".into(),
+            host_offline_after_s: 60,
+            health_interval: Duration::from_secs(30),
+            cleanup_interval: Duration::from_secs(300),
+            session_timeout_s: 1800,
+            lease_tick: Duration::from_secs(2),
+            token_ttl_s: 3600,
+            zones: Vec::new(),
+        }
+    }
+}
+
+/// A zone declared in `[[doors.coordinator.zones]]`: the fields of the old
+/// service's `ZoneCreate`, with its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorZone {
+    /// Its id (required).
+    pub zone_id: String,
+    /// Its name (defaults to the id).
+    pub zone_name: String,
+    /// Its display name (defaults to the name).
+    pub zone_display_name: String,
+    /// Its map (defaults to the id).
+    pub map_name: String,
+    /// Most players in a session of this zone.
+    pub max_players: i64,
+    /// Echoed.
+    pub recommended_players: i64,
+    /// Sessions may be created in it.
+    pub p2p_enabled: bool,
+    /// 1..=10, the listing order.
+    pub p2p_priority: i64,
+    /// Echoed.
+    pub fallback_enabled: bool,
+    /// 0..=10: hosts below ten times this score are refused.
+    pub min_host_quality_score: f64,
+    /// Hosts with less network speed are refused.
+    pub min_bandwidth_mbps: i64,
+    /// Hosts with more latency are refused.
+    pub max_latency_ms: i64,
+    /// Echoed.
+    pub description: Option<String>,
+}
+
+impl Default for CoordinatorZone {
+    fn default() -> Self {
+        Self {
+            zone_id: String::new(),
+            zone_name: String::new(),
+            zone_display_name: String::new(),
+            map_name: String::new(),
+            max_players: 100,
+            recommended_players: 50,
+            p2p_enabled: true,
+            p2p_priority: 1,
+            fallback_enabled: true,
+            min_host_quality_score: 7.0,
+            min_bandwidth_mbps: 100,
+            max_latency_ms: 100,
+            description: None,
+        }
+    }
+}
+
+impl CoordinatorDoor {
+    /// True when the door is served somewhere.
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some() || self.on_main
+    }
+
+    /// Semantic checks of `[doors.coordinator]`.
+    fn validate(&self, errs: &mut Vec<String>) {
+        let k = "doors.coordinator";
+        if self.api_key_header.is_empty()
+            || !self
+                .api_key_header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            errs.push(format!(
+                "{k}.api_key_header: `{}` must be a header name (letters, digits, `-`, `_`)",
+                self.api_key_header
+            ));
+        }
+        for (key, v) in [
+            ("host_offline_after_s", self.host_offline_after_s),
+            ("session_timeout_s", self.session_timeout_s),
+            ("token_ttl_s", self.token_ttl_s),
+            (
+                "health_interval_ms",
+                self.health_interval.as_millis() as u64,
+            ),
+            (
+                "cleanup_interval_ms",
+                self.cleanup_interval.as_millis() as u64,
+            ),
+            ("lease_tick_ms", self.lease_tick.as_millis() as u64),
+        ] {
+            if v == 0 {
+                errs.push(format!("{k}.{key}: must be greater than 0"));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, z) in self.zones.iter().enumerate() {
+            let at = format!("{k}.zones[{i}]");
+            if z.zone_id.is_empty() {
+                errs.push(format!("{at}.zone_id: required"));
+            } else if !seen.insert(z.zone_id.as_str()) {
+                errs.push(format!("{at}.zone_id: `{}` is declared twice", z.zone_id));
+            }
+            if z.max_players < 1 {
+                errs.push(format!("{at}.max_players: must be at least 1"));
+            }
+            if !(1..=10).contains(&z.p2p_priority) {
+                errs.push(format!("{at}.p2p_priority: must be between 1 and 10"));
+            }
+            if !(0.0..=10.0).contains(&z.min_host_quality_score) {
+                errs.push(format!(
+                    "{at}.min_host_quality_score: must be between 0 and 10 (ten times it is the minimum 0-100 score)"
+                ));
+            }
+        }
     }
 }

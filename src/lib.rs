@@ -23,7 +23,8 @@
 //! - [`relay`] (direct signals across nodes), [`rooms`] (rooms and
 //!   presence), [`rendezvous`] (workers, pairing, STUN observations; [`stun`]
 //!   is the UDP responder), [`dashboard`] (the dashboard door's channels and
-//!   room registry): the parts built on the core, which know it and not each
+//!   room registry), [`coordinator`] (the game coordinator's hosts, zones,
+//!   sessions and background work): the parts built on the core, which know it and not each
 //!   other.
 //! - [`bus`] and [`store`]: the two cluster seams, with in-process backends
 //!   for the embedded single node and Redis backends ([`cluster`]) for a
@@ -43,6 +44,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod console;
+pub mod coordinator;
 pub mod core;
 pub mod dashboard;
 pub mod dialect;
@@ -148,6 +150,20 @@ pub async fn start(mut cfg: Config) -> Result<Started, StartError> {
     let effective = serde_json::to_string(&cfg.redacted()).expect("config serializes");
     let node = Node::build(cfg).await.map_err(StartError::Config)?;
     let core = &node.core;
+    if core.cfg.doors.coordinator.enabled() {
+        // The game coordinator's configured zones and background work
+        // (one node at a time, behind its lease).
+        // Zones first, so the first request finds them; when the store does
+        // not answer yet, the background work tries again.
+        let seeded = match coordinator::seed_zones(core).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "doors.coordinator.zones: not created yet; retrying");
+                false
+            }
+        };
+        core.spawn(coordinator::background(Arc::downgrade(&node), seeded));
+    }
     let (bus, store) = core.backend_names();
     tracing::info!(node = %core.id, bus, store, config = %effective, "starting switchboard {}", env!("CARGO_PKG_VERSION"));
     log_admission(&node);

@@ -195,6 +195,19 @@ pub const PUBLISHES: &str = "switchboard_publishes_total";
 /// lease, by `outcome` (`published`, `fetch-failed`, `invalid`), and zones
 /// skipped or not sent (`invalid-zone`, `publish-failed`).
 pub const PUBLISH_POLLS: &str = "switchboard_publish_polls_total";
+/// Counter: the coordinator's background work done on this node (the lease
+/// holder), by `task` (`health`, `cleanup`, `staleness`).
+pub const COORDINATOR_RUNS: &str = "switchboard_coordinator_runs_total";
+/// Counter: coordinator sessions this node marked failed, by `reason`
+/// (`host-offline`, `stale`).
+pub const COORDINATOR_SESSIONS_FAILED: &str = "switchboard_coordinator_sessions_failed_total";
+/// Counter: coordinator hosts this node marked offline (no heartbeat).
+pub const COORDINATOR_HOSTS_OFFLINE: &str = "switchboard_coordinator_hosts_offline_total";
+/// Gauge: 1 while this node holds the coordinator's lease.
+pub const COORDINATOR_LEASE_HELD: &str = "switchboard_coordinator_lease_held";
+/// Counter: coordinator REST requests, by `status` class (`2xx`, `3xx`,
+/// `4xx`, `5xx`).
+pub const COORDINATOR_REQUESTS: &str = "switchboard_coordinator_requests_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -527,5 +540,25 @@ fn describe() {
     describe_counter!(
         PUBLISH_POLLS,
         "publish.poll_url fetches and skipped zones, by outcome"
+    );
+    describe_counter!(
+        COORDINATOR_RUNS,
+        "Coordinator background work done on this node, by task"
+    );
+    describe_counter!(
+        COORDINATOR_SESSIONS_FAILED,
+        "Coordinator sessions this node marked failed, by reason"
+    );
+    describe_counter!(
+        COORDINATOR_HOSTS_OFFLINE,
+        "Coordinator hosts this node marked offline for want of a heartbeat"
+    );
+    describe_gauge!(
+        COORDINATOR_LEASE_HELD,
+        "1 while this node holds the coordinator's background lease"
+    );
+    describe_counter!(
+        COORDINATOR_REQUESTS,
+        "Coordinator REST requests, by status class"
     );
 }

@@ -31,7 +31,7 @@
 //! - `offer`/`answer {to, sdp}`, `ice-candidate {to, candidate}`: relayed;
 //!   `to and sdp required`, `to and candidate required`, `Failed to deliver
 //!   offer to <to>` (an undeliverable candidate is dropped, as before).
-//!   With `coordinator_signaling.shared_session_only` (the default) the
+//!   With `doors.coordinator.shared_session_only` (the default) the
 //!   target must share a session with the sender, else it is treated as
 //!   not connected.
 //! - additions: `join-zone {zone_id}` → `zone-joined {zone_id}`,
@@ -67,21 +67,10 @@ use crate::store::Door;
 use crate::types::{LeaveReason, PeerId, RoomName, SignalKind};
 use crate::ws::Data;
 
-/// The prefix of a signaling session's core room.
-pub const SESSION_PREFIX: &str = "coordinator/session/";
 /// The prefix of a zone's core room.
 pub const ZONE_PREFIX: &str = "coordinator/zone/";
 
-/// The core room of a signaling session.
-pub fn signaling_room(session_id: &str) -> String {
-    format!("{SESSION_PREFIX}{session_id}")
-}
-
-/// The core room of a zone's audience (what `POST /api/publish` with
-/// `zone` reaches).
-pub fn zone_room(zone_id: &str) -> String {
-    format!("coordinator/zone/{zone_id}")
-}
+pub use crate::coordinator::{signaling_room, zone_room, SESSION_PREFIX};
 
 /// The old service's text for a bad or expired `token` (error frame).
 pub const INVALID_TOKEN: &str = "Invalid or expired authentication token";
@@ -735,7 +724,7 @@ impl Coordinator {
             refused("invalid-target");
             return false;
         };
-        if node.core.cfg.coordinator_signaling.shared_session_only
+        if node.core.cfg.doors.coordinator.shared_session_only
             && !Self::shares_session(node, s, &target).await
         {
             refused("other-session");

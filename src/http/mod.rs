@@ -39,6 +39,7 @@
 
 pub mod api;
 pub mod console;
+pub mod coordinator;
 pub mod coordinator_ws;
 pub mod dashboard;
 pub mod demo;
@@ -102,9 +103,7 @@ pub fn router(state: AppState) -> Router {
         .merge(demo::routes())
         .merge(console::routes())
         .merge(operator)
-        // The coordinator's signaling WebSocket (its own admission) and
-        // the publish API (admins or `publish.api_key`, checked inside).
-        .merge(coordinator_ws::routes())
+        // The publish API (admins or `publish.api_key`, checked inside).
         .merge(publish::routes());
     let doors = &state.node.core.cfg.doors;
     if !doors.room_signaling.prefix.is_empty() {
@@ -119,6 +118,12 @@ pub fn router(state: AppState) -> Router {
             dashboard::routes(dashboard::Mount::Prefix(doors.dashboard.prefix.clone())),
         );
     }
+    if doors.coordinator.on_main {
+        // Its REST families and its signaling WebSocket (own admission).
+        main = main
+            .merge(coordinator::main_routes())
+            .merge(coordinator_ws::routes());
+    }
     finish(main, state)
 }
 
@@ -130,6 +135,11 @@ pub fn door_router(state: AppState, key: &str) -> Router {
         "doors.room_signaling.http_listen" => room_signaling::http_routes(),
         "doors.room_signaling.ws_listen" => room_signaling::ws_routes(),
         "doors.dashboard.listen" => dashboard::routes(dashboard::Mount::Own),
+        // The signaling WebSocket and the publish API are specific routes,
+        // which take precedence over the door's catch-all REST routes.
+        "doors.coordinator.listen" => coordinator::own_routes()
+            .merge(coordinator_ws::routes())
+            .merge(publish::routes()),
         other => unreachable!("no door listener is configured as {other}"),
     };
     finish(routes, state)

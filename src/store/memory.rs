@@ -26,6 +26,8 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
     /// The dashboard door's registry (its own lock: no operation touches both).
     dash: Mutex<super::dashboard::DashState>,
+    /// The coordinator's records (its own lock, like `dash`).
+    coord: Mutex<super::coordinator::CoordState>,
 }
 
 #[derive(Debug, Default)]
@@ -671,261 +673,46 @@ impl super::dashboard::DashRegistry for MemoryStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(p: &str) -> Member {
-        Member {
-            peer_id: PeerId::from_trusted(p),
-            meta: Value::Null,
-        }
+#[async_trait]
+impl super::coordinator::CoordStore for MemoryStore {
+    async fn coord_next_id(&self, kind: super::coordinator::CoordKind) -> Result<u64, StoreError> {
+        Ok(self.coord.lock().next_id(kind))
     }
 
-    #[tokio::test]
-    async fn room_capacity_and_epochs() {
-        let s = MemoryStore::default();
-        let r = RoomName::from_trusted("r");
-        assert!(s
-            .join_room(&r, &member("a"), 1, 2)
-            .await
-            .unwrap()
-            .is_empty());
-        assert_eq!(s.join_room(&r, &member("b"), 2, 2).await.unwrap().len(), 1);
-        assert!(matches!(
-            s.join_room(&r, &member("c"), 3, 2).await,
-            Err(StoreError::RoomFull)
-        ));
-        // a newer connection of `a` re-joins: allowed at capacity, old epoch can no longer leave
-        assert_eq!(s.join_room(&r, &member("a"), 4, 2).await.unwrap().len(), 1);
-        assert!(!s
-            .leave_room(&r, &PeerId::from_trusted("a"), 1)
-            .await
-            .unwrap());
-        assert!(s
-            .leave_room(&r, &PeerId::from_trusted("a"), 4)
-            .await
-            .unwrap());
-        let p = PeerId::from_trusted("p");
-        let loc = |e| PeerLocation {
-            node: NodeId::from_trusted("n"),
-            epoch: e,
-        };
-        assert_eq!(s.register_peer(&p, loc(1)).await.unwrap(), None);
-        assert_eq!(s.register_peer(&p, loc(2)).await.unwrap(), Some(loc(1)));
-        assert!(!s.unregister_peer(&p, 1).await.unwrap());
-        assert!(s.unregister_peer(&p, 2).await.unwrap());
+    async fn coord_get(
+        &self,
+        kind: super::coordinator::CoordKind,
+        key: &str,
+    ) -> Result<Option<super::coordinator::Versioned>, StoreError> {
+        Ok(self.coord.lock().get(kind, key))
     }
 
-    #[tokio::test]
-    async fn a_held_peer_id_is_taken_only_with_proof() {
-        let s = MemoryStore::default();
-        let p = PeerId::from_trusted("p");
-        let at = |n: &str, e| PeerLocation {
-            node: NodeId::from_trusted(n),
-            epoch: e,
-        };
-        let claim = |presented: Option<SecretHash>, secret: u8, token_for_id| Claim {
-            token_for_id,
-            presented,
-            secret: [secret; 32],
-        };
-        assert_eq!(
-            s.claim_peer(&p, at("a", 1), &claim(None, 1, false))
-                .await
-                .unwrap(),
-            Claimed::Registered(None)
-        );
-        // Another node, no proof or the wrong secret: refused, nothing changes.
-        for c in [claim(None, 2, false), claim(Some([9; 32]), 2, false)] {
-            assert_eq!(
-                s.claim_peer(&p, at("b", 2), &c).await.unwrap(),
-                Claimed::Taken(at("a", 1))
-            );
-        }
-        assert_eq!(s.locate_peer(&p).await.unwrap(), Some(at("a", 1)));
-        // The owner's secret takes it over, and the new secret replaces the old.
-        assert_eq!(
-            s.claim_peer(&p, at("b", 3), &claim(Some([1; 32]), 3, false))
-                .await
-                .unwrap(),
-            Claimed::Registered(Some(at("a", 1)))
-        );
-        assert_eq!(
-            s.claim_peer(&p, at("a", 4), &claim(Some([1; 32]), 4, false))
-                .await
-                .unwrap(),
-            Claimed::Taken(at("b", 3))
-        );
-        // A token for the id takes it over without a secret.
-        assert_eq!(
-            s.claim_peer(&p, at("a", 5), &claim(None, 5, true))
-                .await
-                .unwrap(),
-            Claimed::Registered(Some(at("b", 3)))
-        );
-        // The owner's own node decides by its hub: the store lets it through.
-        assert_eq!(
-            s.claim_peer(&p, at("a", 6), &claim(None, 6, false))
-                .await
-                .unwrap(),
-            Claimed::Registered(Some(at("a", 5)))
-        );
-        // Once unregistered the id is free again, and the secret is gone with it.
-        assert!(s.unregister_peer(&p, 6).await.unwrap());
-        assert!(s.inner.lock().secrets.is_empty());
-        assert_eq!(
-            s.claim_peer(&p, at("b", 7), &claim(None, 7, false))
-                .await
-                .unwrap(),
-            Claimed::Registered(None)
-        );
+    async fn coord_list(
+        &self,
+        kind: super::coordinator::CoordKind,
+    ) -> Result<Vec<(String, super::coordinator::Versioned)>, StoreError> {
+        Ok(self.coord.lock().list(kind))
     }
 
-    fn conn(p: &str, epoch: u64) -> WorkerConn {
-        WorkerConn {
-            peer_id: PeerId::from_trusted(p),
-            node: NodeId::from_trusted("n"),
-            epoch,
-            door: super::super::Door::Native,
-            observed_addr: "127.0.0.1:1".into(),
-        }
+    async fn coord_put(
+        &self,
+        kind: super::coordinator::CoordKind,
+        key: &str,
+        expected: u64,
+        json: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self.coord.lock().put(kind, key, expected, json))
     }
 
-    async fn queue(
-        s: &MemoryStore,
-        p: &str,
-        epoch: u64,
-        pool: &str,
-    ) -> Result<Enqueued, PairError> {
-        s.upsert_worker(&conn(p, epoch), &EndpointUpdate::default())
-            .await
-            .unwrap();
-        s.enqueue_or_match(
-            &PeerId::from_trusted(p),
-            epoch,
-            &PoolName::from_trusted(pool),
-            &Value::Null,
-            1,
-            &format!("pair-{p}"),
-        )
-        .await
-    }
-
-    fn pid(p: &str) -> PeerId {
-        PeerId::from_trusted(p)
-    }
-
-    fn matched(e: Enqueued) -> (String, String, String) {
-        match e {
-            Enqueued::Matched {
-                pairing_id,
-                initiator,
-                responder,
-            } => {
-                assert_eq!(initiator.partner.as_ref(), Some(&responder.peer_id));
-                assert_eq!(responder.partner.as_ref(), Some(&initiator.peer_id));
-                assert_eq!(initiator.pairing_id.as_deref(), Some(pairing_id.as_str()));
-                assert_eq!(responder.pairing_id.as_deref(), Some(pairing_id.as_str()));
-                (
-                    pairing_id,
-                    initiator.peer_id.to_string(),
-                    responder.peer_id.to_string(),
-                )
-            }
-            other => panic!("expected a match, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn matching_is_first_come_first_served_and_skips_stale_entries() {
-        let s = MemoryStore::default();
-        assert_eq!(queue(&s, "a", 1, "x").await.unwrap(), Enqueued::Queued);
-        // Queuing again keeps the place.
-        assert_eq!(queue(&s, "a", 1, "x").await.unwrap(), Enqueued::Queued);
-        let (id, i, r) = matched(queue(&s, "b", 2, "x").await.unwrap());
-        assert_eq!((id.as_str(), i.as_str(), r.as_str()), ("pair-b", "a", "b"));
-        assert!(matches!(
-            queue(&s, "a", 1, "x").await,
-            Err(PairError::AlreadyPaired(Which::A))
-        ));
-        // A queued worker that left is skipped; one that moved pools too.
-        assert_eq!(queue(&s, "c", 3, "x").await.unwrap(), Enqueued::Queued);
-        assert_eq!(s.remove_worker(&pid("c"), 3).await.unwrap(), None);
-        assert_eq!(queue(&s, "d", 4, "x").await.unwrap(), Enqueued::Queued);
-        assert_eq!(queue(&s, "d", 4, "y").await.unwrap(), Enqueued::Queued);
-        assert_eq!(queue(&s, "e", 5, "x").await.unwrap(), Enqueued::Queued);
-        let (_, i, r) = matched(queue(&s, "f", 6, "y").await.unwrap());
-        assert_eq!((i.as_str(), r.as_str()), ("d", "f"));
-        let (_, i, r) = matched(queue(&s, "g", 7, "x").await.unwrap());
-        assert_eq!((i.as_str(), r.as_str()), ("e", "g"));
-        // A stale connection cannot queue.
-        assert!(matches!(
-            s.enqueue_or_match(
-                &pid("g"),
-                99,
-                &PoolName::from_trusted("x"),
-                &Value::Null,
-                1,
-                "p"
-            )
-            .await,
-            Err(PairError::Stale)
-        ));
-    }
-
-    #[tokio::test]
-    async fn partners_are_freed_once() {
-        let s = MemoryStore::default();
-        queue(&s, "a", 1, "x").await.unwrap();
-        matched(queue(&s, "b", 2, "x").await.unwrap());
-        // Unpair frees both; the partner is returned.
-        match s.unpair_worker(&pid("a"), 1).await.unwrap() {
-            Unpaired::Paired(lost) => {
-                assert_eq!(lost.partner.peer_id, pid("b"));
-                assert_eq!(lost.partner.state, WorkerState::Idle);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            s.unpair_worker(&pid("b"), 2).await,
-            Err(PairError::NotPaired)
-        ));
-        // Manual pairing: errors name the worker.
-        assert!(matches!(
-            s.pair_workers(&pid("a"), &pid("a"), "m").await,
-            Err(PairError::SameWorker)
-        ));
-        assert!(matches!(
-            s.pair_workers(&pid("a"), &pid("zz"), "m").await,
-            Err(PairError::NotFound(Which::B))
-        ));
-        let (ra, rb) = s.pair_workers(&pid("a"), &pid("b"), "m").await.unwrap();
-        assert_eq!(
-            (ra.state, rb.state),
-            (WorkerState::Paired, WorkerState::Paired)
-        );
-        assert!(matches!(
-            s.pair_workers(&pid("b"), &pid("a"), "m2").await,
-            Err(PairError::AlreadyPaired(Which::A))
-        ));
-        // A stale epoch removes nothing; the current one frees the partner.
-        assert_eq!(s.remove_worker(&pid("a"), 7).await.unwrap(), None);
-        let lost = s.remove_worker(&pid("a"), 1).await.unwrap().unwrap();
-        assert_eq!(
-            (lost.pairing_id.as_str(), lost.partner.peer_id.as_str()),
-            ("m", "b")
-        );
-        // A newer connection replaces the record and frees the old partner.
-        queue(&s, "c", 3, "x").await.unwrap();
-        matched(queue(&s, "b", 2, "x").await.unwrap());
-        let lost = s
-            .upsert_worker(&conn("c", 30), &EndpointUpdate::default())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(lost.partner.peer_id, pid("b"));
-        let c = s.get_worker(&pid("c")).await.unwrap().unwrap();
-        assert_eq!((c.epoch, c.state), (30, WorkerState::Idle));
+    async fn coord_delete(
+        &self,
+        kind: super::coordinator::CoordKind,
+        key: &str,
+        expected: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.coord.lock().delete(kind, key, expected))
     }
 }
+
+// Tested by the store conformance suite (tests/it/store.rs and its
+// siblings), which runs every behaviour against this backend and Redis.

@@ -10,7 +10,9 @@
 //!   (and of a node's own entries after an outage);
 //! - [`Workers`]: rendezvous workers and their pairing;
 //! - [`dashboard::DashRegistry`]: the dashboard door's rooms and socket
-//!   counts.
+//!   counts;
+//! - [`coordinator::CoordStore`]: the game coordinator's hosts, zones and
+//!   sessions.
 //!
 //! [`Store`] is their union (plus a name for logs): the node holds an
 //! `Arc<dyn Store>`, on which every trait's methods can be called as they
@@ -23,6 +25,7 @@
 //! Every backend runs the same behaviour tests (`tests/it/store.rs`, against
 //! the memory store and a real `redis-server`).
 
+pub mod coordinator;
 pub mod dashboard;
 pub mod memory;
 pub mod redis;
@@ -39,6 +42,7 @@ use crate::types::{NodeId, PeerId, PoolName, RoomName};
 /// The store's traits, for code that calls a concrete backend (a trait
 /// object's supertrait methods need no import): `use crate::store::prelude::*;`.
 pub mod prelude {
+    pub use super::coordinator::CoordStore;
     pub use super::dashboard::DashRegistry;
     pub use super::{Directory, Liveness, Rooms, Store, Workers};
 }
@@ -834,7 +838,9 @@ pub trait Workers: Send + Sync + 'static {
 }
 
 /// The whole store, as the node holds it (`Arc<dyn Store>`).
-pub trait Store: Directory + Rooms + Liveness + Workers + dashboard::DashRegistry {
+pub trait Store:
+    Directory + Rooms + Liveness + Workers + dashboard::DashRegistry + coordinator::CoordStore
+{
     /// A short name for logs (`memory`, `redis`).
     fn name(&self) -> &'static str;
 }

@@ -13,6 +13,10 @@ use tokio_tungstenite::tungstenite;
 use crate::cluster_helpers::{spawn_cluster, unique_prefix, RedisServer};
 use crate::helpers::{http_client, metric, Client, TestNode};
 
+/// The door on the main listener (`[doors.coordinator] on_main`), where
+/// these tests reach its signaling socket.
+const ON_MAIN: (&str, &str) = ("SWITCHBOARD_DOORS__COORDINATOR__ON_MAIN", "true");
+
 const SECRET: &str = "coordinator-test-secret";
 
 fn url(node: &TestNode, query: &str) -> String {
@@ -73,7 +77,7 @@ async fn join(c: &mut Client, session: &str) -> String {
 
 #[tokio::test]
 async fn the_old_transcript_byte_for_byte() {
-    let node = TestNode::spawn(&[]);
+    let node = TestNode::spawn(&[ON_MAIN]);
     let mut a = Client::connect(&url(&node, "peer_id=A&session_id=S1")).await;
     assert_eq!(
         a.recv_text().await,
@@ -137,7 +141,7 @@ async fn the_old_transcript_byte_for_byte() {
 
 #[tokio::test]
 async fn the_handshake_needs_a_peer_id() {
-    let node = TestNode::spawn(&[]);
+    let node = TestNode::spawn(&[ON_MAIN]);
     for q in ["", "session_id=S1", "peer_id="] {
         for u in [url(&node, q), url_v1(&node, q)] {
             match Client::try_connect(&u, None).await {
@@ -168,7 +172,7 @@ async fn the_handshake_needs_a_peer_id() {
 
 #[tokio::test]
 async fn tokens_are_checked_and_a_bad_one_closes_with_1008() {
-    let node = TestNode::spawn(&[("SWITCHBOARD_AUTH__JWT__HS256_SECRET", SECRET)]);
+    let node = TestNode::spawn(&[ON_MAIN, ("SWITCHBOARD_AUTH__JWT__HS256_SECRET", SECRET)]);
     // Present but invalid: accepted, told, closed 1008.
     for bad in ["not-a-jwt".to_string(), token("someone-else")] {
         let mut c = Client::connect(&url_v1(&node, &format!("peer_id=A&token={bad}"))).await;
@@ -205,7 +209,7 @@ async fn tokens_are_checked_and_a_bad_one_closes_with_1008() {
 
 #[tokio::test]
 async fn bad_frames_get_error_frames_and_the_socket_stays_usable() {
-    let node = TestNode::spawn(&[]);
+    let node = TestNode::spawn(&[ON_MAIN]);
     let mut a = Client::connect(&url(&node, "peer_id=A")).await;
     let cases: [(&str, &str); 12] = [
         ("{not json", "Invalid JSON"),
@@ -268,7 +272,7 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_usable() {
 
 #[tokio::test]
 async fn rejoins_and_several_sessions_keep_the_old_quirks() {
-    let node = TestNode::spawn(&[]);
+    let node = TestNode::spawn(&[ON_MAIN]);
     // WARP generation A: the query's session, then a `join` of it again.
     let mut a = Client::connect(&url(&node, "peer_id=A&session_id=S1")).await;
     assert_eq!(
@@ -308,10 +312,13 @@ async fn rejoins_and_several_sessions_keep_the_old_quirks() {
 #[tokio::test]
 async fn signals_reach_only_peers_of_a_shared_session_unless_configured() {
     for (shared_only, delivered) in [("true", false), ("false", true)] {
-        let node = TestNode::spawn(&[(
-            "SWITCHBOARD_COORDINATOR_SIGNALING__SHARED_SESSION_ONLY",
-            shared_only,
-        )]);
+        let node = TestNode::spawn(&[
+            ON_MAIN,
+            (
+                "SWITCHBOARD_DOORS__COORDINATOR__SHARED_SESSION_ONLY",
+                shared_only,
+            ),
+        ]);
         let mut a = Client::connect(&url(&node, "peer_id=A&session_id=S1")).await;
         a.recv_text().await;
         let mut b = Client::connect(&url(&node, "peer_id=B&session_id=S2")).await;
@@ -351,7 +358,7 @@ async fn signals_reach_only_peers_of_a_shared_session_unless_configured() {
 
 #[tokio::test]
 async fn a_duplicate_peer_id_is_refused_unless_a_token_proves_it() {
-    let node = TestNode::spawn(&[]);
+    let node = TestNode::spawn(&[ON_MAIN]);
     let mut a = Client::connect(&url(&node, "peer_id=A&session_id=S")).await;
     a.recv_text().await;
     let mut dup = Client::connect(&url(&node, "peer_id=A&session_id=S")).await;
@@ -378,7 +385,7 @@ async fn a_duplicate_peer_id_is_refused_unless_a_token_proves_it() {
     );
 
     // With a token for the id, the newer socket takes it over.
-    let node = TestNode::spawn(&[("SWITCHBOARD_AUTH__JWT__HS256_SECRET", SECRET)]);
+    let node = TestNode::spawn(&[ON_MAIN, ("SWITCHBOARD_AUTH__JWT__HS256_SECRET", SECRET)]);
     let q = format!("peer_id=A&session_id=S&token={}", token("A"));
     let mut old = Client::connect(&url(&node, &q)).await;
     old.recv_text().await;
@@ -415,7 +422,7 @@ async fn a_duplicate_peer_id_is_refused_unless_a_token_proves_it() {
 async fn peers_on_different_nodes_join_one_session_and_signal_each_other() {
     let redis = RedisServer::start();
     let prefix = unique_prefix("coord-ws-two-nodes");
-    let nodes = spawn_cluster(&redis, &prefix, 2, &[]).await;
+    let nodes = spawn_cluster(&redis, &prefix, 2, &[ON_MAIN]).await;
     let mut a = Client::connect(&url(&nodes[0], "peer_id=host-1&session_id=sess-42")).await;
     assert_eq!(
         a.recv_text().await,
@@ -549,6 +556,7 @@ async fn publish_reaches_zones_sessions_rooms_and_channels_on_every_node() {
         &prefix,
         2,
         &[
+            ON_MAIN,
             ("SWITCHBOARD_HTTP__ADMIN_TOKEN", ADMIN),
             ("SWITCHBOARD_PUBLISH__API_KEY", KEY),
             ("SWITCHBOARD_DOORS__DASHBOARD__PREFIX", "/dashboard"),
@@ -669,6 +677,7 @@ async fn publish_reaches_zones_sessions_rooms_and_channels_on_every_node() {
 #[tokio::test]
 async fn publish_refuses_bad_bodies_and_callers() {
     let node = TestNode::spawn(&[
+        ON_MAIN,
         ("SWITCHBOARD_HTTP__ADMIN_TOKEN", ADMIN),
         ("SWITCHBOARD_PUBLISH__API_KEY", KEY),
     ]);
@@ -702,7 +711,7 @@ async fn publish_refuses_bad_bodies_and_callers() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["members"], 0);
     // Without an admin token or key configured: plain loopback only.
-    let open = TestNode::spawn(&[]);
+    let open = TestNode::spawn(&[ON_MAIN]);
     let (s, _) = publish(&open, &[], ok).await;
     assert_eq!(s, 200);
     let (s, body) = publish(&open, &[("x-forwarded-for", "203.0.113.9")], ok).await;
@@ -713,7 +722,7 @@ async fn publish_refuses_bad_bodies_and_callers() {
 async fn the_members_of_a_dead_node_leave_its_sessions() {
     let redis = RedisServer::start();
     let prefix = unique_prefix("coord-ws-dead-node");
-    let nodes = spawn_cluster(&redis, &prefix, 2, &[]).await;
+    let nodes = spawn_cluster(&redis, &prefix, 2, &[ON_MAIN]).await;
     let mut a = Client::connect(&url(&nodes[0], "peer_id=A&session_id=S")).await;
     a.recv_text().await;
     let mut b = Client::connect(&url(&nodes[1], "peer_id=B&session_id=S")).await;
@@ -740,7 +749,7 @@ async fn the_members_of_a_dead_node_leave_its_sessions() {
 
 #[tokio::test]
 async fn native_peers_in_a_session_signal_coordinator_clients() {
-    let node = TestNode::spawn(&[]);
+    let node = TestNode::spawn(&[ON_MAIN]);
     let mut n = Client::connect(&node.ws_url()).await;
     n.hello("native-1").await;
     n.join("coordinator/session/S").await;
@@ -828,6 +837,7 @@ async fn a_polled_url_is_published_to_its_zones_by_one_node_at_a_time() {
         &prefix,
         2,
         &[
+            ON_MAIN,
             ("SWITCHBOARD_PUBLISH__POLL_URL", &world),
             ("SWITCHBOARD_PUBLISH__POLL_INTERVAL_MS", "500"),
         ],

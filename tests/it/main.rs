@@ -14,13 +14,16 @@ mod room_records_cluster;
 mod sec_cluster;
 // The store's conformance suite: the library against memory and a real redis-server.
 mod store;
+mod store_coordinator;
 mod store_dashboard;
+mod store_fixture;
 
 mod auth;
 mod bad_input;
 mod codecs;
 mod config;
 mod console;
+mod coordinator_rest;
 mod coordinator_ws;
 mod dashboard;
 mod documented;

@@ -14,10 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use switchboard::cluster::{Keys, Redis, TEMPLATES};
-use switchboard::config::{ClusterConfig, Secret};
-use switchboard::store::memory::MemoryStore;
-use switchboard::store::redis::RedisStore;
+use switchboard::cluster::TEMPLATES;
 use switchboard::store::{
     all_rooms, now_ms, Claim, Claimed, Door, EndpointUpdate, Enqueued, Membership, PairError,
     PeerLocation, RoomAccess, RoomRecord, RoomSummary, Store, StoreError, Unpaired, Which,
@@ -26,86 +23,7 @@ use switchboard::store::{
 use switchboard::types::Member;
 use switchboard::types::{NodeId, PeerId, PoolName, RoomName};
 
-use crate::cluster_helpers::{unique_prefix, RedisServer};
-
-/// One backend under test.
-struct Fixture {
-    redis: Option<RedisServer>,
-    prefix: String,
-    memory: Arc<MemoryStore>,
-}
-
-impl Fixture {
-    fn memory() -> Self {
-        Self {
-            redis: None,
-            prefix: String::new(),
-            memory: Arc::new(MemoryStore::default()),
-        }
-    }
-
-    fn redis(test: &str) -> Self {
-        Self {
-            redis: Some(RedisServer::start()),
-            prefix: unique_prefix(test),
-            memory: Arc::new(MemoryStore::default()),
-        }
-    }
-
-    fn is_redis(&self) -> bool {
-        self.redis.is_some()
-    }
-
-    fn cluster_config(&self) -> ClusterConfig {
-        let redis = self.redis.as_ref().expect("a Redis fixture");
-        ClusterConfig {
-            redis_url: Secret::new(redis.url()),
-            key_prefix: self.prefix.clone(),
-            pool_size: 1,
-            command_timeout: std::time::Duration::from_millis(1_000),
-            ..ClusterConfig::default()
-        }
-    }
-
-    async fn connect(&self) -> Arc<Redis> {
-        Redis::connect(&self.cluster_config(), &Default::default())
-            .await
-            .expect("connect to redis-server")
-    }
-
-    /// The store as node `id` sees it.
-    async fn node(&self, id: &str) -> Arc<dyn Store> {
-        match &self.redis {
-            None => self.memory.clone(),
-            Some(_) => Arc::new(RedisStore::new(self.connect().await, node(id))),
-        }
-    }
-
-    /// A raw command to the Redis backend (panics on the memory one).
-    fn raw(&self, args: &[&str]) -> String {
-        self.redis.as_ref().expect("a Redis fixture").command(args)
-    }
-
-    /// The key names of this fixture's prefix.
-    fn keys(&self) -> Keys {
-        Keys::new(&self.prefix)
-    }
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn memory() {
-                super::$name(super::Fixture::memory()).await
-            }
-            #[tokio::test]
-            async fn redis() {
-                super::$name(super::Fixture::redis(stringify!($name))).await
-            }
-        }
-    )*};
-}
+use crate::store_fixture::{conformance, Fixture};
 
 conformance!(
     directory_newest_wins_and_epochs,

@@ -2,78 +2,14 @@
 //! one set of behaviour tests, run against the memory store and a real
 //! redis-server, as `store.rs` does for the other registries.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard::cluster::Redis;
-use switchboard::config::{ClusterConfig, Secret};
 use switchboard::store::dashboard::{
     DashCount, DashJoin, DashLimits, DashParticipant, DashRefusal, DashRoom,
 };
-use switchboard::store::memory::MemoryStore;
-use switchboard::store::redis::RedisStore;
-use switchboard::store::Store;
 use switchboard::types::NodeId;
 
-use crate::cluster_helpers::{unique_prefix, RedisServer};
-
-struct Fixture {
-    redis: Option<RedisServer>,
-    prefix: String,
-    memory: Arc<MemoryStore>,
-}
-
-impl Fixture {
-    fn memory() -> Self {
-        Self {
-            redis: None,
-            prefix: String::new(),
-            memory: Arc::new(MemoryStore::default()),
-        }
-    }
-
-    fn redis(test: &str) -> Self {
-        Self {
-            redis: Some(RedisServer::start()),
-            prefix: unique_prefix(test),
-            memory: Arc::new(MemoryStore::default()),
-        }
-    }
-
-    async fn node(&self, id: &str) -> Arc<dyn Store> {
-        match &self.redis {
-            None => self.memory.clone(),
-            Some(r) => {
-                let cfg = ClusterConfig {
-                    redis_url: Secret::new(r.url()),
-                    key_prefix: self.prefix.clone(),
-                    pool_size: 1,
-                    command_timeout: Duration::from_millis(1_000),
-                    ..ClusterConfig::default()
-                };
-                let conn = Redis::connect(&cfg, &Default::default())
-                    .await
-                    .expect("connect to redis-server");
-                Arc::new(RedisStore::new(conn, NodeId::from_trusted(id)))
-            }
-        }
-    }
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn memory() {
-                super::$name(super::Fixture::memory()).await
-            }
-            #[tokio::test]
-            async fn redis() {
-                super::$name(super::Fixture::redis(stringify!($name))).await
-            }
-        }
-    )*};
-}
+use crate::store_fixture::{conformance, Fixture};
 
 conformance!(
     rooms_keep_creation_order_and_versions_grow,

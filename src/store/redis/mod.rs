@@ -35,6 +35,7 @@
 //! type) becomes [`StoreError::Rejected`]; Redis being unreachable, slow or
 //! busy becomes [`StoreError::Unavailable`] (see `classify`).
 
+mod coordinator;
 mod dashboard;
 
 use std::sync::Arc;
@@ -96,6 +97,8 @@ pub(crate) const LUA_FILES: &[(&str, &str)] = &[
     ("dash_list.lua", include_str!("lua/dash_list.lua")),
     ("dash_sweep.lua", include_str!("lua/dash_sweep.lua")),
     ("dash_restore.lua", include_str!("lua/dash_restore.lua")),
+    ("coord_put.lua", include_str!("lua/coord_put.lua")),
+    ("coord_delete.lua", include_str!("lua/coord_delete.lua")),
 ];
 
 const MEMBER: &str = include_str!("lua/member.lua");
@@ -138,6 +141,7 @@ struct Scripts {
     list_workers: Script,
     node_workers: Script,
     dash: dashboard::DashScripts,
+    coord: coordinator::CoordScripts,
 }
 
 impl Scripts {
@@ -180,6 +184,10 @@ impl Scripts {
                 sweep: build(&[DASH], "dash_sweep.lua"),
                 restore: build(&[DASH], "dash_restore.lua"),
             },
+            coord: coordinator::CoordScripts {
+                put: build(&[], "coord_put.lua"),
+                delete: build(&[], "coord_delete.lua"),
+            },
         }
     }
 
@@ -217,6 +225,8 @@ impl Scripts {
             &self.dash.list,
             &self.dash.sweep,
             &self.dash.restore,
+            &self.coord.put,
+            &self.coord.delete,
         ]
     }
 }
