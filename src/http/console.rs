@@ -529,6 +529,18 @@ impl Handler for ChatConn {
     }
 }
 
+/// `search` (at most 256 bytes; none if longer) and `limit` (1 to
+/// [`crate::console::MAX_PAGE`], 50 when absent) of a list request.
+fn list_params(v: &Value) -> Option<(&str, usize)> {
+    let search = v.get("search").and_then(Value::as_str).unwrap_or("");
+    let limit = v
+        .get("limit")
+        .and_then(Value::as_u64)
+        .map_or(50, |l| l as usize)
+        .clamp(1, crate::console::MAX_PAGE);
+    (search.len() <= 256).then_some((search, limit))
+}
+
 fn error_frame(id: Option<&Value>, code: ErrorCode, message: impl Into<String>) -> Frame {
     let mut v = json!({"type": "error", "code": code.as_str(), "message": message.into()});
     if let Some(id) = id {
@@ -669,6 +681,8 @@ impl AdminConn {
                     }
                 }
             }
+            Some("peers") => self.peers_page(id, &v).await,
+            Some("rooms") => self.rooms_page(id, &v).await,
             Some("pair") => match (worker("a"), worker("b")) {
                 (Ok(a), Ok(b)) => self.pair(id, &a, &b).await,
                 (Err(f), _) | (_, Err(f)) => f,
@@ -682,7 +696,7 @@ impl AdminConn {
                 error_frame(
                     id,
                     ErrorCode::InvalidMessage,
-                    format!("unknown message type `{shown}` (query, pair, unpair)"),
+                    format!("unknown message type `{shown}` (query, peers, rooms, pair, unpair)"),
                 )
             }
             None => error_frame(
@@ -692,6 +706,97 @@ impl AdminConn {
             ),
         };
         self.send(reply).await;
+    }
+
+    /// `peers {node, search?, cursor?, limit?}`: one page of the peers
+    /// connected to `node` (any node of the cluster) whose id contains
+    /// `search`, walked with the store's cursor (docs/ADMIN.md).
+    async fn peers_page(&self, id: Option<&Value>, v: &Value) -> Frame {
+        let bad = |m: &str| error_frame(id, ErrorCode::InvalidMessage, m);
+        let Some(node) = v.get("node").and_then(Value::as_str) else {
+            return bad("`node` (a node id from the snapshot) is required");
+        };
+        let max = self.node.core.cfg.limits.max_name_bytes;
+        if node.is_empty() || node.len() > max || node.chars().any(char::is_control) {
+            return bad("`node` is not a node id");
+        }
+        let Some((search, limit)) = list_params(v) else {
+            return bad("`search` is at most 256 bytes");
+        };
+        let cursor = v.get("cursor").and_then(Value::as_u64).unwrap_or(0);
+        let node_id = crate::types::NodeId::from_trusted(node);
+        match self
+            .node
+            .core
+            .store
+            .scan_node_peers(&node_id, cursor, search, limit)
+            .await
+        {
+            Ok((next, ids)) => {
+                let mut r = json!({"type": "peers", "node": node, "search": search,
+                    "cursor": cursor, "next": next, "items": ids});
+                if let Some(id) = id {
+                    r["id"] = id.clone();
+                }
+                r.to_string().into()
+            }
+            Err(e) => {
+                let e: ClientError = crate::core::cluster_err(e);
+                error_frame(id, e.code, e.message)
+            }
+        }
+    }
+
+    /// `rooms {search?, after?, limit?}`: one page of the cluster's rooms
+    /// (name order, after the room `after`) whose name contains `search`,
+    /// with their member counts.
+    async fn rooms_page(&self, id: Option<&Value>, v: &Value) -> Frame {
+        let bad = |m: &str| error_frame(id, ErrorCode::InvalidMessage, m);
+        let Some((search, limit)) = list_params(v) else {
+            return bad("`search` is at most 256 bytes");
+        };
+        let max = self.node.core.cfg.limits.max_name_bytes;
+        let mut after = match v.get("after") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(a)) => match crate::types::RoomName::parse(a, max) {
+                Ok(r) => Some(r),
+                Err(e) => return bad(&format!("`after` {e}")),
+            },
+            Some(_) => return bad("`after` is a room name or null"),
+        };
+        let mut items = Vec::new();
+        // A search filters pages of the store's listing: at most 20 of them
+        // per answer, so a rare match costs a bounded walk; `next` resumes.
+        for _ in 0..20 {
+            let page = match self.node.core.store.list_rooms(after.as_ref(), limit).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let e: ClientError = crate::core::cluster_err(e);
+                    return error_frame(id, e.code, e.message);
+                }
+            };
+            for r in page.rooms {
+                if items.len() < limit && r.room.as_str().contains(search) {
+                    after = Some(r.room.clone());
+                    items.push(r);
+                } else if items.len() >= limit {
+                    break;
+                } else {
+                    after = Some(r.room.clone());
+                }
+            }
+            if items.len() >= limit || page.next.is_none() {
+                if page.next.is_none() && items.len() < limit {
+                    after = None;
+                }
+                break;
+            }
+        }
+        let mut r = json!({"type": "rooms", "search": search, "items": items, "next": after});
+        if let Some(id) = id {
+            r["id"] = id.clone();
+        }
+        r.to_string().into()
     }
 
     async fn pair(&self, id: Option<&Value>, a: &PeerId, b: &PeerId) -> Frame {

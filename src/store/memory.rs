@@ -177,6 +177,28 @@ impl Directory for MemoryStore {
         Ok(self.inner.lock().peers.get(peer).cloned())
     }
 
+    async fn scan_node_peers(
+        &self,
+        node: &NodeId,
+        cursor: u64,
+        search: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<PeerId>), StoreError> {
+        // The cursor is an offset into the node's peers in id order.
+        let inner = self.inner.lock();
+        let mut ids: Vec<&PeerId> = inner
+            .peers
+            .iter()
+            .filter(|(p, loc)| loc.node == *node && p.as_str().contains(search))
+            .map(|(p, _)| p)
+            .collect();
+        ids.sort_unstable();
+        let start = (cursor as usize).min(ids.len());
+        let end = start.saturating_add(count.max(1)).min(ids.len());
+        let next = if end == ids.len() { 0 } else { end as u64 };
+        Ok((next, ids[start..end].iter().map(|p| (*p).clone()).collect()))
+    }
+
     async fn reregister_peer(
         &self,
         peer: &PeerId,

@@ -585,6 +585,20 @@ pub trait Directory: Send + Sync + 'static {
         peer: &PeerId,
         loc: PeerLocation,
     ) -> Result<Option<PeerLocation>, StoreError>;
+    /// One page of the peers `node` registered whose id contains `search`
+    /// (a plain substring), for the operator console: from `cursor` (0 to
+    /// start) about `count` ids, and the cursor of the next page (0 at the
+    /// end). Redis walks the node's set with SSCAN, so a page may hold
+    /// fewer (even none) or a few more than `count` ids while the next
+    /// cursor is not 0, and a peer that comes or goes meanwhile may be
+    /// missed or listed twice; every peer present throughout is listed.
+    async fn scan_node_peers(
+        &self,
+        node: &NodeId,
+        cursor: u64,
+        search: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<PeerId>), StoreError>;
 }
 
 /// Rooms: records and members.

@@ -552,3 +552,121 @@ async fn chat_and_pairing_cross_nodes_through_redis() {
         assert_eq!(e["other"], "wb");
     }
 }
+
+/// `peers` and `rooms` on the admin socket: pages of the peers of any node
+/// and of the cluster's rooms, searched on the server, walked by cursor;
+/// bad requests get an error frame.
+#[tokio::test]
+async fn peer_and_room_lists_page_and_search_across_nodes() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("console-lists");
+    let nodes = spawn_cluster(
+        &redis,
+        &prefix,
+        2,
+        &[("SWITCHBOARD_HTTP__ADMIN_TOKEN", TOKEN)],
+    )
+    .await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // Five peers on node B, in rooms; two on node A.
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let mut c = b.peer(&format!("bee-{i}")).await;
+        c.join(&format!("room-{}", i % 3)).await;
+        clients.push(c);
+    }
+    for p in ["ant-0", "ant-1"] {
+        let mut c = a.peer(p).await;
+        c.join("ants").await;
+        clients.push(c);
+    }
+    let mut admin = socket(a, "/ws/admin").await;
+    next_of(&mut admin, "snapshot").await;
+    let ask = async |admin: &mut Ws, v: Value| -> Value {
+        send(admin, v).await;
+        loop {
+            let r = next_json(admin).await;
+            if r["id"] == "l" {
+                return r;
+            }
+        }
+    };
+    // Node B's peers from node A, two to a page, every one once.
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    for _ in 0..20 {
+        let r = ask(
+            &mut admin,
+            json!({"type": "peers", "id": "l", "node": "node-2", "cursor": cursor, "limit": 2}),
+        )
+        .await;
+        assert_eq!(r["type"], "peers", "{r}");
+        seen.extend(
+            r["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().to_string()),
+        );
+        cursor = r["next"].as_u64().unwrap();
+        if cursor == 0 {
+            break;
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["bee-0", "bee-1", "bee-2", "bee-3", "bee-4"]);
+    let r = ask(
+        &mut admin,
+        json!({"type": "peers", "id": "l", "node": "node-1", "search": "ant-1"}),
+    )
+    .await;
+    assert_eq!(
+        (r["items"].clone(), r["next"].clone()),
+        (json!(["ant-1"]), json!(0))
+    );
+    // Rooms: all four, then a search, then a page of one and its follower.
+    let r = ask(&mut admin, json!({"type": "rooms", "id": "l"})).await;
+    let names: Vec<&str> = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["room"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ants", "room-0", "room-1", "room-2"], "{r}");
+    assert_eq!(r["items"][1]["members"], 2);
+    assert_eq!(r["next"], Value::Null);
+    let r = ask(
+        &mut admin,
+        json!({"type": "rooms", "id": "l", "search": "room-", "limit": 1}),
+    )
+    .await;
+    assert_eq!(
+        (r["items"][0]["room"].clone(), r["next"].clone()),
+        (json!("room-0"), json!("room-0"))
+    );
+    let r = ask(
+        &mut admin,
+        json!({"type": "rooms", "id": "l", "search": "room-", "after": "room-0", "limit": 2}),
+    )
+    .await;
+    let names: Vec<&str> = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["room"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["room-1", "room-2"], "{r}");
+    // Bad requests: an error frame each.
+    for bad in [
+        json!({"type": "peers", "id": "l"}),
+        json!({"type": "peers", "id": "l", "node": "node-1", "search": "x".repeat(300)}),
+        json!({"type": "rooms", "id": "l", "after": 5}),
+    ] {
+        let r = ask(&mut admin, bad.clone()).await;
+        assert_eq!(
+            (r["type"].clone(), r["code"].clone()),
+            (json!("error"), json!("invalid-message")),
+            "{bad} -> {r}"
+        );
+    }
+}

@@ -27,6 +27,7 @@ use crate::store_fixture::{conformance, Fixture};
 
 conformance!(
     directory_newest_wins_and_epochs,
+    a_nodes_peers_are_listed_in_pages_and_searched,
     a_held_peer_id_is_taken_only_with_proof,
     implicit_rooms_come_and_go_with_their_members,
     explicit_rooms_stay_until_deleted,
@@ -1146,4 +1147,50 @@ async fn script_errors_are_refusals_and_a_dead_redis_an_outage() {
         Err(e @ StoreError::Unavailable(_)) => assert!(e.is_transient()),
         other => panic!("expected an outage, got {other:?}"),
     }
+}
+
+/// `scan_node_peers` (the operator console's peer list): every peer of the
+/// node once over the pages, none of another node's, and a search is a
+/// literal substring (glob characters included).
+async fn a_nodes_peers_are_listed_in_pages_and_searched(fx: Fixture) {
+    let (a, b) = (fx.node("n1").await, fx.node("n2").await);
+    let mut want = HashSet::new();
+    for i in 0..25 {
+        let p = format!("p-{i:02}");
+        a.register_peer(&pid(&p), at("n1", i)).await.unwrap();
+        want.insert(p);
+    }
+    a.register_peer(&pid("a*b"), at("n1", 99)).await.unwrap();
+    want.insert("a*b".to_string());
+    for i in 0..3 {
+        b.register_peer(&pid(&format!("q-{i}")), at("n2", i))
+            .await
+            .unwrap();
+    }
+    let walk = |search: &'static str| {
+        let a = a.clone();
+        async move {
+            let mut seen = HashSet::new();
+            let mut cursor = 0;
+            for _ in 0..100 {
+                let (next, ids) = a
+                    .scan_node_peers(&node("n1"), cursor, search, 10)
+                    .await
+                    .unwrap();
+                seen.extend(ids.into_iter().map(|p| p.to_string()));
+                if next == 0 {
+                    return seen;
+                }
+                cursor = next;
+            }
+            panic!("no last page after 100");
+        }
+    };
+    assert_eq!(walk("").await, want);
+    let tens: HashSet<String> = (10..20).map(|i| format!("p-{i}")).collect();
+    assert_eq!(walk("-1").await, tens);
+    assert_eq!(walk("*").await, HashSet::from(["a*b".to_string()]));
+    assert!(walk("nobody").await.is_empty());
+    let (_, q) = b.scan_node_peers(&node("n2"), 0, "", 100).await.unwrap();
+    assert_eq!(q.len(), 3);
 }

@@ -11,6 +11,11 @@ let nodes = [];
 let workerCount = null;
 const pairings = new Map();
 let nextId = 1;
+// Peer and room lists: pages fetched on request (server-side cursors).
+let peersQuery = { node: null, search: "", cursor: 0 };
+let peersNext = 0;
+let roomsQuery = { search: "", after: null };
+let roomsNext = null;
 let backoff = 500;
 
 function cell(tr, text, cls) {
@@ -100,6 +105,59 @@ function renderWorkers(page) {
   $("next").disabled = page.offset + page.items.length >= total;
 }
 
+function renderPeerNodes() {
+  const sel = $("peers-node");
+  const ids = nodes.map((n) => n.id);
+  if (ids.join("\n") === [...sel.options].map((o) => o.value).join("\n")) return;
+  const keep = sel.value;
+  sel.replaceChildren();
+  for (const id of ids) {
+    const o = document.createElement("option");
+    o.value = id;
+    o.textContent = id;
+    sel.appendChild(o);
+  }
+  if (ids.includes(keep)) sel.value = keep;
+  if (peersQuery.node == null && ids.length) askPeers(0);
+}
+
+function askPeers(cursor) {
+  peersQuery = { node: $("peers-node").value, search: $("peers-search").value, cursor };
+  if (peersQuery.node) send({ type: "peers", ...peersQuery, limit: PAGE });
+}
+
+function renderPeers(m) {
+  peersNext = m.next;
+  const list = $("peers");
+  list.replaceChildren();
+  for (const id of m.items) {
+    const li = document.createElement("li");
+    li.textContent = id;
+    list.appendChild(li);
+  }
+  $("peers-next").disabled = m.next === 0;
+}
+
+function askRooms(after) {
+  roomsQuery = { search: $("rooms-search").value, after };
+  send({ type: "rooms", ...roomsQuery, limit: PAGE });
+}
+
+function renderRooms(m) {
+  roomsNext = m.next;
+  const body = $("rooms").tBodies[0];
+  body.replaceChildren();
+  for (const r of m.items) {
+    const tr = document.createElement("tr");
+    cell(tr, r.room);
+    cell(tr, r.members);
+    cell(tr, r.explicit ? "created" : "by join");
+    cell(tr, r.expires_at ? new Date(r.expires_at).toISOString() : null);
+    body.appendChild(tr);
+  }
+  $("rooms-next").disabled = m.next == null;
+}
+
 function renderPairings() {
   const ul = $("pairings");
   ul.replaceChildren();
@@ -154,6 +212,8 @@ function onMessage(ev) {
     case "snapshot":
       nodes = m.nodes;
       renderNodes();
+      renderPeerNodes();
+      askRooms(null);
       if (m.counts.workers != null) workerCount = m.counts.workers;
       renderWorkers({ ...m.workers, count: m.counts.workers });
       pairings.clear();
@@ -164,11 +224,17 @@ function onMessage(ev) {
       if (query.search || query.offset) send({ type: "query", ...query });
       break;
     case "delta":
-      if (m.nodes) { nodes = m.nodes; renderNodes(); }
+      if (m.nodes) { nodes = m.nodes; renderNodes(); renderPeerNodes(); }
       if (m.events.length) addEvents(m.events);
       break;
     case "workers":
       if (m.search === query.search && m.offset === query.offset) renderWorkers(m);
+      break;
+    case "peers":
+      if (m.node === peersQuery.node && m.search === peersQuery.search && m.cursor === peersQuery.cursor) renderPeers(m);
+      break;
+    case "rooms":
+      if (m.search === roomsQuery.search) renderRooms(m);
       break;
     case "result":
       result(m.op === "pair" ? `paired (${m.pairing_id})` : `unpaired ${m.worker}`, false);
@@ -211,6 +277,21 @@ $("prev").addEventListener("click", () => {
 $("next").addEventListener("click", () => {
   if (query.offset + PAGE < total) query.offset += PAGE;
   send({ type: "query", ...query });
+});
+$("peers-node").addEventListener("change", () => askPeers(0));
+$("peers-first").addEventListener("click", () => askPeers(0));
+$("peers-next").addEventListener("click", () => { if (peersNext) askPeers(peersNext); });
+let peersTimer = null;
+$("peers-search").addEventListener("input", () => {
+  clearTimeout(peersTimer);
+  peersTimer = setTimeout(() => askPeers(0), 200);
+});
+$("rooms-first").addEventListener("click", () => askRooms(null));
+$("rooms-next").addEventListener("click", () => { if (roomsNext != null) askRooms(roomsNext); });
+let roomsTimer = null;
+$("rooms-search").addEventListener("input", () => {
+  clearTimeout(roomsTimer);
+  roomsTimer = setTimeout(() => askRooms(null), 200);
 });
 $("pair").addEventListener("click", () => {
   send({ type: "pair", a: $("pair-a").value.trim(), b: $("pair-b").value.trim() });

@@ -644,6 +644,48 @@ impl Directory for RedisStore {
         Ok(v.as_deref().and_then(parse_loc))
     }
 
+    async fn scan_node_peers(
+        &self,
+        node: &NodeId,
+        cursor: u64,
+        search: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<PeerId>), StoreError> {
+        // SSCAN's MATCH is a glob: the search is a literal substring.
+        let mut pattern = String::from("*");
+        for c in search.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let (next, ids): (String, Vec<String>) = self
+            .r
+            .client()
+            .custom(
+                fred::types::CustomCommand::new_static(
+                    "SSCAN",
+                    fred::types::ClusterHash::FirstKey,
+                    false,
+                ),
+                vec![
+                    self.r.keys.node_peers(node),
+                    cursor.to_string(),
+                    "MATCH".into(),
+                    pattern,
+                    "COUNT".into(),
+                    count.max(1).to_string(),
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        let next = next
+            .parse()
+            .map_err(|_| StoreError::Rejected(format!("SSCAN answered the cursor `{next}`")))?;
+        Ok((next, ids.into_iter().map(PeerId::from_trusted).collect()))
+    }
+
     async fn reregister_peer(
         &self,
         peer: &PeerId,
