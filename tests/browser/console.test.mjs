@@ -83,6 +83,12 @@ async function main() {
     assert.equal(await row.locator("td").nth(1).textContent(), "node-b");
     stun.sock.close();
 
+    step("the peer list of node B, searched on the server, shows the worker");
+    await page.selectOption("#peers-node", "node-b");
+    await page.fill("#peers-search", "worker-");
+    await page.locator("#peers li", { hasText: "worker-b" }).waitFor({ timeout: 5000 });
+    assert.equal(await page.locator("#peers li").count(), 1);
+
     step("pairing two workers on different nodes by hand: both get paired, the log shows it");
     const wa = new Worker(a.addr, "worker-a");
     workers.push(wa);
