@@ -1036,21 +1036,8 @@ async fn sweep_rooms(node: std::sync::Weak<Node>) {
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
-        if !node.core.bus.is_connected() {
+        if !node.core.bus.is_connected() || !node.core.hold_lease(SWEEPER_LEASE, lease).await {
             continue;
-        }
-        match node
-            .core
-            .store
-            .try_lease(SWEEPER_LEASE, &node.core.id, lease)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                debug!(error = %e, "the room sweeper's lease could not be asked for");
-                continue;
-            }
         }
         match node.rooms.sweep_expired().await {
             Ok(0) => {}

@@ -1146,13 +1146,7 @@ pub async fn background(node: std::sync::Weak<Node>, mut seeded: bool) {
         if !seeded {
             seeded = seed_zones(core).await.is_ok();
         }
-        let held = match core.store.try_lease(LEASE, &core.id, lease).await {
-            Ok(h) => h,
-            Err(e) => {
-                debug!(error = %e, "the coordinator's lease could not be asked for");
-                false
-            }
-        };
+        let held = core.hold_lease(LEASE, lease).await;
         ::metrics::gauge!(m::COORDINATOR_LEASE_HELD).set(if held { 1.0 } else { 0.0 });
         if !held {
             last_health = None;

@@ -142,6 +142,20 @@ impl Core {
         self.next_epoch.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Asks for the store lease `name` for `ttl` on behalf of this node (the
+    /// one-runner-at-a-time of the cluster's background work): true while
+    /// this node holds it; false when another node does or the store cannot
+    /// answer (logged at debug: the next tick asks again).
+    pub async fn hold_lease(&self, name: &str, ttl: std::time::Duration) -> bool {
+        match self.store.try_lease(name, &self.id, ttl).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::debug!(lease = name, error = %e, "a lease could not be asked for");
+                false
+            }
+        }
+    }
+
     /// True once shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)

@@ -67,21 +67,8 @@ async fn poll_loop(node: Weak<Node>) {
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
-        if !node.core.bus.is_connected() {
+        if !node.core.bus.is_connected() || !node.core.hold_lease(POLLER_LEASE, lease).await {
             continue;
-        }
-        match node
-            .core
-            .store
-            .try_lease(POLLER_LEASE, &node.core.id, lease)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                debug!(error = %e, "the publish poller's lease could not be asked for");
-                continue;
-            }
         }
         let (host, port, path) = &target;
         let body = match tokio::time::timeout(within, fetch(host, *port, path, within)).await {
