@@ -817,6 +817,9 @@ impl Node {
     /// (or a last bounded wait has passed).
     pub async fn drain(&self, grace: Duration) {
         self.core.start_draining();
+        // Background work (room sweeper, coordinator, publish poller) moves
+        // to another node at its next tick.
+        self.core.release_leases().await;
         let handles = self.core.hub.handles();
         info!(
             connections = handles.len(),

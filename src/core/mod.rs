@@ -60,6 +60,9 @@ pub struct Core {
     dirty: AtomicBool,
     /// Set once shutdown has begun: readiness fails, new sockets are refused.
     draining: AtomicBool,
+    /// The store leases this node asked for (see [`Core::hold_lease`]), so
+    /// that a drain can hand them back ([`Core::release_leases`]).
+    leases: parking_lot::Mutex<Vec<&'static str>>,
     /// Nodes whose heartbeat was alive at the last refresh: a STUN
     /// observation naming another node is published only to one of these,
     /// and a peer id held on a dead node is free.
@@ -108,6 +111,7 @@ impl Core {
             next_epoch: AtomicU64::new(rand::random::<u64>() >> 1),
             dirty: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            leases: parking_lot::Mutex::new(Vec::new()),
             live_nodes: RwLock::new(HashSet::new()),
             close_all: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -144,14 +148,39 @@ impl Core {
 
     /// Asks for the store lease `name` for `ttl` on behalf of this node (the
     /// one-runner-at-a-time of the cluster's background work): true while
-    /// this node holds it; false when another node does or the store cannot
-    /// answer (logged at debug: the next tick asks again).
-    pub async fn hold_lease(&self, name: &str, ttl: std::time::Duration) -> bool {
+    /// this node holds it; false when another node does, when the store
+    /// cannot answer (logged at debug: the next tick asks again), and once
+    /// this node drains (a draining node hands its work over: see
+    /// [`Core::release_leases`]).
+    pub async fn hold_lease(&self, name: &'static str, ttl: std::time::Duration) -> bool {
+        if self.is_draining() {
+            return false;
+        }
+        {
+            let mut leases = self.leases.lock();
+            if !leases.contains(&name) {
+                leases.push(name);
+            }
+        }
         match self.store.try_lease(name, &self.id, ttl).await {
             Ok(held) => held,
             Err(e) => {
                 tracing::debug!(lease = name, error = %e, "a lease could not be asked for");
                 false
+            }
+        }
+    }
+
+    /// Gives back every lease this node holds (at the start of a drain), so
+    /// another node takes the work over at its next tick rather than when
+    /// the lease expires. Best effort: a lease the store cannot release now
+    /// expires by itself (and a tick that asked just before the drain began
+    /// may renew it once, until it expires).
+    pub async fn release_leases(&self) {
+        let names = self.leases.lock().clone();
+        for name in names {
+            if let Err(e) = self.store.release_lease(name, &self.id).await {
+                tracing::debug!(lease = name, error = %e, "a lease could not be released");
             }
         }
     }

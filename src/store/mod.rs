@@ -782,6 +782,9 @@ pub trait Liveness: Send + Sync + 'static {
         holder: &NodeId,
         ttl: Duration,
     ) -> Result<bool, StoreError>;
+    /// Gives the lease `name` back when `holder` holds it (nothing
+    /// otherwise), so another holder may take it at once.
+    async fn release_lease(&self, name: &str, holder: &NodeId) -> Result<(), StoreError>;
 }
 
 /// Rendezvous workers and their pairing.

@@ -981,3 +981,60 @@ async fn the_own_listener_also_serves_the_signaling_socket_and_publish() {
     let (s, body) = get(addr, "/api/nothing-here").await;
     assert_eq!((s, body), (404, json!({"detail": "Not Found"})));
 }
+
+/// A node that drains hands its background lease back at once: another
+/// node holds it at its next tick, long before the lease would have
+/// expired (lease_tick_ms 4000: the lease lives 12 s, so a holder that only
+/// stopped renewing would keep it for at least 8 s after its SIGTERM).
+#[tokio::test]
+async fn a_draining_holder_hands_the_lease_over_at_once() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("coord-handover");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "[doors.coordinator]\non_main = true\nlease_tick_ms = 4000\n",
+    )
+    .unwrap();
+    let nodes: Vec<TestNode> = (0..2)
+        .map(|i| {
+            let mut env = cluster_env(&redis, &prefix, &format!("node-{}", i + 1));
+            // The drain lasts long: the handover must not wait for the exit.
+            env.push((
+                "SWITCHBOARD_SHUTDOWN__GRACE_PERIOD_MS".into(),
+                "30000".into(),
+            ));
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            TestNode::spawn_with_args(&["--config", file.to_str().unwrap()], &env)
+        })
+        .collect();
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let first = holder(&all, Duration::from_secs(20)).await;
+    let other = 1 - first;
+    let lease_key = format!("{prefix}:lease:coordinator");
+    assert_eq!(
+        redis.command(&["GET", &lease_key]),
+        format!("$6\r\nnode-{}\r\n", first + 1)
+    );
+    nodes[first].sigterm();
+    let t = Instant::now();
+    // The other node's next tick (within 4 s) takes it.
+    let deadline = t + Duration::from_secs(7);
+    loop {
+        if metric(&nodes[other], "switchboard_coordinator_lease_held").await == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease did not move within 7 s of the holder's SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        redis.command(&["GET", &lease_key]),
+        format!("$6\r\nnode-{}\r\n", other + 1)
+    );
+    eprintln!("lease handed over {:?} after SIGTERM", t.elapsed());
+}

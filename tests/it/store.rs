@@ -625,6 +625,13 @@ async fn a_lease_has_one_holder(fx: Fixture) {
     assert!(t.try_lease("sweeper", &node("m"), ttl).await.unwrap());
     assert!(!s.try_lease("sweeper", &node("n"), ttl).await.unwrap());
     assert_eq!(fx.raw(&["GET", &k.lease("sweeper")]), "$1\r\nm\r\n");
+    // Released by another than its holder: nothing changes; by its holder
+    // (a draining node): the next caller takes it at once.
+    s.release_lease("sweeper", &node("n")).await.unwrap();
+    assert!(!s.try_lease("sweeper", &node("n"), ttl).await.unwrap());
+    t.release_lease("sweeper", &node("m")).await.unwrap();
+    assert_eq!(fx.raw(&["EXISTS", &k.lease("sweeper")]), ":0\r\n");
+    assert!(s.try_lease("sweeper", &node("n"), ttl).await.unwrap());
 }
 
 async fn joins_replace_older_connections_and_restore_ignores_limits(fx: Fixture) {

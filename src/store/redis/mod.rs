@@ -73,6 +73,7 @@ pub(crate) const LUA_FILES: &[(&str, &str)] = &[
     ("delete_room.lua", include_str!("lua/delete_room.lua")),
     ("expire_room.lua", include_str!("lua/expire_room.lua")),
     ("lease.lua", include_str!("lua/lease.lua")),
+    ("release_lease.lua", include_str!("lua/release_lease.lua")),
     ("list_rooms.lua", include_str!("lua/list_rooms.lua")),
     ("join.lua", include_str!("lua/join.lua")),
     ("leave.lua", include_str!("lua/leave.lua")),
@@ -128,6 +129,7 @@ struct Scripts {
     delete_room: Script,
     expire_room: Script,
     lease: Script,
+    release_lease: Script,
     list_rooms: Script,
     join: Script,
     leave: Script,
@@ -162,6 +164,7 @@ impl Scripts {
             delete_room: build(&[MEMBER, ROOM], "delete_room.lua"),
             expire_room: build(&[MEMBER, ROOM], "expire_room.lua"),
             lease: build(&[], "lease.lua"),
+            release_lease: build(&[], "release_lease.lua"),
             list_rooms: build(&[], "list_rooms.lua"),
             join: build(&[MEMBER, ROOM], "join.lua"),
             leave: build(&[MEMBER, ROOM], "leave.lua"),
@@ -1124,6 +1127,20 @@ impl Liveness for RedisStore {
             .await
             .map_err(classify)?;
         Ok(held == 1)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &NodeId) -> Result<(), StoreError> {
+        let _: i64 = self
+            .scripts
+            .release_lease
+            .evalsha_with_reload(
+                self.r.client(),
+                vec![self.r.keys.lease(name)],
+                vec![holder.to_string()],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 
     async fn goodbye(&self, node: &NodeId) -> Result<(), StoreError> {
