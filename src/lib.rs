@@ -30,7 +30,7 @@
 //!   for the embedded single node and Redis backends ([`cluster`]) for a
 //!   cluster.
 //! - [`config`], [`auth`], [`signin`], [`metrics`], [`error`], [`types`],
-//!   [`payload`]: the supporting cast.
+//!   [`payload`], [`time`]: the supporting cast.
 //!
 //! [`start`] builds and starts everything a node runs; [`Started::serve`]
 //! serves until a shutdown future resolves, then drains. The binary in
@@ -61,6 +61,7 @@ pub mod signin;
 pub mod store;
 pub mod stun;
 pub mod tasks;
+pub mod time;
 pub mod turn;
 pub mod types;
 pub mod ws;

@@ -250,10 +250,11 @@ pub fn round2(x: f64) -> f64 {
 /// Unix microseconds as the old service's timestamps:
 /// `2025-11-11T03:44:13.123456+00:00`.
 pub fn iso_micros(us: u64) -> String {
-    let ms = crate::dashboard::iso_time(us / 1000);
-    // `2025-11-11T03:44:13.123Z`: keep the seconds, put the microseconds.
-    let secs = ms.split('.').next().unwrap_or(&ms);
-    format!("{secs}.{:06}+00:00", us % 1_000_000)
+    format!(
+        "{}.{:06}+00:00",
+        crate::time::iso_seconds(us / 1_000_000),
+        us % 1_000_000
+    )
 }
 
 fn now_iso() -> String {

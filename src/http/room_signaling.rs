@@ -323,24 +323,7 @@ async fn health(State(st): State<AppState>) -> Response {
 /// UTC with microseconds (none when zero), no zone
 /// (`2025-11-11T03:57:12.491000`).
 pub fn iso_utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut out = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
+    let mut out = crate::time::iso_seconds(ms / 1000);
     // Python leaves the fraction out when it is zero.
     if !ms.is_multiple_of(1000) {
         out.push_str(&format!(".{:06}", (ms % 1000) * 1000));
