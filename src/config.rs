@@ -186,6 +186,8 @@ pub struct Config {
     pub limits: Limits,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Session resume after a lost socket.
+    pub resume: ResumeConfig,
     /// Authentication of peers.
     pub auth: AuthConfig,
     /// The HTTP API.
@@ -454,6 +456,40 @@ impl Default for ShutdownConfig {
         Self {
             grace_period: Duration::from_millis(10_000),
             reconnect_jitter: Duration::from_millis(1_000),
+        }
+    }
+}
+
+/// `[resume]`: a native session whose socket ends without the client
+/// closing it is kept for `window_ms`, collecting what is sent to it, and a
+/// `hello` with its `resume` token takes it back on any node (see
+/// docs/PROTOCOL.md, "Resume").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResumeConfig {
+    /// Off: every socket that ends ends its session at once (as before).
+    pub enabled: bool,
+    /// How long a session waits for its client to resume it.
+    #[serde(rename = "window_ms", with = "millis")]
+    pub window: Duration,
+    /// Messages the node keeps after writing them, until the client's pong
+    /// shows it read them (what a resume replays when the socket died with
+    /// them unread). More than this since the last pong: a resume that
+    /// needs the oldest fails with `overflow`.
+    pub replay_max: usize,
+    /// How long a resume on another node waits for the old node's answer
+    /// before it gives up (`node-lost`) and starts a fresh session.
+    #[serde(rename = "handover_timeout_ms", with = "millis")]
+    pub handover_timeout: Duration,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: Duration::from_millis(30_000),
+            replay_max: 1024,
+            handover_timeout: Duration::from_millis(3_000),
         }
     }
 }
@@ -1357,6 +1393,18 @@ impl Config {
     pub fn validate(&self) -> Vec<String> {
         let mut errs = Vec::new();
         self.validate_turn(&mut errs);
+        if self.resume.enabled {
+            let r = &self.resume;
+            if r.window.is_zero() || r.window > Duration::from_secs(3600) {
+                errs.push("resume.window_ms must be between 1 and 3600000".into());
+            }
+            if r.replay_max == 0 || r.replay_max > 65_536 {
+                errs.push("resume.replay_max must be between 1 and 65536".into());
+            }
+            if r.handover_timeout.is_zero() || r.handover_timeout > Duration::from_secs(60) {
+                errs.push("resume.handover_timeout_ms must be between 1 and 60000".into());
+            }
+        }
         if let Some(Err(e)) = self.publish.poll_target() {
             errs.push(e);
         }

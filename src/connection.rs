@@ -106,6 +106,7 @@ fn serve<D: Dialect>(
             max: limits.max_write_buffer_bytes,
             paused: false,
         };
+        let mut written = Written::new(node.core.cfg.resume.replay_max);
 
         let mut session: Option<Session> = match Box::pin(dialect.open(&node, &handle, &info)).await
         {
@@ -134,17 +135,21 @@ fn serve<D: Dialect>(
                         break Some(if session.is_none() { CloseReason::HELLO_TIMEOUT } else { CloseReason::TIMEOUT });
                     }
                     if now >= ping_at {
-                        ws.queue_ping();
+                        // The mark: its pong tells what the client has read.
+                        ws.queue_ping_mark(written.last);
                         ping_at = now + heartbeat();
                     }
                     timer.as_mut().reset(ping_at.min(idle_at));
                     continue;
                 }
-                ev = poll_fn(|cx| poll_socket(cx, &mut ws, &mut rx, &enc, &mut backlog)) => ev,
+                ev = poll_fn(|cx| poll_socket(cx, &mut ws, &mut rx, &enc, &mut backlog, &mut written)) => ev,
             };
             let frame = match event {
                 WsEvent::End(end) => break end_reason(end),
-                WsEvent::Control => {
+                WsEvent::Control | WsEvent::Pong(_) => {
+                    if let WsEvent::Pong(Some(mark)) = event {
+                        written.read_up_to(mark);
+                    }
                     if session.is_some() {
                         idle_at = TokioInstant::now() + idle_timeout();
                     }
@@ -178,22 +183,51 @@ fn serve<D: Dialect>(
         let why = *handle.ctl().reason.get_or_init(|| default_reason(&node));
         handle.ctl().cancel.cancel();
         metrics::counter!(m::DISCONNECTS, "reason" => why.reason).increment(1);
-        // Tell the rooms and send the close frame at the same time, as the
-        // reader and the writer did when they were two tasks.
-        let disconnect = async {
-            if let Some(s) = &session {
-                node.disconnect(s, why).await;
+        let park = D::RESUMABLE
+            && session.as_ref().is_some_and(|s| s.resumable)
+            && node.core.cfg.resume.enabled
+            && why.resumable(ws.peer_close_code());
+        if park {
+            // What the close writes joins what was written before: the client
+            // may not read it, so a resume may have to send it again.
+            Box::pin(close(
+                &mut ws,
+                &mut rx,
+                &enc,
+                why,
+                limits.close_timeout,
+                &mut written,
+            ))
+            .await;
+            if let Some(s) = session.take() {
+                node.park(s, rx, written, why);
             }
             dialect.closed(&node).await;
-        };
-        Box::pin(async {
-            tokio::join!(
-                disconnect,
-                close(&mut ws, &mut rx, &enc, why, limits.close_timeout)
-            );
-        })
-        .await;
-        drop(rx);
+        } else {
+            // Tell the rooms and send the close frame at the same time, as the
+            // reader and the writer did when they were two tasks.
+            let disconnect = async {
+                if let Some(s) = &session {
+                    node.disconnect(s, why).await;
+                }
+                dialect.closed(&node).await;
+            };
+            Box::pin(async {
+                tokio::join!(
+                    disconnect,
+                    close(
+                        &mut ws,
+                        &mut rx,
+                        &enc,
+                        why,
+                        limits.close_timeout,
+                        &mut written
+                    )
+                );
+            })
+            .await;
+            drop(rx);
+        }
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         drop(guards);
     }
@@ -208,6 +242,58 @@ fn end_reason(end: ReadEnd) -> Option<CloseReason> {
         ReadEnd::Protocol => Some(CloseReason::PROTOCOL_ERROR),
         ReadEnd::InvalidUtf8 => Some(CloseReason::INVALID_UTF8),
         ReadEnd::WriteFailed => None,
+    }
+}
+
+/// What was written to the socket of a numbered session and not yet shown
+/// read: kept until a pong answers a ping sent after it (the client read
+/// everything before that ping), at most `resume.replay_max` messages. A
+/// resume sends again what its client missed of these (see
+/// `crate::node::resume`). Holds no memory while empty.
+#[derive(Debug)]
+pub struct Written {
+    /// The messages, oldest first.
+    pub ring: std::collections::VecDeque<crate::core::hub::Outbound>,
+    /// The `seq` of the last message written (the next ping's mark).
+    pub last: u64,
+    /// The highest `seq` dropped from the ring unread (over `max`): a resume
+    /// from before it has a gap.
+    pub dropped: u64,
+    max: usize,
+}
+
+impl Written {
+    fn new(max: usize) -> Self {
+        Self {
+            ring: std::collections::VecDeque::new(),
+            last: 0,
+            dropped: 0,
+            max,
+        }
+    }
+
+    /// Keeps a numbered message that was just written.
+    fn keep(&mut self, out: &crate::core::hub::Outbound) {
+        if out.seq == 0 {
+            return;
+        }
+        self.last = out.seq;
+        if self.ring.len() >= self.max {
+            if let Some(old) = self.ring.pop_front() {
+                self.dropped = old.seq;
+            }
+        }
+        self.ring.push_back(out.clone());
+    }
+
+    /// The client read everything up to `seq`.
+    fn read_up_to(&mut self, seq: u64) {
+        while self.ring.front().is_some_and(|o| o.seq <= seq) {
+            self.ring.pop_front();
+        }
+        if self.ring.is_empty() && self.ring.capacity() > 0 {
+            self.ring = std::collections::VecDeque::new();
+        }
     }
 }
 
@@ -229,6 +315,7 @@ fn poll_socket<E: Encoder>(
     rx: &mut OutboundRx,
     enc: &E,
     backlog: &mut Backlog,
+    written: &mut Written,
 ) -> Poll<WsEvent> {
     // A few batches per wake-up at most, so a busy queue cannot starve reads.
     for round in 0.. {
@@ -250,7 +337,8 @@ fn poll_socket<E: Encoder>(
                 cx,
                 WRITE_BATCH,
                 |out| {
-                    if let Some(frame) = enc.encode(&out.msg) {
+                    if let Some(frame) = enc.encode_seq(&out.msg, out.seq) {
+                        written.keep(&out);
                         m::count(m::MESSAGES_OUT, "type", out.msg.type_name(), 1);
                         if let Some(t) = out.received {
                             sent_at[relayed] = Some(t);
@@ -300,17 +388,19 @@ async fn close<E: Encoder>(
     enc: &E,
     why: CloseReason,
     within: Duration,
+    written: &mut Written,
 ) {
     let deadline = TokioInstant::now() + within;
     let closing = async {
         if why != CloseReason::CLIENT_CLOSED {
             if why != CloseReason::SLOW {
                 while let Some(out) = rx.try_recv() {
-                    match enc.encode(&out.msg) {
+                    match enc.encode_seq(&out.msg, out.seq) {
                         Some(Encoded::Text(s)) => ws.queue_text(&s),
                         Some(Encoded::Binary(b)) => ws.queue_binary(&b),
-                        None => {}
+                        None => continue,
                     }
+                    written.keep(&out);
                 }
             }
             ws.queue_close(enc.close_frame(why));

@@ -115,6 +115,14 @@ pub const ADMIN_REFUSED: &str = "switchboard_admin_refused_total";
 /// Counter: messages that reached a connection during a `hello` that was then
 /// refused (`peer-id-taken`) and could not be passed on to the id's holder.
 pub const HELD_FOR_REFUSED_DROPPED: &str = "switchboard_refused_hello_dropped_total";
+/// Counter: `hello`s that asked to resume a session, by `outcome`
+/// (`resumed`, `resumed-remote`, or the `resume-failed` reason).
+pub const RESUMES: &str = "switchboard_resumes_total";
+/// Gauge: sessions parked on this node, waiting for their client to resume them.
+pub const PARKED: &str = "switchboard_parked_sessions";
+/// Counter: parked sessions that ended without a resume (their window ran
+/// out, or the node drained).
+pub const PARKED_EXPIRED: &str = "switchboard_parked_expired_total";
 /// Counter: TCP connections closed at accept, by `reason` (`pending_per_ip`:
 /// the node was pressed for slots and the client's address held its share).
 pub const HTTP_REFUSED: &str = "switchboard_http_refused_total";
@@ -316,6 +324,7 @@ pub fn install() -> PrometheusHandle {
                 STUN_UNKNOWN_NODE,
                 HTTP_ACCEPT_PAUSED,
                 HELD_FOR_REFUSED_DROPPED,
+                PARKED_EXPIRED,
                 ROOMS_CREATED,
                 ROOMS_EXPIRED,
                 ROOMS_DELETED,
@@ -324,7 +333,7 @@ pub fn install() -> PrometheusHandle {
             ] {
                 metrics::counter!(name).absolute(0);
             }
-            for name in [CONNECTIONS, PEERS, ROOMS] {
+            for name in [CONNECTIONS, PEERS, ROOMS, PARKED] {
                 metrics::gauge!(name).set(0.0);
             }
             let upkeep = handle.clone();
@@ -473,6 +482,15 @@ fn describe() {
     describe_counter!(
         HELD_FOR_REFUSED_DROPPED,
         "Messages for a refused hello's peer id that could not be passed on to its holder"
+    );
+    describe_counter!(RESUMES, "Hellos that asked to resume a session, by outcome");
+    describe_gauge!(
+        PARKED,
+        "Sessions parked on this node waiting for their client to resume them"
+    );
+    describe_counter!(
+        PARKED_EXPIRED,
+        "Parked sessions that ended without a resume"
     );
     describe_counter!(
         HTTP_REFUSED,

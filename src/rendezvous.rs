@@ -286,6 +286,61 @@ impl Rendezvous {
         (conn, username)
     }
 
+    /// A resumed session's record on this node (see `crate::node::resume`):
+    /// a fresh STUN token for its new socket, the session's secret, and
+    /// the worker state it had (`worker`: its pool's metric label and its
+    /// pairing), without writing the store (the caller rewrites the worker
+    /// record when the session moved here from another node).
+    pub fn adopt(
+        &self,
+        peer: &PeerId,
+        epoch: u64,
+        observed: SocketAddr,
+        secret: SecretHash,
+        worker: Option<(String, Option<String>)>,
+    ) -> (Arc<RdvConn>, Option<String>) {
+        let was_worker = self
+            .conns
+            .get(peer)
+            .is_some_and(|c| c.epoch == epoch && c.is_worker());
+        let (conn, username) = self.register(peer, epoch, Door::Native, observed, secret);
+        if let Some((label, pairing)) = worker {
+            let pool = (label != "none")
+                .then(|| PoolName::parse(&label, usize::MAX).ok())
+                .flatten();
+            let label = self.label_for(pool.as_ref());
+            *conn.pool_label.lock() = label;
+            *conn.pairing.lock() = pairing;
+            conn.worker.store(true, Ordering::Release);
+            // A session resumed on the node it was on is counted already.
+            if !was_worker {
+                metrics::gauge!(m::WORKERS, "pool" => label).increment(1.0);
+            }
+        }
+        (conn, username)
+    }
+
+    /// The worker state of a session handed to another node (`None`: not a
+    /// worker), leaving this node's maps and gauge without touching the
+    /// store (the session lives on over there).
+    pub fn hand_over(&self, s: &Session) -> Option<(String, Option<String>)> {
+        let c = &s.rdv;
+        self.tokens.remove(&c.token);
+        self.conns.remove_if(&s.peer, |_, cur| cur.epoch == c.epoch);
+        let label = (*c.pool_label.lock()).to_string();
+        let pairing = c.pairing.lock().clone();
+        c.clear_worker().then_some((label, pairing))
+    }
+
+    /// Writes the worker record of a session resumed here from another
+    /// node (it names this node now).
+    pub async fn resumed_here(&self, c: &RdvConn) -> Result<(), crate::store::StoreError> {
+        if c.is_worker() {
+            self.rewrite_worker(c).await?;
+        }
+        Ok(())
+    }
+
     /// True when connection `epoch` of `peer` is on this node and its
     /// reconnect secret hashes to `presented`.
     pub fn secret_is(&self, peer: &PeerId, epoch: u64, presented: &SecretHash) -> bool {

@@ -218,19 +218,14 @@ impl Rooms {
             peer_id: s.peer.clone(),
             meta: meta.clone(),
         });
+        let (env, tag) = self.core.room_envelope(NodeEvent::PeerJoined {
+            room: room.clone(),
+            member,
+        });
         self.core
             .hub
-            .room_fanout(room.as_str(), Some(s.peer.as_str()), &note, None);
-        let _ = self
-            .core
-            .publish_room(
-                &room,
-                NodeEvent::PeerJoined {
-                    room: room.clone(),
-                    member,
-                },
-            )
-            .await;
+            .room_fanout_tagged(room.as_str(), Some(s.peer.as_str()), &note, None, tag);
+        let _ = self.core.publish_room_env(&room, env).await;
         s.handle.open_gate(
             Some(Event::Joined {
                 id,
@@ -525,19 +520,19 @@ impl Rooms {
             from: s.peer.clone(),
             data: data.clone(),
         });
-        self.core
-            .hub
-            .room_fanout(room.as_str(), Some(s.peer.as_str()), &msg, Some(received));
-        self.core
-            .publish_room(
-                &room,
-                NodeEvent::Message {
-                    room: room.clone(),
-                    from: s.peer.clone(),
-                    data,
-                },
-            )
-            .await
+        let (env, tag) = self.core.room_envelope(NodeEvent::Message {
+            room: room.clone(),
+            from: s.peer.clone(),
+            data,
+        });
+        self.core.hub.room_fanout_tagged(
+            room.as_str(),
+            Some(s.peer.as_str()),
+            &msg,
+            Some(received),
+            tag,
+        );
+        self.core.publish_room_env(&room, env).await
     }
 
     /// Sends `data` to every member of `room`, on every node, as a
@@ -557,21 +552,20 @@ impl Rooms {
             from: from.clone(),
             data: data.clone(),
         });
-        self.core.hub.room_fanout(room.as_str(), None, &msg, None);
+        let (env, tag) = self.core.room_envelope(NodeEvent::Message {
+            room: room.clone(),
+            from,
+            data,
+        });
         self.core
-            .publish_room(
-                room,
-                NodeEvent::Message {
-                    room: room.clone(),
-                    from,
-                    data,
-                },
-            )
-            .await
+            .hub
+            .room_fanout_tagged(room.as_str(), None, &msg, None, tag);
+        self.core.publish_room_env(room, env).await
     }
 
-    /// A room event from another node: to this node's members of the room.
-    pub fn deliver_remote(&self, event: NodeEvent) {
+    /// A room event from another node: to this node's members of the room,
+    /// with its tag ([`crate::core::hub::event_tag`]; 0 when unknown).
+    pub fn deliver_remote(&self, event: NodeEvent, tag: u64) {
         let hub = &self.core.hub;
         match event {
             NodeEvent::Message { room, from, data } => {
@@ -580,7 +574,7 @@ impl Rooms {
                     from: from.clone(),
                     data,
                 });
-                hub.room_fanout(room.as_str(), Some(from.as_str()), &msg, None);
+                hub.room_fanout_tagged(room.as_str(), Some(from.as_str()), &msg, None, tag);
             }
             NodeEvent::PeerJoined { room, member } => {
                 let msg = Arc::new(Event::PeerJoined {
@@ -588,7 +582,13 @@ impl Rooms {
                     peer_id: member.peer_id.clone(),
                     meta: member.meta,
                 });
-                hub.room_fanout(room.as_str(), Some(member.peer_id.as_str()), &msg, None);
+                hub.room_fanout_tagged(
+                    room.as_str(),
+                    Some(member.peer_id.as_str()),
+                    &msg,
+                    None,
+                    tag,
+                );
             }
             NodeEvent::PeerLeft {
                 room,
@@ -600,7 +600,7 @@ impl Rooms {
                     peer_id: peer_id.clone(),
                     reason,
                 });
-                hub.room_fanout(room.as_str(), Some(peer_id.as_str()), &msg, None);
+                hub.room_fanout_tagged(room.as_str(), Some(peer_id.as_str()), &msg, None, tag);
             }
             NodeEvent::RoomClosed {
                 room,

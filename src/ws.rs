@@ -299,8 +299,12 @@ pub enum ReadEnd {
 pub enum Event {
     /// A whole data message: read it with [`WebSocket::data`].
     Message,
-    /// A ping or pong (a pong answer is queued for a ping).
+    /// A ping (a pong answer is queued for it).
     Control,
+    /// A pong. It carries the mark of the ping it answers when that ping
+    /// was queued by [`WebSocket::queue_ping_mark`] (its 8-byte payload),
+    /// else `None`.
+    Pong(Option<u64>),
     /// Reading is over.
     End(ReadEnd),
 }
@@ -364,6 +368,9 @@ pub struct WebSocket {
     pong: Option<Box<[u8]>>,
     /// A close frame is queued: nothing may follow it, pongs included.
     close_queued: bool,
+    /// The code of the client's close frame (1005 when it had none; 0
+    /// before one arrived).
+    peer_close: u16,
 }
 
 impl WebSocket {
@@ -384,7 +391,14 @@ impl WebSocket {
             need_flush: false,
             pong: None,
             close_queued: false,
+            peer_close: 0,
         }
+    }
+
+    /// The code of the client's close frame: 1005 for one without a code,
+    /// `None` before (or without) one.
+    pub fn peer_close_code(&self) -> Option<u16> {
+        (self.peer_close != 0).then_some(self.peer_close)
     }
 
     /// Sets the largest frame and message accepted.
@@ -443,6 +457,13 @@ impl WebSocket {
     /// Appends an empty ping.
     pub fn queue_ping(&mut self) {
         self.queue_frame(OP_PING, &[]);
+    }
+
+    /// Appends a ping whose payload is `mark` (8 bytes, big-endian): its
+    /// pong comes back as [`Event::Pong`] with the mark, which tells the
+    /// caller that the client has read everything written before the ping.
+    pub fn queue_ping_mark(&mut self, mark: u64) {
+        self.queue_frame(OP_PING, &mark.to_be_bytes());
     }
 
     /// Appends a close frame.
@@ -512,7 +533,7 @@ impl WebSocket {
     pub async fn read_until_closed(&mut self) {
         loop {
             match poll_fn(|cx| self.poll_read(cx)).await {
-                Event::Message | Event::Control => {}
+                Event::Message | Event::Control | Event::Pong(_) => {}
                 Event::End(ReadEnd::Closed | ReadEnd::Gone | ReadEnd::WriteFailed) => return,
                 Event::End(ReadEnd::TooBig | ReadEnd::Protocol | ReadEnd::InvalidUtf8) => break,
             }
@@ -683,11 +704,18 @@ impl WebSocket {
                     }
                     return Ok(Some(Event::Control));
                 }
-                OP_PONG => return Ok(Some(Event::Control)),
+                OP_PONG => {
+                    let p = &self.rbuf[start..end];
+                    let mark = <[u8; 8]>::try_from(p).ok().map(u64::from_be_bytes);
+                    return Ok(Some(Event::Pong(mark)));
+                }
                 OP_CLOSE => {
                     let p = &self.rbuf[start..end];
                     match p.len() {
-                        0 => self.queue_frame(OP_CLOSE, &[]),
+                        0 => {
+                            self.peer_close = 1005;
+                            self.queue_frame(OP_CLOSE, &[]);
+                        }
                         1 => return Err(ReadEnd::Protocol),
                         _ => {
                             let code = u16::from_be_bytes([p[0], p[1]]);
@@ -697,6 +725,7 @@ impl WebSocket {
                             if std::str::from_utf8(&p[2..]).is_err() {
                                 return Err(ReadEnd::InvalidUtf8);
                             }
+                            self.peer_close = code;
                             let echo = p.to_vec();
                             self.queue_frame(OP_CLOSE, &echo);
                         }

@@ -234,9 +234,158 @@ pub enum NodeEvent {
         /// The console message as JSON text.
         text: String,
     },
+    /// A step of a session resumed on another node (see `crate::node::resume`).
+    Resume(Box<ResumeStep>),
     /// Never sent: what the receiver makes of an event it could not decode.
     #[serde(skip)]
     Undecodable(Box<Undecodable>),
+}
+
+/// The steps of handing a parked session from the node that parked it (the
+/// old node) to the node its client resumed on (the new node). Each names
+/// the session by peer and epoch (a resumed session keeps its epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResumeStep {
+    /// New → old: the client resumed here with a proof the directory
+    /// accepted and has read up to `last_seq`: hand the session over.
+    Ask {
+        /// The peer.
+        peer: PeerId,
+        /// Its session's epoch.
+        epoch: u64,
+        /// The last `seq` the client has.
+        last_seq: u64,
+    },
+    /// Old → new: direct signals now bounce to the new node; these are the
+    /// session's rooms (with the metadata it joined with): join them there,
+    /// then answer `ready`.
+    Rooms {
+        /// The peer.
+        peer: PeerId,
+        /// Its session's epoch.
+        epoch: u64,
+        /// `(room, meta)` of every room the session is in.
+        rooms: Vec<(RoomName, Value)>,
+    },
+    /// New → old: the new node receives the session's rooms' events now;
+    /// the old node stops and sends `data`.
+    Ready {
+        /// The peer.
+        peer: PeerId,
+        /// Its session's epoch.
+        epoch: u64,
+    },
+    /// Old → new: the session, and every message after `last_seq`.
+    Data {
+        /// The peer.
+        peer: PeerId,
+        /// Its session's epoch.
+        epoch: u64,
+        /// What the session was.
+        state: Box<ResumedState>,
+    },
+    /// Old → new: the session cannot be resumed (the client gets a fresh one).
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// Its session's epoch.
+        epoch: u64,
+        /// `expired`, `overflow`, `unknown-seq`, ... (`resume-failed.reason`).
+        reason: String,
+        /// Messages the client lost, when known.
+        missed: Option<u64>,
+    },
+}
+
+/// A parked session as the old node hands it over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumedState {
+    /// The metadata given at registration.
+    pub meta: Value,
+    /// Rooms its token grants.
+    pub room_grants: Vec<String>,
+    /// The messages after the client's `last_seq`, in order.
+    pub replay: Vec<Replayed>,
+    /// The `seq` of the session's next message.
+    pub next_seq: u64,
+    /// The worker it was, if any: its pool's metric label, and its pairing.
+    pub worker: Option<(String, Option<String>)>,
+}
+
+/// One message handed over with a resumed session: its `seq`, its room
+/// event tag (0: none) and the message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replayed {
+    /// Its `seq`.
+    pub seq: u64,
+    /// Its tag (`crate::core::hub::event_tag`), 0 for direct messages.
+    pub tag: u64,
+    /// The message.
+    pub msg: ReplayMsg,
+}
+
+/// The messages a resumed session can be owed (`Event::resumable`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplayMsg {
+    /// `signal`.
+    Signal {
+        /// Sender.
+        from: PeerId,
+        /// Kind.
+        kind: SignalKind,
+        /// Payload.
+        #[serde(with = "crate::payload::wire")]
+        data: Opaque,
+    },
+    /// `message`.
+    Message {
+        /// Room.
+        room: RoomName,
+        /// Sender.
+        from: PeerId,
+        /// Payload.
+        #[serde(with = "crate::payload::wire")]
+        data: Opaque,
+    },
+    /// `peer-joined`.
+    PeerJoined {
+        /// Room.
+        room: RoomName,
+        /// The member.
+        member: Member,
+    },
+    /// `peer-left`.
+    PeerLeft {
+        /// Room.
+        room: RoomName,
+        /// The peer.
+        peer_id: PeerId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// `paired`.
+    Paired(PairedNote),
+    /// `pair-lost`.
+    PairLost {
+        /// The pairing.
+        pairing_id: String,
+        /// Why.
+        reason: PairLostReason,
+    },
+    /// `endpoint`.
+    Endpoint {
+        /// `ip:port`.
+        udp: String,
+    },
+    /// `room-closed`.
+    RoomClosed {
+        /// Room.
+        room: RoomName,
+        /// Why.
+        reason: RoomClosedReason,
+    },
 }
 
 impl NodeEvent {
@@ -263,6 +412,7 @@ impl NodeEvent {
             Self::DashRooms { .. } => "dash-rooms",
             Self::DashCount {} => "dash-count",
             Self::Console { .. } => "console",
+            Self::Resume(_) => "resume",
             Self::Undecodable(_) => "undecodable",
         }
     }
@@ -550,7 +700,7 @@ impl Undecodable {
 }
 
 fn kind_of_tag(tag: &str) -> &'static str {
-    const KINDS: [&str; 20] = [
+    const KINDS: [&str; 21] = [
         "signal",
         "bounced",
         "delivered",
@@ -571,6 +721,7 @@ fn kind_of_tag(tag: &str) -> &'static str {
         "dash-rooms",
         "dash-count",
         "console",
+        "resume",
     ];
     KINDS.into_iter().find(|k| *k == tag).unwrap_or("unknown")
 }

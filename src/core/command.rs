@@ -23,6 +23,13 @@ pub enum Command {
         /// this client may take over the peer id while that one is still
         /// connected.
         reconnect_secret: Option<String>,
+        /// A `welcome.resume_token` and the last `seq` the client received:
+        /// resume that session (see `crate::node::resume`).
+        resume: Option<(String, u64)>,
+        /// The client can resume: its session is numbered (`seq`), its
+        /// `welcome` carries a `resume_token`, and it is parked when its
+        /// socket is lost (implied by `resume`).
+        resumable: bool,
     },
     /// Join a room.
     Join {

@@ -11,6 +11,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::bus::ReplayMsg;
 use crate::error::{ClientError, ErrorCode};
 use crate::payload::{self, Opaque};
 use crate::turn::IceServer;
@@ -56,6 +57,14 @@ pub enum Event {
         /// ephemeral TURN credentials; absent when none are configured.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<IceServer>,
+        /// Give this back as `hello.resume` (with `last_seq`) to resume this
+        /// session after its socket is lost; absent when resume is off.
+        #[serde(skip_serializing_if = "String::is_empty")]
+        resume_token: String,
+        /// True when this `welcome` answers a `hello` that resumed a session:
+        /// what it missed follows, in `seq` order.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
     },
     /// Answer to `join`: the other members at the time of joining.
     Joined {
@@ -155,6 +164,15 @@ pub enum Event {
         /// Why.
         reason: RoomClosedReason,
     },
+    /// A `hello` asked to resume a session that cannot be resumed: the
+    /// `welcome` after it starts a fresh session (no rooms, `seq` from 1).
+    ResumeFailed {
+        /// `expired`, `overflow`, `unknown-seq`, `node-lost`, `unknown`,
+        /// `timeout`, `disabled`.
+        reason: String,
+        /// How many messages the client lost, when the server knows.
+        missed: Option<u64>,
+    },
     /// A frame a door encoded itself: a reply that only its own dialect
     /// has (the legacy worker's `echo_response`). It is queued like any
     /// event, so it keeps its place among them and counts against the
@@ -181,6 +199,7 @@ impl Event {
             Self::PairLost { .. } => "pair-lost",
             Self::Endpoint { .. } => "endpoint",
             Self::RoomClosed { .. } => "room-closed",
+            Self::ResumeFailed { .. } => "resume-failed",
             Self::Frame(_) => "frame",
         }
     }
@@ -193,6 +212,83 @@ impl Event {
             | Self::Message { room, .. }
             | Self::RoomClosed { room, .. } => Some(room),
             _ => None,
+        }
+    }
+
+    /// True for the messages a session is owed across a resume (they carry
+    /// `seq`): what others and the cluster send it, not the answers to its
+    /// own requests.
+    pub fn resumable(&self) -> bool {
+        matches!(
+            self,
+            Self::Signal { .. }
+                | Self::Message { .. }
+                | Self::PeerJoined { .. }
+                | Self::PeerLeft { .. }
+                | Self::Paired(_)
+                | Self::PairLost { .. }
+                | Self::Endpoint { .. }
+                | Self::RoomClosed { .. }
+        )
+    }
+
+    /// The form a resumable message crosses to another node in (`None`
+    /// for the others).
+    pub fn to_replay(&self) -> Option<ReplayMsg> {
+        Some(match self.clone() {
+            Self::Signal { from, kind, data } => ReplayMsg::Signal { from, kind, data },
+            Self::Message { room, from, data } => ReplayMsg::Message { room, from, data },
+            Self::PeerJoined {
+                room,
+                peer_id,
+                meta,
+            } => ReplayMsg::PeerJoined {
+                room,
+                member: Member { peer_id, meta },
+            },
+            Self::PeerLeft {
+                room,
+                peer_id,
+                reason,
+            } => ReplayMsg::PeerLeft {
+                room,
+                peer_id,
+                reason,
+            },
+            Self::Paired(n) => ReplayMsg::Paired(n),
+            Self::PairLost { pairing_id, reason } => ReplayMsg::PairLost { pairing_id, reason },
+            Self::Endpoint { udp, .. } => ReplayMsg::Endpoint { udp },
+            Self::RoomClosed { room, reason } => ReplayMsg::RoomClosed { room, reason },
+            _ => return None,
+        })
+    }
+
+    /// The message a [`ReplayMsg`] stands for.
+    pub fn from_replay(r: ReplayMsg) -> Self {
+        match r {
+            ReplayMsg::Signal { from, kind, data } => Self::Signal { from, kind, data },
+            ReplayMsg::Message { room, from, data } => Self::Message { room, from, data },
+            ReplayMsg::PeerJoined { room, member } => Self::PeerJoined {
+                room,
+                peer_id: member.peer_id,
+                meta: member.meta,
+            },
+            ReplayMsg::PeerLeft {
+                room,
+                peer_id,
+                reason,
+            } => Self::PeerLeft {
+                room,
+                peer_id,
+                reason,
+            },
+            ReplayMsg::Paired(n) => Self::Paired(n),
+            ReplayMsg::PairLost { pairing_id, reason } => Self::PairLost { pairing_id, reason },
+            ReplayMsg::Endpoint { udp } => Self::Endpoint {
+                udp,
+                source: "stun",
+            },
+            ReplayMsg::RoomClosed { room, reason } => Self::RoomClosed { room, reason },
         }
     }
 
@@ -262,6 +358,7 @@ impl Event {
             Self::PairLost { pairing_id, .. } => pairing_id.capacity(),
             Self::Endpoint { udp, .. } => udp.capacity(),
             Self::RoomClosed { room, .. } => room.as_str().len(),
+            Self::ResumeFailed { reason, .. } => reason.capacity(),
             Self::Frame(Encoded::Text(t)) => t.capacity(),
             Self::Frame(Encoded::Binary(b)) => b.capacity(),
         }

@@ -62,6 +62,13 @@ impl CloseReason {
         reason: "replaced",
         leave: LeaveReason::Replaced,
     };
+    /// A resume of the session on another socket took it over while this
+    /// socket still looked alive (its client had lost it).
+    pub const RESUMED: Self = Self {
+        code: close::REPLACED,
+        reason: "resumed",
+        leave: LeaveReason::Replaced,
+    };
     /// The node is draining.
     pub const DRAINING: Self = Self {
         code: close::RESTART,
@@ -128,6 +135,22 @@ impl CloseReason {
     };
 }
 
+impl CloseReason {
+    /// True when a session that ended this way waits for a resume (see
+    /// `crate::node::resume`): its socket was lost, timed out, drained or
+    /// taken by a resume, or its client closed it with a code other than
+    /// 1000, 1001 or none (`client_code`); not when the client said it is
+    /// done, was refused, replaced or too slow (its queue overflowed: what
+    /// it missed is gone).
+    pub fn resumable(self, client_code: Option<u16>) -> bool {
+        match self {
+            Self::CLIENT_GONE | Self::TIMEOUT | Self::DRAINING | Self::RESUMED => true,
+            Self::CLIENT_CLOSED => !matches!(client_code, None | Some(1000 | 1001 | 1005)),
+            _ => false,
+        }
+    }
+}
+
 /// What one queued message costs besides the heap its contents hold: the
 /// message itself in its `Arc`, and the queue's slot.
 const QUEUED_OVERHEAD: usize = std::mem::size_of::<Event>()
@@ -151,6 +174,26 @@ pub struct Outbound {
     /// The answer that opened the gate: outside the byte bound (see
     /// [`ConnHandle::open_gate`]).
     pub forced: bool,
+    /// Its place in the session's sequence (`seq` on the wire), given when
+    /// it enters the queue of a session that resumes ([`Event::resumable`]
+    /// messages only); 0: none.
+    pub seq: u64,
+    /// Which room event this is, the same on every node that delivers it
+    /// ([`event_tag`]): a session resumed on another node delivers a room
+    /// event once even when both nodes queued it. 0: untagged.
+    pub tag: u64,
+}
+
+/// The tag of the room event `seq` published by `origin` (see
+/// [`Outbound::tag`]): FNV-1a, the same in every process and version
+/// (nodes of two versions meet in a rolling upgrade). Never 0.
+pub fn event_tag(origin: &str, seq: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in origin.bytes().chain([0xff]).chain(seq.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h | 1
 }
 
 /// Shared control state of one connection.
@@ -177,6 +220,9 @@ pub struct ConnCtl {
     /// A copy of the queue's byte count (stored under its lock), so the
     /// connection task can weigh its backlog on every poll without locking.
     queued_bytes: AtomicUsize,
+    /// Set while the session is parked (its socket is gone, it waits for a
+    /// resume): a full queue then counts what it drops instead of closing.
+    parked: std::sync::atomic::AtomicBool,
 }
 
 /// A connection's outbound queue. It allocates only while something is queued
@@ -198,6 +244,12 @@ struct Queue {
     waker: Option<Waker>,
     /// The receiving end is gone: pushes fail.
     closed: bool,
+    /// The `seq` the next resumable message gets; 0 while the session does
+    /// not number its messages (dialects without resume, or before `welcome`).
+    next_seq: u64,
+    /// Messages dropped because the queue was full while the session was
+    /// parked (see [`ConnHandle::park`]): a resume that would skip them fails.
+    missed: u64,
 }
 
 /// Outcome of queueing one message.
@@ -223,6 +275,11 @@ impl Queue {
             || (!out.forced && counted > 0 && counted.saturating_add(out.cost) > capacity_bytes)
         {
             return Queued::Full;
+        }
+        let mut out = out;
+        if self.next_seq > 0 && out.seq == 0 && out.msg.resumable() {
+            out.seq = self.next_seq;
+            self.next_seq += 1;
         }
         self.bytes += out.cost;
         if out.forced {
@@ -370,6 +427,7 @@ impl ConnHandle {
             rooms_closed: std::sync::atomic::AtomicBool::new(false),
             capacity_bytes,
             queued_bytes: AtomicUsize::new(0),
+            parked: std::sync::atomic::AtomicBool::new(false),
         });
         (
             Self {
@@ -394,11 +452,24 @@ impl ConnHandle {
 
     /// [`Self::push`] with the cost already known (a fan-out computes it once).
     pub fn push_costed(&self, msg: Arc<Event>, cost: usize, received: Option<Instant>) -> bool {
+        self.push_tagged(msg, cost, received, 0)
+    }
+
+    /// [`Self::push_costed`] of a room event with its [`Outbound::tag`].
+    pub fn push_tagged(
+        &self,
+        msg: Arc<Event>,
+        cost: usize,
+        received: Option<Instant>,
+        tag: u64,
+    ) -> bool {
         let out = Outbound {
             msg,
             received,
             cost,
             forced: false,
+            seq: 0,
+            tag,
         };
         let (cap, cap_bytes) = (self.ctl.capacity, self.ctl.capacity_bytes);
         let mut q = self.ctl.queue.lock();
@@ -437,7 +508,124 @@ impl ConnHandle {
 
     fn overflow(&self) {
         metrics::counter!(m::QUEUE_OVERFLOWS).increment(1);
+        if self.ctl.parked.load(Ordering::Acquire) {
+            // Nobody reads a parked queue: what does not fit is counted, and
+            // a resume that would skip it fails (`resume-failed`).
+            self.ctl.queue.lock().missed += 1;
+            return;
+        }
         self.close(CloseReason::SLOW);
+    }
+
+    /// This handle under another epoch, same queue (a resumed session keeps
+    /// the epoch it had: its records in the store name it).
+    pub fn with_epoch(&self, epoch: u64) -> Self {
+        Self {
+            epoch,
+            ctl: self.ctl.clone(),
+        }
+    }
+
+    /// Numbers the resumable messages queued from now on, starting at `next`.
+    pub fn start_seq(&self, next: u64) {
+        self.ctl.queue.lock().next_seq = next.max(1);
+    }
+
+    /// The `seq` the next resumable message will get (0: not numbered).
+    pub fn next_seq(&self) -> u64 {
+        self.ctl.queue.lock().next_seq
+    }
+
+    /// Marks the session parked: its socket is gone and pushes keep
+    /// collecting in its queue, within its bounds, until a resume takes
+    /// them ([`Self::take_parked`]) or the window ends.
+    pub fn park(&self) {
+        self.ctl.parked.store(true, Ordering::Release);
+    }
+
+    /// True while parked.
+    pub fn is_parked(&self) -> bool {
+        self.ctl.parked.load(Ordering::Acquire)
+    }
+
+    /// Messages dropped while parked.
+    pub fn missed(&self) -> u64 {
+        self.ctl.queue.lock().missed
+    }
+
+    /// Ends the parking: refuses further pushes and returns what the queue
+    /// holds (in order), the next `seq`, and how many were dropped.
+    pub fn take_parked(&self) -> (Vec<Outbound>, u64, u64) {
+        let mut q = self.ctl.queue.lock();
+        q.closed = true;
+        let items: Vec<Outbound> = std::mem::take(&mut q.items).into();
+        q.bytes = 0;
+        q.forced_bytes = 0;
+        q.held = None;
+        q.held_bytes = 0;
+        self.ctl.queued_bytes.store(0, Ordering::Relaxed);
+        (items, q.next_seq, q.missed)
+    }
+
+    /// Opens the gate of a resumed session: queues `first` (its `welcome`),
+    /// then `replay` (what it missed, already numbered), then what the gate
+    /// held, less the room events whose tag is in `seen` (queued by the
+    /// node the session came from too); numbering goes on from `next_seq`.
+    pub fn open_gate_resumed(
+        &self,
+        first: Event,
+        replay: Vec<Outbound>,
+        seen: &std::collections::HashSet<u64>,
+        next_seq: u64,
+    ) {
+        let first = Outbound {
+            cost: queued_cost(&first),
+            msg: Arc::new(first),
+            received: None,
+            forced: true,
+            seq: 0,
+            tag: 0,
+        };
+        let mut q = self.ctl.queue.lock();
+        q.next_seq = next_seq.max(1);
+        let held = q.held.take().unwrap_or_default();
+        q.held_bytes = 0;
+        let replay = replay.into_iter().map(|mut o| {
+            // What it missed fit the queue it came from: it is not refused here.
+            o.forced = true;
+            o
+        });
+        let held = held
+            .into_iter()
+            .filter(|o| o.tag == 0 || !seen.contains(&o.tag));
+        self.enqueue_all(q, std::iter::once(first).chain(replay).chain(held));
+    }
+
+    /// Queues `items` in order under the queue's lock `q` (then released),
+    /// wakes the connection, and closes it as slow if one did not fit.
+    fn enqueue_all(
+        &self,
+        mut q: parking_lot::MutexGuard<'_, Queue>,
+        items: impl Iterator<Item = Outbound>,
+    ) {
+        let (cap, cap_bytes) = (self.ctl.capacity, self.ctl.capacity_bytes);
+        let mut waker = None;
+        let mut full = false;
+        for out in items {
+            match q.enqueue(out, cap, cap_bytes) {
+                Queued::Yes(w) => waker = waker.or(w),
+                Queued::Full => full = true,
+                Queued::Closed => {}
+            }
+        }
+        self.ctl.queued_bytes.store(q.bytes, Ordering::Relaxed);
+        drop(q);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        if full {
+            self.overflow();
+        }
     }
 
     /// Queues a message built for this one recipient.
@@ -468,42 +656,46 @@ impl ConnHandle {
     /// Queues `first` (the answer), then what was held (less the events of
     /// `drop_room`, a room the client failed to join), and lets pushes through again.
     pub fn open_gate(&self, first: Option<Event>, drop_room: Option<&RoomName>) {
-        let (cap, cap_bytes) = (self.ctl.capacity, self.ctl.capacity_bytes);
         // The answer is costed outside the lock (a `joined` walks every member's `meta`).
         let first = first.map(|m| Outbound {
             cost: queued_cost(&m),
             msg: Arc::new(m),
             received: None,
             forced: true,
+            seq: 0,
+            tag: 0,
         });
         let mut q = self.ctl.queue.lock();
         let held = q.held.take().unwrap_or_default();
         q.held_bytes = 0;
-        let mut waker = None;
-        let mut full = false;
         // The answer is the one message the client asked for, and its size
         // is bounded by the room's limits (a `joined` of a full room can be a
         // few MiB): it neither overflows nor makes the events after it
         // overflow. It does count in what the connection task weighs before
         // reading more, so such answers cannot pile up.
-        for out in first.into_iter().chain(held) {
-            if drop_room.is_some() && out.msg.room() == drop_room {
-                continue;
-            }
-            match q.enqueue(out, cap, cap_bytes) {
-                Queued::Yes(w) => waker = waker.or(w),
-                Queued::Full => full = true,
-                Queued::Closed => {}
-            }
-        }
+        let held = held
+            .into_iter()
+            .filter(|out| drop_room.is_none() || out.msg.room() != drop_room);
+        self.enqueue_all(q, first.into_iter().chain(held));
+    }
+
+    /// Queues `msg` now, ahead of what the gate holds and of the answer that
+    /// will open it (a `resume-failed` before the fresh session's `welcome`).
+    pub fn send_first(&self, msg: Event) {
+        let out = Outbound {
+            cost: queued_cost(&msg),
+            msg: Arc::new(msg),
+            received: None,
+            forced: true,
+            seq: 0,
+            tag: 0,
+        };
+        let (cap, cap_bytes) = (self.ctl.capacity, self.ctl.capacity_bytes);
+        let mut q = self.ctl.queue.lock();
+        let r = q.enqueue(out, cap, cap_bytes);
         self.ctl.queued_bytes.store(q.bytes, Ordering::Relaxed);
         drop(q);
-        if let Some(w) = waker {
-            w.wake();
-        }
-        if full {
-            self.overflow();
-        }
+        self.after_enqueue(r);
     }
 
     /// Lets pushes through again and returns what the gate held, undelivered
@@ -696,6 +888,32 @@ impl Hub {
         (taken, emptied)
     }
 
+    /// Gives the local member `peer` of `room` (connection `epoch`) another
+    /// handle under the same epoch (a session resumed on this node), keeping
+    /// its metadata.
+    pub fn room_rebind(&self, room: &RoomName, peer: &PeerId, epoch: u64, handle: ConnHandle) {
+        if let Some(mut members) = self.rooms.get_mut(room) {
+            if let Some(m) = members.get_mut(peer).filter(|m| m.handle.epoch == epoch) {
+                m.handle = handle;
+            }
+        }
+    }
+
+    /// The metadata the local member `peer` (connection `epoch`) of `room`
+    /// joined with.
+    pub fn member_meta(
+        &self,
+        room: &RoomName,
+        peer: &PeerId,
+        epoch: u64,
+    ) -> Option<serde_json::Value> {
+        self.rooms.get(room).and_then(|m| {
+            m.get(peer)
+                .filter(|m| m.handle.epoch == epoch)
+                .map(|m| m.meta.clone())
+        })
+    }
+
     /// True when `room` has a member on this node.
     pub fn has_room(&self, room: &RoomName) -> bool {
         self.rooms.contains_key(room)
@@ -709,13 +927,28 @@ impl Hub {
         msg: &Arc<Event>,
         received: Option<Instant>,
     ) -> usize {
+        self.room_fanout_tagged(room, except, msg, received, 0)
+    }
+
+    /// [`Self::room_fanout`] of a room event published with tag `tag`
+    /// ([`event_tag`]).
+    pub fn room_fanout_tagged(
+        &self,
+        room: &str,
+        except: Option<&str>,
+        msg: &Arc<Event>,
+        received: Option<Instant>,
+        tag: u64,
+    ) -> usize {
         let Some(members) = self.rooms.get(room) else {
             return 0;
         };
         let cost = queued_cost(msg);
         let mut n = 0;
         for (peer, m) in members.iter() {
-            if Some(peer.as_str()) != except && m.handle.push_costed(msg.clone(), cost, received) {
+            if Some(peer.as_str()) != except
+                && m.handle.push_tagged(msg.clone(), cost, received, tag)
+            {
                 n += 1;
             }
         }

@@ -245,8 +245,26 @@ impl Core {
 
     /// Publishes a room event to every node with members in the room.
     pub async fn publish_room(&self, room: &RoomName, event: NodeEvent) -> Result<(), ClientError> {
-        let kind = event.kind_name();
-        let r = self.bus.publish_room(room, self.envelope(event)).await;
+        self.publish_room_env(room, self.envelope(event)).await
+    }
+
+    /// The envelope of a room event this node delivers to its own members
+    /// too, and the tag they get it with (the tag other nodes compute from
+    /// the envelope: see [`hub::event_tag`]).
+    pub fn room_envelope(&self, event: NodeEvent) -> (Envelope, u64) {
+        let env = self.envelope(event);
+        let tag = hub::event_tag(self.id.as_str(), env.seq);
+        (env, tag)
+    }
+
+    /// [`Self::publish_room`] of an envelope made by [`Self::room_envelope`].
+    pub async fn publish_room_env(
+        &self,
+        room: &RoomName,
+        env: Envelope,
+    ) -> Result<(), ClientError> {
+        let kind = env.event.kind_name();
+        let r = self.bus.publish_room(room, env).await;
         metrics::counter!(m::BUS_PUBLISHED, "kind" => kind, "outcome" => if r.is_ok() { "ok" } else { "error" })
             .increment(1);
         r.map_err(cluster_err)

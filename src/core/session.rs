@@ -33,6 +33,9 @@ pub struct Session {
     /// Rooms its token grants (the JWT's `rooms` claim): it joins them
     /// without the room's own token. Empty (no allocation) for most.
     pub room_grants: Box<[String]>,
+    /// Its client can resume it: when its socket ends without the client
+    /// saying it is done, it is parked (see `crate::node::resume`).
+    pub resumable: bool,
 }
 
 impl Session {

@@ -61,6 +61,9 @@ pub trait Dialect: Send + 'static {
     type Encoder: Encoder;
     /// The `dialect` label of metrics and spans.
     const NAME: &'static str;
+    /// True when a session of this dialect may outlive its socket and be
+    /// resumed (`crate::node::resume`): its encoder writes `seq`.
+    const RESUMABLE: bool = false;
     /// Builds the writer half (shares what it must with the reader).
     fn encoder(&self) -> Self::Encoder;
     /// Runs before the first frame. A dialect without a handshake registers
@@ -95,6 +98,11 @@ pub trait Encoder: Send + Sync + 'static {
     /// message. [`Event::Frame`] is already encoded: give it back as it is
     /// (see [`passthrough`]).
     fn encode(&self, event: &Event) -> Option<Encoded>;
+    /// [`Self::encode`] of a message numbered `seq` in a resumable
+    /// session (0: not numbered). Only a dialect with resume writes it.
+    fn encode_seq(&self, event: &Event, _seq: u64) -> Option<Encoded> {
+        self.encode(event)
+    }
     /// The close frame for a close reason.
     fn close_frame(&self, why: CloseReason) -> CloseFrame {
         CloseFrame {

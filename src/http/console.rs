@@ -1043,7 +1043,9 @@ async fn serve<H: Handler>(
                 }
                 ws.queue_ping();
             }
-            Step::In(crate::ws::Event::Control) => heard = tokio::time::Instant::now(),
+            Step::In(crate::ws::Event::Control | crate::ws::Event::Pong(_)) => {
+                heard = tokio::time::Instant::now()
+            }
             Step::In(crate::ws::Event::Message) => {
                 heard = tokio::time::Instant::now();
                 let text = match ws.data() {

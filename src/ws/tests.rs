@@ -70,7 +70,7 @@ fn drain(ws: &mut WebSocket, out: &mut Vec<Got>) -> bool {
                 Some(Data::Binary(b)) => Got::Binary(b.to_vec()),
                 None => Got::BadText,
             }),
-            Ok(Some(Event::Control)) => out.push(Got::Control),
+            Ok(Some(Event::Control | Event::Pong(_))) => out.push(Got::Control),
             Ok(Some(Event::End(e))) | Err(e) => {
                 out.push(Got::End(e));
                 return true;

@@ -979,6 +979,22 @@ impl Client {
         }
     }
 
+    /// Closes with a close frame carrying `code`, then waits for the echo.
+    pub async fn close_with(mut self, code: u16) {
+        let _ = tokio::time::timeout(
+            self.timeout,
+            self.ws.close(Some(tungstenite::protocol::CloseFrame {
+                code: CloseCode::from(code),
+                reason: "".into(),
+            })),
+        )
+        .await;
+        let _ = tokio::time::timeout(self.timeout, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+
     /// Closes the connection from the client side (close frame, then waits for the echo).
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(

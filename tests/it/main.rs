@@ -34,6 +34,7 @@ mod http_errors;
 mod limits;
 mod protocol;
 mod rendezvous;
+mod resume;
 mod room_records;
 mod room_signaling;
 mod rooms;

@@ -124,6 +124,15 @@ pub struct RawClientMsg<'a, D = Box<RawValue>> {
     /// stays as it was: a 12-element array still decodes).
     #[serde(default)]
     pub reconnect_secret: Option<String>,
+    /// `hello`: the `welcome.resume_token` of the session to resume.
+    #[serde(default)]
+    pub resume: Option<String>,
+    /// `hello` with `resume`: the last `seq` the client received (0: none).
+    #[serde(default)]
+    pub last_seq: Option<u64>,
+    /// `hello`: the client can resume its session (see `Command::Hello`).
+    #[serde(default)]
+    pub resumable: Option<bool>,
 }
 
 /// `data` of a MessagePack frame as serde reads it: skipped, only its
@@ -199,6 +208,9 @@ impl<'a, D> RawClientMsg<'a, D> {
             udp: self.udp,
             _from: self._from,
             reconnect_secret: self.reconnect_secret,
+            resume: self.resume,
+            last_seq: self.last_seq,
+            resumable: self.resumable,
         }
     }
 }
@@ -243,6 +255,17 @@ impl<D: Into<Opaque>> RawClientMsg<'_, D> {
                     meta: meta(self.meta)?,
                     token: self.token,
                     reconnect_secret: self.reconnect_secret,
+                    resume: match self.resume {
+                        Some(t) if t.len() > 64 + lim.max_name_bytes => {
+                            return Err(ClientError::new(
+                                ErrorCode::InvalidMessage,
+                                "`resume` is not a resume token",
+                            ))
+                        }
+                        Some(t) => Some((t, self.last_seq.unwrap_or(0))),
+                        None => None,
+                    },
+                    resumable: self.resumable.unwrap_or(false),
                 },
                 "join" => Command::Join {
                     room: room(self.room)?,

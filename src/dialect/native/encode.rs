@@ -68,6 +68,54 @@ pub fn encode(msg: &Event, codec: Codec) -> Encoded {
     }
 }
 
+/// Adds `"seq": seq` to an encoded server message (a JSON object or a
+/// MessagePack map, as [`encode`] writes them): numbered per recipient, so
+/// it is added to each recipient's frame rather than to the shared message.
+pub fn with_seq(frame: Encoded, seq: u64) -> Encoded {
+    match frame {
+        Encoded::Text(mut t) => {
+            if t.ends_with('}') {
+                t.pop();
+                // `{}` cannot be a server message: every one has a `type`.
+                use std::fmt::Write as _;
+                let _ = write!(t, ",\"seq\":{seq}}}");
+            }
+            Encoded::Text(t)
+        }
+        Encoded::Binary(mut b) => {
+            // The entry count is in the map's header: a fixmap (up to 15
+            // entries) or a map16.
+            let grown = match b.first().copied() {
+                Some(h @ 0x80..=0x8e) => {
+                    b[0] = h + 1;
+                    true
+                }
+                Some(0x8f) => {
+                    // 15 + 1 entries no longer fit a fixmap.
+                    b.splice(0..1, [0xde, 0x00, 0x10]);
+                    true
+                }
+                Some(0xde) if b.len() >= 3 => {
+                    let n = u16::from_be_bytes([b[1], b[2]]);
+                    match n.checked_add(1) {
+                        Some(n) => {
+                            b[1..3].copy_from_slice(&n.to_be_bytes());
+                            true
+                        }
+                        None => false,
+                    }
+                }
+                _ => false,
+            };
+            if grown {
+                b.extend_from_slice(&[0xa3, b's', b'e', b'q', 0xcf]);
+                b.extend_from_slice(&seq.to_be_bytes());
+            }
+            Encoded::Binary(b)
+        }
+    }
+}
+
 /// A `signal` or `message` for a MessagePack client whose `data` came from
 /// one: the map rmp-serde would write (`type` first, then the fields in
 /// order), with the sender's `data` bytes copied in as they are.

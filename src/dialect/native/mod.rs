@@ -79,11 +79,21 @@ impl Encoder for NativeEncoder {
         };
         Some(encode(event, codec))
     }
+
+    fn encode_seq(&self, event: &Event, seq: u64) -> Option<Encoded> {
+        let frame = self.encode(event)?;
+        Some(if seq == 0 {
+            frame
+        } else {
+            with_seq(frame, seq)
+        })
+    }
 }
 
 impl Dialect for Native {
     type Encoder = NativeEncoder;
     const NAME: &'static str = "native";
+    const RESUMABLE: bool = true;
 
     fn encoder(&self) -> NativeEncoder {
         NativeEncoder {
@@ -143,8 +153,38 @@ impl Dialect for Native {
                     meta,
                     token,
                     reconnect_secret,
+                    resume,
+                    resumable,
                 },
             ) => {
+                let resumable = node.core.cfg.resume.enabled && (resumable || resume.is_some());
+                // `welcome` goes out only once the peer is reachable
+                // cluster-wide (so a signal sent to it right after cannot
+                // miss), and before anything that reached it meanwhile:
+                // the gate holds those until it is queued.
+                handle.close_gate();
+                let mut failed = None;
+                if let Some((resume_token, last_seq)) = resume {
+                    // Boxed: taken once per connection, and large.
+                    match Box::pin(node.resume(handle, &resume_token, last_seq, info.observed))
+                        .await
+                    {
+                        Ok(r) => {
+                            tracing::Span::current()
+                                .record("peer", tracing::field::display(&r.session.peer));
+                            debug!("hello (resumed)");
+                            handle.open_gate_resumed(
+                                r.welcome.into_event(inbound.id),
+                                r.replay,
+                                &r.seen,
+                                r.next_seq,
+                            );
+                            *slot = Some(r.session);
+                            return Flow::Registered;
+                        }
+                        Err(f) => failed = Some(f.into_event()),
+                    }
+                }
                 let reg = Registration {
                     door: Door::Native,
                     observed: info.observed,
@@ -156,23 +196,32 @@ impl Dialect for Native {
                         reconnect_secret,
                     },
                 };
-                // `welcome` goes out only once the peer is reachable
-                // cluster-wide (so a signal sent to it right after cannot
-                // miss), and before anything that reached it meanwhile:
-                // the gate holds those until it is queued.
-                handle.close_gate();
                 // Boxed: taken once per connection, and large.
                 match Box::pin(node.register(handle, reg)).await {
-                    Ok(r) => {
+                    Ok(mut r) => {
                         tracing::Span::current()
                             .record("peer", tracing::field::display(&r.session.peer));
                         debug!("hello");
+                        if resumable {
+                            r.welcome.resume_token = crate::node::resume::token(
+                                &r.welcome.reconnect_secret,
+                                &r.session.peer,
+                            );
+                            r.session.resumable = true;
+                            handle.start_seq(1);
+                        }
+                        if let Some(f) = failed {
+                            handle.send_first(f);
+                        }
                         handle.open_gate(Some(r.welcome.into_event(inbound.id)), None);
                         *slot = Some(r.session);
                         Flow::Registered
                     }
                     Err(refused) => {
                         handle.open_gate(None, None);
+                        if let Some(f) = failed {
+                            handle.send(f);
+                        }
                         handle.send_error(inbound.id, refused.error);
                         match refused.close {
                             Some(c) => Flow::Close(c),

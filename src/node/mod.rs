@@ -52,6 +52,8 @@ use crate::tasks::Tasks;
 use crate::turn::IceServer;
 use crate::types::{new_peer_id, NodeId, PairLostReason, PeerId};
 
+pub mod resume;
+
 /// A connection asking for a peer id ([`Node::register`]), from any door.
 #[derive(Debug)]
 pub struct Registration {
@@ -107,6 +109,11 @@ pub struct Welcome {
     pub reconnect_secret: String,
     /// STUN and TURN servers with this peer's TURN credentials (`[turn]`).
     pub ice_servers: Vec<IceServer>,
+    /// What a `hello` gives back to resume this session (native sessions
+    /// with `[resume]` on; else empty).
+    pub resume_token: String,
+    /// This `welcome` answers a resume.
+    pub resumed: bool,
 }
 
 impl Welcome {
@@ -121,6 +128,8 @@ impl Welcome {
             stun_username: self.stun_username,
             reconnect_secret: self.reconnect_secret,
             ice_servers: self.ice_servers,
+            resume_token: self.resume_token,
+            resumed: self.resumed,
         }
     }
 }
@@ -179,6 +188,8 @@ pub struct Node {
     anonymous: AnonymousMode,
     /// Parsed `http.trusted_proxies` (read by the HTTP doors).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Parked sessions and resumes in progress ([`resume`]).
+    resumes: resume::Resumes,
 }
 
 impl std::fmt::Debug for Node {
@@ -234,11 +245,14 @@ impl Node {
             signin,
             anonymous,
             trusted_proxies,
+            resumes: resume::Resumes::default(),
         });
+        node.resumes.set_node(Arc::downgrade(&node));
         core.spawn(inbox_loop(Arc::downgrade(&node), inbox));
         core.spawn(maintenance(Arc::downgrade(&node)));
         core.spawn(keep_views(Arc::downgrade(&node)));
         core.spawn(sweep_rooms(Arc::downgrade(&node)));
+        core.spawn(resume::expire_parked(Arc::downgrade(&node)));
         node.dashboard.start();
         Ok(node)
     }
@@ -360,20 +374,34 @@ impl Node {
             door: door.as_str(),
             observed: observed.to_string(),
         });
-        let welcome = Welcome {
+        let welcome = self.welcome(&session, observed, stun_username, secret, String::new());
+        Ok(Registered { session, welcome })
+    }
+
+    /// The `welcome` of a registered (or resumed) session.
+    fn welcome(
+        &self,
+        session: &Session,
+        observed: SocketAddr,
+        stun_username: Option<String>,
+        reconnect_secret: String,
+        resume_token: String,
+    ) -> Welcome {
+        Welcome {
             peer_id: session.peer.clone(),
             node: self.core.id.clone(),
             observed_addr: observed,
             heartbeat_ms: self.core.cfg.limits.heartbeat_interval.as_millis() as u64,
             stun_username,
-            reconnect_secret: secret,
+            reconnect_secret,
             ice_servers: crate::turn::ice_servers(
                 &self.core.cfg.turn,
                 &session.peer,
                 now_ms() / 1000,
             ),
-        };
-        Ok(Registered { session, welcome })
+            resume_token,
+            resumed: false,
+        }
     }
 
     /// How this node treats peers without a token (from `auth.anonymous`,
@@ -523,6 +551,7 @@ impl Node {
         if let Some(old) = replaced {
             debug!(peer = %peer, "a proven reconnect replaces a local connection");
             old.close(CloseReason::REPLACED);
+            self.end_replaced_parked(&peer, old.epoch);
         }
         handle.mark_registered();
         let (rdv, stun_username) = self
@@ -537,6 +566,7 @@ impl Node {
                 rooms: HashSet::new(),
                 rdv,
                 room_grants: Box::default(),
+                resumable: false,
             },
             stun_username,
         ))
@@ -557,8 +587,10 @@ impl Node {
         for _ in 0..3 {
             let cur = self.core.hub.get(peer);
             if let Some(c) = &cur {
+                // A parked session's socket is closed, but the session is not
+                // over: it is taken only with proof, like a live one.
                 let proven = claim.token_for_id
-                    || c.is_closing()
+                    || (c.is_closing() && !c.is_parked())
                     || claim
                         .presented
                         .is_some_and(|p| self.rdv.secret_is(peer, c.epoch, &p));
@@ -708,7 +740,8 @@ impl Node {
         if env.origin == self.core.id {
             return;
         }
-        self.handle_event(&env.origin, env.event);
+        let tag = crate::core::hub::event_tag(env.origin.as_str(), env.seq);
+        self.handle_event(&env.origin, env.event, tag);
     }
 
     /// An event from `origin` that did not decode: counted and logged (at
@@ -753,14 +786,15 @@ impl Node {
         }
     }
 
-    fn handle_event(&self, origin: &NodeId, event: NodeEvent) {
+    /// `tag`: the room event tag of the envelope it came in (0 inside a batch).
+    fn handle_event(&self, origin: &NodeId, event: NodeEvent, tag: u64) {
         m::count(m::BUS_RECEIVED, "kind", event.kind_name(), 1);
         match event {
             NodeEvent::Batch { events } => {
                 for e in events {
                     // A batch inside a batch is not something a node sends.
                     if !matches!(e, NodeEvent::Batch { .. }) {
-                        self.handle_event(origin, e);
+                        self.handle_event(origin, e, 0);
                     }
                 }
             }
@@ -783,12 +817,13 @@ impl Node {
             e @ (NodeEvent::Message { .. }
             | NodeEvent::PeerJoined { .. }
             | NodeEvent::PeerLeft { .. }
-            | NodeEvent::RoomClosed { .. }) => self.rooms.deliver_remote(e),
+            | NodeEvent::RoomClosed { .. }) => self.rooms.deliver_remote(e, tag),
             NodeEvent::Probe { .. } => {}
             NodeEvent::Kick { peer_id, epoch } => {
                 if let Some(h) = self.core.hub.get(&peer_id).filter(|h| h.epoch == epoch) {
                     h.close(CloseReason::REPLACED);
                 }
+                self.end_replaced_parked(&peer_id, epoch);
             }
             NodeEvent::Paired {
                 to,
@@ -808,6 +843,7 @@ impl Node {
             | NodeEvent::DashRooms { .. }
             | NodeEvent::DashCount {}) => self.dashboard.deliver_remote(e),
             NodeEvent::Console { text } => self.console.remote(origin, &text),
+            NodeEvent::Resume(step) => self.resume_step(origin, *step),
         }
     }
 
@@ -833,6 +869,7 @@ impl Node {
                 after_ms: rand::random_range(0..jitter),
             });
         }
+        let deadline = tokio::time::Instant::now() + grace;
         self.core.tracker.close();
         if tokio::time::timeout(grace, self.core.tracker.wait())
             .await
@@ -853,6 +890,9 @@ impl Node {
                 );
             }
         }
+        // Sessions parked by the drain wait for their clients to resume them
+        // on another node, within the grace period.
+        self.drain_parked(deadline).await;
         if let Err(e) = self.core.store.goodbye(&self.core.id).await {
             warn!(error = %e, "could not remove this node's heartbeat");
         }
