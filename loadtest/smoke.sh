@@ -184,6 +184,7 @@ else
   run_step "loadgen relay (saturating, MessagePack)" "$loadgen" relay --urls "$urls" --pairs 20 --secs 2 --msgpack "${pid[@]}"
   run_step "loadgen connect" "$loadgen" connect --urls "$urls" --conns 500 --concurrency 20 "${pid[@]}"
   run_step "loadgen connect (held)" "$loadgen" connect --urls "$urls" --conns 300 --concurrency 20 --hold "${pid[@]}"
+  run_step "loadgen rolling (resumable pairs, no restart)" "$loadgen" rolling --urls "$urls" --pairs 10 --rate 20 --secs 2 --drain-secs 5
   run_step "loadgen pairing" "$loadgen" pairing --urls "$urls" --workers 40 --pool "smoke-$$" --wait-secs 10 "${pid[@]}"
   if [ -n "${SB_STUN:-}" ]; then
     run_step "loadgen stun" "$loadgen" stun --target "$SB_STUN" --sockets 1 --window 8 --secs 1 "${pid[@]}"

@@ -132,6 +132,8 @@ struct Outbox {
     node: NodeId,
     q: Mutex<Queue>,
     ready: Notify,
+    /// Events taken from the queue whose publish has not finished.
+    publishing: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -198,7 +200,17 @@ impl Relay {
         data: Opaque,
         received: Instant,
     ) -> Result<Option<Event>, ClientError> {
-        if let Some(h) = self.core.hub.get(&to) {
+        // A target that arrived here while this node still has a route to
+        // it elsewhere (its session was resumed on this node): what was sent
+        // through that route may still be in flight, so this one follows it
+        // (bounced back, or released from the detour, in order; the route is
+        // gone after that).
+        if let Some(h) = self
+            .core
+            .hub
+            .get(&to)
+            .filter(|_| !self.routes.contains_key(&to))
+        {
             h.push(
                 Arc::new(Event::Signal {
                     from: from.clone(),
@@ -368,6 +380,7 @@ impl Relay {
             node: to.clone(),
             q: Mutex::new(Queue::default()),
             ready: Notify::new(),
+            publishing: AtomicUsize::new(0),
         });
         self.core.spawn(run_outbox(self.me.clone(), ob.clone()));
         ob
@@ -400,7 +413,11 @@ impl Relay {
         for e in events {
             match e {
                 NodeEvent::Signal(s) => failed.push(s),
-                NodeEvent::Flush { peer_id } if give_up => self.flushed(to, peer_id),
+                // A node no longer alive (it drained and said goodbye, or
+                // it was reaped) has nothing in flight to wait for.
+                NodeEvent::Flush { peer_id } if give_up || !self.core.node_is_alive(to) => {
+                    self.flushed(to, peer_id)
+                }
                 e if give_up => {
                     metrics::counter!(m::RELAY_ANSWERS_DROPPED, "kind" => e.kind_name())
                         .increment(1);
@@ -408,9 +425,39 @@ impl Relay {
                 e => again.push(e),
             }
         }
+        // Nothing of the batch was delivered. A target the directory now
+        // places on another node moved there (its session was resumed
+        // elsewhere after its node drained): the signals take the detour a
+        // bounce would have started, released at once (a node no publish
+        // reaches has nothing in flight), so they reach it in order.
+        let mut moved: HashMap<PeerId, bool> = HashMap::new();
+        let mut rest = Vec::new();
+        for s in failed {
+            let elsewhere = match moved.get(&s.to) {
+                Some(m) => *m,
+                None => {
+                    let m = matches!(
+                        self.core.store.locate_peer(&s.to).await,
+                        Ok(Some(loc)) if loc.node != *to && self.core.node_is_alive(&loc.node)
+                    );
+                    moved.insert(s.to.clone(), m);
+                    m
+                }
+            };
+            if elsewhere && s.hops < MAX_HOPS {
+                self.bounced(to, s);
+            } else {
+                rest.push(s);
+            }
+        }
+        for (peer, m) in moved {
+            if m {
+                self.flushed(to, peer);
+            }
+        }
         self.forget_node(to);
-        // Nothing of the batch was delivered. Say why: the target is gone
-        // (its node died and was cleaned up), or its node is unreachable.
+        // Else say why: the target is gone (its node died and was cleaned
+        // up), or its node is unreachable.
         let mut gone: HashMap<PeerId, bool> = HashMap::new();
         for RemoteSignal {
             from,
@@ -418,7 +465,7 @@ impl Relay {
             to: target,
             id,
             ..
-        } in failed
+        } in rest
         {
             let Some(h) = self.core.hub.get(&from).filter(|h| h.epoch == from_epoch) else {
                 continue;
@@ -446,6 +493,24 @@ impl Relay {
         again
     }
 
+    /// Waits (at most `within`) until every outbox has published what it
+    /// holds: a draining node's last bounces and answers leave before it
+    /// exits.
+    pub async fn settle(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let busy = self
+                .outboxes
+                .iter()
+                .any(|o| !o.q.lock().events.is_empty() || o.publishing.load(Ordering::Acquire) > 0);
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        debug!("outboxes still busy at the end of the drain");
+    }
+
     /// A signal from another node: deliver it to the local peer, or bounce it.
     pub fn receive(&self, origin: &NodeId, s: RemoteSignal) {
         let target = if self.is_bouncing(origin, &s.to) {
@@ -454,6 +519,7 @@ impl Relay {
             self.core.hub.get(&s.to)
         };
         let Some(h) = target else {
+            debug!(peer = %s.to, origin = %origin, "signal bounced");
             metrics::counter!(m::RELAY_BOUNCES, "side" => "sent").increment(1);
             self.start_bouncing(origin, &s.to);
             let _ = self.push(origin, NodeEvent::Bounced(s));
@@ -499,6 +565,7 @@ impl Relay {
 
     /// One of our signals came back from `bouncer`: start a detour (or add to one).
     pub fn bounced(&self, bouncer: &NodeId, s: RemoteSignal) {
+        debug!(peer = %s.to, bouncer = %bouncer, "signal came back; detour");
         metrics::counter!(m::RELAY_BOUNCES, "side" => "received").increment(1);
         let peer = s.to.clone();
         let mut flush = false;
@@ -588,6 +655,7 @@ impl Relay {
             })
             .chain(d.held);
         let local = self.core.hub.get(&r.peer);
+        debug!(peer = %r.peer, to = ?loc, local = local.is_some(), "detour released");
         match loc {
             Some((node, epoch)) if node != self.core.id && local.is_none() => {
                 *entry.get_mut() = RouteEntry::Via {
@@ -746,7 +814,9 @@ async fn run_outbox(node: Weak<Relay>, ob: Arc<Outbox>) {
         }
         let Some(n) = node.upgrade() else { return };
         let give_up = failing_since.is_some_and(|t| t.elapsed() > ANSWER_RETRY);
+        ob.publishing.store(batch.len(), Ordering::Release);
         let again = n.publish_batch(&ob.node, batch, give_up).await;
+        ob.publishing.store(0, Ordering::Release);
         drop(n);
         if again.is_empty() {
             failing_since = None;

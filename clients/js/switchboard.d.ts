@@ -48,6 +48,14 @@ export interface ClientOptions {
   requestTimeoutMs?: number;
   /** How long one connection attempt may take up to `welcome` and the re-joins (default 10000 ms). */
   connectTimeoutMs?: number;
+  /**
+   * Ask for a resumable session (default true): after a lost socket or a
+   * drain, the client resumes it with `welcome.resume_token` and the last
+   * `seq` it read, keeping its rooms and getting what it missed (see
+   * docs/PROTOCOL.md, "Resume"); when the server cannot resume it, a
+   * `resume-failed` event comes and the client joins its rooms again.
+   */
+  resume?: boolean;
   /** The WebSocket constructor (default `globalThis.WebSocket`). */
   WebSocket?: WebSocketConstructor;
   /** Timer functions (default the global ones); tests pass a fake clock. */
@@ -72,6 +80,17 @@ export interface Welcome {
   heartbeat_ms: number;
   stun_username?: string;
   reconnect_secret: string;
+  /** Give back with `last_seq` to resume this session (resumable sessions). */
+  resume_token?: string;
+  /** This welcome resumed a session: what it missed follows. */
+  resumed?: boolean;
+}
+export interface ResumeFailed {
+  type: "resume-failed";
+  /** `expired`, `overflow`, `unknown-seq`, `node-lost`, `unknown`, `unavailable`, `draining`, `disabled`. */
+  reason: string;
+  /** Messages lost, when the server knows. */
+  missed: number | null;
 }
 export interface PeerInfo {
   peer_id: string;
@@ -157,6 +176,7 @@ export type ServerMessage =
   | Paired
   | PairLost
   | EndpointEvent
+  | ResumeFailed
   | { type: "pong"; id?: Id };
 
 export interface ClientEvents {
@@ -172,6 +192,8 @@ export interface ClientEvents {
   paired: Paired;
   "pair-lost": PairLost;
   endpoint: EndpointEvent;
+  /** A resume was refused: the session that follows is fresh (its rooms are joined again). */
+  "resume-failed": ResumeFailed;
   /** Every `joined`, the re-joins after a reconnect included. */
   joined: Joined;
   /** Every server event above. */
@@ -186,8 +208,8 @@ export interface ClientEvents {
   reconnecting: { attempt: number; delayMs: number; url: string };
   /** A connection attempt failed (and another follows). */
   "connect-error": { url: string; error: SwitchboardError };
-  /** Connected again: hello with the peer id and secret, rooms joined again. */
-  reconnected: { url: string; node: string; rooms: string[] };
+  /** Connected again: the session resumed (`resumed`), or hello with the peer id and secret and the rooms joined again. */
+  reconnected: { url: string; node: string; rooms: string[]; resumed?: true };
   /** A room could not be joined again after a reconnect; it is dropped. */
   "rejoin-failed": { room: string; error: SwitchboardError };
 }

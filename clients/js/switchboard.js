@@ -74,6 +74,7 @@ const DEFAULTS = {
   drainJitterMs: 1000,
   requestTimeoutMs: 10000,
   connectTimeoutMs: 10000,
+  resume: true,
 };
 
 export class SwitchboardClient {
@@ -115,6 +116,8 @@ export class SwitchboardClient {
 
     this._urlIndex = 0;
     this._secret = null;
+    // The session's resume token and the last `seq` read of it (resume).
+    this._seq = { token: null, last: 0 };
     this._nextId = 1;
     this._pending = new Map(); // id -> {session, expect, resolve, reject, timer, type}
     this._rooms = new Map(); // room -> {meta, token, peers: Map<peer_id, meta>}
@@ -394,6 +397,10 @@ export class SwitchboardClient {
         try {
           const token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
           s.helloSent = true;
+          // Resume the session when it has a token: the server then keeps
+          // its rooms and sends what it missed after `last_seq`.
+          const resume = this.options.resume !== false;
+          const resumeToken = resume ? this._seq.token : null;
           const welcome = await this._requestOn(
             s,
             {
@@ -402,6 +409,9 @@ export class SwitchboardClient {
               meta: this.options.meta,
               token,
               reconnect_secret: this._secret ?? undefined,
+              resumable: resume || undefined,
+              resume: resumeToken ?? undefined,
+              last_seq: resumeToken ? this._seq.last : undefined,
             },
             this.options.connectTimeoutMs,
           );
@@ -418,7 +428,9 @@ export class SwitchboardClient {
             this._setState("reconnecting");
           }
           const failed = [];
-          for (const [room, r] of [...this._rooms]) {
+          // A resumed session is still in its rooms.
+          const rejoin = welcome.resumed ? [] : [...this._rooms];
+          for (const [room, r] of rejoin) {
             try {
               await this._requestOn(s, { type: "join", room, meta: r.meta, token: r.token }, this.options.requestTimeoutMs);
             } catch (e) {
@@ -460,7 +472,11 @@ export class SwitchboardClient {
     }
     this._setState("open");
     this._emit("welcome", s.welcome);
-    if (!first) this._emit("reconnected", { url: s.url, node: s.welcome.node, rooms: [...this._rooms.keys()] });
+    if (!first) {
+      const ev = { url: s.url, node: s.welcome.node, rooms: [...this._rooms.keys()] };
+      if (s.welcome.resumed) ev.resumed = true;
+      this._emit("reconnected", ev);
+    }
   }
 
   _rejectPending(s, err) {
@@ -589,6 +605,11 @@ export class SwitchboardClient {
       if (p.session === s && (msg.type === p.expect || msg.type === "error")) {
         this._pending.delete(msg.id);
         this._clearTimeout(p.timer);
+        if (msg.type === "welcome") {
+          // Here too: what a resumed session missed follows at once.
+          s.resumeToken = msg.resume_token ?? null;
+          if (!msg.resumed) this._seq = { token: s.resumeToken, last: 0 };
+        }
         if (msg.type === "joined") {
           // Recorded here, not when the promise's continuation runs: the
           // room's next events may be handled before that.
@@ -599,6 +620,12 @@ export class SwitchboardClient {
         if (msg.type === "joined") this._emit("joined", msg);
         return;
       }
+    }
+    if (typeof msg.seq === "number" && s.resumeToken && s.resumeToken === this._seq.token) {
+      // A message of this session read already: a resume sends again what
+      // the old socket may have lost, and the old socket may still deliver.
+      if (msg.seq <= this._seq.last) return;
+      this._seq.last = msg.seq;
     }
     if (s.retired && s !== this._current && !["signal", "message"].includes(msg.type)) {
       // A replaced socket's last words: only what peers sent is still news.

@@ -1,6 +1,6 @@
 //! `loadgen`: a load generator for Switchboard's native protocol (`/ws`).
 //!
-//! Six scenarios, each bounded in count and time, each printing one JSON
+//! Seven scenarios, each bounded in count and time, each printing one JSON
 //! summary object on stdout (human progress goes to stderr):
 //!
 //! - `idle`: opens N sockets, each sends `hello` and one `join`, then holds
@@ -18,6 +18,9 @@
 //!   checks that every worker was paired exactly once and symmetrically.
 //! - `stun`: STUN Binding requests over UDP from a few sockets, each keeping
 //!   `--window` requests in flight; reports responses/s and round-trip times.
+//! - `rolling`: P pairs of resumable sessions signal while the nodes behind
+//!   them restart; every peer resumes its session wherever it lands; checks
+//!   that no signal is lost, duplicated or reordered (see its module).
 //! - `dashboard`: the dashboard door (`/ws/`): N subscribers of its room
 //!   list; the latency of a room change to every subscriber, and the
 //!   nodes' CPU for the periodic list (see its module).
@@ -34,7 +37,7 @@
 //!
 //! The code: this file parses the command line and runs one scenario. Each
 //! scenario is a module ([`idle`], [`relay`], [`connect`], [`pairing`],
-//! [`stun`], [`dashboard`]) holding its flags and its run; they share [`wire`] (the protocol
+//! [`stun`], [`dashboard`], [`rolling`]) holding its flags and its run; they share [`wire`] (the protocol
 //! messages the generator sends and reads), [`dial`] (sockets, source
 //! addresses and the WebSocket set-up), [`report`] (histograms, failure counts
 //! and figures for the JSON summary) and [`procstat`] (CPU time and RSS of the
@@ -48,6 +51,7 @@ mod pairing;
 mod procstat;
 mod relay;
 mod report;
+mod rolling;
 mod stun;
 mod wire;
 
@@ -61,6 +65,7 @@ use dashboard::{dashboard, DashboardArgs};
 use idle::{idle, IdleArgs};
 use pairing::{pairing, PairingArgs};
 use relay::{relay, RelayArgs};
+use rolling::{rolling, RollingArgs};
 use stun::{stun, StunArgs};
 
 /// Load generator for Switchboard's native WebSocket protocol.
@@ -83,6 +88,8 @@ enum Scenario {
     Pairing(PairingArgs),
     /// STUN Binding requests over UDP at a node's STUN port; report responses/s and RTT.
     Stun(StunArgs),
+    /// Resumable pairs signal across node restarts; check nothing is lost, duplicated or reordered.
+    Rolling(RollingArgs),
     /// Dashboard door: N subscribers of the room list; change latency and the periodic list's cost.
     Dashboard(DashboardArgs),
 }
@@ -131,6 +138,7 @@ fn main() -> ExitCode {
             Scenario::Pairing(a) => pairing(a).await,
             Scenario::Stun(a) => stun(a).await,
             Scenario::Dashboard(a) => dashboard(a).await,
+            Scenario::Rolling(a) => rolling(a).await,
         }
     });
     // Sockets still held by aborted tasks are dropped here, bounded.

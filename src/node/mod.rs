@@ -893,6 +893,14 @@ impl Node {
         // Sessions parked by the drain wait for their clients to resume them
         // on another node, within the grace period.
         self.drain_parked(deadline).await;
+        // Signals still routed here bounce to their senders' nodes (which
+        // then find where the peers went): a moment for the last of them,
+        // and for the outboxes to publish them, before the node goes.
+        tokio::time::sleep(
+            DRAIN_LINGER.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
+        self.relay.settle(Duration::from_secs(2)).await;
         if let Err(e) = self.core.store.goodbye(&self.core.id).await {
             warn!(error = %e, "could not remove this node's heartbeat");
         }
@@ -968,6 +976,10 @@ fn undeliverable(target: Option<&PeerId>) -> ClientError {
         format!("the node{to} could not read this signal; it was not delivered"),
     )
 }
+
+/// How long a draining node keeps bouncing signals after its last session
+/// left (see [`Node::drain`]).
+const DRAIN_LINGER: Duration = Duration::from_millis(500);
 
 /// Re-registrations that fail in a row wait 1, 2, 4, ... heartbeats before
 /// the next attempt, at most this many.

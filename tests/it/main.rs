@@ -35,6 +35,7 @@ mod limits;
 mod protocol;
 mod rendezvous;
 mod resume;
+mod rolling;
 mod room_records;
 mod room_signaling;
 mod rooms;

@@ -51,7 +51,7 @@ test("connect offers the subprotocol, says hello and resolves with welcome", asy
   const ws = await connected(client, { node: "node-a" });
   assert.equal(ws.url, "ws://a/ws");
   assert.equal(ws.protocol, "switchboard.v1.json");
-  assert.deepEqual(ws.messages(), [{ type: "hello", id: 1, peer_id: "alice", meta: { name: "Alice" } }]);
+  assert.deepEqual(ws.messages(), [{ type: "hello", id: 1, peer_id: "alice", meta: { name: "Alice" }, resumable: true }]);
   assert.equal(client.state, "open");
   assert.equal(client.node, "node-a");
   assert.equal(client.peerId, "alice");
@@ -176,7 +176,7 @@ test("a reconnect says hello with the peer id and secret, joins the rooms again,
   assert.equal(ws2.url, "ws://b/ws");
   ws2.open();
   await settle();
-  assert.deepEqual(ws2.messages(), [{ type: "hello", id: 3, peer_id: "assigned-1", reconnect_secret: "s1" }]);
+  assert.deepEqual(ws2.messages(), [{ type: "hello", id: 3, peer_id: "assigned-1", reconnect_secret: "s1", resumable: true }]);
   ws2.welcome({ reconnect_secret: "s2", node: "node-b" });
   await settle();
   assert.deepEqual(ws2.messages().slice(1), [{ type: "join", id: 4, room: "call" }]);
@@ -225,7 +225,7 @@ test("the drain hint: wait after_ms, take over on the next node, re-join, then d
   assert.equal(ws2.url, "ws://b/ws");
   ws2.open();
   await settle();
-  assert.deepEqual(ws2.lastOf("hello"), { type: "hello", id: 4, peer_id: "assigned-1", reconnect_secret: "s1" });
+  assert.deepEqual(ws2.lastOf("hello"), { type: "hello", id: 4, peer_id: "assigned-1", reconnect_secret: "s1", resumable: true });
   ws2.welcome({ reconnect_secret: "s2", node: "node-b" });
   await settle();
   // The server closes the replaced socket with 4002: not fatal here, and not reported as a close.
@@ -364,7 +364,7 @@ test("MessagePack on the wire: the msgpack subprotocol, binary frames both ways"
   ws.open();
   await settle();
   assert.ok(ws.sent[0] instanceof Uint8Array);
-  assert.deepEqual(msgpack.decode(ws.sent[0]), { type: "hello", id: 1, peer_id: "m" });
+  assert.deepEqual(msgpack.decode(ws.sent[0]), { type: "hello", id: 1, peer_id: "m", resumable: true });
   ws.onmessage({
     data: msgpack.encode({ type: "welcome", id: 1, peer_id: "m", node: "n", observed_addr: "x", heartbeat_ms: 1, reconnect_secret: "s" }).buffer,
   });
@@ -425,4 +425,54 @@ test("a room's events handled before join()'s caller resumes are not lost", asyn
   ws.deliver({ type: "peer-joined", room: "r", peer_id: "bob", meta: null });
   await join;
   assert.deepEqual([...client.rooms.get("r").keys()], ["bob"]);
+});
+
+test("resume: a lost socket resumes with the token and the last seq; no re-join; what was read is not read twice", async () => {
+  const { client, clock } = makeClient(["ws://a/ws", "ws://b/ws"], { minDelayMs: 100 });
+  const ws = await connected(client, { reconnect_secret: "s1", resume_token: "tok" });
+  const join = client.join("call");
+  await settle();
+  ws.deliver({ type: "joined", id: 2, room: "call", peers: [] });
+  await join;
+  const got = record(client, ["signal", "reconnected", "resume-failed"]);
+  ws.deliver({ type: "signal", from: "bob", kind: "offer", data: 1, seq: 1 });
+  ws.deliver({ type: "signal", from: "bob", kind: "offer", data: 2, seq: 2 });
+  ws.serverClose(1006);
+  await clock.advance(75);
+  const ws2 = FakeWebSocket.last();
+  ws2.open();
+  await settle();
+  assert.deepEqual(ws2.messages(), [
+    { type: "hello", id: 3, peer_id: "assigned-1", reconnect_secret: "s1", resumable: true, resume: "tok", last_seq: 2 },
+  ]);
+  ws2.welcome({ reconnect_secret: "s1", resume_token: "tok", resumed: true, node: "node-b" });
+  // The server sends again what the old socket may have lost: the client
+  // drops what it read already.
+  ws2.deliver({ type: "signal", from: "bob", kind: "offer", data: 2, seq: 2 });
+  ws2.deliver({ type: "signal", from: "bob", kind: "offer", data: 3, seq: 3 });
+  await settle();
+  assert.equal(client.state, "open");
+  assert.deepEqual(ws2.messages().slice(1), [], "no re-join: the session is still in its rooms");
+  assert.deepEqual(
+    got.filter(([t]) => t === "signal").map(([, e]) => e.data),
+    [1, 2, 3],
+  );
+  assert.deepEqual(got.find(([t]) => t === "reconnected")[1], { url: "ws://b/ws", node: "node-b", rooms: ["call"], resumed: true });
+  // A refused resume: a fresh session, numbered from 1 again, rooms joined again.
+  ws2.serverClose(1006);
+  await clock.advance(75);
+  const ws3 = FakeWebSocket.last();
+  ws3.open();
+  await settle();
+  assert.equal(ws3.lastOf("hello").last_seq, 3);
+  ws3.deliver({ type: "resume-failed", reason: "expired", missed: null });
+  ws3.welcome({ reconnect_secret: "s3", resume_token: "tok2" });
+  await settle();
+  assert.deepEqual(ws3.lastOf("join"), { type: "join", id: 5, room: "call" });
+  ws3.deliver({ type: "joined", id: 5, room: "call", peers: [] });
+  ws3.deliver({ type: "signal", from: "bob", kind: "offer", data: "fresh", seq: 1 });
+  await settle();
+  assert.deepEqual(got.find(([t]) => t === "resume-failed")[1], { type: "resume-failed", reason: "expired", missed: null });
+  assert.equal(got.filter(([t]) => t === "signal").at(-1)[1].data, "fresh");
+  client.close();
 });
