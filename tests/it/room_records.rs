@@ -544,6 +544,83 @@ async fn anyone_may_create_when_the_operator_says_so() {
     );
 }
 
+/// `POST /api/rooms` as anyone from `client` (through the loopback proxy's
+/// `X-Forwarded-For`, so not an admin; the client when the node trusts
+/// loopback proxies).
+async fn create_as(node: &TestNode, client: &str, body: Value) -> (u16, Value) {
+    request(
+        node,
+        Method::POST,
+        "/api/rooms",
+        &[("x-forwarded-for", client)],
+        Some(body),
+    )
+    .await
+}
+
+/// Callers other than admins are capped per creator (here a client
+/// address) and together; a refused create leaves no room; admins are not
+/// counted; a slot comes back when its room's lifetime ends.
+#[tokio::test]
+async fn rooms_made_by_others_are_capped_per_creator_and_in_all() {
+    let node = TestNode::spawn(&[
+        ("SWITCHBOARD_ROOMS__CREATE", "anyone"),
+        ("SWITCHBOARD_ROOMS__MAX_ROOMS_PER_CREATOR", "2"),
+        ("SWITCHBOARD_ROOMS__MAX_ROOMS_BY_OTHERS", "3"),
+        // The loopback proxy names the client (each address is a creator).
+        ("SWITCHBOARD_HTTP__TRUSTED_PROXIES", r#"["127.0.0.0/8"]"#),
+    ]);
+    let (a, b, c) = ("203.0.113.9", "203.0.113.10", "203.0.113.11");
+    let refused = |v: &Value, cap: &str| {
+        v["error"]["code"] == "rate-limited"
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(cap))
+    };
+    let (status, v) = create_as(&node, a, json!({"name": "a1", "ttl_secs": 1})).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = create_as(&node, a, json!({"name": "a2", "ttl_secs": 600})).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = create_as(&node, a, json!({"name": "a3", "ttl_secs": 600})).await;
+    assert!(
+        status == 429 && refused(&v, "rooms.max_rooms_per_creator"),
+        "{status} {v}"
+    );
+    let (status, _) = node.get("/api/rooms/a3").await;
+    assert_eq!(status, 404, "a refused room is not left behind");
+
+    let (status, v) = create_as(&node, b, json!({"name": "b1", "ttl_secs": 600})).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = create_as(&node, c, json!({"name": "c1", "ttl_secs": 600})).await;
+    assert!(
+        status == 429 && refused(&v, "rooms.max_rooms_by_others"),
+        "{status} {v}"
+    );
+    let (status, _) = node.get("/api/rooms/c1").await;
+    assert_eq!(status, 404);
+    // An admin is not counted.
+    create(&node, json!({"name": "admins", "ttl_secs": 600})).await;
+    assert_eq!(
+        metric(
+            &node,
+            "switchboard_rooms_refused_total{cap=\"per-creator\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // a1's lifetime (1 s) ends: its slot comes back, to a and to the total.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = create_as(&node, a, json!({"name": "a3", "ttl_secs": 600})).await;
+        if status == 201 {
+            break;
+        }
+        assert!(status == 429 && Instant::now() < deadline, "{status} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn bad_room_requests_are_400_json() {
     let node = TestNode::spawn(&[]);

@@ -204,3 +204,62 @@ async fn deleting_a_room_closes_it_on_every_node() {
         json!([{"peer_id": "b", "meta": null}])
     );
 }
+
+/// The caps on rooms made by callers other than admins hold across the
+/// cluster (slots in Redis): a signed-in caller's rooms count on every node.
+#[tokio::test]
+async fn a_creators_cap_holds_across_nodes() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("rooms-cap");
+    let nodes = spawn_cluster(
+        &redis,
+        &prefix,
+        2,
+        &[
+            ("SWITCHBOARD_AUTH__JWT__HS256_SECRET", "cap-secret"),
+            ("SWITCHBOARD_ROOMS__CREATE", "signed_in"),
+            ("SWITCHBOARD_ROOMS__MAX_ROOMS_PER_CREATOR", "2"),
+        ],
+    )
+    .await;
+    let token = |sub: &str| {
+        let claims = json!({"sub": sub, "exp": crate::room_records::unix_now() + 600});
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(b"cap-secret"),
+            )
+            .unwrap()
+        )
+    };
+    let (carol, dave) = (token("carol"), token("dave"));
+    assert_eq!(post_room(&nodes[0], &carol, "c1").await.0, 201);
+    assert_eq!(post_room(&nodes[1], &carol, "c2").await.0, 201);
+    let (status, v) = post_room(&nodes[0], &carol, "c3").await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (429, &json!("rate-limited")),
+        "{v}"
+    );
+    // Another creator, from the same address, has slots of their own.
+    assert_eq!(post_room(&nodes[1], &dave, "d1").await.0, 201);
+    assert_eq!(nodes[1].get("/api/rooms/c3").await.0, 404);
+}
+
+/// `POST /api/rooms {"name"}` with `Authorization: <bearer>`, through the
+/// loopback proxy (so not an admin).
+async fn post_room(node: &TestNode, bearer: &str, name: &str) -> (u16, Value) {
+    crate::room_records::request(
+        node,
+        reqwest::Method::POST,
+        "/api/rooms",
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("authorization", bearer),
+        ],
+        Some(json!({ "name": name })),
+    )
+    .await
+}
