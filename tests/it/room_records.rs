@@ -88,9 +88,11 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-const SECRET: &str = "room-records-test-secret";
+/// The HS256 key of these tests' nodes (`auth.jwt.hs256_secret`).
+pub const SECRET: &str = "room-records-test-secret";
 
-fn jwt(claims: Value) -> String {
+/// A JWT of `claims` under [`SECRET`].
+pub fn jwt(claims: Value) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -99,7 +101,8 @@ fn jwt(claims: Value) -> String {
     .unwrap()
 }
 
-fn claims(sub: &str) -> Value {
+/// Claims for `sub`, valid for ten minutes.
+pub fn claims(sub: &str) -> Value {
     json!({"sub": sub, "exp": unix_now() + 600})
 }
 

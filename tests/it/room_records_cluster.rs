@@ -11,7 +11,7 @@ use switchboard::types::{NodeId, RoomName};
 
 use crate::cluster_helpers::{cluster_env, spawn_cluster, unique_prefix, wait_ready, RedisServer};
 use crate::helpers::{metric, Client, TestNode};
-use crate::room_records::{create, delete, try_join, wait_status};
+use crate::room_records::{claims, create, delete, jwt, try_join, wait_status, SECRET};
 
 /// Every Redis key of `room` (none may be left once it is closed).
 fn room_keys(k: &Keys, room: &str) -> Vec<String> {
@@ -216,25 +216,14 @@ async fn a_creators_cap_holds_across_nodes() {
         &prefix,
         2,
         &[
-            ("SWITCHBOARD_AUTH__JWT__HS256_SECRET", "cap-secret"),
+            ("SWITCHBOARD_AUTH__JWT__HS256_SECRET", SECRET),
             ("SWITCHBOARD_ROOMS__CREATE", "signed_in"),
             ("SWITCHBOARD_ROOMS__MAX_ROOMS_PER_CREATOR", "2"),
         ],
     )
     .await;
-    let token = |sub: &str| {
-        let claims = json!({"sub": sub, "exp": crate::room_records::unix_now() + 600});
-        format!(
-            "Bearer {}",
-            jsonwebtoken::encode(
-                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-                &claims,
-                &jsonwebtoken::EncodingKey::from_secret(b"cap-secret"),
-            )
-            .unwrap()
-        )
-    };
-    let (carol, dave) = (token("carol"), token("dave"));
+    let bearer = |sub: &str| format!("Bearer {}", jwt(claims(sub)));
+    let (carol, dave) = (bearer("carol"), bearer("dave"));
     assert_eq!(post_room(&nodes[0], &carol, "c1").await.0, 201);
     assert_eq!(post_room(&nodes[1], &carol, "c2").await.0, 201);
     let (status, v) = post_room(&nodes[0], &carol, "c3").await;
