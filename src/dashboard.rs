@@ -449,7 +449,8 @@ impl Dashboard {
     /// node declared dead while it lived; also at start, which clears what
     /// an earlier run under the same node id left): its count and what its
     /// sockets joined. Everyone hears the count again, and the list when
-    /// it is not the one this node last delivered (none yet counts as
+    /// the restore changed the registry; when it did not, only this node's
+    /// subscribers, and only if they hold another list (none yet counts as
     /// `[]`), so a restore that changes nothing sends no list.
     pub async fn restore(&self) -> Result<(), StoreError> {
         if !self.enabled() {
@@ -565,24 +566,31 @@ impl Inner {
                 s.values().flat_map(|x| x.joined.iter().cloned()).collect();
             (self.next_count(&s), held)
         };
+        // The version before tells whether the restore changed the registry
+        // (it bumps the version only then; a change by another node in
+        // between only costs a list more).
+        let before = self.core.store.dash_list().await.ok().map(|l| l.version);
         let list = self
             .core
             .store
             .dash_restore(&self.core.id, count, &held)
             .await?;
-        // The store may have lost its versions (a Redis restart): the next
-        // list is delivered whatever its version. Everyone hears the list
-        // only when it is not the one this node's subscribers hold (at
-        // start, `[]`): the old server sent no list when nothing changed,
-        // and a node starting (or restoring) with nothing to change would
-        // otherwise send every subscriber of every node a list it has.
-        let known = {
+        // Changed: everyone hears the list. Not changed: the other nodes'
+        // subscribers have it already, and this node's get it only if it is
+        // not the one they hold (`[]` at start): the old server sent no list
+        // when nothing changed, and a node starting (or restoring) with
+        // nothing to change once sent every subscriber of every node an
+        // empty list. The store may have lost its versions (a Redis
+        // restart): the next list is delivered whatever its version.
+        let held_here = {
             let mut d = self.delivered.lock();
             d.version = 0;
             d.rooms == list.json
         };
-        if !known {
+        if before != Some(list.version) {
             self.rooms_changed(&list).await;
+        } else if !held_here {
+            self.deliver_list(list.version, &list.json, "change");
         }
         self.count_changed();
         Ok(())
