@@ -574,33 +574,30 @@ async fn rooms_made_by_others_are_capped_per_creator_and_in_all() {
         ("SWITCHBOARD_HTTP__TRUSTED_PROXIES", r#"["127.0.0.0/8"]"#),
     ]);
     let (a, b, c) = ("203.0.113.9", "203.0.113.10", "203.0.113.11");
-    let refused = |v: &Value, cap: &str| {
-        v["error"]["code"] == "rate-limited"
-            && v["error"]["message"]
+    // `client` asks for room `name` and is refused for `cap`; no room is left.
+    let refused = |client: &'static str, name: &'static str, cap: &'static str| {
+        let node = &node;
+        async move {
+            let (status, v) = create_as(node, client, json!({"name": name, "ttl_secs": 600})).await;
+            let named = v["error"]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains(cap))
+                .is_some_and(|m| m.contains(cap));
+            assert!(
+                status == 429 && v["error"]["code"] == "rate-limited" && named,
+                "{status} {v}"
+            );
+            let (status, _) = node.get(&format!("/api/rooms/{name}")).await;
+            assert_eq!(status, 404, "a refused room is not left behind");
+        }
     };
     let (status, v) = create_as(&node, a, json!({"name": "a1", "ttl_secs": 1})).await;
     assert_eq!(status, 201, "{v}");
     let (status, v) = create_as(&node, a, json!({"name": "a2", "ttl_secs": 600})).await;
     assert_eq!(status, 201, "{v}");
-    let (status, v) = create_as(&node, a, json!({"name": "a3", "ttl_secs": 600})).await;
-    assert!(
-        status == 429 && refused(&v, "rooms.max_rooms_per_creator"),
-        "{status} {v}"
-    );
-    let (status, _) = node.get("/api/rooms/a3").await;
-    assert_eq!(status, 404, "a refused room is not left behind");
-
+    refused(a, "a3", "rooms.max_rooms_per_creator").await;
     let (status, v) = create_as(&node, b, json!({"name": "b1", "ttl_secs": 600})).await;
     assert_eq!(status, 201, "{v}");
-    let (status, v) = create_as(&node, c, json!({"name": "c1", "ttl_secs": 600})).await;
-    assert!(
-        status == 429 && refused(&v, "rooms.max_rooms_by_others"),
-        "{status} {v}"
-    );
-    let (status, _) = node.get("/api/rooms/c1").await;
-    assert_eq!(status, 404);
+    refused(c, "c1", "rooms.max_rooms_by_others").await;
     // An admin is not counted.
     create(&node, json!({"name": "admins", "ttl_secs": 600})).await;
     assert_eq!(
