@@ -17,6 +17,8 @@
 #   SB_DB_HOLD          seconds of the baseline and of the periodic phase (default 15)
 #   SB_DB_PORT          Redis on this port, nodes on the next ones (default 18380)
 #   SB_DB_QUIET_WAIT    wait at most this long for a quiet machine per run (default 60)
+#   SB_DB_PERF          1: `perf record -g` the nodes during the changes phase
+#                       (OUTDIR/perf-RUN-nodes-N.data; read with `perf report -i`)
 #
 # The door is served under the prefix /dashboard on each node's main
 # listener (loopback, so dashboards are admitted without a token). Prints
@@ -56,13 +58,27 @@ for run in $(seq 1 "$runs"); do
     urls="${SB_URLS//\/ws/\/dashboard\/ws\/}"
     echo "dashboard-bench: run $run: $n nodes ($urls), $subs subscribers" >&2
     json="$out/run-$run-nodes-$n.json"
+    log="$out/run-$run-nodes-$n.log"
     "$LOADGEN" dashboard --urls "$urls" --subscribers "$subs" --changes "$changes" \
       --change-interval-ms 500 --hold-secs "$hold" --server-pid "$SB_PIDS" \
-      --source-ips 127.0.30.1-127.0.30.40 --concurrency 200 >"$json" 2>"$out/run-$run-nodes-$n.log" ||
-      echo "dashboard-bench: loadgen exited with $? (see $out/run-$run-nodes-$n.log)" >&2
+      --source-ips 127.0.30.1-127.0.30.40 --concurrency 200 >"$json" 2>"$log" &
+    gen=$!
+    if [ "${SB_DB_PERF:-0}" = 1 ]; then
+      # The changes phase starts one baseline after the subscribers are in.
+      for _ in $(seq 1 3000); do
+        grep -q "subscribed in" "$log" 2>/dev/null && break
+        kill -0 "$gen" 2>/dev/null || break
+        sleep 0.1
+      done
+      sleep "$hold"
+      timeout -s INT $((changes / 2 + 3)) perf record -q -g -p "$SB_PIDS" \
+        -o "$out/perf-$run-nodes-$n.data" >/dev/null 2>&1 || true
+    fi
+    wait "$gen" || echo "dashboard-bench: loadgen exited with $? (see $log)" >&2
     sb_stop_all
     rows+=("$(jq -r --arg n "$n" --arg run "$run" '[$run, $n, .subscribers,
       .change_latency_us.p50_us, .change_latency_us.p99_us, .change_latency_us.max_us,
+      .change_last_us.p50_us, .change_last_us.max_us, .changes_cpu.loadgen_cpu_pct,
       .deliveries.missing, .periodic.lists_per_subscriber_per_sec, .periodic.list_frame_bytes,
       .baseline.cpu.server_cpu_pct, .periodic.cpu.server_cpu_pct,
       .periodic.server_cpu_us_per_list_above_baseline, .periodic.cpu.others_cpu_pct]
@@ -71,6 +87,6 @@ for run in $(seq 1 "$runs"); do
 done
 
 echo
-echo "| run | nodes | subscribers | change p50 µs | p99 µs | max µs | missing | lists/subscriber/s | list bytes | baseline node CPU % | periodic node CPU % | node µs per list above baseline | others' CPU % |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| run | nodes | subscribers | change p50 µs | p99 µs | max µs | to the last, p50 µs | to the last, max µs | generator CPU % (changes) | missing | lists/subscriber/s | list bytes | baseline node CPU % | periodic node CPU % | node µs per list above baseline | others' CPU % |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"

@@ -74,6 +74,9 @@ keys! {
     /// Sorted set of every room with a lifetime, scored by its `expires_at`
     /// (unix ms): the room sweeper reads what is due (`ZRANGEBYSCORE`).
     fn room_expiry() => "room-expiry";
+    /// Sorted set member -> until (unix ms), expiring with its last slot:
+    /// one quota of `Rooms::take_slots` (`quota:rooms:by-others`).
+    fn quota(name: str) => "quota:{}";
     /// String, with a TTL: the holder (a node id) of a lease (`lease:room-sweeper`).
     fn lease(name: str) => "lease:{}";
     /// Hash: a room's record (see `store::redis` for the fields).

@@ -914,6 +914,13 @@ pub struct RoomsConfig {
     /// lifetime ran out: a room closes at most about this long after its time.
     #[serde(rename = "sweep_interval_ms", with = "millis")]
     pub sweep_interval: Duration,
+    /// The most rooms one caller other than an admin (a JWT `sub`; for
+    /// `anyone`, a client address or IPv6 /64) holds a slot for: a room
+    /// takes a slot until its lifetime ends (so at most `max_ttl_ms`),
+    /// deleted or not. Beyond it `POST /api/rooms` answers 429.
+    pub max_rooms_per_creator: usize,
+    /// The same for all callers other than admins together.
+    pub max_rooms_by_others: usize,
 }
 
 impl Default for RoomsConfig {
@@ -922,6 +929,8 @@ impl Default for RoomsConfig {
             create: RoomCreatePolicy::Admin,
             max_ttl: Duration::from_secs(24 * 3600),
             sweep_interval: Duration::from_millis(1_000),
+            max_rooms_per_creator: 50,
+            max_rooms_by_others: 10_000,
         }
     }
 }
@@ -1462,6 +1471,14 @@ impl Config {
                 self.limits.max_peers_per_room as u64,
             ),
             ("limits.outbound_queue", self.limits.outbound_queue as u64),
+            (
+                "rooms.max_rooms_per_creator",
+                self.rooms.max_rooms_per_creator as u64,
+            ),
+            (
+                "rooms.max_rooms_by_others",
+                self.rooms.max_rooms_by_others as u64,
+            ),
             ("limits.max_name_bytes", self.limits.max_name_bytes as u64),
             ("limits.max_kind_bytes", self.limits.max_kind_bytes as u64),
         ];

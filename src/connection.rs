@@ -337,16 +337,16 @@ fn poll_socket<E: Encoder>(
                 cx,
                 WRITE_BATCH,
                 |out| {
-                    if let Some(frame) = enc.encode_seq(&out.msg, out.seq) {
+                    if let Some(frame) = enc.encode_ref(&out.msg, out.seq) {
                         written.keep(&out);
                         m::count(m::MESSAGES_OUT, "type", out.msg.type_name(), 1);
                         if let Some(t) = out.received {
                             sent_at[relayed] = Some(t);
                             relayed += 1;
                         }
-                        match frame {
-                            Encoded::Text(s) => ws.queue_text(&s),
-                            Encoded::Binary(b) => ws.queue_binary(&b),
+                        match &*frame {
+                            Encoded::Text(s) => ws.queue_text(s),
+                            Encoded::Binary(b) => ws.queue_binary(b),
                         }
                         full.set(ws.write_full());
                     }

@@ -20,11 +20,17 @@
 //!   publishes it once; every other node delivers it to its own. A node
 //!   drops a list older than the last one it delivered, so lists published
 //!   by two nodes at once cannot leave a stale one behind.
-//! - **the periodic list**: each node, every `room_list_interval_ms`, reads
-//!   the list once and sends it to its own subscribers (while rooms
-//!   exist). So every subscriber gets it once per period, and the cost is
-//!   one store read per node plus one frame per subscriber: it grows with
-//!   the subscribers, not with subscribers × nodes (docs/BENCHMARKS.md).
+//! - **the periodic list**: each node, `room_list_interval_ms` after the
+//!   last list it delivered (periodic or a change's), reads the list once
+//!   and sends it to its own subscribers (while rooms exist). So every
+//!   subscriber gets a list at least once per period but no periodic one
+//!   right after a change's, and the cost is one store read per node plus
+//!   one frame per subscriber: it grows with the subscribers, not with
+//!   subscribers × nodes (docs/BENCHMARKS.md).
+//! - **one copy of a frame per node**: a list (or a relayed frame) is
+//!   formatted once per node and shared (`Arc<Event>`) by every local
+//!   subscriber's queue; each connection writes it from that copy
+//!   ([`crate::dialect::Encoder::encode_ref`]).
 //! - **client counts**: each node keeps its number of dashboard sockets in
 //!   the store; a change is published (at most one publish per
 //!   [`COUNT_COALESCE`]), and every node reads the total and sends
@@ -97,9 +103,9 @@ struct Inner {
     /// This node's socket count as last given to the store (its generation
     /// orders the writes).
     count: Mutex<DashCount>,
-    /// The version of the last room list delivered to local subscribers;
-    /// held while one is delivered, so two lists never interleave.
-    delivered: Mutex<u64>,
+    /// The last room list delivered to local subscribers; held while one
+    /// is delivered, so two lists never interleave.
+    delivered: Mutex<Delivered>,
     /// Wakes the count task.
     count_wake: Arc<Notify>,
     /// A local socket came or went since the last count fan-out (so the
@@ -107,6 +113,18 @@ struct Inner {
     count_changed_here: AtomicBool,
     /// The door's bus channel.
     bus_room: RoomName,
+}
+
+/// The last room list a node delivered to its subscribers.
+struct Delivered {
+    /// Its version: an older list is dropped.
+    version: u64,
+    /// Its `rooms` JSON (`[]` before the first: what a new subscriber
+    /// knows), so that a restore that changes nothing sends nothing.
+    rooms: String,
+    /// When it was sent: the periodic list is due a period after the last
+    /// list, whatever sent it.
+    at: Option<tokio::time::Instant>,
 }
 
 /// A local dashboard socket.
@@ -154,7 +172,11 @@ impl Dashboard {
                     gen: now_ms().saturating_mul(1_000),
                     count: 0,
                 }),
-                delivered: Mutex::new(0),
+                delivered: Mutex::new(Delivered {
+                    version: 0,
+                    rooms: "[]".to_string(),
+                    at: None,
+                }),
                 count_wake: Arc::new(Notify::new()),
                 count_changed_here: AtomicBool::new(false),
                 bus_room: RoomName::from_trusted(BUS_ROOM),
@@ -426,7 +448,10 @@ impl Dashboard {
     /// Makes the store hold what this node holds (after an outage, or a
     /// node declared dead while it lived; also at start, which clears what
     /// an earlier run under the same node id left): its count and what its
-    /// sockets joined. Everyone hears the list and the count again.
+    /// sockets joined. Everyone hears the count again, and the list when
+    /// the restore changed the registry; when it did not, only this node's
+    /// subscribers, and only if they hold another list (none yet counts as
+    /// `[]`), so a restore that changes nothing sends no list.
     pub async fn restore(&self) -> Result<(), StoreError> {
         if !self.enabled() {
             return Ok(());
@@ -499,10 +524,14 @@ impl Inner {
     /// a newer one was sent already.
     fn deliver_list(&self, version: u64, rooms: &str, trigger: &'static str) {
         let mut delivered = self.delivered.lock();
-        if version < *delivered {
+        if version < delivered.version {
             return;
         }
-        *delivered = version;
+        delivered.version = version;
+        delivered.at = Some(tokio::time::Instant::now());
+        if delivered.rooms != rooms {
+            delivered.rooms = rooms.to_string();
+        }
         if self.fanout(ROOMS_CHANNEL, frame(room_list(rooms)), None, None) > 0 {
             metrics::counter!(m::DASHBOARD_ROOM_LISTS, "trigger" => trigger).increment(1);
         }
@@ -537,15 +566,32 @@ impl Inner {
                 s.values().flat_map(|x| x.joined.iter().cloned()).collect();
             (self.next_count(&s), held)
         };
+        // The version before tells whether the restore changed the registry
+        // (it bumps the version only then; a change by another node in
+        // between only costs a list more).
+        let before = self.core.store.dash_list().await.ok().map(|l| l.version);
         let list = self
             .core
             .store
             .dash_restore(&self.core.id, count, &held)
             .await?;
-        // The store may have lost its versions (a Redis restart): the next
-        // list is delivered whatever its version.
-        *self.delivered.lock() = 0;
-        self.rooms_changed(&list).await;
+        // Changed: everyone hears the list. Not changed: the other nodes'
+        // subscribers have it already, and this node's get it only if it is
+        // not the one they hold (`[]` at start): the old server sent no list
+        // when nothing changed, and a node starting (or restoring) with
+        // nothing to change once sent every subscriber of every node an
+        // empty list. The store may have lost its versions (a Redis
+        // restart): the next list is delivered whatever its version.
+        let held_here = {
+            let mut d = self.delivered.lock();
+            d.version = 0;
+            d.rooms == list.json
+        };
+        if before != Some(list.version) {
+            self.rooms_changed(&list).await;
+        } else if !held_here {
+            self.deliver_list(list.version, &list.json, "change");
+        }
         self.count_changed();
         Ok(())
     }
@@ -579,18 +625,27 @@ async fn count_task(inner: Weak<Inner>, wake: Arc<Notify>) {
     }
 }
 
-/// Every `room_list_interval_ms`: the list to this node's subscribers of
-/// the rooms channel, while rooms exist (one store read per node).
+/// Every `room_list_interval_ms` after the last list this node delivered
+/// (a change's list restarts the period: its subscribers have the list
+/// then, so a periodic one right after it would only repeat it): the list
+/// to this node's subscribers of the rooms channel, while rooms exist (one
+/// store read per node).
 async fn list_task(inner: Weak<Inner>) {
     let period = match inner.upgrade() {
         Some(i) => i.core.cfg.doors.dashboard.room_list_interval,
         None => return,
     };
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut due = tokio::time::Instant::now() + period;
     loop {
-        tick.tick().await;
+        tokio::time::sleep_until(due).await;
         let Some(i) = inner.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        let last = i.delivered.lock().at;
+        if let Some(next) = last.map(|at| at + period).filter(|next| *next > now) {
+            due = next;
+            continue;
+        }
+        due = now + period;
         if i.rooms_subscribers() == 0 {
             continue;
         }

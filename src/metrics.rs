@@ -150,6 +150,9 @@ pub const OPEN_FILES_LIMIT: &str = "switchboard_open_files_limit";
 pub const ACCEPT_ERRORS: &str = "switchboard_accept_errors_total";
 /// Counter: rooms created with `POST /api/rooms` on this node.
 pub const ROOMS_CREATED: &str = "switchboard_rooms_created_total";
+/// Counter: `POST /api/rooms` refused on this node for a cap on rooms made
+/// by callers other than admins, by `cap` (`per-creator`, `by-others`).
+pub const ROOMS_REFUSED: &str = "switchboard_rooms_refused_total";
 /// Counter: rooms whose lifetime ran out, removed by this node's sweeper
 /// (summed over the nodes: every expired room once).
 pub const ROOMS_EXPIRED: &str = "switchboard_rooms_expired_total";
@@ -523,6 +526,10 @@ fn describe() {
     describe_gauge!(START_TIME, "Process start time, in Unix seconds");
     describe_counter!(ACCEPT_ERRORS, "Failed accept calls, by kind");
     describe_counter!(ROOMS_CREATED, "Rooms created over HTTP on this node");
+    describe_counter!(
+        ROOMS_REFUSED,
+        "POST /api/rooms refused for a cap on rooms made by callers other than admins, by cap"
+    );
     describe_counter!(
         ROOMS_EXPIRED,
         "Rooms whose lifetime ran out, removed by this node's sweeper"

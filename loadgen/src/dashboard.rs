@@ -18,6 +18,12 @@
 //!    nodes) and the nodes' CPU meanwhile. The list's cost is this phase's
 //!    CPU less the baseline's.
 //!
+//! Besides the latency of every delivery (`change_latency_us`), each
+//! change's time to its first and to its last subscriber
+//! (`change_first_us`, `change_last_us`: the latency of the change to all
+//! of them), and the generator's own CPU in each phase (`loadgen_cpu_pct`
+//! of each `cpu` object: it shares the machine with the nodes).
+//!
 //! Prints one JSON summary; exit 3 when a delivery is missing or a socket
 //! failed.
 
@@ -151,6 +157,16 @@ pub async fn dashboard(a: DashboardArgs) -> Result<(Value, bool)> {
     // Every subscriber reads until the run stops: the lists of each phase,
     // and the first list holding each change.
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..a.changes).map(|_| AtomicU64::new(0)).collect());
+    // Each change's first and last arrival (µs on `clock`; first starts at max).
+    let first: Arc<Vec<AtomicU64>> =
+        Arc::new((0..a.changes).map(|_| AtomicU64::new(u64::MAX)).collect());
+    let last: Arc<Vec<AtomicU64>> = Arc::new((0..a.changes).map(|_| AtomicU64::new(0)).collect());
+    // What a list holding change k contains (made once, not per frame).
+    let needles: Arc<Vec<String>> = Arc::new(
+        (0..a.changes)
+            .map(|k| format!(r#""id":"bench-{run}-{k}""#))
+            .collect(),
+    );
     let phase = Arc::new(AtomicU64::new(0));
     let lists_baseline = Arc::new(AtomicU64::new(0));
     let lists_periodic = Arc::new(AtomicU64::new(0));
@@ -176,7 +192,7 @@ pub async fn dashboard(a: DashboardArgs) -> Result<(Value, bool)> {
             list_bytes.clone(),
             disconnected.clone(),
         );
-        let run = run.clone();
+        let (first, last, needles) = (first.clone(), last.clone(), needles.clone());
         tasks.spawn(async move {
             let mut next = 0;
             let mut local = new_hist();
@@ -209,11 +225,13 @@ pub async fn dashboard(a: DashboardArgs) -> Result<(Value, bool)> {
                     _ => {}
                 }
                 let now = micros(clock.elapsed());
-                while next < sent.len() && t.contains(&format!(r#""id":"bench-{run}-{next}""#)) {
+                while next < sent.len() && t.contains(needles[next].as_str()) {
                     let at = sent[next].load(Ordering::Acquire);
                     if at > 0 {
                         let _ = local.record(now.saturating_sub(at).max(1));
                     }
+                    first[next].fetch_min(now, Ordering::Relaxed);
+                    last[next].fetch_max(now, Ordering::Relaxed);
                     reached.fetch_add(1, Ordering::Relaxed);
                     next += 1;
                 }
@@ -275,6 +293,19 @@ pub async fn dashboard(a: DashboardArgs) -> Result<(Value, bool)> {
     close_ws(publisher).await;
 
     let hist = hist.lock().expect("hist lock").clone();
+    // Per change: from its send to its first and to its last subscriber.
+    let (mut to_first, mut to_last) = (new_hist(), new_hist());
+    for k in 0..a.changes {
+        let at = sent[k].load(Ordering::Acquire);
+        let (f, l) = (
+            first[k].load(Ordering::Relaxed),
+            last[k].load(Ordering::Relaxed),
+        );
+        if at > 0 && f != u64::MAX {
+            let _ = to_first.record(f.saturating_sub(at).max(1));
+            let _ = to_last.record(l.saturating_sub(at).max(1));
+        }
+    }
     let reached = reached.load(Ordering::Relaxed);
     let periodic = lists_periodic.load(Ordering::Relaxed);
     let secs = a.hold_secs as f64;
@@ -294,6 +325,8 @@ pub async fn dashboard(a: DashboardArgs) -> Result<(Value, bool)> {
         "setup_secs": round2(setup_secs),
         "changes": a.changes,
         "change_latency_us": hist_json(&hist),
+        "change_first_us": hist_json(&to_first),
+        "change_last_us": hist_json(&to_last),
         "deliveries": {"expected": want, "reached": reached, "missing": want - reached.min(want)},
         "baseline": {
             "lists": lists_baseline.load(Ordering::Relaxed),

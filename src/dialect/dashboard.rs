@@ -127,6 +127,15 @@ impl Encoder for DashboardEncoder {
             _ => None,
         }
     }
+
+    fn encode_ref<'a>(&self, event: &'a Event, _seq: u64) -> Option<Cow<'a, Encoded>> {
+        match event {
+            // Every door frame, the room list to thousands of subscribers
+            // included, goes out from the one shared copy.
+            Event::Frame(_) => super::borrow_frame(event),
+            _ => self.encode(event).map(Cow::Owned),
+        }
+    }
 }
 
 /// The envelope fields the rules read. `data` stays text; the frame is

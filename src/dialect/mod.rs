@@ -25,6 +25,7 @@ pub mod legacy_worker;
 pub mod native;
 pub mod room_signaling;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,12 +104,30 @@ pub trait Encoder: Send + Sync + 'static {
     fn encode_seq(&self, event: &Event, _seq: u64) -> Option<Encoded> {
         self.encode(event)
     }
+    /// [`Self::encode_seq`], borrowing what needs no encoding: what the
+    /// connection writes. The default encodes; an encoder that gives
+    /// [`Event::Frame`] back as it is (and writes no `seq`) borrows it
+    /// instead (see [`borrow_frame`]), so a frame fanned out to many
+    /// sockets (the dashboard's room list) is not copied once per recipient
+    /// before it is written.
+    fn encode_ref<'a>(&self, event: &'a Event, seq: u64) -> Option<Cow<'a, Encoded>> {
+        self.encode_seq(event, seq).map(Cow::Owned)
+    }
     /// The close frame for a close reason.
     fn close_frame(&self, why: CloseReason) -> CloseFrame {
         CloseFrame {
             code: why.code,
             reason: why.reason,
         }
+    }
+}
+
+/// The frame of an [`Event::Frame`], borrowed, for an [`Encoder::encode_ref`]
+/// that passes frames through.
+pub fn borrow_frame(event: &Event) -> Option<Cow<'_, Encoded>> {
+    match event {
+        Event::Frame(f) => Some(Cow::Borrowed(f)),
+        _ => None,
     }
 }
 

@@ -12,8 +12,10 @@
 //!   judged by the address of the listener it came through (so the
 //!   default admits them only on a loopback listener), or else with a JWT
 //!   (`?token=` or `Authorization: Bearer`, any `sub`); refused with 401.
-//!   An upgrade at `/ws` or `/` is refused with 400, as the old server's
-//!   WebSocket library refused a wrong path (JSON body here).
+//!   An upgrade at `/ws` or `/` (under a prefix: `{prefix}/ws`,
+//!   `{prefix}` and `{prefix}/`) is refused with 400, as the old server's
+//!   WebSocket library refused a wrong path (JSON body here, saying where
+//!   the WebSocket is).
 //! - `/api/config`: where the browser connects (`WEBSOCKET_URL`:
 //!   `doors.dashboard.websocket_url`, or built from the request's host,
 //!   the prefix and `/ws/`) and its `STUN_SERVERS`, with CORS `*` as before.
@@ -74,6 +76,16 @@ pub(super) fn routes(mount: Mount) -> Router<AppState> {
         .route("/api/config", get(config).options(preflight))
         .route("/health", get(health))
         .layer(Extension(Arc::new(mount)))
+}
+
+/// `{prefix}/` on the main listener: the nested [`routes`] match `{prefix}`
+/// but not `{prefix}/` (the router does not add the trailing slash), so
+/// the path is routed here on its own and answered as `/` is: 400 with
+/// where the WebSocket is for an upgrade, 404 for anything else.
+pub(super) fn prefix_slash_route(prefix: &str) -> Router<AppState> {
+    Router::new()
+        .route(&format!("{prefix}/"), any(wrong_path))
+        .layer(Extension(Arc::new(Mount::Prefix(prefix.to_string()))))
 }
 
 /// The CORS headers of `/api/config` (the old server's, for any origin).

@@ -117,6 +117,7 @@ pub fn router(state: AppState) -> Router {
             &doors.dashboard.prefix,
             dashboard::routes(dashboard::Mount::Prefix(doors.dashboard.prefix.clone())),
         );
+        main = main.merge(dashboard::prefix_slash_route(&doors.dashboard.prefix));
     }
     if doors.coordinator.on_main {
         // Its REST families and its signaling WebSocket (own admission).

@@ -12,12 +12,20 @@
 //! token is the capability its creator was given, and a room without one
 //! is deleted by an admin only.
 //!
+//! Rooms made by callers other than admins are capped cluster-wide
+//! (`rooms.max_rooms_per_creator`, `rooms.max_rooms_by_others`): each takes
+//! a slot of its creator and one of all of them together in the store
+//! ([`crate::store::Rooms::take_slots`]) until its lifetime ends, which for
+//! them is never more than `rooms.max_ttl_ms`. The room is made first (its
+//! name may be taken) and removed again when a cap refuses it, so a refused
+//! create leaves nothing and a taken name costs no slot.
+//!
 //! The token is made here (128 random bits), shown once in the answer to
 //! `POST` and kept only as its SHA-256. Closing a room (delete, or the
 //! sweeper when its lifetime runs out) tells its members `room-closed`
 //! wherever they are ([`crate::rooms::Rooms::close_room`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -30,12 +38,14 @@ use serde_json::{json, Map, Value};
 
 use super::api::{admin_check, check_admin};
 use super::error::ApiError;
+use super::upgrade::observed_addr;
 use super::AppState;
 use crate::config::RoomCreatePolicy;
 use crate::error::ErrorCode;
 use crate::metrics as m;
 use crate::rooms::{new_token, token_hash};
 use crate::store::{now_ms, RoomRecord, RoomSummary, StoreError};
+use crate::stun::SourceLimit;
 use crate::types::{RoomClosedReason, RoomName};
 
 /// The reads, without the guard (the router puts the admin guard over them
@@ -67,10 +77,11 @@ const MAX_PAGE: usize = 1_000;
 enum Caller {
     /// Passed the operator endpoints' guard.
     Admin,
-    /// A verified JWT (its `sub`, for the log).
+    /// A verified JWT (its `sub`, for the log and its cap).
     SignedIn(String),
-    /// Anybody (`rooms.create = "anyone"`).
-    Anyone,
+    /// Anybody (`rooms.create = "anyone"`), from this client address (its
+    /// cap's key: [`SourceLimit::source_key`], an IPv6 client's /64).
+    Anyone(IpAddr),
 }
 
 impl Caller {
@@ -83,10 +94,24 @@ impl Caller {
         match self {
             Self::Admin => "admin",
             Self::SignedIn(sub) => sub,
-            Self::Anyone => "anyone",
+            Self::Anyone(_) => "anyone",
+        }
+    }
+
+    /// The quota of its rooms (`rooms.max_rooms_per_creator`); none for an
+    /// admin.
+    fn quota(&self) -> Option<String> {
+        match self {
+            Self::Admin => None,
+            Self::SignedIn(sub) => Some(format!("rooms:sub:{sub}")),
+            Self::Anyone(ip) => Some(format!("rooms:ip:{}", SourceLimit::source_key(*ip))),
         }
     }
 }
+
+/// The quota of all rooms made by callers other than admins
+/// (`rooms.max_rooms_by_others`).
+const OTHERS_QUOTA: &str = "rooms:by-others";
 
 /// Who the request is, as far as `rooms.create` admits it.
 fn caller(st: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -116,7 +141,7 @@ fn caller(st: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller
                 )),
             }
         }
-        RoomCreatePolicy::Anyone => Ok(Caller::Anyone),
+        RoomCreatePolicy::Anyone => Ok(Caller::Anyone(observed_addr(&st.node, peer, headers).ip())),
     }
 }
 
@@ -379,6 +404,25 @@ async fn create_room(
             Err(e) => return Err(ApiError::store_unavailable(e)),
         }
     }
+    if let (Some(quota), Some(until)) = (who.quota(), expires_at) {
+        if let Err(e) = take_slots(&st, &quota, &record.name, now, until).await {
+            // Refused (or not known to be counted): the room goes again,
+            // before anyone was told its name or token.
+            match st.node.core.store.delete_room(&record.name).await {
+                Ok(Some(removed)) if !removed.is_empty() => {
+                    st.node
+                        .rooms
+                        .close_room(&record.name, RoomClosedReason::Deleted, removed)
+                        .await;
+                }
+                Ok(_) => {}
+                Err(d) => {
+                    tracing::warn!(room = %record.name, error = %d, "a refused room was not removed; it expires with its lifetime")
+                }
+            }
+            return Err(e);
+        }
+    }
     metrics::counter!(m::ROOMS_CREATED).increment(1);
     tracing::debug!(room = %record.name, by = who.name(), ttl_secs = ?ttl, "room created");
     Ok((
@@ -390,6 +434,53 @@ async fn create_room(
         })),
     )
         .into_response())
+}
+
+/// Takes the slots of a room made by a caller other than an admin: one of
+/// the caller's `quota` and one of [`OTHERS_QUOTA`], until the room's
+/// lifetime ends; 429 `rate-limited` naming the cap that is full.
+async fn take_slots(
+    st: &AppState,
+    quota: &str,
+    room: &RoomName,
+    now: u64,
+    until: u64,
+) -> Result<(), ApiError> {
+    let cfg = &st.node.core.cfg.rooms;
+    let quotas = [
+        (quota.to_string(), cfg.max_rooms_per_creator),
+        (OTHERS_QUOTA.to_string(), cfg.max_rooms_by_others),
+    ];
+    let full = st
+        .node
+        .core
+        .store
+        .take_slots(&quotas, room.as_str(), now, until)
+        .await
+        .map_err(ApiError::store_unavailable)?;
+    match full {
+        None => Ok(()),
+        Some(0) => {
+            metrics::counter!(m::ROOMS_REFUSED, "cap" => "per-creator").increment(1);
+            Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "this caller holds {} rooms, its most (rooms.max_rooms_per_creator): a room's slot comes back when its lifetime ends",
+                    cfg.max_rooms_per_creator
+                ),
+            ))
+        }
+        Some(_) => {
+            metrics::counter!(m::ROOMS_REFUSED, "cap" => "by-others").increment(1);
+            Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "callers other than admins hold {} rooms, their most together (rooms.max_rooms_by_others): a room's slot comes back when its lifetime ends",
+                    cfg.max_rooms_by_others
+                ),
+            ))
+        }
+    }
 }
 
 /// A room name for a `POST /api/rooms` without one: 64 random bits, hex.

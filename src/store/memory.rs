@@ -48,6 +48,9 @@ struct Inner {
     /// Pool -> queued worker ids, oldest first. Entries can go stale (the
     /// worker left, paired or moved): they are skipped and dropped when reached.
     queues: HashMap<PoolName, VecDeque<PeerId>>,
+    /// Quota -> member -> until (unix ms): [`Rooms::take_slots`]. Ended
+    /// slots go at the quota's next use; an empty quota goes.
+    quotas: HashMap<String, HashMap<String, u64>>,
 }
 
 /// A room: its record and its members.
@@ -245,6 +248,35 @@ impl Rooms for MemoryStore {
 
     async fn delete_room(&self, room: &RoomName) -> Result<Option<Vec<Membership>>, StoreError> {
         Ok(self.inner.lock().remove_room(room))
+    }
+
+    async fn take_slots(
+        &self,
+        quotas: &[(String, usize)],
+        member: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<Option<usize>, StoreError> {
+        let mut inner = self.inner.lock();
+        for (i, (name, most)) in quotas.iter().enumerate() {
+            let Some(q) = inner.quotas.get_mut(name) else {
+                continue;
+            };
+            q.retain(|_, until| *until > now_ms);
+            if q.is_empty() {
+                inner.quotas.remove(name);
+            } else if !q.contains_key(member) && q.len() >= *most {
+                return Ok(Some(i));
+            }
+        }
+        for (name, _) in quotas {
+            inner
+                .quotas
+                .entry(name.clone())
+                .or_default()
+                .insert(member.to_string(), until_ms);
+        }
+        Ok(None)
     }
 
     async fn expiring_rooms(&self, now_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError> {

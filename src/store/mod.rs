@@ -690,6 +690,20 @@ pub trait Rooms: Send + Sync + 'static {
         access: &RoomAccess,
         now_ms: u64,
     ) -> Result<Vec<Member>, StoreError>;
+    /// Takes a slot of each quota in `quotas` (`(name, most slots)`) for
+    /// `member` until `until_ms`, all or none, in one step: a quota holds
+    /// the slots whose `until_ms` is after `now_ms`, each member once (taking
+    /// again only moves its end). Returns `None` when taken, else the index
+    /// in `quotas` of the first one that is full (nothing was taken). The
+    /// caps on rooms made by callers other than admins
+    /// (`rooms.max_rooms_per_creator`, `rooms.max_rooms_by_others`).
+    async fn take_slots(
+        &self,
+        quotas: &[(String, usize)],
+        member: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<Option<usize>, StoreError>;
     /// Rooms whose `expires_at` is at or before `now_ms`, soonest first, at
     /// most `limit` (what the sweeper removes next).
     async fn expiring_rooms(&self, now_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError>;

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::cluster_helpers::{spawn_cluster, unique_prefix, RedisServer};
+use crate::cluster_helpers::{cluster_env, spawn_cluster, unique_prefix, RedisServer};
 use crate::helpers::{http_client, metric, TestNode, TIMEOUT};
 
 const ROOMS: &str = "webrtc-dashboard-rooms";
@@ -478,6 +478,39 @@ async fn the_websocket_is_at_ws_slash_only() {
     }
 }
 
+/// Under a prefix on the main listener: an upgrade at `{prefix}`,
+/// `{prefix}/` or `{prefix}/ws` is refused with 400 and a JSON body saying
+/// where the WebSocket is (`{prefix}/` was a 404 once: the nested routes
+/// do not match it); a plain GET there is a JSON 404.
+#[tokio::test]
+async fn under_a_prefix_a_wrong_websocket_path_says_where_it_is() {
+    let node = TestNode::spawn(&[("SWITCHBOARD_DOORS__DASHBOARD__PREFIX", "/dashboard")]);
+    let main = node.addr();
+    Dash::connect(&format!("ws://{main}/dashboard/ws/")).await;
+    for path in ["/dashboard/", "/dashboard", "/dashboard/ws"] {
+        match Dash::try_connect(&format!("ws://{main}{path}")).await {
+            Err(tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 400, "{path}");
+                let body: Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+                assert_eq!(body["error"]["code"], "bad-request", "{path}: {body}");
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains("`/dashboard/ws/`"), "{path}: {body}");
+            }
+            Ok(_) => panic!("{path}: upgraded"),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+    for path in ["/dashboard/", "/dashboard"] {
+        let (status, body) = node.get(path).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (404, &json!("not-found")),
+            "{path}"
+        );
+    }
+}
+
 /// `/api/config` (CORS `*`, preflight) and `/health` on the door's own
 /// listener and under a prefix on the main listener.
 #[tokio::test]
@@ -873,15 +906,10 @@ async fn the_periodic_list_reaches_each_subscriber_once_per_period() {
             subs.push(d);
         }
     }
-    // No room: no periodic list. (A node that has just started writes its
-    // state again and tells everyone the list, which is empty here: those
-    // are not periodic lists, and may still arrive in this window.)
+    // No room: no list at all (nodes that have just started restore their
+    // entries, which changes nothing, so they send none either).
     let quiet = subs[0].collect_for(Duration::from_millis(1_200)).await;
-    assert!(
-        quiet.iter().all(|t| ty(t) == "client_count"
-            || (ty(t) == "server-room-list" && parse(t)["rooms"] == json!([]))),
-        "{quiet:?}"
-    );
+    assert!(quiet.iter().all(|t| ty(t) == "client_count"), "{quiet:?}");
     for node in &nodes {
         let periodic = r#"switchboard_dashboard_room_lists_total{trigger="periodic"}"#;
         assert_eq!(metric(node, periodic).await, 0.0);
@@ -1031,4 +1059,49 @@ async fn after_redis_loses_everything_counts_return_and_changes_flow() {
         .map(|r| r["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["after"]);
+}
+
+/// A node that starts (and restores its entries) while subscribers wait on
+/// another node sends them no list: nothing changed, and the old server
+/// sent a list only on a change, a request, disconnect cleanup or its
+/// timer, never on subscribe (LEGACY-PROTOCOLS.md §3.2, rule 1). The first
+/// list the subscriber sees is the one of the next change.
+#[tokio::test]
+async fn a_node_starting_sends_no_empty_list() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("dash-start");
+    let period = (
+        "SWITCHBOARD_DOORS__DASHBOARD__ROOM_LIST_INTERVAL_MS".to_string(),
+        "60000".to_string(),
+    );
+    let door = (
+        "SWITCHBOARD_DOORS__DASHBOARD__LISTEN".to_string(),
+        "127.0.0.1:0".to_string(),
+    );
+    let spawn = |id: &str| {
+        let mut env = cluster_env(&redis, &prefix, id);
+        env.extend([period.clone(), door.clone()]);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        TestNode::spawn(&env)
+    };
+    let first = spawn("node-1");
+    first
+        .wait_log_async("dashboard door ready", Duration::from_secs(10))
+        .await;
+    let mut watcher = Dash::connect(&url(&first)).await;
+    watcher.subscribe(ROOMS).await;
+
+    let second = spawn("node-2");
+    // Logged once its entries are restored (and the list, had it been
+    // sent, published).
+    second
+        .wait_log_async("dashboard door ready", Duration::from_secs(10))
+        .await;
+    let mut maker = Dash::connect(&url(&second)).await;
+    maker.send(&created("after", "A")).await;
+    let first_list = watcher.next_of("server-room-list").await;
+    assert!(
+        first_list.contains(r#""id":"after""#),
+        "a list before the change: {first_list}"
+    );
 }

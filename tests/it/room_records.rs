@@ -88,9 +88,11 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-const SECRET: &str = "room-records-test-secret";
+/// The HS256 key of these tests' nodes (`auth.jwt.hs256_secret`).
+pub const SECRET: &str = "room-records-test-secret";
 
-fn jwt(claims: Value) -> String {
+/// A JWT of `claims` under [`SECRET`].
+pub fn jwt(claims: Value) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -99,7 +101,8 @@ fn jwt(claims: Value) -> String {
     .unwrap()
 }
 
-fn claims(sub: &str) -> Value {
+/// Claims for `sub`, valid for ten minutes.
+pub fn claims(sub: &str) -> Value {
     json!({"sub": sub, "exp": unix_now() + 600})
 }
 
@@ -542,6 +545,80 @@ async fn anyone_may_create_when_the_operator_says_so() {
         "anyone who reaches this port may create rooms",
         Duration::from_secs(5),
     );
+}
+
+/// `POST /api/rooms` as anyone from `client` (through the loopback proxy's
+/// `X-Forwarded-For`, so not an admin; the client when the node trusts
+/// loopback proxies).
+async fn create_as(node: &TestNode, client: &str, body: Value) -> (u16, Value) {
+    request(
+        node,
+        Method::POST,
+        "/api/rooms",
+        &[("x-forwarded-for", client)],
+        Some(body),
+    )
+    .await
+}
+
+/// Callers other than admins are capped per creator (here a client
+/// address) and together; a refused create leaves no room; admins are not
+/// counted; a slot comes back when its room's lifetime ends.
+#[tokio::test]
+async fn rooms_made_by_others_are_capped_per_creator_and_in_all() {
+    let node = TestNode::spawn(&[
+        ("SWITCHBOARD_ROOMS__CREATE", "anyone"),
+        ("SWITCHBOARD_ROOMS__MAX_ROOMS_PER_CREATOR", "2"),
+        ("SWITCHBOARD_ROOMS__MAX_ROOMS_BY_OTHERS", "3"),
+        // The loopback proxy names the client (each address is a creator).
+        ("SWITCHBOARD_HTTP__TRUSTED_PROXIES", r#"["127.0.0.0/8"]"#),
+    ]);
+    let (a, b, c) = ("203.0.113.9", "203.0.113.10", "203.0.113.11");
+    // `client` asks for room `name` and is refused for `cap`; no room is left.
+    let refused = |client: &'static str, name: &'static str, cap: &'static str| {
+        let node = &node;
+        async move {
+            let (status, v) = create_as(node, client, json!({"name": name, "ttl_secs": 600})).await;
+            let named = v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(cap));
+            assert!(
+                status == 429 && v["error"]["code"] == "rate-limited" && named,
+                "{status} {v}"
+            );
+            let (status, _) = node.get(&format!("/api/rooms/{name}")).await;
+            assert_eq!(status, 404, "a refused room is not left behind");
+        }
+    };
+    let (status, v) = create_as(&node, a, json!({"name": "a1", "ttl_secs": 1})).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = create_as(&node, a, json!({"name": "a2", "ttl_secs": 600})).await;
+    assert_eq!(status, 201, "{v}");
+    refused(a, "a3", "rooms.max_rooms_per_creator").await;
+    let (status, v) = create_as(&node, b, json!({"name": "b1", "ttl_secs": 600})).await;
+    assert_eq!(status, 201, "{v}");
+    refused(c, "c1", "rooms.max_rooms_by_others").await;
+    // An admin is not counted.
+    create(&node, json!({"name": "admins", "ttl_secs": 600})).await;
+    assert_eq!(
+        metric(
+            &node,
+            "switchboard_rooms_refused_total{cap=\"per-creator\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // a1's lifetime (1 s) ends: its slot comes back, to a and to the total.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = create_as(&node, a, json!({"name": "a3", "ttl_secs": 600})).await;
+        if status == 201 {
+            break;
+        }
+        assert!(status == 429 && Instant::now() < deadline, "{status} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use switchboard::types::{NodeId, RoomName};
 
 use crate::cluster_helpers::{cluster_env, spawn_cluster, unique_prefix, wait_ready, RedisServer};
 use crate::helpers::{metric, Client, TestNode};
-use crate::room_records::{create, delete, try_join, wait_status};
+use crate::room_records::{claims, create, delete, jwt, try_join, wait_status, SECRET};
 
 /// Every Redis key of `room` (none may be left once it is closed).
 fn room_keys(k: &Keys, room: &str) -> Vec<String> {
@@ -203,4 +203,52 @@ async fn deleting_a_room_closes_it_on_every_node() {
         a.join("doomed").await["peers"],
         json!([{"peer_id": "b", "meta": null}])
     );
+}
+
+/// The caps on rooms made by callers other than admins hold across the
+/// cluster (slots in Redis): a signed-in caller's rooms count on every node.
+#[tokio::test]
+async fn a_creators_cap_holds_across_nodes() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("rooms-cap");
+    let nodes = spawn_cluster(
+        &redis,
+        &prefix,
+        2,
+        &[
+            ("SWITCHBOARD_AUTH__JWT__HS256_SECRET", SECRET),
+            ("SWITCHBOARD_ROOMS__CREATE", "signed_in"),
+            ("SWITCHBOARD_ROOMS__MAX_ROOMS_PER_CREATOR", "2"),
+        ],
+    )
+    .await;
+    let bearer = |sub: &str| format!("Bearer {}", jwt(claims(sub)));
+    let (carol, dave) = (bearer("carol"), bearer("dave"));
+    assert_eq!(post_room(&nodes[0], &carol, "c1").await.0, 201);
+    assert_eq!(post_room(&nodes[1], &carol, "c2").await.0, 201);
+    let (status, v) = post_room(&nodes[0], &carol, "c3").await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (429, &json!("rate-limited")),
+        "{v}"
+    );
+    // Another creator, from the same address, has slots of their own.
+    assert_eq!(post_room(&nodes[1], &dave, "d1").await.0, 201);
+    assert_eq!(nodes[1].get("/api/rooms/c3").await.0, 404);
+}
+
+/// `POST /api/rooms {"name"}` with `Authorization: <bearer>`, through the
+/// loopback proxy (so not an admin).
+async fn post_room(node: &TestNode, bearer: &str, name: &str) -> (u16, Value) {
+    crate::room_records::request(
+        node,
+        reqwest::Method::POST,
+        "/api/rooms",
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("authorization", bearer),
+        ],
+        Some(json!({ "name": name })),
+    )
+    .await
 }

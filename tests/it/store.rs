@@ -34,6 +34,7 @@ conformance!(
     joins_check_the_token_and_the_lifetime,
     expired_rooms_are_removed_once,
     a_lease_has_one_holder,
+    slots_are_taken_all_or_none_and_end_with_their_time,
     joins_replace_older_connections_and_restore_ignores_limits,
     room_listing_pages_by_name,
     reaping_a_dead_node_is_exactly_once,
@@ -632,6 +633,42 @@ async fn a_lease_has_one_holder(fx: Fixture) {
     t.release_lease("sweeper", &node("m")).await.unwrap();
     assert_eq!(fx.raw(&["EXISTS", &k.lease("sweeper")]), ":0\r\n");
     assert!(s.try_lease("sweeper", &node("n"), ttl).await.unwrap());
+}
+
+/// `take_slots`, the caps on rooms made by callers other than admins: a
+/// full quota refuses (its index) and takes nothing from the others; a
+/// member counts once; slots end at their time; on Redis each quota
+/// expires with its last slot.
+async fn slots_are_taken_all_or_none_and_end_with_their_time(fx: Fixture) {
+    let s = fx.node("n").await;
+    let q = |name: &str, most: usize| (name.to_string(), most);
+    // Real times: on Redis a quota's key expires (PEXPIREAT) with its last slot.
+    let now = now_ms();
+    let later = now + 60_000;
+    let both = [q("carol", 2), q("all", 3)];
+    assert_eq!(s.take_slots(&both, "a", now, later).await.unwrap(), None);
+    assert_eq!(s.take_slots(&both, "b", now, now + 10).await.unwrap(), None);
+    // The same member again only moves its end.
+    assert_eq!(s.take_slots(&both, "b", now, later).await.unwrap(), None);
+    assert_eq!(s.take_slots(&both, "c", now, later).await.unwrap(), Some(0));
+    // Refused by carol's quota: nothing was taken from "all".
+    let dave = [q("dave", 2), q("all", 3)];
+    assert_eq!(s.take_slots(&dave, "d", now, later).await.unwrap(), None);
+    assert_eq!(s.take_slots(&dave, "e", now, later).await.unwrap(), Some(1));
+    // Slots end at their time.
+    assert_eq!(
+        s.take_slots(&both, "c", later, later + 10).await.unwrap(),
+        None
+    );
+    if fx.is_redis() {
+        let k = fx.keys();
+        assert_eq!(fx.raw(&["ZCARD", &k.quota("all")]), ":1\r\n");
+        // Each key expires with its last slot.
+        let left = pttl(&fx, &k.quota("dave"));
+        assert!((1..=60_000).contains(&left), "PTTL {left}");
+        let left = pttl(&fx, &k.quota("carol"));
+        assert!((1..=60_010).contains(&left), "PTTL {left}");
+    }
 }
 
 async fn joins_replace_older_connections_and_restore_ignores_limits(fx: Fixture) {

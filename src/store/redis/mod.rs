@@ -70,6 +70,7 @@ pub(crate) const LUA_FILES: &[(&str, &str)] = &[
     ("unregister.lua", include_str!("lua/unregister.lua")),
     ("live_nodes.lua", include_str!("lua/live_nodes.lua")),
     ("create_room.lua", include_str!("lua/create_room.lua")),
+    ("take_slots.lua", include_str!("lua/take_slots.lua")),
     ("delete_room.lua", include_str!("lua/delete_room.lua")),
     ("expire_room.lua", include_str!("lua/expire_room.lua")),
     ("lease.lua", include_str!("lua/lease.lua")),
@@ -126,6 +127,7 @@ struct Scripts {
     unregister: Script,
     live_nodes: Script,
     create_room: Script,
+    take_slots: Script,
     delete_room: Script,
     expire_room: Script,
     lease: Script,
@@ -161,6 +163,7 @@ impl Scripts {
             unregister: build(&[], "unregister.lua"),
             live_nodes: build(&[], "live_nodes.lua"),
             create_room: build(&[], "create_room.lua"),
+            take_slots: build(&[], "take_slots.lua"),
             delete_room: build(&[MEMBER, ROOM], "delete_room.lua"),
             expire_room: build(&[MEMBER, ROOM], "expire_room.lua"),
             lease: build(&[], "lease.lua"),
@@ -205,6 +208,7 @@ impl Scripts {
             &self.unregister,
             &self.live_nodes,
             &self.create_room,
+            &self.take_slots,
             &self.delete_room,
             &self.expire_room,
             &self.lease,
@@ -763,6 +767,28 @@ impl Rooms for RedisStore {
             .await
             .map_err(classify)?;
         Ok(removed_members(out))
+    }
+
+    async fn take_slots(
+        &self,
+        quotas: &[(String, usize)],
+        member: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<Option<usize>, StoreError> {
+        if quotas.is_empty() {
+            return Ok(None);
+        }
+        let keys: Vec<String> = quotas.iter().map(|(q, _)| self.r.keys.quota(q)).collect();
+        let mut args = vec![member.to_string(), now_ms.to_string(), until_ms.to_string()];
+        args.extend(quotas.iter().map(|(_, most)| most.to_string()));
+        let full: i64 = self
+            .scripts
+            .take_slots
+            .evalsha_with_reload(self.r.client(), keys, args)
+            .await
+            .map_err(classify)?;
+        Ok(usize::try_from(full).ok().and_then(|i| i.checked_sub(1)))
     }
 
     async fn expiring_rooms(&self, now_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError> {
