@@ -1,0 +1,1 @@
+//! Redis Cluster mode (`redis-cluster://`).
