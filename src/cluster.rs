@@ -362,7 +362,7 @@ impl Redis {
             let period = cfg
                 .heartbeat
                 .clamp(Duration::from_millis(100), Duration::from_secs(1));
-            tasks.spawn(keep_shard_subscriptions(sub.clone(), period));
+            tasks.spawn(watch_topology(pool.clone(), sub.clone(), period));
         } else {
             // The resubscription task runs for the life of the process; its handle is not needed.
             drop(sub.manage_subscriptions());
@@ -511,24 +511,35 @@ async fn check_cluster_nodes(
     Ok(())
 }
 
-/// Keeps the subscriber's sharded subscriptions where their slots are
-/// (Redis Cluster only; runs for the life of the process).
+/// Follows the Redis Cluster's slot map (Redis Cluster only; runs for the
+/// life of the process): publishers and shard subscriptions go where the
+/// slots are after a failover or a slot migration.
 ///
-/// Every `period` the subscriber's slot map is refreshed (`CLUSTER SLOTS`,
-/// one command), and every tracked channel whose slot now has another
-/// primary than when it was last subscribed is subscribed again. A failover
-/// or a slot migration does not necessarily break a connection (the old
-/// primary just drops its shard subscribers with a `SUNSUBSCRIBE` that fred
-/// discards), so fred's `manage_subscriptions`, which acts on reconnects
-/// only, is not enough. After a reconnect every channel is subscribed
-/// again. A round stops at the first failure and goes on at the next tick,
-/// so a dead shard holds it up by one command timeout at most.
-async fn keep_shard_subscriptions(sub: SubscriberClient, period: Duration) {
+/// Every `period` one pooled connection asks for `CLUSTER SLOTS` (one
+/// command on an open connection). When the primaries of the slots changed,
+/// every client refreshes its routing (`sync_cluster`) and every tracked
+/// shard channel whose slot now has another primary is subscribed again;
+/// after a reconnect of the subscriber every channel is. Both are needed
+/// because a failover breaks nothing the clients see: on Redis 7.0 the
+/// demoted primary answers `SPUBLISH` with 0 receivers (no `MOVED`, so fred
+/// never learns the new primary by itself) and drops its shard subscribers
+/// with a `SUNSUBSCRIBE` push that fred discards (so fred's
+/// `manage_subscriptions`, which acts on reconnects, resubscribes nothing).
+/// A round of resubscriptions stops at the first failure and goes on at the
+/// next tick, so a dead shard holds it up by one command timeout at most.
+async fn watch_topology(pool: Pool, sub: SubscriberClient, period: Duration) {
     use fred::types::cluster::ClusterRouting;
     use std::collections::HashMap;
     use tokio::sync::broadcast::error::RecvError;
+    let primaries = |r: &ClusterRouting| -> Vec<(u16, u16, String)> {
+        r.slots()
+            .iter()
+            .map(|s| (s.start, s.end, s.primary.to_string()))
+            .collect()
+    };
     let mut reconnects = sub.reconnect_rx();
     let mut tick = tokio::time::interval(period);
+    let mut seen: Option<Vec<(u16, u16, String)>> = None;
     let mut owners: HashMap<fred::bytes_utils::Str, fred::types::config::Server> = HashMap::new();
     loop {
         tokio::select! {
@@ -537,8 +548,27 @@ async fn keep_shard_subscriptions(sub: SubscriberClient, period: Duration) {
                 Err(RecvError::Closed) => return,
             },
             _ = tick.tick() => {
-                if let Err(e) = sub.sync_cluster().await {
-                    tracing::debug!(error = %e, "refreshing the Redis Cluster slot map failed");
+                let slots = pool.next().cluster_slots::<Value>().await.and_then(|v| {
+                    ClusterRouting::from_cluster_slots(v, "")
+                });
+                match slots {
+                    Ok(now) if seen.as_ref() != Some(&primaries(&now)) => {
+                        if seen.is_some() {
+                            metrics::counter!(crate::metrics::BUS_TOPOLOGY_CHANGES).increment(1);
+                            tracing::info!("Redis Cluster slot map changed; following it");
+                        }
+                        for c in pool.clients() {
+                            if let Err(e) = c.sync_cluster().await {
+                                tracing::debug!(error = %e, "refreshing a client's slot map failed");
+                            }
+                        }
+                        match sub.sync_cluster().await {
+                            Ok(()) => seen = Some(primaries(&now)),
+                            Err(e) => tracing::debug!(error = %e, "refreshing the subscriber's slot map failed"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "CLUSTER SLOTS failed"),
                 }
             }
         }

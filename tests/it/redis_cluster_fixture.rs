@@ -12,7 +12,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cluster_helpers::{free_port, redis_command, RedisUrl};
+use crate::cluster_helpers::{free_port, redis_command, RedisBackend};
 
 /// One cluster node process.
 struct ClusterNode {
@@ -221,7 +221,7 @@ impl RedisCluster {
     }
 }
 
-impl RedisUrl for RedisCluster {
+impl RedisBackend for RedisCluster {
     /// `redis-cluster://` naming every node, comma-separated.
     fn url(&self) -> String {
         let hosts: Vec<String> = self
@@ -230,6 +230,12 @@ impl RedisUrl for RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         format!("redis-cluster://{}", hosts.join(","))
+    }
+    fn raw(&self, args: &[&str]) -> String {
+        self.command(args)
+    }
+    fn keys(&self, prefix: &str) -> switchboard::cluster::Keys {
+        switchboard::cluster::Keys::sharded(prefix)
     }
 }
 

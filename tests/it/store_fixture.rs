@@ -18,7 +18,7 @@ use switchboard::store::redis::RedisStore;
 use switchboard::store::Store;
 use switchboard::types::NodeId;
 
-use crate::cluster_helpers::{unique_prefix, RedisServer, RedisUrl};
+use crate::cluster_helpers::{unique_prefix, RedisBackend, RedisServer};
 use crate::redis_cluster_fixture::RedisCluster;
 
 /// One backend under test.
