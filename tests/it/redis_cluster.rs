@@ -10,13 +10,15 @@
 //! Every test is skipped (a `SKIPPED` line) where redis-server is older than
 //! 7 (no sharded pub/sub).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::cluster_helpers::{unique_prefix, wait_ready, RedisBackend, RedisServer};
 use crate::helpers::{run_cli, skipped, Client, TestNode};
-use crate::redis_cluster_fixture::{cluster_unsupported, RedisCluster};
+use crate::redis_cluster_fixture::{cluster_unsupported, migrate_slot, wait_until, RedisCluster};
 
 /// A 3+3 cluster, or `None` after a `SKIPPED` line.
 fn cluster(test: &str) -> Option<RedisCluster> {
@@ -119,8 +121,15 @@ struct Run {
 
 /// Signals from `a` to `b` every 20 ms (ids from `*i`) until 50 in a row
 /// were acked, after `watch` (when given) became unready and ready again
-/// (bounded: 60 s). Every answer must be `ack` or `cluster-unavailable`.
-async fn signal_through(a: &mut Client, i: &mut u64, what: &str, watch: Option<&TestNode>) -> Run {
+/// and after `gate` (when given) was set (bounded: 60 s). Every answer must
+/// be `ack` or `cluster-unavailable`.
+async fn signal_through(
+    a: &mut Client,
+    i: &mut u64,
+    what: &str,
+    watch: Option<&TestNode>,
+    gate: Option<&AtomicBool>,
+) -> Run {
     let start = Instant::now();
     let mut run = Run::default();
     let mut acks_after = 0;
@@ -142,19 +151,21 @@ async fn signal_through(a: &mut Client, i: &mut u64, what: &str, watch: Option<&
                 break m;
             }
         };
-        let recovered = match watch {
-            None => true,
-            Some(node) => {
-                let (status, _) = node.get("/readyz").await;
-                if status == 503 && run.unready_at.is_none() {
-                    run.unready_at = Some(start.elapsed());
+        let opened = gate.is_none_or(|g| g.load(Ordering::Acquire));
+        let recovered = opened
+            && match watch {
+                None => true,
+                Some(node) => {
+                    let (status, _) = node.get("/readyz").await;
+                    if status == 503 && run.unready_at.is_none() {
+                        run.unready_at = Some(start.elapsed());
+                    }
+                    if status == 200 && run.unready_at.is_some() && run.ready_again.is_none() {
+                        run.ready_again = Some(start.elapsed());
+                    }
+                    run.ready_again.is_some()
                 }
-                if status == 200 && run.unready_at.is_some() && run.ready_again.is_none() {
-                    run.ready_again = Some(start.elapsed());
-                }
-                run.ready_again.is_some()
-            }
-        };
+            };
         match r["type"].as_str() {
             Some("ack") => {
                 run.acked.push(*i);
@@ -223,22 +234,22 @@ async fn a_shard_fails_over_twice_while_peers_signal() {
     let replica = c.replica_of(first);
 
     let mut i = 0u64;
-    let mut acked = signal_through(&mut a, &mut i, "before", None).await.acked;
+    let mut acked = signal_through(&mut a, &mut i, "before", None, None)
+        .await
+        .acked;
 
     // 1. Manual failover: the replica takes over, the old primary stays up.
     let r = crate::cluster_helpers::redis_command(replica, &["CLUSTER", "FAILOVER"]);
     assert_eq!(r.as_deref(), Some("+OK\r\n"));
-    crate::redis_cluster_fixture::wait_until(
-        "the replica is promoted",
-        Duration::from_secs(15),
-        || c.primary_of(&channel_b) == replica,
-    );
-    let manual = signal_through(&mut a, &mut i, "manual failover", None).await;
+    wait_until("the replica is promoted", Duration::from_secs(15), || {
+        c.primary_of(&channel_b) == replica
+    });
+    let manual = signal_through(&mut a, &mut i, "manual failover", None, None).await;
     acked.extend(manual.acked);
 
     // 2. The promoted primary dies; the old primary is promoted back.
     c.kill(replica);
-    let kill = signal_through(&mut a, &mut i, "kill", Some(&nodes[1])).await;
+    let kill = signal_through(&mut a, &mut i, "kill", Some(&nodes[1]), None).await;
     acked.extend(kill.acked);
     eprintln!(
         "cluster failover: manual: {} answered cluster-unavailable; kill: unready at {:?}, \
@@ -265,6 +276,153 @@ async fn a_shard_fails_over_twice_while_peers_signal() {
     for n in &mut nodes {
         assert!(n.try_exit().is_none(), "a node exited");
         wait_ready(n, true, Duration::from_secs(10)).await;
+    }
+}
+
+/// The answer to the last request: the first message of one of `types`
+/// or an `error`.
+async fn answer(c: &mut Client, types: &[&str]) -> Value {
+    loop {
+        let m = c.recv().await;
+        if m["type"] == "error" || types.iter().any(|t| m["type"] == *t) {
+            return m;
+        }
+    }
+}
+
+/// Slots are resharded under traffic, as `redis-cli --cluster reshard`
+/// does: first the store's slot (keys moved in two halves; between them the
+/// moved keys answer `ASK` and the scripts that touch both halves
+/// `TRYAGAIN`), then the slot of b's node channel (its subscriber is
+/// dropped by the old primary, and `SPUBLISH` there answers `MOVED`).
+/// Meanwhile a signals b every 20 ms and a new peer connects and joins a
+/// room: every request is answered; afterwards everything works on the new
+/// slot owners, every acked signal arrived once and in order, and both
+/// nodes counted the slot map changes.
+#[tokio::test]
+async fn slots_move_under_traffic() {
+    let Some(c) = cluster("slots_move_under_traffic") else {
+        return;
+    };
+    let prefix = unique_prefix("rc-reshard");
+    let (id_a, id_b) = ids_on_two_shards(&c, &prefix);
+    let url = c.url();
+    let nodes = [
+        TestNode::spawn(&node_env(&url, &prefix, &id_a)),
+        TestNode::spawn(&node_env(&url, &prefix, &id_b)),
+    ];
+    for n in &nodes {
+        wait_ready(n, true, Duration::from_secs(15)).await;
+    }
+    let mut a = Client::connect(&nodes[0].ws_url()).await;
+    a.hello("a").await;
+    let mut b = Client::connect(&nodes[1].ws_url()).await;
+    b.hello("b").await;
+    b.join("r").await;
+    // Some keys in the store's slot, so that MIGRATE has two halves.
+    let mut held = Vec::new();
+    for p in 0..20 {
+        let mut x = Client::connect(&nodes[p % 2].ws_url()).await;
+        x.hello(&format!("x{p}")).await;
+        x.join(&format!("room-{p}")).await;
+        held.push(x);
+    }
+    let k = c.keys(&prefix);
+    let mut i = 0u64;
+    let mut acked = signal_through(&mut a, &mut i, "before", None, None)
+        .await
+        .acked;
+
+    // 1. The store's slot moves to another primary, with a pause halfway.
+    let store_slot = c.slot_of(&k.anchor());
+    let from = c.primary_of_slot(store_slot);
+    let primaries = c.primaries();
+    let to = *primaries.iter().find(|&&p| p != from).unwrap();
+    let (half, go, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let mig = {
+        let (half, go, done, primaries) =
+            (half.clone(), go.clone(), done.clone(), primaries.clone());
+        tokio::task::spawn_blocking(move || {
+            migrate_slot(store_slot, from, to, &primaries, || {
+                half.store(true, Ordering::Release);
+                wait_until(
+                    "the test lets the migration go on",
+                    Duration::from_secs(60),
+                    || go.load(Ordering::Acquire),
+                );
+            });
+            done.store(true, Ordering::Release);
+        })
+    };
+    wait_until(
+        "half the store's keys moved",
+        Duration::from_secs(20),
+        || half.load(Ordering::Acquire),
+    );
+    // Halfway: store requests are answered, whatever they meet.
+    let mut n = Client::connect(&nodes[0].ws_url()).await;
+    n.send_json(json!({"type": "hello", "peer_id": "newcomer"}))
+        .await;
+    let w = answer(&mut n, &["welcome"]).await;
+    if w["type"] == "welcome" {
+        n.send_json(json!({"type": "join", "room": "r"})).await;
+        let j = answer(&mut n, &["joined"]).await;
+        eprintln!("reshard halfway: join answered {}", j["type"]);
+    }
+    eprintln!("reshard halfway: hello answered {}", w["type"]);
+    go.store(true, Ordering::Release);
+    let run = signal_through(&mut a, &mut i, "store slot", None, Some(&done)).await;
+    acked.extend(run.acked);
+    mig.await.unwrap();
+    assert_eq!(c.primary_of_slot(store_slot), to);
+
+    // 2. The slot of b's node channel moves.
+    let channel_b = k.node_channel(&switchboard::types::NodeId::from_trusted(id_b.as_str()));
+    let ch_slot = c.slot_of(&channel_b);
+    let from = c.primary_of_slot(ch_slot);
+    let to = *primaries.iter().find(|&&p| p != from).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let mig = {
+        let (done, primaries) = (done.clone(), primaries.clone());
+        tokio::task::spawn_blocking(move || {
+            migrate_slot(ch_slot, from, to, &primaries, || {});
+            done.store(true, Ordering::Release);
+        })
+    };
+    let run = signal_through(&mut a, &mut i, "channel slot", None, Some(&done)).await;
+    eprintln!(
+        "reshard: {} answered cluster-unavailable after the channel's slot moved",
+        run.failed
+    );
+    acked.extend(run.acked);
+    mig.await.unwrap();
+    assert_eq!(c.primary_of(&channel_b), to);
+
+    for want in &acked {
+        let m = next_signal(&mut b).await;
+        assert_eq!(m["data"]["i"], *want, "expected signal {want}, got {m}");
+    }
+    // The store and the room channel work on their new owners.
+    let mut late = Client::connect(&nodes[0].ws_url()).await;
+    late.hello("late").await;
+    late.join("r").await;
+    loop {
+        let m = b.recv().await;
+        if m["type"] == "peer-joined" && m["peer_id"] == "late" {
+            break;
+        }
+    }
+    late.send_json(json!({"type": "broadcast", "id": 1, "room": "r", "data": "hi"}))
+        .await;
+    assert_eq!(late.recv_type("ack").await["id"], 1);
+    assert_eq!(b.recv_type("message").await["data"], "hi");
+    for node in &nodes {
+        let changes = crate::helpers::metric(node, "switchboard_bus_topology_changes_total").await;
+        assert!(changes >= 2.0, "slot map changes seen: {changes}");
     }
 }
 

@@ -221,6 +221,69 @@ impl RedisCluster {
     }
 }
 
+/// The node id (`CLUSTER MYID`) of the node on `port`.
+fn node_id(port: u16) -> String {
+    let r = redis_command(port, &["CLUSTER", "MYID"]).expect("CLUSTER MYID");
+    r.lines().nth(1).expect("an id").to_string()
+}
+
+/// Moves `slot` from the primary on `from` to the primary on `to` the way
+/// `redis-cli --cluster reshard` does: `IMPORTING` / `MIGRATING`, the keys
+/// with `MIGRATE` in two halves (`halfway` runs between them: meanwhile
+/// the migrated keys answer `ASK` on `from` and multi-key commands
+/// `TRYAGAIN`), then `SETSLOT NODE` on every primary in `primaries`.
+pub fn migrate_slot(slot: u16, from: u16, to: u16, primaries: &[u16], halfway: impl FnOnce()) {
+    let (slot, from_id, to_id) = (slot.to_string(), node_id(from), node_id(to));
+    let ok = |port: u16, args: &[&str]| {
+        let r = redis_command(port, args).unwrap_or_default();
+        assert_eq!(r, "+OK\r\n", "{args:?} on {port}");
+    };
+    ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    let r = redis_command(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100000"]).unwrap_or_default();
+    let keys: Vec<String> = r
+        .lines()
+        .filter(|l| !l.starts_with(['*', '$']))
+        .map(String::from)
+        .collect();
+    let (first, second) = keys.split_at(keys.len() / 2);
+    let migrate = |keys: &[String]| {
+        if keys.is_empty() {
+            return;
+        }
+        let to_port = to.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        let r = redis_command(from, &args).unwrap_or_default();
+        assert_eq!(r, "+OK\r\n", "MIGRATE of {} keys", keys.len());
+    };
+    migrate(first);
+    halfway();
+    migrate(second);
+    for &p in primaries {
+        ok(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+    }
+}
+
+impl RedisCluster {
+    /// The slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let slot = self.command(&["CLUSTER", "KEYSLOT", key]);
+        slot.trim_start_matches(':').trim().parse().expect("slot")
+    }
+
+    /// The client ports of the primaries now.
+    pub fn primaries(&self) -> Vec<u16> {
+        self.running_ports()
+            .into_iter()
+            .filter(|&p| {
+                redis_command(p, &["INFO", "replication"])
+                    .is_some_and(|r| r.contains("role:master"))
+            })
+            .collect()
+    }
+}
+
 impl RedisBackend for RedisCluster {
     /// `redis-cluster://` naming every node, comma-separated.
     fn url(&self) -> String {
