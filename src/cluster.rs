@@ -638,6 +638,49 @@ mod tests {
     }
 
     #[test]
+    fn sharded_keys_share_one_tag_and_channels_carry_their_own() {
+        let k = Keys::sharded("sb");
+        assert_eq!(k.peer(&PeerId::from_trusted("x")), "{sb}:peer:x");
+        assert_eq!(k.anchor(), "{sb}:anchor");
+        assert!(k
+            .lua_prelude()
+            .lines()
+            .all(|l| l.contains("return '\\123sb\\125:")));
+        assert_eq!(
+            k.node_channel(&NodeId::from_trusted("n-1")),
+            "sb:ch:node:{n-1}"
+        );
+        assert_eq!(
+            k.room_channel(&RoomName::from_trusted("r")),
+            "sb:ch:room:{r}"
+        );
+        let plain = Keys::new("sb");
+        assert_eq!(
+            plain.node_channel(&NodeId::from_trusted("n-1")),
+            "sb:ch:node:n-1"
+        );
+        assert_eq!(plain.anchor(), "sb:anchor");
+    }
+
+    #[test]
+    fn cluster_urls_list_their_nodes_in_the_authority() {
+        assert_eq!(
+            fred_url("redis-cluster://a:1,b:2,c:3"),
+            "redis-cluster://a:1?node=b:2&node=c:3"
+        );
+        assert_eq!(
+            fred_url("rediss-cluster://u:p,w@a:1,b:2/?x=y"),
+            "rediss-cluster://u:p,w@a:1/?node=b:2&x=y"
+        );
+        assert_eq!(fred_url("redis-cluster://a:1"), "redis-cluster://a:1");
+        assert_eq!(fred_url("redis://a:1,b:2"), "redis://a:1,b:2");
+        let c =
+            fred::types::config::Config::from_url(&fred_url("redis-cluster://a:1,b:2")).unwrap();
+        assert!(c.server.is_clustered());
+        assert_eq!(c.server.hosts().len(), 2);
+    }
+
+    #[test]
     fn a_prefix_cannot_escape_its_lua_literal() {
         let k = Keys::new("a'b\\c\n]]");
         assert_eq!(
