@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use crate::cluster_helpers::{unique_prefix, wait_ready, RedisBackend, RedisServer};
 use crate::helpers::{run_cli, skipped, Client, TestNode};
 use crate::redis_cluster_fixture::{cluster_unsupported, migrate_slot, wait_until, RedisCluster};
+use crate::sentinel::delivered_once_in_order;
 
 /// A 3+3 cluster, or `None` after a `SKIPPED` line.
 fn cluster(test: &str) -> Option<RedisCluster> {
@@ -94,6 +95,31 @@ fn ids_on_two_shards(c: &RedisCluster, prefix: &str) -> (String, String) {
         }
     }
     panic!("no two node channels on different shards");
+}
+
+/// Two ready nodes whose node channels are on different shards, peer `a`
+/// on the first and `b` on the second, and the name of b's node channel.
+async fn two_nodes_apart(
+    c: &RedisCluster,
+    prefix: &str,
+) -> (Vec<TestNode>, Client, Client, String) {
+    let (id_a, id_b) = ids_on_two_shards(c, prefix);
+    let url = c.url();
+    let nodes = vec![
+        TestNode::spawn(&node_env(&url, prefix, &id_a)),
+        TestNode::spawn(&node_env(&url, prefix, &id_b)),
+    ];
+    for n in &nodes {
+        wait_ready(n, true, Duration::from_secs(15)).await;
+    }
+    let mut a = Client::connect(&nodes[0].ws_url()).await;
+    a.hello("a").await;
+    let mut b = Client::connect(&nodes[1].ws_url()).await;
+    b.hello("b").await;
+    let channel_b = c
+        .keys(prefix)
+        .node_channel(&switchboard::types::NodeId::from_trusted(id_b.as_str()));
+    (nodes, a, b, channel_b)
 }
 
 fn node_env<'a>(url: &'a str, prefix: &'a str, id: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -186,20 +212,6 @@ async fn signal_through(
     run
 }
 
-/// The next `signal`, skipping presence re-announced after an outage.
-async fn next_signal(c: &mut Client) -> Value {
-    loop {
-        let m = c.recv().await;
-        if m["type"] == "signal" {
-            return m;
-        }
-        assert!(
-            m["type"] == "peer-joined" || m["type"] == "peer-left",
-            "expected a signal, got {m}"
-        );
-    }
-}
-
 /// The shard of b's node channel fails over twice while a (on the other
 /// node, its channel on another shard) signals b every 20 ms: first a
 /// manual `CLUSTER FAILOVER` (the old primary stays up and drops its shard
@@ -214,22 +226,7 @@ async fn a_shard_fails_over_twice_while_peers_signal() {
         return;
     };
     let prefix = unique_prefix("rc-failover");
-    let (id_a, id_b) = ids_on_two_shards(&c, &prefix);
-    let url = c.url();
-    let mut nodes = vec![
-        TestNode::spawn(&node_env(&url, &prefix, &id_a)),
-        TestNode::spawn(&node_env(&url, &prefix, &id_b)),
-    ];
-    for n in &nodes {
-        wait_ready(n, true, Duration::from_secs(15)).await;
-    }
-    let mut a = Client::connect(&nodes[0].ws_url()).await;
-    a.hello("a").await;
-    let mut b = Client::connect(&nodes[1].ws_url()).await;
-    b.hello("b").await;
-    let channel_b = c
-        .keys(&prefix)
-        .node_channel(&switchboard::types::NodeId::from_trusted(id_b.as_str()));
+    let (mut nodes, mut a, mut b, channel_b) = two_nodes_apart(&c, &prefix).await;
     let first = c.primary_of(&channel_b);
     let replica = c.replica_of(first);
 
@@ -267,12 +264,7 @@ async fn a_shard_fails_over_twice_while_peers_signal() {
         ready_again < Duration::from_secs(20),
         "ready again only after {ready_again:?}"
     );
-    // Every acked signal reaches b once, in order; nothing else arrives.
-    for want in &acked {
-        let m = next_signal(&mut b).await;
-        assert_eq!(m["data"]["i"], *want, "expected signal {want}, got {m}");
-    }
-    b.ping().await;
+    delivered_once_in_order(&mut b, &acked).await;
     for n in &mut nodes {
         assert!(n.try_exit().is_none(), "a node exited");
         wait_ready(n, true, Duration::from_secs(10)).await;
@@ -305,19 +297,7 @@ async fn slots_move_under_traffic() {
         return;
     };
     let prefix = unique_prefix("rc-reshard");
-    let (id_a, id_b) = ids_on_two_shards(&c, &prefix);
-    let url = c.url();
-    let nodes = [
-        TestNode::spawn(&node_env(&url, &prefix, &id_a)),
-        TestNode::spawn(&node_env(&url, &prefix, &id_b)),
-    ];
-    for n in &nodes {
-        wait_ready(n, true, Duration::from_secs(15)).await;
-    }
-    let mut a = Client::connect(&nodes[0].ws_url()).await;
-    a.hello("a").await;
-    let mut b = Client::connect(&nodes[1].ws_url()).await;
-    b.hello("b").await;
+    let (nodes, mut a, mut b, channel_b) = two_nodes_apart(&c, &prefix).await;
     b.join("r").await;
     // Some keys in the store's slot, so that MIGRATE has two halves.
     let mut held = Vec::new();
@@ -381,7 +361,6 @@ async fn slots_move_under_traffic() {
     assert_eq!(c.primary_of_slot(store_slot), to);
 
     // 2. The slot of b's node channel moves.
-    let channel_b = k.node_channel(&switchboard::types::NodeId::from_trusted(id_b.as_str()));
     let ch_slot = c.slot_of(&channel_b);
     let from = c.primary_of_slot(ch_slot);
     let to = *primaries.iter().find(|&&p| p != from).unwrap();
@@ -402,10 +381,7 @@ async fn slots_move_under_traffic() {
     mig.await.unwrap();
     assert_eq!(c.primary_of(&channel_b), to);
 
-    for want in &acked {
-        let m = next_signal(&mut b).await;
-        assert_eq!(m["data"]["i"], *want, "expected signal {want}, got {m}");
-    }
+    delivered_once_in_order(&mut b, &acked).await;
     // The store and the room channel work on their new owners.
     let mut late = Client::connect(&nodes[0].ws_url()).await;
     late.hello("late").await;
