@@ -58,7 +58,9 @@ start_redis() {
     port=$((base + 20 + i))
     local extra=()
     if [ "$mode" != redis ]; then
-      extra=(--cluster-enabled yes --cluster-port $((base + 40 + i))
+      # A lone node learns no address of its own: announce it (else CLUSTER SLOTS
+      # names host "" and clients cannot route).
+      extra=(--cluster-enabled yes --cluster-port $((base + 40 + i)) --cluster-announce-ip 127.0.0.1
         --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 2000)
     fi
     "$SB_REDIS_BIN" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
