@@ -289,7 +289,7 @@ pub(crate) async fn delivered_once_in_order(b: &mut Client, acked: &[u64]) {
 }
 
 /// The next `signal`, skipping presence re-announced after the outage.
-pub(crate) async fn next_signal(c: &mut Client) -> Value {
+async fn next_signal(c: &mut Client) -> Value {
     loop {
         let m = c.recv().await;
         if m["type"] == "signal" {
