@@ -1161,7 +1161,8 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// `redis://`, `rediss://` or `redis-sentinel://` URL; empty runs the embedded single node.
+    /// `redis://`, `rediss://`, `redis-sentinel://` or `redis-cluster://`
+    /// (`rediss-cluster://`) URL; empty runs the embedded single node.
     pub redis_url: Secret,
     /// Prefix of every Redis key and channel, so several clusters can share one Redis.
     pub key_prefix: String,
@@ -1537,26 +1538,26 @@ impl Config {
         self.doors.coordinator.validate(&mut errs);
         self.validate_signin(&mut errs);
         let url = self.cluster.redis_url.expose();
-        if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
-            // fred parses these, but the store's scripts touch keys of
-            // several rooms and nodes, which Redis Cluster refuses: say so
-            // now rather than fail on the first join.
-            errs.push(
-                "cluster.redis_url: Redis Cluster (redis-cluster://) is not supported yet; use redis://, rediss:// or redis-sentinel://"
-                    .into(),
-            );
-        } else if !url.is_empty()
+        if !url.is_empty()
             && ![
                 "redis://",
                 "rediss://",
                 "redis-sentinel://",
                 "rediss-sentinel://",
+                "redis-cluster://",
+                "rediss-cluster://",
             ]
             .iter()
             .any(|s| url.starts_with(s))
         {
             errs.push(
-                "cluster.redis_url: must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel://".into(),
+                "cluster.redis_url: must start with redis://, rediss://, redis-sentinel://, rediss-sentinel://, redis-cluster:// or rediss-cluster://".into(),
+            );
+        }
+        if crate::cluster::is_cluster_url(url) && self.cluster.key_prefix.contains(['{', '}']) {
+            // The prefix becomes the keys' hash tag `{<prefix>}`.
+            errs.push(
+                "cluster.key_prefix: must not contain `{` or `}` with a Redis Cluster URL (it becomes the keys' hash tag)".into(),
             );
         }
         if self.cluster.node_ttl <= self.cluster.heartbeat {
@@ -1565,7 +1566,9 @@ impl Config {
                 self.cluster.heartbeat.as_millis()
             ));
         }
-        if !url.is_empty() && fred::types::config::Config::from_url(url).is_err() {
+        if !url.is_empty()
+            && fred::types::config::Config::from_url(&crate::cluster::fred_url(url)).is_err()
+        {
             errs.push("cluster.redis_url: not a valid Redis URL".into());
         }
         if self.cluster.key_prefix.is_empty() {
@@ -1964,19 +1967,37 @@ mod tests {
     }
 
     #[test]
-    fn redis_cluster_urls_are_refused_until_cluster_mode_exists() {
-        for url in ["redis-cluster://127.0.0.1:7000", "rediss-cluster://h:7000"] {
-            let err = from_toml_str(&format!("[cluster]\nredis_url = \"{url}\"\n")).unwrap_err();
-            let text = err.to_string();
+    fn redis_cluster_urls_are_accepted_with_a_prefix_that_can_be_a_hash_tag() {
+        for url in [
+            "redis-cluster://127.0.0.1:7000",
+            "rediss-cluster://h:7000",
+            "redis-cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002",
+            "redis-sentinel://h:26379?sentinelServiceName=mymaster",
+        ] {
             assert!(
-                text.starts_with("cluster.redis_url: Redis Cluster"),
-                "{text}"
+                from_toml_str(&format!("[cluster]\nredis_url = \"{url}\"\n")).is_ok(),
+                "{url}"
             );
         }
-        assert!(from_toml_str(
-            "[cluster]\nredis_url = \"redis-sentinel://h:26379?sentinelServiceName=mymaster\"\n"
+        let err = from_toml_str(
+            "[cluster]\nredis_url = \"redis-cluster://h:7000\"\nkey_prefix = \"a{b}\"\n",
         )
-        .is_ok());
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("cluster.key_prefix: must not contain"),
+            "{err}"
+        );
+        assert!(
+            from_toml_str("[cluster]\nredis_url = \"redis://h\"\nkey_prefix = \"a{b}\"\n").is_ok()
+        );
+        let err = from_toml_str("[cluster]\nredis_url = \"cluster://h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cluster.redis_url: must start with"),
+            "{err}"
+        );
     }
 
     #[test]

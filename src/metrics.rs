@@ -60,6 +60,9 @@ pub const ANNOUNCEMENTS_DROPPED: &str = "switchboard_announcements_dropped_total
 pub const BUS_OUTAGES: &str = "switchboard_bus_outages_total";
 /// Counter: reconnections to Redis, by `conn` (`subscriber`, `pool`).
 pub const BUS_RECONNECTS: &str = "switchboard_bus_reconnects_total";
+/// Counter: changes of the Redis Cluster slot map the node followed
+/// (failovers, slot migrations; Redis Cluster only).
+pub const BUS_TOPOLOGY_CHANGES: &str = "switchboard_bus_topology_changes_total";
 /// Histogram: publish-to-delivery seconds of the node's own pub/sub probes.
 pub const BUS_PROBE_LATENCY: &str = "switchboard_bus_probe_latency_seconds";
 /// Counter: dead nodes whose peers this node cleaned up.
@@ -411,6 +414,10 @@ fn describe() {
     );
     describe_counter!(BUS_OUTAGES, "Times the bus stopped delivering");
     describe_counter!(BUS_RECONNECTS, "Reconnections to Redis, by connection kind");
+    describe_counter!(
+        BUS_TOPOLOGY_CHANGES,
+        "Changes of the Redis Cluster slot map followed (failovers, slot migrations)"
+    );
     describe_histogram!(
         BUS_PROBE_LATENCY,
         Unit::Seconds,

@@ -2,6 +2,8 @@
 //!
 //! Each node subscribes to its own channel (direct signals, kicks, its own
 //! readiness probes) and to the channel of every room with a local member.
+//! On Redis Cluster these are sharded channels (`SPUBLISH`/`SSUBSCRIBE`, see
+//! [`crate::cluster`]), each on the shard of its node or room.
 //! A direct signal is published once, to the target's node channel; a room
 //! event once, to the room channel, which only nodes with members of the room
 //! subscribe to. Publishing reports how many subscribers got the event, so a
@@ -73,14 +75,8 @@ impl RedisBus {
     /// Subscribes to the node channel if the subscriber does not track it yet
     /// (the first attempt fails when Redis is down at start).
     async fn ensure_subscribed(&self) {
-        if !self
-            .r
-            .sub
-            .tracked_channels()
-            .iter()
-            .any(|c| &**c == self.my_channel.as_str())
-        {
-            if let Err(e) = self.r.sub.subscribe(self.my_channel.clone()).await {
+        if !self.r.is_subscribed(&self.my_channel) {
+            if let Err(e) = self.r.subscribe(self.my_channel.clone()).await {
                 debug!(error = %e, "node channel subscription failed; will retry");
             }
         }
@@ -88,9 +84,8 @@ impl RedisBus {
 
     async fn publish(&self, channel: String, env: &Envelope) -> Result<usize, BusError> {
         let bytes = env.encode();
-        let n: i64 = self
+        let n = self
             .r
-            .client_for(&channel)
             .publish(channel, bytes::Bytes::from(bytes))
             .await
             .map_err(unavailable)?;
@@ -211,7 +206,6 @@ impl Bus for RedisBus {
 
     async fn subscribe_room(&self, room: &RoomName) -> Result<(), BusError> {
         self.r
-            .sub
             .subscribe(self.r.keys.room_channel(room))
             .await
             .map_err(unavailable)
@@ -219,7 +213,6 @@ impl Bus for RedisBus {
 
     async fn unsubscribe_room(&self, room: &RoomName) -> Result<(), BusError> {
         self.r
-            .sub
             .unsubscribe(self.r.keys.room_channel(room))
             .await
             .map_err(unavailable)

@@ -5,7 +5,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster_helpers::{spawn_cluster, unique_prefix, wait_ready, Nginx, RedisServer};
+use switchboard::types::NodeId;
+
+use crate::cluster_helpers::{
+    spawn_cluster, unique_prefix, wait_ready, Nginx, RedisBackend, RedisServer,
+};
 use crate::helpers::{metric, sum_samples, Client, TestNode};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -92,8 +96,17 @@ async fn json_data_arrives_as_sent_across_nodes() {
 
 #[tokio::test]
 async fn signal_crosses_nodes_exactly_once_and_in_order() {
-    let redis = RedisServer::start();
-    let nodes = spawn_cluster(&redis, &unique_prefix("xsig"), 2, &[]).await;
+    signals_cross_nodes_once_in_order(&RedisServer::start(), &unique_prefix("xsig")).await;
+}
+
+/// Signals between two nodes clustered through `redis`: acked, delivered
+/// once and in order (500 in a row), `peer-not-found` for an unknown peer.
+/// Returns the nodes, still running.
+pub(crate) async fn signals_cross_nodes_once_in_order(
+    redis: &impl RedisBackend,
+    prefix: &str,
+) -> Vec<TestNode> {
+    let nodes = spawn_cluster(redis, prefix, 2, &[]).await;
     let (mut alice, wa) = hello(&nodes[0], "alice").await;
     let (mut bob, wb) = hello(&nodes[1], "bob").await;
     assert_ne!(wa["node"], wb["node"], "peers must be on different nodes");
@@ -144,6 +157,7 @@ async fn signal_crosses_nodes_exactly_once_and_in_order() {
         (err["code"].clone(), err["id"].clone()),
         (json!("peer-not-found"), json!(2))
     );
+    nodes
 }
 
 /// Waits until `node` holds no registered peer (bounded).
@@ -252,8 +266,14 @@ async fn signal_through_a_route_to_a_departed_peer_is_not_found() {
 
 #[tokio::test]
 async fn room_spans_three_nodes_with_presence_and_broadcast() {
-    let redis = RedisServer::start();
-    let nodes = spawn_cluster(&redis, &unique_prefix("room3"), 3, &[]).await;
+    room_spans_three_nodes(&RedisServer::start(), &unique_prefix("room3")).await;
+}
+
+/// A room with members on three nodes clustered through `redis`: presence,
+/// the same view from every node, a broadcast delivered once to each other
+/// member, `peer-left` on leave and on disconnect.
+pub(crate) async fn room_spans_three_nodes(redis: &impl RedisBackend, prefix: &str) {
+    let nodes = spawn_cluster(redis, prefix, 3, &[]).await;
     let (mut p1, _) = hello(&nodes[0], "p1").await;
     let (mut p2, _) = hello(&nodes[1], "p2").await;
     let (mut p3, _) = hello(&nodes[2], "p3").await;
@@ -361,8 +381,14 @@ async fn duplicate_peer_id_on_two_nodes_keeps_the_newest() {
 
 #[tokio::test]
 async fn killed_node_is_cleaned_up_once_within_the_bound() {
-    let redis = RedisServer::start();
-    let nodes = spawn_cluster(&redis, &unique_prefix("kill"), 3, &[]).await;
+    killed_node_cleaned_up_once(&RedisServer::start(), &unique_prefix("kill")).await;
+}
+
+/// Three nodes clustered through `redis`; node-1 is killed: each survivor
+/// hears each of its peers leave once (`timeout`) within the bound, exactly
+/// one survivor reaped it, and the directory and the room forgot it.
+pub(crate) async fn killed_node_cleaned_up_once(redis: &impl RedisBackend, prefix: &str) {
+    let nodes = spawn_cluster(redis, prefix, 3, &[]).await;
     let (mut w2, _) = hello(&nodes[1], "w2").await;
     let (mut w3, _) = hello(&nodes[2], "w3").await;
     w2.join("r").await;
@@ -405,18 +431,15 @@ async fn killed_node_is_cleaned_up_once_within_the_bound() {
     // Exactly one survivor reaped the dead node, and no other can: the
     // reaper's claim (`SET NX`, for a minute) names it, and the dead node is
     // gone from the node set the scans read.
-    let prefix = unique_prefix("kill");
-    let claim = redis.command(&["GET", &format!("{prefix}:node:node-1:reaper")]);
+    let k = redis.keys(prefix);
+    let claim = redis.raw(&["GET", &k.node_reaper(&NodeId::from_trusted("node-1"))]);
     let reaper = if claim.contains("node-2") {
         1
     } else {
         assert!(claim.contains("node-3"), "no reaper claim: {claim:?}");
         2
     };
-    assert_eq!(
-        redis.command(&["SISMEMBER", &format!("{prefix}:nodes"), "node-1"]),
-        ":0\r\n"
-    );
+    assert_eq!(redis.raw(&["SISMEMBER", &k.nodes(), "node-1"]), ":0\r\n");
     assert_eq!(
         metric(&nodes[reaper], "switchboard_nodes_reaped_total").await,
         1.0

@@ -170,6 +170,10 @@ impl RedisServer {
 }
 
 /// Sends one command to the redis-server on `port`; `None` when nothing answers.
+pub fn redis_command(port: u16, args: &[&str]) -> Option<String> {
+    try_command(port, args)
+}
+
 fn try_command(port: u16, args: &[&str]) -> Option<String> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
@@ -190,6 +194,29 @@ impl Drop for RedisServer {
     }
 }
 
+/// What nodes can be clustered through: one redis-server, or a Redis
+/// Cluster (`redis_cluster_fixture`), so one scenario runs on both.
+pub trait RedisBackend {
+    /// The `cluster.redis_url` of it.
+    fn url(&self) -> String;
+    /// One raw command (on a cluster, sent where the key's slot is).
+    fn raw(&self, args: &[&str]) -> String;
+    /// The key names the nodes use under `prefix` (hash-tagged on a cluster).
+    fn keys(&self, prefix: &str) -> switchboard::cluster::Keys;
+}
+
+impl RedisBackend for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+    fn raw(&self, args: &[&str]) -> String {
+        self.command(args)
+    }
+    fn keys(&self, prefix: &str) -> switchboard::cluster::Keys {
+        switchboard::cluster::Keys::new(prefix)
+    }
+}
+
 /// A unique key prefix for one test.
 pub fn unique_prefix(test: &str) -> String {
     format!("t{}-{}", std::process::id(), test)
@@ -197,7 +224,11 @@ pub fn unique_prefix(test: &str) -> String {
 
 /// The environment that makes a node join the cluster on `redis` under `prefix`,
 /// with fast heartbeats so failure tests finish in seconds.
-pub fn cluster_env(redis: &RedisServer, prefix: &str, node_id: &str) -> Vec<(String, String)> {
+pub fn cluster_env(
+    redis: &impl RedisBackend,
+    prefix: &str,
+    node_id: &str,
+) -> Vec<(String, String)> {
     vec![
         ("SWITCHBOARD_CLUSTER__REDIS_URL".into(), redis.url()),
         ("SWITCHBOARD_CLUSTER__KEY_PREFIX".into(), prefix.into()),
@@ -213,7 +244,7 @@ pub fn cluster_env(redis: &RedisServer, prefix: &str, node_id: &str) -> Vec<(Str
 /// Starts `n` nodes clustered through `redis`, each with `extra` env on top,
 /// and waits until every one is ready (its pub/sub probe made the round trip).
 pub async fn spawn_cluster(
-    redis: &RedisServer,
+    redis: &impl RedisBackend,
     prefix: &str,
     n: usize,
     extra: &[(&str, &str)],

@@ -10,6 +10,8 @@ mod helpers;
 // Multi-node tests against a real redis-server (their own fixtures in cluster_helpers).
 mod cluster;
 mod cluster_helpers;
+mod redis_cluster;
+mod redis_cluster_fixture;
 mod room_records_cluster;
 mod sec_cluster;
 // The store's conformance suite: the library against memory and a real redis-server.

@@ -17,7 +17,7 @@ use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::cluster_helpers::{spawn_cluster, unique_prefix, wait_ready, RedisServer};
+use crate::cluster_helpers::{spawn_cluster, unique_prefix, wait_ready, RedisBackend, RedisServer};
 use crate::helpers::{http_client, metric, within, Client, TestNode};
 
 // ---------------------------------------------------------------------------
@@ -271,12 +271,17 @@ async fn stun_ignores_garbage_and_truncated_packets() {
 
 #[tokio::test]
 async fn thousand_workers_auto_pair_exactly_once_across_three_nodes() {
-    const N: usize = 1000;
-    let redis = RedisServer::start();
-    let nodes = spawn_cluster(&redis, &unique_prefix("rdv-1000"), 3, &[]).await;
+    workers_pair_exactly_once(&RedisServer::start(), &unique_prefix("rdv-1000"), 1000).await;
+}
+
+/// `n` workers (even) over three nodes clustered through `redis` ask to be
+/// paired at once: each is in exactly one pairing, both sides agree, and a
+/// partner's disconnect or node's death is heard once (`pair-lost`).
+pub(crate) async fn workers_pair_exactly_once(redis: &impl RedisBackend, prefix: &str, n: usize) {
+    let nodes = spawn_cluster(redis, prefix, 3, &[]).await;
     let urls: Vec<String> = nodes.iter().map(|n| n.ws_url()).collect();
     let mut tasks = Vec::new();
-    for i in 0..N {
+    for i in 0..n {
         let url = urls[i % 3].clone();
         tasks.push(tokio::spawn(async move {
             let mut c = Client::connect(&url).await;
@@ -309,7 +314,7 @@ async fn thousand_workers_auto_pair_exactly_once_across_three_nodes() {
                 p["peer"]["peer_id"].as_str().unwrap().to_string(),
             ));
     }
-    assert_eq!(by_pairing.len(), N / 2);
+    assert_eq!(by_pairing.len(), n / 2);
     let mut seen = HashSet::new();
     for (id, sides) in &by_pairing {
         assert_eq!(sides.len(), 2, "pairing {id}: {sides:?}");
@@ -320,7 +325,7 @@ async fn thousand_workers_auto_pair_exactly_once_across_three_nodes() {
         assert_eq!(roles, ["initiator", "responder"]);
         assert!(seen.insert(a.0.clone()) && seen.insert(b.0.clone()));
     }
-    assert_eq!(seen.len(), N);
+    assert_eq!(seen.len(), n);
     // Nothing more arrives for anyone (no second `paired`): every worker's
     // next message is the pong to a ping sent now (all pings go out first,
     // so the round trips overlap).

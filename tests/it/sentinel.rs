@@ -253,12 +253,7 @@ async fn nodes_follow_a_sentinel_failover_and_answer_every_signal() {
         ready_again < Duration::from_secs(20),
         "ready again only after {ready_again:?}"
     );
-    // Every acked signal reaches b once, in order; nothing else arrives.
-    for want in &acked {
-        let m = next_signal(&mut b).await;
-        assert_eq!(m["data"]["i"], *want, "expected signal {want}, got {m}");
-    }
-    b.ping().await;
+    delivered_once_in_order(&mut b, &acked).await;
     // Both nodes are alive and ready.
     for n in &nodes {
         wait_ready(n, true, Duration::from_secs(5)).await;
@@ -280,6 +275,17 @@ async fn reply(c: &mut Client) -> Value {
             return m;
         }
     }
+}
+
+/// Every acked signal (`data.i` in `acked`) reaches `b` once, in order, and
+/// nothing else does (presence aside): the next thing after them is the
+/// pong of a ping.
+pub(crate) async fn delivered_once_in_order(b: &mut Client, acked: &[u64]) {
+    for want in acked {
+        let m = next_signal(b).await;
+        assert_eq!(m["data"]["i"], *want, "expected signal {want}, got {m}");
+    }
+    b.ping().await;
 }
 
 /// The next `signal`, skipping presence re-announced after the outage.

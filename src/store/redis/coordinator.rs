@@ -79,7 +79,7 @@ impl CoordStore for RedisStore {
             .put
             .evalsha_with_reload(
                 self.r.client(),
-                Vec::<String>::new(),
+                vec![self.r.keys.anchor()],
                 vec![
                     kind.as_str().to_string(),
                     key.to_string(),
@@ -104,7 +104,7 @@ impl CoordStore for RedisStore {
             .delete
             .evalsha_with_reload(
                 self.r.client(),
-                Vec::<String>::new(),
+                vec![self.r.keys.anchor()],
                 vec![
                     kind.as_str().to_string(),
                     key.to_string(),

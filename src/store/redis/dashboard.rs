@@ -75,7 +75,7 @@ impl RedisStore {
         args: Vec<String>,
     ) -> Result<Vec<Value>, StoreError> {
         script
-            .evalsha_with_reload(self.r.client(), Vec::<String>::new(), args)
+            .evalsha_with_reload(self.r.client(), vec![self.r.keys.anchor()], args)
             .await
             .map_err(classify)
     }
@@ -187,7 +187,7 @@ impl DashRegistry for RedisStore {
             .count
             .evalsha_with_reload(
                 self.r.client(),
-                Vec::<String>::new(),
+                vec![self.r.keys.anchor()],
                 vec![
                     node.to_string(),
                     count.gen.to_string(),
