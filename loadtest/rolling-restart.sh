@@ -38,12 +38,14 @@ command -v nginx >/dev/null || { echo "nginx is needed (apt-get install nginx-li
 sb_start_redis "$base" "$out/redis.log"
 prefix="sb-rolling-$$-$RANDOM"
 pids=()
-start_node() { # start_node I
+gen=0
+start_node() { # start_node I: a fresh node id each time, as a new pod gets one
   local i="$1"
+  gen=$((gen + 1))
   (
     cd "$root"
     export SWITCHBOARD_SERVER__LISTEN="127.0.0.1:$((base + i))" SWITCHBOARD_LOG__LEVEL=info \
-      SWITCHBOARD_SERVER__NODE_ID="roll-$i" SWITCHBOARD_STUN__ENABLED=false \
+      SWITCHBOARD_SERVER__NODE_ID="roll-$i-$gen" SWITCHBOARD_STUN__ENABLED=false \
       SWITCHBOARD_CLUSTER__REDIS_URL="redis://127.0.0.1:$base" \
       SWITCHBOARD_CLUSTER__KEY_PREFIX="$prefix" \
       SWITCHBOARD_SHUTDOWN__GRACE_PERIOD_MS=10000 SWITCHBOARD_SHUTDOWN__RECONNECT_JITTER_MS=500
@@ -66,7 +68,7 @@ wait_ready() { # wait_ready I -> milliseconds taken
   return 1
 }
 cleanup() {
-  [ -n "${gen:-}" ] && kill -TERM "$gen" 2>/dev/null || true
+  [ -n "${lg:-}" ] && kill -TERM "$lg" 2>/dev/null || true
   [ -n "${ngx:-}" ] && kill -TERM "$ngx" 2>/dev/null || true
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   [ -n "${SB_REDIS_PID:-}" ] && kill -TERM "$SB_REDIS_PID" 2>/dev/null || true
@@ -97,7 +99,7 @@ sb_machine_info >"$out/machine.txt"
 "$LOADGEN" rolling --url "ws://127.0.0.1:$((base + 10))/ws" --source-ips 127.0.0.2-127.0.0.40 \
   --pairs "$pairs" --rate "$rate" --secs "$secs" --drain-secs 20 \
   $([ "$mode" = kill9 ] && echo --allow-loss) >"$out/rolling.json" 2>"$out/rolling.log" &
-gen=$!
+lg=$!
 sleep "$settle"
 : >"$out/restarts.txt"
 for i in 1 2 3; do
@@ -117,8 +119,8 @@ for i in 1 2 3; do
   sleep "$settle"
 done
 rc=0
-wait "$gen" || rc=$?
-gen=""
+wait "$lg" || rc=$?
+lg=""
 cat "$out/rolling.json"
 echo "restarts: $out/restarts.txt; logs: $out" >&2
 exit "$rc"

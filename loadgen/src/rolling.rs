@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::dial::{check_sockets, Dialer, Ws};
-use crate::report::{hist_json, new_hist, Failures};
+use crate::report::{hist_json, micros, new_hist, Failures};
 use crate::wire::run_id;
 use crate::Common;
 
@@ -62,6 +62,8 @@ pub struct RollingArgs {
 /// What every peer adds to.
 #[derive(Default)]
 struct Stats {
+    /// Peers that got their first `welcome`.
+    welcomed: AtomicU64,
     sent: AtomicU64,
     delivered: AtomicU64,
     duplicated: AtomicU64,
@@ -73,7 +75,7 @@ struct Stats {
     resumed: AtomicU64,
     failed: Mutex<HashMap<String, u64>>,
     missed: AtomicU64,
-    /// Milliseconds from a socket's end to the resumed `welcome`.
+    /// Microseconds from a socket's end to the resumed `welcome`.
     away: Mutex<Option<Histogram<u64>>>,
     failures: Failures,
 }
@@ -112,6 +114,7 @@ pub async fn rolling(a: RollingArgs) -> Result<(Value, bool)> {
     let run = run_id();
     let stats = Arc::new(Stats::default());
     *stats.away.lock().expect("lock") = Some(new_hist());
+    let go = CancellationToken::new();
     let stop_sending = CancellationToken::new();
     let done = CancellationToken::new();
     let interval = Duration::from_micros(1_000_000 / a.rate);
@@ -136,12 +139,21 @@ pub async fn rolling(a: RollingArgs) -> Result<(Value, bool)> {
                 pair: pair.clone(),
                 stats: stats.clone(),
                 interval,
+                go: go.clone(),
                 stop_sending: stop_sending.clone(),
                 done: done.clone(),
             };
             tasks.spawn(peer.run());
         }
     }
+    // Senders start once every receiver is there (else their first signals
+    // find no peer): at most 60 s.
+    let all = (a.pairs * 2) as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stats.welcomed.load(Ordering::Relaxed) < all && Instant::now() < deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
+    go.cancel();
     let start = Instant::now();
     eprintln!(
         "rolling: {} pairs, {} signals/s each, {} s",
@@ -196,7 +208,7 @@ pub async fn rolling(a: RollingArgs) -> Result<(Value, bool)> {
         "resumed": s.resumed.load(Ordering::Relaxed),
         "resume_failed": failed,
         "missed_reported": s.missed.load(Ordering::Relaxed),
-        "away_ms": hist_json(&away),
+        "away": hist_json(&away),
         "failures": s.failures.json(),
     });
     Ok((summary, clean))
@@ -215,6 +227,7 @@ struct Peer {
     pair: Arc<PairState>,
     stats: Arc<Stats>,
     interval: Duration,
+    go: CancellationToken,
     stop_sending: CancellationToken,
     done: CancellationToken,
 }
@@ -230,6 +243,8 @@ struct Session {
     expected: u64,
     /// When the last socket ended (for the time away).
     ended: Option<Instant>,
+    /// Counted in `Stats::welcomed`.
+    welcomed: bool,
 }
 
 impl Peer {
@@ -290,14 +305,18 @@ impl Peer {
                     if m["resumed"] == true {
                         self.stats.resumed.fetch_add(1, Ordering::Relaxed);
                         if let Some(t) = s.ended.take() {
-                            let ms = t.elapsed().as_millis() as u64;
+                            let us = micros(t.elapsed());
                             if let Some(h) = self.stats.away.lock().expect("lock").as_mut() {
-                                let _ = h.record(ms.max(1));
+                                let _ = h.record(us.max(1));
                             }
                         }
                     } else {
                         s.last_seq = 0;
                         s.ended = None;
+                    }
+                    if s.token.is_none() && !s.welcomed {
+                        s.welcomed = true;
+                        self.stats.welcomed.fetch_add(1, Ordering::Relaxed);
                     }
                     s.token = m["resume_token"].as_str().map(str::to_string);
                     break;
@@ -342,6 +361,7 @@ impl Peer {
                 }
             }
             let sending = matches!(self.role, Role::Sender(_))
+                && self.go.is_cancelled()
                 && moving.is_none()
                 && !self.stop_sending.is_cancelled();
             tokio::select! {
