@@ -281,44 +281,7 @@ impl std::fmt::Debug for Redis {
     }
 }
 
-/// Whether `url` names a Redis Cluster (`redis-cluster://`, `rediss-cluster://`).
-pub fn is_cluster_url(url: &str) -> bool {
-    url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://")
-}
-
-/// A cluster URL in fred's form: `redis-cluster://a:1,b:2/?x` (every node
-/// in the authority, comma-separated) becomes `redis-cluster://a:1?node=b:2&x`;
-/// any other URL is returned as it is.
-pub fn fred_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    if !is_cluster_url(url) {
-        return url.to_string();
-    }
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (userinfo, hosts) = match authority.rfind('@') {
-        Some(at) => authority.split_at(at + 1),
-        None => ("", authority),
-    };
-    let mut hosts = hosts.split(',').filter(|h| !h.is_empty());
-    let first = hosts.next().unwrap_or_default();
-    let extra: Vec<String> = hosts.map(|h| format!("node={h}")).collect();
-    if extra.is_empty() {
-        return url.to_string();
-    }
-    let (path, query) = match tail.split_once('?') {
-        Some((p, q)) => (p, q),
-        None => (tail, ""),
-    };
-    let mut params = extra.join("&");
-    if !query.is_empty() {
-        params.push('&');
-        params.push_str(query);
-    }
-    format!("{scheme}://{userinfo}{first}{path}?{params}")
-}
+pub use crate::config::{fred_url, is_cluster_url};
 
 impl Redis {
     /// Connects (in the background: a Redis that is down at start only makes

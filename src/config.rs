@@ -1554,7 +1554,7 @@ impl Config {
                 "cluster.redis_url: must start with redis://, rediss://, redis-sentinel://, rediss-sentinel://, redis-cluster:// or rediss-cluster://".into(),
             );
         }
-        if crate::cluster::is_cluster_url(url) && self.cluster.key_prefix.contains(['{', '}']) {
+        if is_cluster_url(url) && self.cluster.key_prefix.contains(['{', '}']) {
             // The prefix becomes the keys' hash tag `{<prefix>}`.
             errs.push(
                 "cluster.key_prefix: must not contain `{` or `}` with a Redis Cluster URL (it becomes the keys' hash tag)".into(),
@@ -1566,9 +1566,7 @@ impl Config {
                 self.cluster.heartbeat.as_millis()
             ));
         }
-        if !url.is_empty()
-            && fred::types::config::Config::from_url(&crate::cluster::fred_url(url)).is_err()
-        {
+        if !url.is_empty() && fred::types::config::Config::from_url(&fred_url(url)).is_err() {
             errs.push("cluster.redis_url: not a valid Redis URL".into());
         }
         if self.cluster.key_prefix.is_empty() {
@@ -1765,6 +1763,45 @@ pub fn pem_or_file(s: &str) -> std::io::Result<String> {
     } else {
         std::fs::read_to_string(Path::new(s))
     }
+}
+
+/// Whether `url` names a Redis Cluster (`redis-cluster://`, `rediss-cluster://`).
+pub fn is_cluster_url(url: &str) -> bool {
+    url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://")
+}
+
+/// A cluster URL in fred's form: `redis-cluster://a:1,b:2/?x` (every node
+/// in the authority, comma-separated) becomes `redis-cluster://a:1?node=b:2&x`;
+/// any other URL is returned as it is.
+pub fn fred_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    if !is_cluster_url(url) {
+        return url.to_string();
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
+    };
+    let mut hosts = hosts.split(',').filter(|h| !h.is_empty());
+    let first = hosts.next().unwrap_or_default();
+    let extra: Vec<String> = hosts.map(|h| format!("node={h}")).collect();
+    if extra.is_empty() {
+        return url.to_string();
+    }
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (tail, ""),
+    };
+    let mut params = extra.join("&");
+    if !query.is_empty() {
+        params.push('&');
+        params.push_str(query);
+    }
+    format!("{scheme}://{userinfo}{first}{path}?{params}")
 }
 
 #[cfg(test)]

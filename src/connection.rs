@@ -40,7 +40,7 @@ use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, Instrument};
 
-use crate::core::hub::{CloseReason, ConnHandle, OutboundRx};
+use crate::core::hub::{CloseReason, ConnHandle, OutboundRx, Written};
 use crate::core::session::Session;
 use crate::dialect::{ConnInfo, Dialect, Encoded, Encoder, Flow};
 use crate::metrics as m;
@@ -242,58 +242,6 @@ fn end_reason(end: ReadEnd) -> Option<CloseReason> {
         ReadEnd::Protocol => Some(CloseReason::PROTOCOL_ERROR),
         ReadEnd::InvalidUtf8 => Some(CloseReason::INVALID_UTF8),
         ReadEnd::WriteFailed => None,
-    }
-}
-
-/// What was written to the socket of a numbered session and not yet shown
-/// read: kept until a pong answers a ping sent after it (the client read
-/// everything before that ping), at most `resume.replay_max` messages. A
-/// resume sends again what its client missed of these (see
-/// `crate::node::resume`). Holds no memory while empty.
-#[derive(Debug)]
-pub struct Written {
-    /// The messages, oldest first.
-    pub ring: std::collections::VecDeque<crate::core::hub::Outbound>,
-    /// The `seq` of the last message written (the next ping's mark).
-    pub last: u64,
-    /// The highest `seq` dropped from the ring unread (over `max`): a resume
-    /// from before it has a gap.
-    pub dropped: u64,
-    max: usize,
-}
-
-impl Written {
-    fn new(max: usize) -> Self {
-        Self {
-            ring: std::collections::VecDeque::new(),
-            last: 0,
-            dropped: 0,
-            max,
-        }
-    }
-
-    /// Keeps a numbered message that was just written.
-    fn keep(&mut self, out: &crate::core::hub::Outbound) {
-        if out.seq == 0 {
-            return;
-        }
-        self.last = out.seq;
-        if self.ring.len() >= self.max {
-            if let Some(old) = self.ring.pop_front() {
-                self.dropped = old.seq;
-            }
-        }
-        self.ring.push_back(out.clone());
-    }
-
-    /// The client read everything up to `seq`.
-    fn read_up_to(&mut self, seq: u64) {
-        while self.ring.front().is_some_and(|o| o.seq <= seq) {
-            self.ring.pop_front();
-        }
-        if self.ring.is_empty() && self.ring.capacity() > 0 {
-            self.ring = std::collections::VecDeque::new();
-        }
     }
 }
 

@@ -196,6 +196,58 @@ pub fn event_tag(origin: &str, seq: u64) -> u64 {
     h | 1
 }
 
+/// What was written to the socket of a numbered session and not yet shown
+/// read: kept until a pong answers a ping sent after it (the client read
+/// everything before that ping), at most `resume.replay_max` messages. A
+/// resume sends again what its client missed of these (see
+/// `crate::node::resume`). Holds no memory while empty.
+#[derive(Debug)]
+pub struct Written {
+    /// The messages, oldest first.
+    pub ring: std::collections::VecDeque<Outbound>,
+    /// The `seq` of the last message written (the next ping's mark).
+    pub last: u64,
+    /// The highest `seq` dropped from the ring unread (over `max`): a resume
+    /// from before it has a gap.
+    pub dropped: u64,
+    max: usize,
+}
+
+impl Written {
+    pub fn new(max: usize) -> Self {
+        Self {
+            ring: std::collections::VecDeque::new(),
+            last: 0,
+            dropped: 0,
+            max,
+        }
+    }
+
+    /// Keeps a numbered message that was just written.
+    pub fn keep(&mut self, out: &Outbound) {
+        if out.seq == 0 {
+            return;
+        }
+        self.last = out.seq;
+        if self.ring.len() >= self.max {
+            if let Some(old) = self.ring.pop_front() {
+                self.dropped = old.seq;
+            }
+        }
+        self.ring.push_back(out.clone());
+    }
+
+    /// The client read everything up to `seq`.
+    pub fn read_up_to(&mut self, seq: u64) {
+        while self.ring.front().is_some_and(|o| o.seq <= seq) {
+            self.ring.pop_front();
+        }
+        if self.ring.is_empty() && self.ring.capacity() > 0 {
+            self.ring = std::collections::VecDeque::new();
+        }
+    }
+}
+
 /// Shared control state of one connection.
 #[derive(Debug)]
 pub struct ConnCtl {

@@ -11,7 +11,7 @@
 //! `overflow`). Nobody sees a leave or a join. Every resumable message is
 //! numbered (`seq`) as it enters the queue, and the connection keeps what
 //! it wrote until a pong shows the client read it
-//! ([`crate::connection::Written`]), so a resume can send again what died
+//! ([`Written`]), so a resume can send again what died
 //! in the socket.
 //!
 //! **Resuming on the same node** swaps the new socket in: same epoch, the
@@ -49,9 +49,8 @@ use tracing::{debug, info};
 
 use super::{hash_secret, Node, Welcome};
 use crate::bus::{NodeEvent, Replayed, ResumeStep, ResumedState};
-use crate::connection::Written;
 use crate::core::event::Event;
-use crate::core::hub::{queued_cost, CloseReason, ConnHandle, Outbound, OutboundRx};
+use crate::core::hub::{queued_cost, CloseReason, ConnHandle, Outbound, OutboundRx, Written};
 use crate::core::session::Session;
 use crate::metrics as m;
 use crate::store::{Claim, Claimed, PeerLocation};
