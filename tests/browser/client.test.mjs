@@ -101,7 +101,8 @@ test("the client reconnects to the other node by itself after SIGTERM and keeps 
   assert.equal(types.filter((t) => t === "reconnected").length, 1);
   assert.deepEqual(
     events.find(([t]) => t === "reconnected")[1],
-    { url: b.ws, node: "node-b", rooms: ["lobby"] },
+    // Resumed: the session (its peer id and room) moved with no re-join.
+    { url: b.ws, node: "node-b", rooms: ["lobby"], resumed: true },
   );
   assert.ok(!types.includes("rejoin-failed"));
   // The handover was made before the old socket closed: no close reported to the application.
